@@ -1,0 +1,5 @@
+"""Text corpora."""
+
+from .builtin import builtin_documents
+
+__all__ = ["builtin_documents"]

@@ -1,0 +1,360 @@
+"""Modeling code of an extracted nasbert model.
+
+The whole forward pass reads top to bottom here. The functional kernels at the top (``attention``,
+``feed_forward``, ``sepconv``) are the single definition of each op: the supernet calls them with sliced
+weights, the extracted model with its own. This file is copied into every exported model directory, so it
+imports nothing from nasbert and loads with ``trust_remote_code=True`` on a machine without it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+
+from .configuration_nasbert import NasBertConfig
+
+SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Functional kernels, shared with the supernet
+# --------------------------------------------------------------------------------------------------------------
+
+
+def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) of 1 = keep, 0 = pad  ->  (B, 1, 1, T) of 0 / a large negative number, added to the scores."""
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def attention(
+    x: torch.Tensor,
+    additive_mask: torch.Tensor,
+    q_w: torch.Tensor, q_b: torch.Tensor,
+    k_w: torch.Tensor, k_b: torch.Tensor,
+    v_w: torch.Tensor, v_b: torch.Tensor,
+    o_w: torch.Tensor, o_b: torch.Tensor,
+    *,
+    head_size: int,
+    dropout: float,
+    training: bool,
+) -> torch.Tensor:
+    """Multi-head self-attention (BERT's), without the residual and LayerNorm."""
+    B, T, _ = x.shape
+    width = q_w.shape[0]
+    nh = width // head_size
+    q = F.linear(x, q_w, q_b).view(B, T, nh, head_size).transpose(1, 2)  # (B, nh, T, hs)
+    k = F.linear(x, k_w, k_b).view(B, T, nh, head_size).transpose(1, 2)  # (B, nh, T, hs)
+    v = F.linear(x, v_w, v_b).view(B, T, nh, head_size).transpose(1, 2)  # (B, nh, T, hs)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, T)
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
+    context = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, width)  # (B, T, w)
+    return F.linear(context, o_w, o_b)
+
+
+def feed_forward(
+    x: torch.Tensor, i_w: torch.Tensor, i_b: torch.Tensor, o_w: torch.Tensor, o_b: torch.Tensor, *, act
+) -> torch.Tensor:
+    """BERT's FFN (dense -> activation -> dense), without the residual and LayerNorm."""
+    return F.linear(act(F.linear(x, i_w, i_b)), o_w, o_b)  # (B, T, w) -> (B, T, r*w) -> (B, T, w)
+
+
+def sepconv(
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    dw_w: torch.Tensor, dw_b: torch.Tensor,
+    pw_w: torch.Tensor, pw_b: torch.Tensor,
+    *,
+    act,
+) -> torch.Tensor:
+    """Separable convolution over the sequence: depthwise (kernel k, 'same' padding) -> pointwise -> activation.
+
+    ``keep`` (B, T) zeroes padded positions first, so that padding never leaks into real tokens.
+    """
+    width, _, kernel = dw_w.shape  # (w, 1, k)
+    h = (x * keep[..., None].to(x.dtype)).transpose(1, 2)  # (B, w, T)
+    h = F.conv1d(h, dw_w, dw_b, padding=kernel // 2, groups=width).transpose(1, 2)  # (B, T, w)
+    return act(F.linear(h, pw_w, pw_b))
+
+
+def embed(
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    word: torch.Tensor, position: torch.Tensor, token_type: torch.Tensor,
+    ln_w: torch.Tensor, ln_b: torch.Tensor,
+    *,
+    eps: float,
+    dropout: float,
+    training: bool,
+) -> torch.Tensor:
+    """BERT's embeddings: word + absolute position + token type, then LayerNorm."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]  # (1, T)
+    h = F.embedding(input_ids, word) + F.embedding(positions, position) + F.embedding(token_type_ids, token_type)
+    h = F.layer_norm(h, (h.shape[-1],), ln_w, ln_b, eps)  # (B, T, w)
+    return F.dropout(h, p=dropout, training=training)
+
+
+def residual_norm(
+    x: torch.Tensor, branch: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, *, eps: float, dropout: float,
+    training: bool,
+) -> torch.Tensor:
+    """Post-LN residual, as in BERT: LayerNorm(x + dropout(branch))."""
+    h = x + F.dropout(branch, p=dropout, training=training)
+    return F.layer_norm(h, (h.shape[-1],), ln_w, ln_b, eps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modules of the extracted model (Hugging Face names, so teacher weights map one to one)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class NasBertEmbeddings(nn.Module):
+    def __init__(self, config: NasBertConfig):
+        super().__init__()
+        width = config.embedding_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.dropout_prob = config.hidden_dropout_prob
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return embed(
+            input_ids, token_type_ids,
+            self.word_embeddings.weight, self.position_embeddings.weight, self.token_type_embeddings.weight,
+            self.LayerNorm.weight, self.LayerNorm.bias,
+            eps=self.LayerNorm.eps, dropout=self.dropout_prob, training=self.training,
+        )
+
+
+class NasBertSelfAttention(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+
+
+class NasBertDenseNorm(nn.Module):
+    """A dense layer followed by the residual LayerNorm (BERT's ``*.output``)."""
+
+    def __init__(self, n_in: int, width: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(n_in, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
+
+
+class NasBertAttention(nn.Module):
+    """An ``mha`` layer."""
+
+    def __init__(self, config: NasBertConfig, width: int):
+        super().__init__()
+        self.self = NasBertSelfAttention(width)
+        self.output = NasBertDenseNorm(width, width, config.layer_norm_eps)
+        self.head_size = config.head_size
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.hidden_dropout = config.hidden_dropout_prob
+
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        s, o = self.self, self.output
+        branch = attention(
+            x, additive_mask,
+            s.query.weight, s.query.bias, s.key.weight, s.key.bias, s.value.weight, s.value.bias,
+            o.dense.weight, o.dense.bias,
+            head_size=self.head_size, dropout=self.attention_dropout, training=self.training,
+        )
+        return residual_norm(x, branch, o.LayerNorm.weight, o.LayerNorm.bias, eps=o.LayerNorm.eps,
+                             dropout=self.hidden_dropout, training=self.training)
+
+
+class NasBertFeedForward(nn.Module):
+    """An ``ffn`` layer."""
+
+    def __init__(self, config: NasBertConfig, width: int):
+        super().__init__()
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(width, config.ffn_ratio * width)
+        self.output = NasBertDenseNorm(config.ffn_ratio * width, width, config.layer_norm_eps)
+        self.act = ACT2FN[config.hidden_act]
+        self.hidden_dropout = config.hidden_dropout_prob
+
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        i, o = self.intermediate.dense, self.output
+        branch = feed_forward(x, i.weight, i.bias, o.dense.weight, o.dense.bias, act=self.act)
+        return residual_norm(x, branch, o.LayerNorm.weight, o.LayerNorm.bias, eps=o.LayerNorm.eps,
+                             dropout=self.hidden_dropout, training=self.training)
+
+
+class NasBertSepConv(nn.Module):
+    """A ``sepconv{3,5,7}`` layer."""
+
+    def __init__(self, config: NasBertConfig, width: int, kernel_size: int):
+        super().__init__()
+        self.depthwise = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2, groups=width)
+        self.pointwise = nn.Linear(width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.act = ACT2FN[config.hidden_act]
+        self.hidden_dropout = config.hidden_dropout_prob
+
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        branch = sepconv(x, keep, self.depthwise.weight, self.depthwise.bias, self.pointwise.weight,
+                         self.pointwise.bias, act=self.act)
+        return residual_norm(x, branch, self.LayerNorm.weight, self.LayerNorm.bias, eps=self.LayerNorm.eps,
+                             dropout=self.hidden_dropout, training=self.training)
+
+
+def build_layer(config: NasBertConfig, op: str, width: int) -> nn.Module:
+    if op == "mha":
+        return NasBertAttention(config, width)
+    if op == "ffn":
+        return NasBertFeedForward(config, width)
+    if op in SEPCONV_KERNELS:
+        return NasBertSepConv(config, width, SEPCONV_KERNELS[op])
+    raise ValueError(f"unknown op {op!r}")
+
+
+class NasBertEncoder(nn.Module):
+    """The layers of every block, a linear adapter at each block boundary, and one to the output width."""
+
+    def __init__(self, config: NasBertConfig):
+        super().__init__()
+        widths = [b["width"] for b in config.blocks]
+        self.layer = nn.ModuleList(
+            build_layer(config, op, b["width"]) for b in config.blocks for op in b["ops"] if op != "identity"
+        )
+        self.layers_per_block = [sum(op != "identity" for op in b["ops"]) for b in config.blocks]
+        self.adapters = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.output_adapter = nn.Linear(widths[-1], config.hidden_size)
+
+    def forward(self, h: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        start = 0
+        for n, count in enumerate(self.layers_per_block):
+            if n > 0:
+                h = self.adapters[n - 1](h)  # (B, T, w[n-1]) -> (B, T, w[n])
+            for layer in self.layer[start : start + count]:
+                h = layer(h, additive_mask, keep)
+            start += count
+        return self.output_adapter(h)  # (B, T, hidden_size)
+
+
+class NasBertPreTrainedModel(PreTrainedModel):
+    config_class = NasBertConfig
+    base_model_prefix = "nasbert"
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+
+
+class NasBertModel(NasBertPreTrainedModel):
+    """The backbone: embeddings -> layers of each block (adapters between blocks) -> output adapter.
+
+    Returns ``last_hidden_state`` of shape (B, T, ``config.hidden_size``).
+    """
+
+    def __init__(self, config: NasBertConfig):
+        super().__init__(config)
+        if not config.blocks:
+            raise ValueError("NasBertConfig.blocks is empty: a model needs at least one block")
+        self.embeddings = NasBertEmbeddings(config)
+        self.encoder = NasBertEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        h = self.embeddings(input_ids, token_type_ids)  # (B, T, w0)
+        h = self.encoder(h, additive_attention_mask(attention_mask, h.dtype), attention_mask)
+        if return_dict is False:
+            return (h,)
+        return BaseModelOutput(last_hidden_state=h)
+
+
+def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if config.num_labels == 1 \
+            else F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class NasBertForSequenceClassification(NasBertPreTrainedModel):
+    """Backbone + pooler (dense + tanh on the first token) + classifier; regression when ``num_labels == 1``."""
+
+    def __init__(self, config: NasBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.nasbert = NasBertModel(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+        h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        if return_dict is False:
+            return (logits,) if loss is None else (loss, logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class NasBertForMaskedLM(NasBertPreTrainedModel):
+    """Backbone + MLM head. The decoder reuses the word embeddings (tied by construction): the head maps the
+    output back to the embedding width first, so a narrow model keeps a narrow, shared vocabulary matrix."""
+
+    def __init__(self, config: NasBertConfig):
+        super().__init__(config)
+        self.nasbert = NasBertModel(config)
+        self.transform = nn.Linear(config.hidden_size, config.embedding_size)
+        self.transform_act = ACT2FN[config.hidden_act]
+        self.transform_norm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:
+            nn.init.zeros_(self.decoder_bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+        h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        h = self.transform_norm(self.transform_act(self.transform(h)))  # (B, T, e)
+        logits = F.linear(h, self.nasbert.embeddings.word_embeddings.weight, self.decoder_bias)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1), ignore_index=-100)
+        if return_dict is False:
+            return (logits,) if loss is None else (loss, logits)
+        return MaskedLMOutput(loss=loss, logits=logits)

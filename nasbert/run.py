@@ -1,0 +1,162 @@
+"""The run directory: one folder that every stage reads and writes, with a manifest of what was done.
+
+::
+
+    RUN/
+      manifest.json   config, package versions, seed, git sha, status of each stage
+      space.yaml      the search space
+      supernet/       supernet.safetensors, supernet.json, tokenizer files
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .io import atomic_write_json
+
+__all__ = ["ConfigError", "RunConfig", "RunDir"]
+
+PACKAGES = ("nasbert", "torch", "transformers", "optuna", "ray", "datasets", "numpy", "onnxruntime", "onnx",
+            "safetensors")
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Configuration of a run. Unknown keys and wrong types are errors that name the key."""
+
+    #: a shipped space name (``minilm_l6``, ``bert_base``, ``tiny``) or a YAML path
+    space: str = "minilm_l6"
+    #: a local HF BERT directory, a hub id, or null for the space's default (the built-in MiniLM-L6-H384)
+    teacher: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> RunConfig:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in fields:
+                raise ConfigError(f"{source}: unknown config key {key!r}; allowed keys: {', '.join(fields)}")
+            expected = {"space": (str,), "teacher": (str, type(None)), "seed": (int,)}[key]
+            if not isinstance(value, expected) or isinstance(value, bool):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
+                raise ConfigError(f"{source}: config key {key!r} must be {names}, got {value!r}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunDir:
+    """A run directory and its ``manifest.json``."""
+
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, config: RunConfig) -> RunDir:
+        """Open (or create) a run directory for ``config``. An existing run made with another config is an
+        error, so that two experiments never mix in one directory."""
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            old = manifest.get("config", {})
+            for key, value in config.to_dict().items():
+                if old.get(key) != value:
+                    raise ConfigError(
+                        f"run directory {str(path)!r} was made with {key} = {old.get(key)!r}, not {value!r}: "
+                        "pass another --out, or --force to start it again"
+                    )
+            return cls(path, manifest)
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError(
+                f"{str(path)!r} exists, is not empty and is not a nasbert run (no manifest.json): pass another --out"
+            )
+        run = cls(path, {
+            "nasbert_run": 1,
+            "created": _now(),
+            "config": config.to_dict(),
+            "seed": config.seed,
+            "versions": _versions(),
+            "git_sha": _git_sha(),
+            "stages": {},
+        })
+        run.save()
+        return run
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunDir:
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a nasbert run directory (no manifest.json); make one with `nasbert run`")
+        return cls(path, json.loads(manifest_path.read_text(encoding="utf-8")))
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(self.manifest["config"], source=str(self.path / "manifest.json"))
+
+    def save(self) -> None:
+        atomic_write_json(self.path / "manifest.json", self.manifest)
+
+    def stage_done(self, stage: str) -> bool:
+        return self.manifest["stages"].get(stage, {}).get("status") == "done"
+
+    def mark(self, stage: str, status: str, **info: Any) -> None:
+        entry = self.manifest["stages"].setdefault(stage, {})
+        entry.update(status=status, updated=_now(), **info)
+        self.save()

@@ -1,0 +1,546 @@
+"""Search spaces and architectures.
+
+A teacher with ``L`` transformer layers gives a chain of ``2L`` *slots* (one per MHA and FFN sub-layer),
+split into ``N`` blocks aligned with the teacher's layers (NAS-BERT, Xu et al. 2021, section 3.1). Each slot
+holds one op; each block has one hidden width. Identity ops sit at the end of a block, so two paths that
+differ only in where their identities are count once.
+
+Search spaces are YAML files (``search_spaces/*.yaml``) loaded into a frozen, validated :class:`SearchSpace`::
+
+    >>> import numpy as np
+    >>> from nasbert import SearchSpace
+    >>> space = SearchSpace.load("tiny")
+    >>> arch = space.sample(np.random.default_rng(0))
+    >>> space.num_params(arch) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec", "op_params", "op_flops"]
+
+#: Every op a slot can hold. ``sepconvK`` is a depthwise convolution of kernel K followed by a pointwise one.
+OPS = ("mha", "ffn", "sepconv3", "sepconv5", "sepconv7", "identity")
+SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
+MAX_KERNEL = max(SEPCONV_KERNELS.values())
+
+
+class SpaceError(ValueError):
+    """An invalid search space or an architecture that does not belong to one."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Architectures
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockArch:
+    """One block of an architecture: its hidden width and the op of each of its slots."""
+
+    width: int
+    ops: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The non-identity ops, in order: the layers an extracted model has for this block."""
+        return tuple(op for op in self.ops if op != "identity")
+
+    def __str__(self) -> str:
+        return f"{self.width}:" + ",".join(self.ops)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A full architecture: one :class:`BlockArch` per block. Round-trips through JSON.
+
+    >>> a = Arch.parse("32:mha,ffn,identity,identity|16:sepconv3,ffn,mha,identity")
+    >>> Arch.from_json(a.to_json()) == a
+    True
+    """
+
+    blocks: tuple[BlockArch, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(b.width for b in self.blocks)
+
+    @property
+    def num_layers(self) -> int:
+        return sum(len(b.layers) for b in self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blocks": [{"width": b.width, "ops": list(b.ops)} for b in self.blocks]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Arch:
+        if not isinstance(data, Mapping) or set(data) != {"blocks"}:
+            raise SpaceError(f"an architecture is a mapping with the single key 'blocks', got {data!r}")
+        blocks = []
+        for i, block in enumerate(data["blocks"]):
+            if not isinstance(block, Mapping) or set(block) != {"width", "ops"}:
+                raise SpaceError(f"blocks[{i}] must have exactly the keys 'width' and 'ops', got {block!r}")
+            width, ops = block["width"], block["ops"]
+            if not _is_int(width):
+                raise SpaceError(f"blocks[{i}].width must be an integer, got {width!r}")
+            if not isinstance(ops, (list, tuple)) or not all(isinstance(o, str) for o in ops):
+                raise SpaceError(f"blocks[{i}].ops must be a list of op names, got {ops!r}")
+            blocks.append(BlockArch(int(width), tuple(ops)))
+        return cls(tuple(blocks))
+
+    @classmethod
+    def from_json(cls, text: str) -> Arch:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def parse(cls, text: str) -> Arch:
+        """Parse the compact form ``"WIDTH:op,op,...|WIDTH:op,..."`` (what ``str(arch)`` prints) or JSON."""
+        text = text.strip()
+        if text.startswith("{"):
+            return cls.from_json(text)
+        blocks = []
+        for i, part in enumerate(text.split("|")):
+            width, sep, ops = part.partition(":")
+            if not sep or not width.strip().isdigit():
+                raise SpaceError(f"block {i} of {text!r} is not of the form WIDTH:op,op,...")
+            blocks.append(BlockArch(int(width), tuple(o.strip() for o in ops.split(","))))
+        return cls(tuple(blocks))
+
+    def __str__(self) -> str:
+        return "|".join(str(b) for b in self.blocks)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Exact parameter and FLOP counts of one op (the extracted model's layers; see nasbert/modeling)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _linear_params(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def op_params(op: str, width: int, *, ffn_ratio: int) -> int:
+    """Parameters of one layer (op + its LayerNorm) at ``width``."""
+    layer_norm = 2 * width
+    if op == "identity":
+        return 0
+    if op == "mha":  # query, key, value, output dense
+        return 4 * _linear_params(width, width) + layer_norm
+    if op == "ffn":
+        inner = ffn_ratio * width
+        return _linear_params(width, inner) + _linear_params(inner, width) + layer_norm
+    if op in SEPCONV_KERNELS:  # depthwise (width x 1 x k, bias) + pointwise
+        return width * SEPCONV_KERNELS[op] + width + _linear_params(width, width) + layer_norm
+    raise SpaceError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+
+
+def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int) -> int:
+    """FLOPs (2 x multiply-accumulates) of one layer for one sequence of ``seq_len`` tokens.
+
+    Counts matrix products (linear layers, attention scores and context) and convolutions; element-wise work
+    (softmax, LayerNorm, activations, bias adds) is not counted, as in ``torch.utils.flop_counter``.
+    """
+    t, w = seq_len, width
+    if op == "identity":
+        return 0
+    if op == "mha":  # q, k, v, out: 4 (T x w x w); scores and context: 2 (T x T x w)
+        return 2 * (4 * t * w * w + 2 * t * t * w)
+    if op == "ffn":
+        return 2 * (2 * t * w * ffn_ratio * w)
+    if op in SEPCONV_KERNELS:
+        return 2 * (t * w * SEPCONV_KERNELS[op] + t * w * w)
+    raise SpaceError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Search spaces
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _shipped_dir() -> Path:
+    """``search_spaces/``: inside the package when installed from a wheel, at the repository root otherwise."""
+    installed = Path(__file__).resolve().parent / "search_spaces"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The shape of the teacher a space is built for (checked against the real teacher when it is loaded)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    #: default teacher: a local HF BERT directory, a hub id, or null for the built-in MiniLM-L6-H384
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A NAS-BERT search space for one teacher shape. Build with :meth:`load` or :meth:`from_dict`."""
+
+    name: str
+    teacher: TeacherSpec
+    num_blocks: int
+    hidden_choices: tuple[int, ...]
+    ops: tuple[str, ...] = OPS
+    head_size: int = 64
+    ffn_ratio: int = 4
+    description: str = ""
+
+    # ---------------------------------------------------------------- loading and validation
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> SearchSpace:
+        """Load a shipped space by name (``"minilm_l6"``, ``"bert_base"``, ``"tiny"``) or a YAML file path."""
+        path = Path(name_or_path)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise SpaceError(f"search space file {str(path)!r} does not exist")
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        else:
+            shipped = _shipped_dir() / f"{name_or_path}.yaml"
+            if not shipped.is_file():
+                raise SpaceError(
+                    f"unknown search space {str(name_or_path)!r}: pass a YAML file path or one of "
+                    f"{', '.join(cls.shipped())}"
+                )
+            text, source = shipped.read_text(encoding="utf-8"), f"{name_or_path}.yaml"
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SpaceError(f"{source}: not valid YAML: {e}") from None
+        return cls.from_dict(data, source=source)
+
+    @staticmethod
+    def shipped() -> list[str]:
+        """Names of the search spaces that ship with nasbert."""
+        return sorted(p.stem for p in _shipped_dir().glob("*.yaml"))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "search space") -> SearchSpace:
+        if not isinstance(data, Mapping):
+            raise SpaceError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise SpaceError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}")
+        for key in ("name", "teacher", "num_blocks", "hidden_choices"):
+            if key not in data:
+                raise SpaceError(f"{source}: missing required key {key!r}")
+
+        teacher = data["teacher"]
+        if not isinstance(teacher, Mapping):
+            raise SpaceError(f"{source}: 'teacher' must be a mapping of the teacher's dimensions")
+        tfields = [f.name for f in dataclasses.fields(TeacherSpec)]
+        unknown = sorted(set(teacher) - set(tfields))
+        if unknown:
+            raise SpaceError(f"{source}: unknown key 'teacher.{unknown[0]}'; allowed: {', '.join(tfields)}")
+        for key in tfields:
+            if key == "name":
+                if teacher.get("name") is not None and not isinstance(teacher["name"], str):
+                    raise SpaceError(f"{source}: 'teacher.name' must be a string or null")
+                continue
+            if key not in teacher:
+                raise SpaceError(f"{source}: missing required key 'teacher.{key}'")
+            if not _is_int(teacher[key]) or teacher[key] <= 0:
+                raise SpaceError(f"{source}: 'teacher.{key}' must be a positive integer, got {teacher[key]!r}")
+
+        def positive_int(key: str) -> int:
+            value = data[key]
+            if not _is_int(value) or value <= 0:
+                raise SpaceError(f"{source}: {key!r} must be a positive integer, got {value!r}")
+            return int(value)
+
+        choices = data["hidden_choices"]
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{source}: 'hidden_choices' must be a non-empty list of widths")
+        for c in choices:
+            if not _is_int(c) or c <= 0:
+                raise SpaceError(f"{source}: 'hidden_choices' must hold positive integers, got {c!r}")
+        ops = data.get("ops", list(OPS))
+        if not isinstance(ops, list) or not ops or not all(isinstance(o, str) for o in ops):
+            raise SpaceError(f"{source}: 'ops' must be a non-empty list of op names")
+
+        space = cls(
+            name=str(data["name"]),
+            teacher=TeacherSpec(**{k: (int(v) if k != "name" else v) for k, v in teacher.items()}),
+            num_blocks=positive_int("num_blocks"),
+            hidden_choices=tuple(int(c) for c in choices),
+            ops=tuple(ops),
+            head_size=positive_int("head_size") if "head_size" in data else cls.head_size,
+            ffn_ratio=positive_int("ffn_ratio") if "ffn_ratio" in data else cls.ffn_ratio,
+            description=str(data.get("description", "")),
+        )
+        space._validate(source)
+        return space
+
+    def _validate(self, source: str) -> None:
+        t = self.teacher
+        bad_ops = [o for o in self.ops if o not in OPS]
+        if bad_ops:
+            raise SpaceError(f"{source}: 'ops' has unknown op {bad_ops[0]!r}; known ops: {', '.join(OPS)}")
+        if len(set(self.ops)) != len(self.ops):
+            raise SpaceError(f"{source}: 'ops' lists an op twice")
+        if not [o for o in self.ops if o != "identity"]:
+            raise SpaceError(f"{source}: 'ops' must hold at least one op other than identity")
+        if t.num_hidden_layers % self.num_blocks:
+            raise SpaceError(
+                f"{source}: 'num_blocks' = {self.num_blocks} does not divide 'teacher.num_hidden_layers' = "
+                f"{t.num_hidden_layers}; blocks are aligned with teacher layers, pick a divisor"
+            )
+        if len(set(self.hidden_choices)) != len(self.hidden_choices):
+            raise SpaceError(f"{source}: 'hidden_choices' lists a width twice")
+        if list(self.hidden_choices) != sorted(self.hidden_choices):
+            raise SpaceError(f"{source}: 'hidden_choices' must be in increasing order")
+        for w in self.hidden_choices:
+            if w > t.hidden_size:
+                raise SpaceError(
+                    f"{source}: 'hidden_choices' has {w}, wider than 'teacher.hidden_size' = {t.hidden_size}; "
+                    "weights are sliced from the teacher, so no width may exceed it"
+                )
+            if "mha" in self.ops and w % self.head_size:
+                raise SpaceError(
+                    f"{source}: 'hidden_choices' has {w}, not a multiple of 'head_size' = {self.head_size} "
+                    "(an mha op has width / head_size heads)"
+                )
+        if t.hidden_size % t.num_attention_heads or t.hidden_size // t.num_attention_heads != self.head_size:
+            raise SpaceError(
+                f"{source}: 'head_size' = {self.head_size} but the teacher's heads are "
+                f"{t.hidden_size}/{t.num_attention_heads} wide; mha ops start from the teacher's heads, "
+                "so head_size must equal teacher.hidden_size / teacher.num_attention_heads"
+            )
+        if self.ffn_ratio * t.hidden_size != t.intermediate_size:
+            raise SpaceError(
+                f"{source}: 'ffn_ratio' = {self.ffn_ratio} gives an FFN of {self.ffn_ratio * t.hidden_size} "
+                f"at the teacher's width, but 'teacher.intermediate_size' = {t.intermediate_size}; "
+                "ffn ops start from the teacher's FFNs, so they must match"
+            )
+
+    # ---------------------------------------------------------------- serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "teacher": dataclasses.asdict(self.teacher),
+            "num_blocks": self.num_blocks,
+            "hidden_choices": list(self.hidden_choices),
+            "ops": list(self.ops),
+            "head_size": self.head_size,
+            "ffn_ratio": self.ffn_ratio,
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ---------------------------------------------------------------- structure
+
+    @property
+    def num_slots(self) -> int:
+        """Slots in the whole chain: two per teacher layer."""
+        return 2 * self.teacher.num_hidden_layers
+
+    @property
+    def slots_per_block(self) -> int:
+        return self.num_slots // self.num_blocks
+
+    @property
+    def layers_per_block(self) -> int:
+        """Teacher layers covered by one block."""
+        return self.teacher.num_hidden_layers // self.num_blocks
+
+    @property
+    def teacher_boundaries(self) -> tuple[int, ...]:
+        """Index into the teacher's ``hidden_states`` tuple (0 = embeddings) at the end of each block."""
+        return tuple((n + 1) * self.layers_per_block for n in range(self.num_blocks))
+
+    def block_slots(self, block: int) -> range:
+        """Global slot indices of ``block``."""
+        return range(block * self.slots_per_block, (block + 1) * self.slots_per_block)
+
+    @property
+    def _layer_ops(self) -> tuple[str, ...]:
+        return tuple(o for o in self.ops if o != "identity")
+
+    def _paths_per_width(self) -> int:
+        k, n_ops = self.slots_per_block, len(self._layer_ops)
+        if "identity" in self.ops:  # j layers then k - j identities, j = 0..k
+            return sum(n_ops**j for j in range(k + 1))
+        return n_ops**k
+
+    def num_paths(self, block: int) -> int:
+        """Distinct paths (width x canonical op sequence) of ``block``."""
+        self._check_block_index(block)
+        return len(self.hidden_choices) * self._paths_per_width()
+
+    def iter_block_paths(self, block: int) -> Iterator[BlockArch]:
+        """Every distinct path of ``block``, in a fixed order (narrow widths and short paths first)."""
+        self._check_block_index(block)
+        import itertools
+
+        k = self.slots_per_block
+        lengths = range(k + 1) if "identity" in self.ops else [k]
+        for width in self.hidden_choices:
+            for j in lengths:
+                for layers in itertools.product(self._layer_ops, repeat=j):
+                    yield BlockArch(width, tuple(layers) + ("identity",) * (k - j))
+
+    def _check_block_index(self, block: int) -> None:
+        if not 0 <= block < self.num_blocks:
+            raise IndexError(f"block {block} out of range: space {self.name!r} has {self.num_blocks} blocks")
+
+    def sample_block(self, block: int, rng: np.random.Generator) -> BlockArch:
+        """A path of ``block`` drawn uniformly from its :meth:`num_paths` distinct paths."""
+        self._check_block_index(block)
+        k, layer_ops = self.slots_per_block, self._layer_ops
+        width = int(rng.choice(self.hidden_choices))
+        if "identity" in self.ops:
+            weights = np.array([float(len(layer_ops)) ** j for j in range(k + 1)])
+            j = int(rng.choice(k + 1, p=weights / weights.sum()))
+        else:
+            j = k
+        layers = tuple(layer_ops[i] for i in rng.integers(0, len(layer_ops), size=j))
+        return BlockArch(width, layers + ("identity",) * (k - j))
+
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """An architecture whose blocks are drawn independently and uniformly from their paths."""
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError("sample() takes a numpy.random.Generator, e.g. numpy.random.default_rng(seed)")
+        return Arch(tuple(self.sample_block(n, rng) for n in range(self.num_blocks)))
+
+    def largest_arch(self) -> Arch:
+        """Widest width, all slots filled MHA/FFN alternately (the teacher's layout at the widest choice)."""
+        return self._alternating(max(self.hidden_choices))
+
+    def smallest_arch(self) -> Arch:
+        """Narrowest width with the cheapest non-empty path: one op per block, the lightest available."""
+        w = min(self.hidden_choices)
+        cheapest = min(self._layer_ops, key=lambda o: op_params(o, w, ffn_ratio=self.ffn_ratio))
+        fill = ("identity",) * (self.slots_per_block - 1) if "identity" in self.ops else (cheapest,) * (
+            self.slots_per_block - 1
+        )
+        return Arch(tuple(BlockArch(w, (cheapest,) + fill) for _ in range(self.num_blocks)))
+
+    def teacher_arch(self) -> Arch:
+        """The architecture that is the teacher itself: full teacher width, MHA and FFN alternating.
+
+        It lies outside ``hidden_choices`` when the teacher is wider than every choice (as for BERT-base in the
+        NAS-BERT space); the supernet still runs it, which is how its initialisation is checked.
+        """
+        return self._alternating(self.teacher.hidden_size)
+
+    def _alternating(self, width: int) -> Arch:
+        ops = tuple("mha" if s % 2 == 0 else "ffn" for s in range(self.slots_per_block))
+        return Arch(tuple(BlockArch(width, ops) for _ in range(self.num_blocks)))
+
+    def validate(self, arch: Arch, *, allow_teacher: bool = False) -> None:
+        """Raise :class:`SpaceError` unless ``arch`` belongs to this space.
+
+        With ``allow_teacher``, the teacher's own width is accepted too (see :meth:`teacher_arch`).
+        """
+        if not isinstance(arch, Arch):
+            raise TypeError(f"expected an Arch, got {type(arch).__name__}")
+        if len(arch.blocks) != self.num_blocks:
+            raise SpaceError(f"arch has {len(arch.blocks)} blocks, space {self.name!r} has {self.num_blocks}")
+        widths = set(self.hidden_choices) | ({self.teacher.hidden_size} if allow_teacher else set())
+        for n, block in enumerate(arch.blocks):
+            if block.width not in widths:
+                raise SpaceError(
+                    f"block {n}: width {block.width} is not in hidden_choices {list(self.hidden_choices)}"
+                )
+            if len(block.ops) != self.slots_per_block:
+                raise SpaceError(f"block {n}: has {len(block.ops)} ops, each block has {self.slots_per_block} slots")
+            allowed = set(self.ops) | ({"mha", "ffn"} if allow_teacher and block.width == self.teacher.hidden_size else set())
+            for op in block.ops:
+                if op not in allowed:
+                    raise SpaceError(f"block {n}: op {op!r} is not in this space's ops {list(self.ops)}")
+            first_identity = block.ops.index("identity") if "identity" in block.ops else len(block.ops)
+            if any(op != "identity" for op in block.ops[first_identity:]):
+                raise SpaceError(
+                    f"block {n}: identity ops must come last in a block ({str(block)!r}); "
+                    "move them to the end, which is the same network"
+                )
+
+    def contains(self, arch: Arch) -> bool:
+        try:
+            self.validate(arch)
+        except SpaceError:
+            return False
+        return True
+
+    # ---------------------------------------------------------------- costs
+
+    def num_params(self, arch: Arch) -> int:
+        """Exact parameter count of the model :meth:`SuperNet.extract` builds for ``arch``.
+
+        Embeddings at the first block's width, every layer, a linear adapter at each block boundary and one
+        from the last block to the teacher's width (the output every family member shares).
+        """
+        t, w = self.teacher, arch.widths
+        params = (t.vocab_size + t.max_position_embeddings + t.type_vocab_size) * w[0] + 2 * w[0]
+        for block in arch.blocks:
+            params += sum(op_params(op, block.width, ffn_ratio=self.ffn_ratio) for op in block.layers)
+        params += sum(_linear_params(a, b) for a, b in zip(w[:-1], w[1:]))
+        return params + _linear_params(w[-1], t.hidden_size)
+
+    def flops(self, arch: Arch, seq_len: int) -> int:
+        """FLOPs (2 x multiply-accumulates) of the extracted model on one sequence of ``seq_len`` tokens."""
+        if not _is_int(seq_len) or seq_len <= 0:
+            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+        w = arch.widths
+        flops = 0
+        for block in arch.blocks:
+            flops += sum(op_flops(op, block.width, seq_len, ffn_ratio=self.ffn_ratio) for op in block.layers)
+        flops += sum(2 * seq_len * a * b for a, b in zip(w[:-1], w[1:]))
+        return flops + 2 * seq_len * w[-1] * self.teacher.hidden_size
+
+    def summary(self) -> str:
+        """A human-readable description: structure, path counts and the cost range."""
+        t = self.teacher
+        total = math.prod(self.num_paths(n) for n in range(self.num_blocks))
+        lines = [
+            f"search space {self.name!r}: {self.description}".rstrip(": "),
+            f"  teacher       {t.name or 'built-in MiniLM-L6-H384'}: {t.num_hidden_layers} layers, "
+            f"hidden {t.hidden_size}, {t.num_attention_heads} heads, FFN {t.intermediate_size}",
+            f"  slots         {self.num_slots} in {self.num_blocks} blocks of {self.slots_per_block}",
+            f"  widths        {', '.join(map(str, self.hidden_choices))} (head size {self.head_size}, "
+            f"FFN ratio {self.ffn_ratio})",
+            f"  ops           {', '.join(self.ops)}",
+            f"  paths/block   {self.num_paths(0):,}",
+            f"  architectures {total:,} ({total:.2e})",
+        ]
+        for label, arch in (("smallest", self.smallest_arch()), ("largest", self.largest_arch()),
+                            ("teacher", self.teacher_arch())):
+            lines.append(
+                f"  {label:<13} {self.num_params(arch) / 1e6:7.2f} M params, "
+                f"{self.flops(arch, 128) / 1e9:6.2f} GFLOPs @ 128 tokens  {arch}"
+            )
+        return "\n".join(lines)
