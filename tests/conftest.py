@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny random BERT teacher shaped like ``search_spaces/tiny.yaml`` (built here, no network)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from nasbert import SearchSpace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_WORDS = [
+    "the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "this", "be", "at", "by",
+    "an", "are", "or", "from", "not", "value", "function", "object", "class", "return", "statement", "name",
+    "list", "type", "module", "##s", "##ed", "##ing", ".", ",", "(", ")", ":", "=", "'",
+]
+
+
+def _tiny_vocab(size: int) -> list[str]:
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = list(dict.fromkeys(special + TINY_WORDS + letters + [f"##{c}" for c in letters]))
+    vocab += [f"[unused{i}]" for i in range(size - len(vocab))]
+    return vocab[:size]
+
+
+@pytest.fixture(scope="session")
+def tiny_space() -> SearchSpace:
+    return SearchSpace.load("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_space) -> BertModel:
+    t = tiny_space.teacher
+    config = BertConfig(
+        vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads, intermediate_size=t.intermediate_size,
+        max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
+    )
+    torch.manual_seed(0)
+    model = BertModel(config)
+    # Random LayerNorm scales and biases, so that importance reordering and the hidden permutation matter.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tiny_teacher, tmp_path_factory) -> str:
+    """The tiny teacher saved as a Hugging Face directory, with a matching WordPiece tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-teacher")
+    tiny_teacher.save_pretrained(path)
+    vocab_file = path / "vocab.txt"
+    vocab_file.write_text("\n".join(_tiny_vocab(tiny_teacher.config.vocab_size)) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab_file), model_max_length=tiny_teacher.config.max_position_embeddings
+                      ).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def batch(tiny_space):
+    """A batch of 3 sequences of 7 tokens, the last two padded."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, tiny_space.teacher.vocab_size, (3, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    types = torch.zeros_like(ids)
+    types[:, 4:] = 1
+    return ids, mask, types
