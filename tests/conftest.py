@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 
+# Before transformers / huggingface_hub are imported: they read these once. Tests never use the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from nasbert import SearchSpace
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 TINY_WORDS = [
     "the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "this", "be", "at", "by",
