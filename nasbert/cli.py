@@ -47,69 +47,85 @@ def cmd_space(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def _teacher_parity(supernet, teacher, tokenizer, *, max_docs: int = 8, seq_len: int = 128) -> float:
-    """Largest |supernet(teacher_arch) - teacher| over the real tokens of a few built-in documents."""
-    import torch
-
-    from .data import builtin_documents
-
-    docs = builtin_documents()[:max_docs]
-    batch = tokenizer(docs, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
-    with torch.no_grad():
-        expected = teacher(**batch).last_hidden_state
-        got = supernet(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                       arch=supernet.space.teacher_arch())
-    keep = batch["attention_mask"].bool()
-    return float((got - expected)[keep].abs().max())
-
-
-def stage_supernet(run, config, *, force: bool) -> None:
-    from .space import SearchSpace
-    from .supernet import SuperNet
-    from .teacher import load_teacher
-    from .io import atomic_write_text
-
-    if run.stage_done("supernet") and not force:
-        logger.info("stage supernet: already done (%s); --force to redo", run.path / "supernet")
-        return
-    start = time.perf_counter()
-    space = SearchSpace.load(config.space)
-    print(space.summary())
-    teacher, tokenizer, source = load_teacher(config.teacher if config.teacher is not None else space.teacher.name)
-    logger.info("building the supernet from teacher %s", source)
-    supernet = SuperNet.from_teacher(space, teacher).eval()
-    error = _teacher_parity(supernet, teacher, tokenizer)
-    logger.info("supernet under the teacher's architecture vs the teacher: max |diff| = %.2e", error)
-    if error > 1e-3:
-        raise RuntimeError(
-            f"the supernet does not reproduce the teacher (max |diff| = {error:.2e}); the teacher's layout is not "
-            "supported, please report it with the teacher's config.json"
-        )
-    supernet.save_pretrained(run.path / "supernet", tokenizer=tokenizer)
-    atomic_write_text(run.path / "space.yaml", space.to_yaml())
-    n_params = sum(p.numel() for p in supernet.parameters())
-    run.mark("supernet", "done", teacher=source, teacher_parity_max_abs_diff=error, supernet_params=n_params,
-             seconds=round(time.perf_counter() - start, 1))
-    logger.info("stage supernet: done in %.1f s, %s parameters, saved to %s",
-                time.perf_counter() - start, f"{n_params:,}", run.path / "supernet")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
+def _open_run(args: argparse.Namespace):
+    """The run's config (file + command-line flags) and its directory; a directory this call creates is removed
+    again if the first stage fails, so a typo never leaves a half-made run behind."""
     import shutil
 
     from .run import RunConfig, RunDir
 
     config = RunConfig.load(args.config) if args.config else RunConfig()
-    overrides = {k: v for k, v in (("space", args.space), ("teacher", args.teacher), ("seed", args.seed))
-                 if v is not None}
-    config = RunConfig.from_dict({**config.to_dict(), **overrides}, source="command line")
+    data = config.to_dict()
+    for key, value in (("space", args.space), ("teacher", args.teacher), ("seed", args.seed)):
+        if value is not None:
+            data[key] = value
+    for override in args.overrides:
+        apply_override(data, override)
+    config = RunConfig.from_dict(data, source="command line")
     out = Path(args.out)
     if args.force and (out / "manifest.json").is_file():
         shutil.rmtree(out)
+    created = not out.exists()
     run = RunDir.open(out, config)
     logger.info("run directory %s", out)
-    stage_supernet(run, config, force=args.force)
-    print(f"run {out}: supernet ready; extract a model with: nasbert extract --run {out} --largest --out DIR")
+    return config, run, created
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply ``key.sub=value`` to a config mapping; the value is read as YAML (``5``, ``1e-4``, ``null``,
+    ``[a, b]``), never evaluated as code."""
+    import yaml
+
+    from .config import ConfigError
+
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form key=value (e.g. train.steps=100)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML") from None
+    *parents, last = key.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parents[: i + 1])!r} is not a config section")
+        node = node[part]
+    node[last] = value
+
+
+def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
+    import shutil
+
+    from .pipeline import stage_supernet, stage_train
+
+    config, run, created = _open_run(args)
+    try:
+        if getattr(args, "until", None):
+            stages = stages[: stages.index(args.until) + 1]
+        done = stages
+        for stage in stages:
+            if stage == "supernet":
+                stage_supernet(run, config, force=args.force)
+            elif stage == "train":
+                stage_train(run, config, force=args.force, ray_address=args.ray_address,
+                            show_progress=not args.no_progress)
+    except BaseException:
+        if created and not any(run.stage_done(s) for s in ("supernet", "train")):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return done
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    done = _run_stages(args, ["supernet", "train"])
+    print(f"run {args.out}: {', '.join(done)} done; extract a model with: "
+          f"nasbert extract --run {args.out} --largest --out DIR")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _run_stages(args, ["supernet", "train"])
     return 0
 
 
@@ -151,14 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run the pipeline (with no arguments: built-in teacher, offline)")
-    p.add_argument("--config", help="a YAML run config (see experiments/)")
-    p.add_argument("--out", default="runs/default", help="run directory (default: runs/default)")
-    p.add_argument("--space", help="search space name or YAML path (default: minilm_l6)")
-    p.add_argument("--teacher", help="local HF BERT directory or hub id (default: the built-in MiniLM-L6-H384)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--force", action="store_true", help="start the run directory again")
-    p.set_defaults(func=cmd_run)
+    for name, func, text in (("run", cmd_run, "run the pipeline (with no arguments: built-in teacher, offline)"),
+                             ("train", cmd_train, "block-wise training with progressive shrinking")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="a YAML run config (see experiments/)")
+        p.add_argument("--out", default="runs/default", help="run directory (default: runs/default)")
+        p.add_argument("--space", help="search space name or YAML path (default: minilm_l6)")
+        p.add_argument("--teacher", help="local HF BERT directory or hub id (default: the built-in MiniLM-L6-H384)")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--ray-address", help="train the blocks as Ray actors: 'local', 'auto' or ray://HOST:PORT")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--force", action="store_true", help="start the run directory again")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="config overrides, e.g. train.steps=100 corpus.seq_len=64")
+        if name == "run":
+            p.add_argument("--until", choices=["supernet", "train"], help="stop after this stage")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("space", help="describe a search space")
     p.add_argument("space", nargs="?", default="minilm_l6", help="shipped name or YAML path (default: minilm_l6)")
@@ -181,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from .run import ConfigError
+    from .config import ConfigError
     from .space import SpaceError
     from .teacher import TeacherError
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
@@ -23,16 +22,15 @@ from typing import Any
 
 import yaml
 
+from .config import ConfigError, from_mapping, to_mapping
+from .data import CorpusConfig
+from .training.config import RayConfig, TrainConfig
 from .io import atomic_write_json
 
 __all__ = ["ConfigError", "RunConfig", "RunDir"]
 
 PACKAGES = ("nasbert", "torch", "transformers", "optuna", "ray", "datasets", "numpy", "onnxruntime", "onnx",
             "safetensors")
-
-
-class ConfigError(ValueError):
-    """An invalid run configuration."""
 
 
 @dataclass(frozen=True)
@@ -44,22 +42,16 @@ class RunConfig:
     #: a local HF BERT directory, a hub id, or null for the space's default (the built-in MiniLM-L6-H384)
     teacher: str | None = None
     seed: int = 0
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> RunConfig:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for key, value in data.items():
-            if key not in fields:
-                raise ConfigError(f"{source}: unknown config key {key!r}; allowed keys: {', '.join(fields)}")
-            expected = {"space": (str,), "teacher": (str, type(None)), "seed": (int,)}[key]
-            if not isinstance(value, expected) or isinstance(value, bool):
-                names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
-                raise ConfigError(f"{source}: config key {key!r} must be {names}, got {value!r}")
-        return cls(**data)
+        try:
+            return from_mapping(cls, data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RunConfig:
@@ -73,7 +65,17 @@ class RunConfig:
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_mapping(self)
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Keys (dotted) whose values differ between two config mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for key in sorted(set(old) | set(new), key=str):
+            out.update(_differences(old.get(key), new.get(key), f"{prefix}{key}."))
+        return out
+    return {} if old == new else {prefix.rstrip("."): (old, new)}
 
 
 def _versions() -> dict[str, str | None]:
@@ -115,12 +117,11 @@ class RunDir:
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             old = manifest.get("config", {})
-            for key, value in config.to_dict().items():
-                if old.get(key) != value:
-                    raise ConfigError(
-                        f"run directory {str(path)!r} was made with {key} = {old.get(key)!r}, not {value!r}: "
-                        "pass another --out, or --force to start it again"
-                    )
+            for key, (was, now) in _differences(old, config.to_dict()).items():
+                raise ConfigError(
+                    f"run directory {str(path)!r} was made with {key} = {was!r}, not {now!r}: "
+                    "pass another --out, or --force to start it again"
+                )
             return cls(path, manifest)
         if path.exists() and any(path.iterdir()):
             raise ConfigError(

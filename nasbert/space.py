@@ -96,6 +96,8 @@ class Arch:
     def from_dict(cls, data: Mapping[str, Any]) -> Arch:
         if not isinstance(data, Mapping) or set(data) != {"blocks"}:
             raise SpaceError(f"an architecture is a mapping with the single key 'blocks', got {data!r}")
+        if not isinstance(data["blocks"], (list, tuple)):
+            raise SpaceError(f"an architecture's 'blocks' must be a list, got {data['blocks']!r}")
         blocks = []
         for i, block in enumerate(data["blocks"]):
             if not isinstance(block, Mapping) or set(block) != {"width", "ops"}:
@@ -110,7 +112,11 @@ class Arch:
 
     @classmethod
     def from_json(cls, text: str) -> Arch:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpaceError(f"architecture is not valid JSON ({e}): {text[:80]!r}") from None
+        return cls.from_dict(data)
 
     @classmethod
     def parse(cls, text: str) -> Arch:
@@ -183,6 +189,33 @@ def _shipped_dir() -> Path:
     return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "search_spaces"
 
 
+def _parse_candidates(data: Any, source: str) -> list[list[BlockArch]]:
+    """``candidates``: one list per block of path strings, or of mappings with a ``path`` key (plus the
+    metrics training recorded for it: ``valid_loss``, ``params``, ``flops``)."""
+    if not isinstance(data, list):
+        raise SpaceError(f"{source}: 'candidates' must be a list with one list of paths per block")
+    blocks = []
+    for n, entries in enumerate(data):
+        if not isinstance(entries, list):
+            raise SpaceError(f"{source}: 'candidates[{n}]' must be a list of paths")
+        paths = []
+        for entry in entries:
+            if isinstance(entry, Mapping):
+                unknown = sorted(set(entry) - {"path", "valid_loss", "params", "flops"})
+                if unknown or "path" not in entry:
+                    raise SpaceError(f"{source}: a candidate of block {n} must have a 'path' and may have "
+                                     f"valid_loss, params, flops; got {dict(entry)!r}")
+                entry = entry["path"]
+            if not isinstance(entry, str):
+                raise SpaceError(f"{source}: candidate {entry!r} of block {n} is not a path string")
+            arch = Arch.parse(entry)
+            if len(arch.blocks) != 1:
+                raise SpaceError(f"{source}: candidate {entry!r} of block {n} must be one block, WIDTH:op,...")
+            paths.append(arch.blocks[0])
+        blocks.append(paths)
+    return blocks
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -214,6 +247,8 @@ class SearchSpace:
     head_size: int = 64
     ffn_ratio: int = 4
     description: str = ""
+    #: after progressive shrinking: the surviving paths of each block (None = every path of the space)
+    candidates: tuple[tuple[BlockArch, ...], ...] | None = None
 
     # ---------------------------------------------------------------- loading and validation
 
@@ -300,7 +335,28 @@ class SearchSpace:
             description=str(data.get("description", "")),
         )
         space._validate(source)
+        if data.get("candidates") is not None:
+            space = space.with_candidates(_parse_candidates(data["candidates"], source), source=source)
         return space
+
+    def with_candidates(self, candidates, *, source: str = "candidates") -> SearchSpace:
+        """This space restricted to ``candidates`` (one sequence of :class:`BlockArch` per block)."""
+        candidates = tuple(tuple(block) for block in candidates)
+        if len(candidates) != self.num_blocks:
+            raise SpaceError(f"{source}: 'candidates' has {len(candidates)} blocks, the space has {self.num_blocks}")
+        full = dataclasses.replace(self, candidates=None)
+        for n, paths in enumerate(candidates):
+            if not paths:
+                raise SpaceError(f"{source}: 'candidates' of block {n} is empty")
+            for path in paths:
+                probe = Arch(tuple(path if m == n else full.largest_arch().blocks[m] for m in range(self.num_blocks)))
+                try:
+                    full.validate(probe)
+                except SpaceError as e:
+                    raise SpaceError(f"{source}: candidate {str(path)!r} of block {n}: {e}") from None
+            if len(set(paths)) != len(paths):
+                raise SpaceError(f"{source}: 'candidates' of block {n} lists a path twice")
+        return dataclasses.replace(self, candidates=candidates)
 
     def _validate(self, source: str) -> None:
         t = self.teacher
@@ -356,6 +412,7 @@ class SearchSpace:
             "ops": list(self.ops),
             "head_size": self.head_size,
             "ffn_ratio": self.ffn_ratio,
+            **({"candidates": [[str(p) for p in block] for block in self.candidates]} if self.candidates else {}),
         }
 
     def to_yaml(self) -> str:
@@ -399,11 +456,17 @@ class SearchSpace:
     def num_paths(self, block: int) -> int:
         """Distinct paths (width x canonical op sequence) of ``block``."""
         self._check_block_index(block)
+        if self.candidates is not None:
+            return len(self.candidates[block])
         return len(self.hidden_choices) * self._paths_per_width()
 
     def iter_block_paths(self, block: int) -> Iterator[BlockArch]:
-        """Every distinct path of ``block``, in a fixed order (narrow widths and short paths first)."""
+        """Every distinct path of ``block``, in a fixed order (narrow widths and short paths first; after
+        shrinking, the surviving candidates in their stored order)."""
         self._check_block_index(block)
+        if self.candidates is not None:
+            yield from self.candidates[block]
+            return
         import itertools
 
         k = self.slots_per_block
@@ -420,6 +483,8 @@ class SearchSpace:
     def sample_block(self, block: int, rng: np.random.Generator) -> BlockArch:
         """A path of ``block`` drawn uniformly from its :meth:`num_paths` distinct paths."""
         self._check_block_index(block)
+        if self.candidates is not None:
+            return self.candidates[block][int(rng.integers(len(self.candidates[block])))]
         k, layer_ops = self.slots_per_block, self._layer_ops
         width = int(rng.choice(self.hidden_choices))
         if "identity" in self.ops:

@@ -57,10 +57,10 @@ def tiny_teacher_dir(tiny_teacher, tmp_path_factory) -> str:
     """The tiny teacher saved as a Hugging Face directory, with a matching WordPiece tokenizer."""
     path = tmp_path_factory.mktemp("tiny-teacher")
     tiny_teacher.save_pretrained(path)
-    vocab_file = path / "vocab.txt"
-    vocab_file.write_text("\n".join(_tiny_vocab(tiny_teacher.config.vocab_size)) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab_file), model_max_length=tiny_teacher.config.max_position_embeddings
-                      ).save_pretrained(path)
+    vocab = {token: i for i, token in enumerate(_tiny_vocab(tiny_teacher.config.vocab_size))}
+    tokenizer = BertTokenizerFast(vocab=vocab, model_max_length=tiny_teacher.config.max_position_embeddings)
+    assert tokenizer("the value")["input_ids"] == [vocab["[CLS]"], vocab["the"], vocab["value"], vocab["[SEP]"]]
+    tokenizer.save_pretrained(path)
     return str(path)
 
 

@@ -123,14 +123,18 @@ class SuperNet(nn.Module):
             adapter.bias.zero_()
 
     @classmethod
-    def from_teacher(cls, space: SearchSpace, teacher: str | os.PathLike | nn.Module | None = None) -> SuperNet:
+    def from_teacher(cls, space: SearchSpace, teacher: str | os.PathLike | nn.Module | None = None, *,
+                     init: str = "teacher", seed: int = 0) -> SuperNet:
         """A supernet whose MHA and FFN ops start from the teacher's own sub-layers, units ordered by importance.
 
         ``teacher``: a local HF BERT directory, a hub id, a loaded ``BertModel``, or None for the space's default
         teacher (``teacher.name`` in its YAML; null means the built-in MiniLM-L6-H384). Slot ``s`` takes its mha
         op from teacher layer ``s // 2``'s attention and its ffn op from the same layer's FFN; sepconv ops and
-        nothing else start random.
+        nothing else start random. ``init="random"`` keeps the teacher's hyper-parameters (activation, norms,
+        dropout) but none of its weights: the baseline that shows what teacher initialisation is worth.
         """
+        if init not in ("teacher", "random"):
+            raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
         if isinstance(teacher, nn.Module):
             bert, source = teacher, getattr(teacher.config, "_name_or_path", "") or "<in-memory BertModel>"
         else:
@@ -145,11 +149,14 @@ class SuperNet(nn.Module):
             attention_probs_dropout_prob=config.attention_probs_dropout_prob,
             pad_token_id=config.pad_token_id if config.pad_token_id is not None else 0,
             initializer_range=config.initializer_range,
+            seed=seed,
         )
+        supernet.teacher_source = source
+        if init == "random":
+            return supernet
         state = {k: v.detach().float().cpu() for k, v in bert.state_dict().items()}
         embeddings, layers, perm = reorder_bert(*split_bert_state(state, config.num_hidden_layers), space.head_size)
         supernet._load_teacher(embeddings, layers, perm)
-        supernet.teacher_source = source
         return supernet
 
     @torch.no_grad()
@@ -230,6 +237,15 @@ class SuperNet(nn.Module):
             h = self.slots[slot](h, op, additive, keep)  # (B, T, w)
         return h
 
+    def block_parameters(self, block: int) -> list[tuple[str, nn.Parameter]]:
+        """The parameters block ``block`` trains: each parameter belongs to exactly one block (block 0 owns the
+        embeddings; block n owns its input adapter, its slots and its output adapter), so blocks can be
+        trained by separate optimisers, or in separate processes, without ever writing the same weight."""
+        self.space._check_block_index(block)
+        prefixes = [f"slots.{s}." for s in self.space.block_slots(block)] + [f"out_adapters.{block}."]
+        prefixes.append("embeddings." if block == 0 else f"in_adapters.{block - 1}.")
+        return [(name, p) for name, p in self.named_parameters() if name.startswith(tuple(prefixes))]
+
     # ---------------------------------------------------------------- extraction
 
     def extract_config(self, arch: Arch) -> NasBertConfig:
@@ -286,6 +302,7 @@ class SuperNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> SuperNet:
+        """Load a saved supernet, in eval mode (as Hugging Face models load); call ``.train()`` to train it."""
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(
@@ -297,7 +314,7 @@ class SuperNet(nn.Module):
         supernet = cls(space, **meta["hparams"])
         supernet.load_state_dict(load_file(directory / WEIGHTS_NAME))
         supernet.teacher_source = meta.get("teacher")
-        return supernet
+        return supernet.eval()
 
 
 def _default_inputs(shape, device, attention_mask, token_type_ids):

@@ -1,0 +1,133 @@
+"""The stages of a run, each reading and writing the run directory and resumable.
+
+``supernet``: build the supernet from the teacher and check it reproduces the teacher.
+``train``:    block-wise distillation with progressive shrinking; writes the trained supernet and the
+              surviving paths (RUN/space.yaml, RUN/train/candidates.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .data import builtin_documents, load_corpus
+from .io import atomic_write_text
+from .run import RunConfig, RunDir
+from .space import SearchSpace
+from .supernet import SuperNet
+from .teacher import load_teacher
+
+__all__ = ["STAGES", "cache_dir", "stage_supernet", "stage_train", "teacher_parity"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("supernet", "train")
+
+
+def cache_dir() -> Path:
+    """Where tokenised corpora are cached: ``$NASBERT_CACHE``, else ``~/.cache/nasbert``."""
+    return Path(os.environ.get("NASBERT_CACHE", Path.home() / ".cache" / "nasbert"))
+
+
+def teacher_parity(supernet: SuperNet, teacher, tokenizer, *, max_docs: int = 8, seq_len: int = 128) -> float:
+    """Largest |supernet(teacher_arch) - teacher| over the real tokens of a few built-in documents."""
+    seq_len = min(seq_len, supernet.space.teacher.max_position_embeddings)
+    batch = tokenizer(builtin_documents()[:max_docs], padding=True, truncation=True, max_length=seq_len,
+                      return_tensors="pt")
+    with torch.no_grad():
+        expected = teacher(**batch).last_hidden_state
+        got = supernet(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                       arch=supernet.space.teacher_arch())
+    keep = batch["attention_mask"].bool()
+    return float((got - expected)[keep].abs().max())
+
+
+def _teacher_for(config: RunConfig, space: SearchSpace):
+    return load_teacher(config.teacher if config.teacher is not None else space.teacher.name)
+
+
+def stage_supernet(run: RunDir, config: RunConfig, *, force: bool = False) -> None:
+    if run.stage_done("supernet") and not force:
+        logger.info("stage supernet: already done (%s); --force to redo", run.path / "supernet")
+        return
+    start = time.perf_counter()
+    space = SearchSpace.load(config.space)
+    print(space.summary())
+    teacher, tokenizer, source = _teacher_for(config, space)
+    logger.info("building the supernet from teacher %s", source)
+    supernet = SuperNet.from_teacher(space, teacher).eval()
+    error = teacher_parity(supernet, teacher, tokenizer)
+    logger.info("supernet under the teacher's architecture vs the teacher: max |diff| = %.2e", error)
+    if error > 1e-3:
+        raise RuntimeError(
+            f"the supernet does not reproduce the teacher (max |diff| = {error:.2e}); the teacher's layout is not "
+            "supported, please report it with the teacher's config.json"
+        )
+    supernet.save_pretrained(run.path / "supernet", tokenizer=tokenizer)
+    atomic_write_text(run.path / "space.yaml", space.to_yaml())
+    n_params = sum(p.numel() for p in supernet.parameters())
+    run.mark("supernet", "done", teacher=source, teacher_parity_max_abs_diff=error, supernet_params=n_params,
+             seconds=round(time.perf_counter() - start, 1))
+    logger.info("stage supernet: done in %.1f s, %s parameters, saved to %s",
+                time.perf_counter() - start, f"{n_params:,}", run.path / "supernet")
+
+
+def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True,
+                ray_address: str | None = None) -> dict | None:
+    """Train the supernet block-wise; resumes from RUN/train/checkpoint after an interruption."""
+    import shutil
+
+    from .training import BlockwiseTrainer
+
+    if run.stage_done("train") and not force:
+        logger.info("stage train: already done (%s); --force to redo", run.path / "train")
+        return None
+    workdir = run.path / "train"
+    if force and workdir.exists():
+        shutil.rmtree(workdir)
+    space = SearchSpace.load(config.space)
+    teacher, tokenizer, source = _teacher_for(config, space)
+    corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=show_progress)
+    logger.info("corpus: %d training and %d validation sequences of %d tokens", len(corpus.train),
+                len(corpus.valid), corpus.train.shape[1])
+    supernet = SuperNet.from_teacher(space, teacher, init=config.train.init, seed=config.seed)
+    runner = None
+    use_ray = config.ray.enabled or ray_address is not None  # "local" starts a local Ray instance
+    if use_ray:
+        from .training.ray_blocks import RayBlockRunner
+
+        address = config.ray.address if ray_address in (None, "local") else ray_address
+        runner = RayBlockRunner(supernet, config.train, address=address,
+                                num_cpus=config.ray.num_cpus, seed=config.seed)
+    run.mark("train", "running", teacher=source)
+    try:
+        trainer = BlockwiseTrainer(supernet, teacher, corpus, config.train, tokenizer=tokenizer, workdir=workdir,
+                                   seed=config.seed, show_progress=show_progress, block_runner=runner)
+        result = trainer.train()
+    finally:
+        if runner is not None:
+            runner.shutdown()
+    trainer.supernet.cpu().save_pretrained(run.path / "supernet", tokenizer=tokenizer)
+    shrunk = space.with_candidates([c.paths for c in trainer.candidates])
+    _write_space_yaml(run.path / "space.yaml", shrunk, trainer.candidates)
+    run.mark("train", "done", ray=use_ray, corpus=config.corpus.describe(), **result)
+    logger.info("stage train: done in %.0f s; validation loss %.4f; surviving paths per block %s",
+                result["seconds"], result["valid_loss"], result["surviving_paths"])
+    return result
+
+
+def _write_space_yaml(path: Path, space: SearchSpace, candidates) -> None:
+    """space.yaml with the surviving paths of each block and their validation loss, parameters and FLOPs."""
+    import yaml
+
+    data = space.to_dict()
+    data["candidates"] = [
+        [{"path": str(p), "valid_loss": c.losses.get(str(p)), "params": int(params), "flops": int(flops)}
+         for p, params, flops in zip(c.paths, c.params, c.latency)]
+        for c in candidates
+    ]
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, width=120))

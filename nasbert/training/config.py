@@ -1,0 +1,106 @@
+"""Configuration of block-wise training and progressive shrinking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import ConfigError
+
+__all__ = ["RayConfig", "ShrinkConfig", "TrainConfig"]
+
+SAMPLING = ("uniform", "sandwich")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class ShrinkConfig:
+    """Progressive shrinking (NAS-BERT section 3.2.2). NAS-BERT's own values: bins 10, samples_per_bin 2000,
+    keep_per_bin 10; the defaults here are scaled down for a CPU run."""
+
+    enabled: bool = True
+    #: paths of a block are binned by parameters (and again by latency / FLOPs) into this many bins
+    bins: int = 10
+    #: each round scores at most this many paths per bin
+    samples_per_bin: int = 16
+    #: shrinking stops once every bin holds at most this many paths
+    keep_per_bin: int = 4
+    #: training steps before the first round
+    warmup_steps: int = 100
+    #: training steps between rounds
+    steps_between_rounds: int = 50
+    #: upper bound on rounds (shrinking may stop earlier, once every bin is small enough)
+    max_rounds: int = 4
+    #: validation batches each path is scored on
+    eval_batches: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("bins", "samples_per_bin", "keep_per_bin", "max_rounds", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"shrink.{name} must be at least 1, got {getattr(self, name)}")
+        if self.samples_per_bin < 2:
+            raise ConfigError("shrink.samples_per_bin must be at least 2 (each round drops the worse half)")
+        for name in ("warmup_steps", "steps_between_rounds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"shrink.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Block-wise distillation. The defaults suit the built-in teacher on 2 CPU cores; see experiments/ for GPU."""
+
+    steps: int = 400
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, ...] = (0.9, 0.98)
+    warmup_steps: int = 40
+    schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    #: "uniform": one random path per block and step (NAS-BERT); "sandwich": largest + smallest + random paths
+    sampling: str = "sandwich"
+    #: random paths per block and step in sandwich mode (on top of the largest and the smallest)
+    sandwich_random: int = 1
+    mlm_probability: float = 0.15
+    #: validation of a fixed set of paths every this many steps (0 = only at the end)
+    eval_every: int = 100
+    eval_batches: int = 4
+    #: fixed paths per block the validation loss is reported on
+    eval_paths: int = 8
+    checkpoint_every: int = 50
+    #: torch intra-op threads (0 = torch's default)
+    threads: int = 0
+    device: str = "cpu"
+    #: "teacher": MHA / FFN ops start from the teacher (the point of nasbert); "random": the baseline
+    init: str = "teacher"
+    shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING:
+            raise ConfigError(f"train.sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+        if self.init not in ("teacher", "random"):
+            raise ConfigError(f"train.init must be 'teacher' or 'random', got {self.init!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("steps", "batch_size", "eval_batches", "eval_paths", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "sandwich_random", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"train.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must hold two numbers, got {list(self.betas)}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Block-parallel training on Ray (one actor per block)."""
+
+    enabled: bool = False
+    #: null starts a local Ray instance; "auto" joins a running cluster; or "ray://HOST:PORT"
+    address: str | None = None
+    #: CPUs of a local instance (null = all)
+    num_cpus: int | None = None

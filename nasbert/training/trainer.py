@@ -1,0 +1,332 @@
+"""The training stage: block-wise distillation with progressive shrinking, checkpointed and resumable.
+
+::
+
+    RUN/train/
+      checkpoint/      supernet.safetensors, optimizer.pt, state.json  (replaced atomically)
+      metrics.jsonl    one line per logged step, evaluation and shrinking round
+      candidates.json  surviving paths per block with their validation loss, parameters and FLOPs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..data import BatchIterator, TokenizedCorpus, mask_tokens
+from ..io import atomic_dir, atomic_write_json, atomic_write_text
+from ..space import BlockArch
+from ..supernet import SuperNet
+from .blockwise import BlockBatch, BlockLearner, block_batches, sandwich_paths, score_paths
+from .config import TrainConfig
+from .shrinking import BlockCandidates, shrink_round
+
+__all__ = ["BlockwiseTrainer"]
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class BlockwiseTrainer:
+    """Trains ``supernet`` against ``teacher`` on ``corpus``; ``workdir`` holds checkpoints and metrics.
+
+    >>> trainer = BlockwiseTrainer(supernet, teacher, corpus, TrainConfig(steps=100), tokenizer=tok,
+    ...                            workdir="RUN/train", seed=0)  # doctest: +SKIP
+    >>> result = trainer.train()  # resumes from RUN/train/checkpoint if there is one  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        supernet: SuperNet,
+        teacher: torch.nn.Module,
+        corpus: TokenizedCorpus,
+        config: TrainConfig,
+        *,
+        tokenizer,
+        workdir: str | Path,
+        seed: int = 0,
+        show_progress: bool = True,
+        block_runner=None,
+    ):
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = torch.device(config.device)
+        self.supernet = supernet.to(self.device)
+        self.teacher = teacher.to(self.device).eval()
+        self.space = supernet.space
+        self.corpus = corpus
+        self.config = config
+        self.seed = seed
+        self.workdir = Path(workdir)
+        self.show_progress = show_progress
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
+        self.mask_token_id = tokenizer.mask_token_id
+        self.vocab_size = self.space.teacher.vocab_size
+        if corpus.train.shape[0] < config.batch_size:
+            raise ValueError(
+                f"the corpus has {corpus.train.shape[0]} training sequences, fewer than train.batch_size = "
+                f"{config.batch_size}: use a bigger corpus or a smaller batch"
+            )
+        self.seq_len = corpus.train.shape[1]
+        self.learners = [BlockLearner(self.supernet, n, config) for n in range(self.space.num_blocks)]
+        self.batches = BatchIterator(corpus.train.shape[0], config.batch_size, seed=seed)
+        self.mask_generator = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.step = 0
+        self.rounds_done = 0
+        self.candidates = [BlockCandidates.full(self.space, n, self.seq_len) for n in range(self.space.num_blocks)]
+        self.valid_batches = self._validation_batches()
+        eval_rng = np.random.default_rng(seed + 1)
+        self.eval_paths = [self._eval_paths(n, eval_rng) for n in range(self.space.num_blocks)]
+        #: runs the blocks' steps elsewhere (``RayBlockRunner``); None runs them in this process
+        self.block_runner = block_runner
+
+    def _sync(self) -> None:
+        """Bring the blocks' weights and optimiser states back from the runner, if blocks train elsewhere."""
+        if self.block_runner is not None:
+            self.block_runner.pull(self.supernet, self.learners)
+
+    # ---------------------------------------------------------------- data
+
+    def _validation_batches(self) -> list[list[BlockBatch]]:
+        """Teacher states of the fixed validation batches (masked with a fixed seed), per batch and block."""
+        n_batches = max(self.config.eval_batches, self.config.shrink.eval_batches)
+        rows = self.corpus.valid
+        generator = torch.Generator().manual_seed(self.seed + 12345)
+        out = []
+        for start in range(0, min(len(rows), n_batches * self.config.batch_size), self.config.batch_size):
+            ids = rows[start : start + self.config.batch_size]
+            out.append(self._teacher_batch(ids, generator))
+        return out
+
+    def _teacher_batch(self, ids: torch.Tensor, generator: torch.Generator) -> list[BlockBatch]:
+        corrupted, _ = mask_tokens(ids, vocab_size=self.vocab_size, mask_token_id=self.mask_token_id,
+                                   special_ids=self.special_ids, generator=generator,
+                                   mlm_probability=self.config.mlm_probability)
+        corrupted = corrupted.to(self.device)
+        mask = torch.ones_like(corrupted)
+        return block_batches(self.teacher, self.space, corrupted, mask)
+
+    def _eval_paths(self, block: int, rng: np.random.Generator) -> list[BlockArch]:
+        largest, smallest = sandwich_paths(self.space, self.candidates[block].paths)
+        paths = [largest, smallest]
+        while len(paths) < max(self.config.eval_paths, 2):
+            p = self.space.sample_block(block, rng)
+            if p not in paths:
+                paths.append(p)
+        return paths[: max(self.config.eval_paths, 2)]
+
+    # ---------------------------------------------------------------- one step
+
+    def _paths_for_step(self, block: int) -> list[BlockArch]:
+        survivors = self.candidates[block].paths
+        random_paths = [survivors[int(i)] for i in self.rng.integers(0, len(survivors), size=self._n_random())]
+        if self.config.sampling == "uniform":
+            return random_paths
+        largest, smallest = sandwich_paths(self.space, survivors)
+        return [largest, smallest, *random_paths]
+
+    def _n_random(self) -> int:
+        return 1 if self.config.sampling == "uniform" else self.config.sandwich_random
+
+    def train_step(self) -> list[float]:
+        """One optimiser step over every block. Returns the mean loss of each block's paths."""
+        ids = self.corpus.train[self.batches.next_indices()]
+        per_block = self._teacher_batch(ids, self.mask_generator)
+        paths = [self._paths_for_step(n) for n in range(self.space.num_blocks)]
+        if self.block_runner is not None:
+            losses = self.block_runner.step(per_block, paths)
+        else:
+            losses = [learner.step(batch, p) for learner, batch, p in zip(self.learners, per_block, paths)]
+        self.step += 1
+        return losses
+
+    # ---------------------------------------------------------------- evaluation and shrinking
+
+    def evaluate(self) -> dict[str, Any]:
+        self._sync()
+        batches = self.valid_batches[: self.config.eval_batches]
+        result: dict[str, Any] = {"step": self.step, "event": "eval", "blocks": []}
+        for n in range(self.space.num_blocks):
+            losses = score_paths(self.supernet, n, self.eval_paths[n], [b[n] for b in batches])
+            result["blocks"].append({"mean": float(np.mean(losses)), "largest": losses[0], "smallest": losses[1]})
+        result["mean"] = float(np.mean([b["mean"] for b in result["blocks"]]))
+        return result
+
+    def _shrink_due(self) -> bool:
+        s = self.config.shrink
+        if not s.enabled or self.rounds_done >= s.max_rounds or self.step < s.warmup_steps:
+            return False
+        if all(c.done(s) for c in self.candidates):
+            return False
+        return (self.step - s.warmup_steps) % max(1, s.steps_between_rounds) == 0
+
+    def shrink(self) -> dict[str, Any]:
+        s = self.config.shrink
+        self._sync()
+        batches = self.valid_batches[: s.eval_batches]
+        report: dict[str, Any] = {"step": self.step, "event": "shrink", "round": self.rounds_done + 1, "blocks": []}
+        for n in range(self.space.num_blocks):
+            if self.candidates[n].done(s):
+                report["blocks"].append({"before": len(self.candidates[n].paths), "scored": 0, "dropped": 0,
+                                         "after": len(self.candidates[n].paths)})
+                continue
+            score = lambda paths, n=n: score_paths(self.supernet, n, paths, [b[n] for b in batches])  # noqa: E731
+            self.candidates[n], block_report = shrink_round(self.candidates[n], score, s, self.rng)
+            report["blocks"].append(block_report)
+        self.rounds_done += 1
+        return report
+
+    def final_scores(self) -> None:
+        """Score every surviving path with the final weights: these losses are the search's proxy."""
+        batches = self.valid_batches[: self.config.shrink.eval_batches]
+        for n, cand in enumerate(self.candidates):
+            losses = score_paths(self.supernet, n, cand.paths, [b[n] for b in batches])
+            cand.losses = {str(p): float(loss) for p, loss in zip(cand.paths, losses)}
+
+    # ---------------------------------------------------------------- checkpoints
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.workdir / "checkpoint"
+
+    def save_checkpoint(self) -> None:
+        self._sync()
+        with atomic_dir(self.checkpoint_dir) as tmp:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.supernet.state_dict().items()}
+            save_file(state, tmp / "supernet.safetensors")
+            torch.save({"learners": [learner.state_dict() for learner in self.learners],
+                        "mask_generator": self.mask_generator.get_state(),
+                        "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+            meta = {
+                "version": STATE_VERSION,
+                "step": self.step,
+                "rounds_done": self.rounds_done,
+                "rng": self.rng.bit_generator.state,
+                "batches": self.batches.state_dict(),
+                "candidates": [c.to_dict() for c in self.candidates],
+                "config": _jsonable(self.config),
+            }
+            (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``workdir/checkpoint`` if present. Returns whether a checkpoint was loaded."""
+        path = self.checkpoint_dir
+        if not (path / "state.json").is_file():
+            return False
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        if meta.get("version") != STATE_VERSION:
+            raise RuntimeError(f"checkpoint {path} has format {meta.get('version')}, expected {STATE_VERSION}")
+        if meta["config"] != _jsonable(self.config):
+            raise RuntimeError(
+                f"checkpoint {path} was written with another training config; rerun with the same config, "
+                "or with --force to start training again"
+            )
+        self.supernet.load_state_dict(load_file(path / "supernet.safetensors", device=str(self.device)))
+        extra = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+        for learner, state in zip(self.learners, extra["learners"]):
+            learner.load_state_dict(state)
+        self.mask_generator.set_state(extra["mask_generator"])
+        torch.set_rng_state(extra["torch_rng"])
+        self.step, self.rounds_done = meta["step"], meta["rounds_done"]
+        self.rng.bit_generator.state = meta["rng"]
+        self.batches.load_state_dict(meta["batches"])
+        self.candidates = [BlockCandidates.from_dict(c) for c in meta["candidates"]]
+        _truncate_metrics(self.metrics_path, self.step)
+        logger.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # ---------------------------------------------------------------- the loop
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.workdir / "metrics.jsonl"
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) training to ``config.steps``; returns a summary."""
+        start = time.perf_counter()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        resumed_at = self.step if self.load_checkpoint() else None
+        if resumed_at is not None and self.block_runner is not None:
+            self.block_runner.push(self.supernet, self.learners)
+        tokens_per_step = self.config.batch_size * self.seq_len
+        running = None
+        bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.show_progress, dynamic_ncols=True)
+        while self.step < self.config.steps:
+            t0 = time.perf_counter()
+            losses = self.train_step()
+            running = losses if running is None else [0.9 * r + 0.1 * x for r, x in zip(running, losses)]
+            self._log({"step": self.step, "event": "train", "losses": losses,
+                       "lr": self.learners[0].lr,
+                       "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)})
+            bar.update(1)
+            bar.set_postfix({f"b{n}": f"{r:.4f}" for n, r in enumerate(running)})
+            if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < self.config.steps:
+                self._log(self.evaluate())
+            if self._shrink_due():
+                report = self.shrink()
+                self._log(report)
+                logger.info("shrinking round %d: %s", report["round"],
+                            ", ".join(f"block {n}: {b['before']} -> {b['after']}" for n, b in enumerate(report["blocks"])))
+            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                self.save_checkpoint()
+        bar.close()
+        final = self.evaluate()
+        self._log(final)
+        self.final_scores()
+        self.write_candidates()
+        return {
+            "steps": self.step, "resumed_at": resumed_at, "shrinking_rounds": self.rounds_done,
+            "valid_loss": final["mean"], "valid_loss_per_block": [b["mean"] for b in final["blocks"]],
+            "surviving_paths": [len(c.paths) for c in self.candidates],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+
+    def write_candidates(self) -> Path:
+        """``candidates.json``: per block, every surviving path with its validation loss, parameters and FLOPs."""
+        blocks = []
+        for cand in self.candidates:
+            blocks.append([
+                {"path": str(p), "valid_loss": cand.losses.get(str(p)), "params": params, "flops": int(flops)}
+                for p, params, flops in zip(cand.paths, cand.params, cand.latency)
+            ])
+        path = self.workdir / "candidates.json"
+        atomic_write_json(path, {"seq_len": self.seq_len, "blocks": blocks})
+        return path
+
+
+def _jsonable(config: TrainConfig) -> dict:
+    from ..config import to_mapping
+
+    return json.loads(json.dumps(to_mapping(config)))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint being resumed (they will be written again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
