@@ -157,7 +157,7 @@ class BlockLearner:
         for path in paths:
             loss = block_loss(self.supernet, self.block, path, batch) / len(paths)
             loss.backward()  # one path at a time: activations of only one path are alive
-            total += float(loss)
+            total += loss.item()
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()

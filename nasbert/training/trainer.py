@@ -257,10 +257,15 @@ class BlockwiseTrainer:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def train(self) -> dict[str, Any]:
-        """Run (or resume) training to ``config.steps``; returns a summary."""
+    def train(self, *, stop_after: int | None = None) -> dict[str, Any] | None:
+        """Run (or resume) training to ``config.steps``; returns a summary.
+
+        ``stop_after``: checkpoint and return None after this step, as an interrupted run would (the next call
+        resumes from there).
+        """
         start = time.perf_counter()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.seed)  # dropout draws from the global generator; a resume restores its state
         resumed_at = self.step if self.load_checkpoint() else None
         if resumed_at is not None and self.block_runner is not None:
             self.block_runner.push(self.supernet, self.learners)
@@ -284,8 +289,11 @@ class BlockwiseTrainer:
                 self._log(report)
                 logger.info("shrinking round %d: %s", report["round"],
                             ", ".join(f"block {n}: {b['before']} -> {b['after']}" for n, b in enumerate(report["blocks"])))
-            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+            if self.step % self.config.checkpoint_every == 0 or self.step in (self.config.steps, stop_after):
                 self.save_checkpoint()
+            if self.step == stop_after:
+                bar.close()
+                return None
         bar.close()
         final = self.evaluate()
         self._log(final)
