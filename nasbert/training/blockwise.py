@@ -118,10 +118,11 @@ def make_optimizer(named_parameters, config: TrainConfig, total_steps: int):
     decay, no_decay = [], []
     for name, p in named_parameters:
         (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=tuple(config.betas),
-    )
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # the fused kernel is about 10x faster on CPU (a step updates every sliced tensor in full)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), fused=True)
+    except (RuntimeError, TypeError):
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
 
     def factor(step: int) -> float:
         if step < config.warmup_steps:

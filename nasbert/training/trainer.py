@@ -285,7 +285,9 @@ class BlockwiseTrainer:
             if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < self.config.steps:
                 self._log(self.evaluate())
             if self._shrink_due():
+                t0 = time.perf_counter()
                 report = self.shrink()
+                report["seconds"] = round(time.perf_counter() - t0, 2)
                 self._log(report)
                 logger.info("shrinking round %d: %s", report["round"],
                             ", ".join(f"block {n}: {b['before']} -> {b['after']}" for n, b in enumerate(report["blocks"])))
@@ -297,7 +299,10 @@ class BlockwiseTrainer:
         bar.close()
         final = self.evaluate()
         self._log(final)
+        t0 = time.perf_counter()
         self.final_scores()
+        self._log({"step": self.step, "event": "final_scores", "paths": [len(c.paths) for c in self.candidates],
+                   "seconds": round(time.perf_counter() - t0, 2)})
         self.write_candidates()
         return {
             "steps": self.step, "resumed_at": resumed_at, "shrinking_rounds": self.rounds_done,
