@@ -99,6 +99,8 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
 
     from .pipeline import stage_supernet, stage_train
 
+    INPUT_ERRORS = _input_errors()
+
     config, run, created = _open_run(args)
     try:
         if getattr(args, "until", None):
@@ -110,8 +112,9 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
             elif stage == "train":
                 stage_train(run, config, force=args.force, ray_address=args.ray_address,
                             show_progress=not args.no_progress)
-    except BaseException:
-        if created and not any(run.stage_done(s) for s in ("supernet", "train")):
+    except BaseException as e:
+        # A directory this call made goes again if the input was bad (nothing to resume) or nothing finished.
+        if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in ("supernet", "train"))):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     return done
@@ -202,16 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the input (config, space, teacher, corpus, paths) is wrong: a message, exit 1."""
     from .config import ConfigError
     from .space import SpaceError
     from .teacher import TeacherError
 
+    return (ConfigError, SpaceError, TeacherError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except (ConfigError, SpaceError, TeacherError, FileNotFoundError) as e:
+    except _input_errors() as e:
         print(f"nasbert: error: {e}", file=sys.stderr)
         return 1
 

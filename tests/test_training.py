@@ -236,3 +236,32 @@ def test_blocks_train_as_ray_actors(tiny_space, tiny_teacher, tokenizer, corpus,
     saved.load_state_dict(load_file(tmp_path / "checkpoint" / "supernet.safetensors"))
     for name, value in net.state_dict().items():
         assert torch.equal(saved.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["corpus.source=files", "corpus.paths=[/no/such/corpus.txt]"], "does not exist"),
+    (["corpus.source=files", "corpus.paths=[EMPTY]"], "empty"),
+    (["corpus.source=files", "corpus.paths=[LATIN1]"], "UTF-8"),
+    (["corpus.source=files", "corpus.paths=[SHORT]"], "tokens"),
+    (["corpus.source=files", "corpus.paths=[JSONL]", "corpus.text_column=body"], "body"),
+    (["train.sampling=both"], "train.sampling"),
+])
+def test_bad_training_input_exits_1_and_leaves_no_run_directory(tiny_teacher_dir, tmp_path, capsys, overrides,
+                                                                message):
+    from nasbert.cli import main
+
+    files = {"EMPTY": ("empty.txt", b""), "LATIN1": ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1")),
+             "SHORT": ("short.txt", b"one short line\n"), "JSONL": ("docs.jsonl", b'{"text": "a value"}\n')}
+    resolved = []
+    for item in overrides:
+        for key, (name, data) in files.items():
+            if f"[{key}]" in item:
+                (tmp_path / name).write_bytes(data)
+                item = item.replace(key, str(tmp_path / name))
+        resolved.append(item)
+    run = tmp_path / "run"
+    code = main(["train", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(run), "--no-progress",
+                 "train.steps=2", "corpus.seq_len=32", *resolved])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert not run.exists()
