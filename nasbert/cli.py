@@ -97,7 +97,7 @@ def apply_override(data: dict, override: str) -> None:
 def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     import shutil
 
-    from .pipeline import stage_supernet, stage_train
+    from .pipeline import STAGES, stage_latency, stage_supernet, stage_train
 
     INPUT_ERRORS = _input_errors()
 
@@ -112,16 +112,18 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
             elif stage == "train":
                 stage_train(run, config, force=args.force, ray_address=args.ray_address,
                             show_progress=not args.no_progress)
+            elif stage == "latency":
+                stage_latency(run, config, force=args.force, show_progress=not args.no_progress)
     except BaseException as e:
         # A directory this call made goes again if the input was bad (nothing to resume) or nothing finished.
-        if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in ("supernet", "train"))):
+        if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in STAGES)):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     return done
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    done = _run_stages(args, ["supernet", "train"])
+    done = _run_stages(args, ["supernet", "train", "latency"])
     print(f"run {args.out}: {', '.join(done)} done; extract a model with: "
           f"nasbert extract --run {args.out} --largest --out DIR")
     return 0
@@ -129,6 +131,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _run_stages(args, ["supernet", "train"])
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    """``nasbert latency --run RUN``: profile this machine for an existing run (flags override latency.*)."""
+    from .run import RunDir
+
+    run = RunDir.load(args.run)
+    data = run.config.to_dict()
+    for key in ("device", "engine", "threads", "batch", "seq_len", "archs"):
+        value = getattr(args, key)
+        if value is not None:
+            data["latency"][key] = value
+    from .run import RunConfig
+    from .pipeline import stage_latency
+
+    config = RunConfig.from_dict(data, source="command line")
+    report = stage_latency(run, config, force=args.force, show_progress=not args.no_progress)
+    if report is not None:
+        print(f"teacher latency {report['teacher_latency_ms']:.2f} ms; held-out MAPE table "
+              f"{report['table']['mape']:.1%}, predictor {report['predictor']['mape']:.1%}; Kendall tau table "
+              f"{report['table']['kendall_tau']:.3f}, predictor {report['predictor']['kendall_tau']:.3f}")
     return 0
 
 
@@ -184,8 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config overrides, e.g. train.steps=100 corpus.seq_len=64")
         if name == "run":
-            p.add_argument("--until", choices=["supernet", "train"], help="stop after this stage")
+            p.add_argument("--until", choices=["supernet", "train", "latency"], help="stop after this stage")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("latency", help="profile this machine for a run: lookup table, predictor, accuracy")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--engine", choices=["onnxruntime", "torch"])
+    p.add_argument("--threads", type=int, help="intra-op threads (default 1)")
+    p.add_argument("--batch", type=int, help="batch size (default 1)")
+    p.add_argument("--seq-len", dest="seq_len", type=int, help="sequence length (default 128)")
+    p.add_argument("--archs", type=int, help="whole models to measure (default 60)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="profile again")
+    p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("space", help="describe a search space")
     p.add_argument("space", nargs="?", default="minilm_l6", help="shipped name or YAML path (default: minilm_l6)")

@@ -3,6 +3,8 @@
 ``supernet``: build the supernet from the teacher and check it reproduces the teacher.
 ``train``:    block-wise distillation with progressive shrinking; writes the trained supernet and the
               surviving paths (RUN/space.yaml, RUN/train/candidates.json).
+``latency``:  profile this machine: lookup table, whole measured models, predictor, accuracy
+              (RUN/latency/<device-key>/).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from .space import SearchSpace
 from .supernet import SuperNet
 from .teacher import load_teacher
 
-__all__ = ["STAGES", "cache_dir", "stage_supernet", "stage_train", "teacher_parity"]
+__all__ = ["STAGES", "cache_dir", "stage_latency", "stage_supernet", "stage_train", "teacher_parity"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("supernet", "train")
+STAGES = ("supernet", "train", "latency")
 
 
 def cache_dir() -> Path:
@@ -131,3 +133,35 @@ def _write_space_yaml(path: Path, space: SearchSpace, candidates) -> None:
         for c in candidates
     ]
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, width=120))
+
+
+def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True) -> dict | None:
+    """Profile this machine for the run's (shrunk) space; the profile goes to RUN/latency/<device-key>/."""
+    from .latency import device_info, profile_device
+
+    c = config.latency
+    key = device_info(engine=c.engine, device=c.device, threads=c.threads, batch=c.batch, seq_len=c.seq_len).key
+    out = run.path / "latency" / key
+    done = run.manifest["stages"].get("latency", {})
+    if run.stage_done("latency") and done.get("device_key") == key and not force:
+        logger.info("stage latency: already done for %s (%s); --force to redo", key, out)
+        return None
+    space_file = run.path / "space.yaml"
+    space = SearchSpace.load(space_file) if space_file.is_file() else SearchSpace.load(config.space)
+    teacher, _, _ = _teacher_for(config, space)
+    logger.info("profiling %s: %d ops in the table, %d whole models", key, len(_table_keys(space)), c.archs)
+    report = profile_device(space, out, config=c, teacher=teacher, seed=config.seed, show_progress=show_progress)
+    run.mark("latency", "done", device_key=key, profile=str(out.relative_to(run.path)),
+             teacher_latency_ms=report["teacher_latency_ms"], table=report["table"],
+             predictor=report["predictor"], seconds=report["seconds"])
+    logger.info("stage latency: done in %.0f s; teacher %.2f ms; held-out MAPE table %.1f%%, predictor %.1f%%; "
+                "Kendall tau table %.3f, predictor %.3f", report["seconds"], report["teacher_latency_ms"],
+                100 * report["table"]["mape"], 100 * report["predictor"]["mape"], report["table"]["kendall_tau"],
+                report["predictor"]["kendall_tau"])
+    return report
+
+
+def _table_keys(space: SearchSpace) -> list[str]:
+    from .latency.table import table_keys
+
+    return table_keys(space)

@@ -24,6 +24,7 @@ import yaml
 
 from .config import ConfigError, from_mapping, to_mapping
 from .data import CorpusConfig
+from .latency.profile import LatencyConfig
 from .training.config import RayConfig, TrainConfig
 from .io import atomic_write_json
 
@@ -45,6 +46,7 @@ class RunConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> RunConfig:

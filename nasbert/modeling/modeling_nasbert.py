@@ -96,7 +96,7 @@ def embed(
     """BERT's embeddings: word + absolute position + token type, then LayerNorm."""
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]  # (1, T)
     h = F.embedding(input_ids, word) + F.embedding(positions, position) + F.embedding(token_type_ids, token_type)
-    h = F.layer_norm(h, (h.shape[-1],), ln_w, ln_b, eps)  # (B, T, w)
+    h = F.layer_norm(h, (ln_w.shape[0],), ln_w, ln_b, eps)  # (B, T, w); a static shape keeps ONNX export simple
     return F.dropout(h, p=dropout, training=training)
 
 
@@ -106,7 +106,7 @@ def residual_norm(
 ) -> torch.Tensor:
     """Post-LN residual, as in BERT: LayerNorm(x + dropout(branch))."""
     h = x + F.dropout(branch, p=dropout, training=training)
-    return F.layer_norm(h, (h.shape[-1],), ln_w, ln_b, eps)
+    return F.layer_norm(h, (ln_w.shape[0],), ln_w, ln_b, eps)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""ONNX export of extracted models (and of single ops, for the latency table). The only module that imports
+onnx; ONNX Runtime is imported here and in the latency engines.
+
+>>> export_onnx(supernet.extract(arch), "family/small/model.onnx")  # doctest: +SKIP
+{'max_abs_diff': 1.9e-06}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["INPUT_NAMES", "OnnxParityError", "export_module", "export_onnx", "onnx_parity"]
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17
+
+
+class OnnxParityError(RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+
+class _HiddenStates(nn.Module):
+    """``model(input_ids, attention_mask, token_type_ids).last_hidden_state`` as a plain tensor function."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # a new module is in training mode; take the model's, so it is restored
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+
+def export_module(
+    module: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    output_name: str = "output",
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> Path:
+    """Export ``module(*inputs.values())`` to ``path`` (written atomically), in eval mode; the module's mode is
+    restored afterwards."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = module.training
+    module.eval()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(
+                module, tuple(inputs.values()), tmp, input_names=list(inputs), output_names=[output_name],
+                dynamic_axes=dict(dynamic_axes or {}), opset_version=OPSET, do_constant_folding=True,
+                dynamo=False,
+            )
+        onnx.checker.check_model(tmp)
+        os.replace(tmp, path)
+    finally:
+        module.train(was_training)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+def _example_inputs(model: nn.Module, batch: int, seq_len: int, *, pad: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(1, vocab, (batch, seq_len), generator=g)
+    mask = torch.ones_like(ids)
+    if pad and batch > 1:
+        mask[-1, seq_len // 2:] = 0  # the last sequence is half padding
+    types = torch.zeros_like(ids)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, seq_len: int = 16) -> float:
+    """Largest |ONNX Runtime - PyTorch| of the last hidden state over real tokens, on a padded random batch."""
+    import onnxruntime as ort
+
+    inputs = _example_inputs(model, batch, seq_len, pad=True, seed=1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        expected = _HiddenStates(model)(**inputs).numpy()
+    model.train(was_training)
+    keep = inputs["attention_mask"].bool().numpy()
+    return float(np.abs(got - expected)[keep].max())
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, atol: float = 1e-4, check: bool = True) -> dict:
+    """Export a ``NasBertModel`` (or any HF encoder returning ``last_hidden_state``) with dynamic batch and
+    sequence axes; inputs ``input_ids``, ``attention_mask``, ``token_type_ids``; output ``last_hidden_state``.
+
+    With ``check``, ONNX Runtime's output is compared with PyTorch's on a padded batch of another shape than
+    the one traced; a difference above ``atol`` raises :class:`OnnxParityError` and removes the file.
+    """
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*INPUT_NAMES, "last_hidden_state")}
+    example = _example_inputs(model, 1, 8, pad=False)
+    export_module(_HiddenStates(model), example, path, output_name="last_hidden_state", dynamic_axes=axes)
+    report = {}
+    if check:
+        diff = onnx_parity(model, path)
+        if not diff <= atol:
+            Path(path).unlink(missing_ok=True)
+            raise OnnxParityError(f"ONNX export of {type(model).__name__} differs from PyTorch by {diff:.2e} "
+                                  f"(> atol {atol:.0e}); the file was removed")
+        report["max_abs_diff"] = diff
+    return report

@@ -1,0 +1,10 @@
+"""Latency on a real device: measurement harness, lookup table, learned predictor and its measured accuracy."""
+
+from .measure import OnnxRuntimeEngine, Timing, TorchEngine, device_info, measure_interleaved, summarize
+from .predictor import LatencyPredictor, accuracy, features, kendall_tau
+from .profile import LatencyConfig, profile_device
+from .table import LatencyTable, arch_entries, build_table
+
+__all__ = ["LatencyConfig", "LatencyPredictor", "LatencyTable", "OnnxRuntimeEngine", "Timing", "TorchEngine",
+           "accuracy", "arch_entries", "build_table", "device_info", "features", "kendall_tau",
+           "measure_interleaved", "profile_device", "summarize"]

@@ -1,0 +1,151 @@
+"""The per-op lookup table (NAS-BERT section 3.3): every op at every width, the embeddings, the adapters.
+
+Each entry is one op alone, built from the extracted model's own modules (so it runs the same kernels),
+exported to ONNX (or kept in PyTorch) and timed on the device. A model's table latency is the sum of its
+entries: embeddings at the first width, each layer, each block-boundary adapter, and the output adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..modeling import NasBertConfig
+from ..modeling.modeling_nasbert import NasBertEmbeddings, additive_attention_mask, build_layer
+from ..space import Arch, SearchSpace
+from .measure import OnnxRuntimeEngine, TorchEngine, measure_interleaved
+
+__all__ = ["LatencyTable", "arch_entries", "build_table", "table_keys"]
+
+
+def arch_entries(arch: Arch) -> list[str]:
+    """The table entries whose sum is ``arch``'s table latency (one per part of the extracted model)."""
+    widths = arch.widths
+    keys = [f"embeddings@{widths[0]}"]
+    for block in arch.blocks:
+        keys += [f"{op}@{block.width}" for op in block.layers]
+    keys += [f"adapter@{a}->{b}" for a, b in zip(widths[:-1], widths[1:])]
+    keys.append(f"output@{widths[-1]}")
+    return keys
+
+
+def table_keys(space: SearchSpace) -> list[str]:
+    """Every entry a model of ``space`` can need."""
+    widths = list(space.hidden_choices)
+    keys = [f"embeddings@{w}" for w in widths]
+    keys += [f"{op}@{w}" for op in space.ops if op != "identity" for w in widths]
+    keys += [f"adapter@{a}->{b}" for a in widths for b in widths]
+    keys += [f"output@{w}" for w in widths]
+    return keys
+
+
+@dataclass
+class LatencyTable:
+    """Median latency (ms) of every entry, measured on one device."""
+
+    entries: dict[str, float]
+    device: dict = field(default_factory=dict)
+
+    def parts(self, arch: Arch) -> dict[str, float]:
+        missing = [k for k in arch_entries(arch) if k not in self.entries]
+        if missing:
+            raise KeyError(f"the latency table has no entry {missing[0]!r}: it was built for another space")
+        out: dict[str, float] = {}
+        for key in arch_entries(arch):
+            out[key] = out.get(key, 0.0) + self.entries[key]
+        return out
+
+    def predict(self, arch: Arch) -> float:
+        """The table latency: the sum of ``arch``'s entries, in ms."""
+        return float(sum(self.parts(arch).values()))
+
+    def save(self, path: str | os.PathLike) -> None:
+        from ..io import atomic_write_json
+
+        atomic_write_json(path, {"device": self.device, "entries": self.entries})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(dict(data["entries"]), dict(data.get("device", {})))
+
+
+class _Layer(nn.Module):
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden, additive_mask, keep):
+        return self.layer(hidden, additive_mask, keep)
+
+
+def _op_module(key: str, space: SearchSpace, batch: int, seq_len: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A module computing one table entry, and its inputs."""
+    name, _, size = key.partition("@")
+    t = space.teacher
+    g = torch.Generator().manual_seed(0)
+    if name == "adapter":
+        a, b = (int(x) for x in size.split("->"))
+        return nn.Linear(a, b), {"hidden": torch.randn(batch, seq_len, a, generator=g)}
+    width = int(size)
+    if name == "output":
+        return nn.Linear(width, t.hidden_size), {"hidden": torch.randn(batch, seq_len, width, generator=g)}
+    config = NasBertConfig(blocks=[{"width": width, "ops": ["identity"]}], vocab_size=t.vocab_size,
+                           hidden_size=t.hidden_size, head_size=space.head_size, ffn_ratio=space.ffn_ratio,
+                           max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size)
+    if name == "embeddings":
+        ids = torch.randint(1, t.vocab_size, (batch, seq_len), generator=g)
+        return NasBertEmbeddings(config), {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)}
+    keep = torch.ones(batch, seq_len, dtype=torch.long)
+    inputs = {"hidden": torch.randn(batch, seq_len, width, generator=g),
+              "additive_mask": additive_attention_mask(keep, torch.float32), "keep": keep}
+    return _Layer(build_layer(config, name, width)), inputs
+
+
+def _engines(keys, space, *, engine: str, device: str, threads: int, batch: int, seq_len: int,
+             workdir: Path) -> Iterator[tuple[str, object]]:
+    from ..export.onnx import export_module
+
+    for key in keys:
+        module, inputs = _op_module(key, space, batch, seq_len)
+        if engine == "torch":
+            yield key, TorchEngine(module, inputs, threads=threads, device=device)
+            continue
+        path = workdir / (key.replace("@", "_").replace("->", "_") + ".onnx")
+        export_module(module, inputs, path)
+        yield key, OnnxRuntimeEngine(path, {k: v.numpy() for k, v in inputs.items()}, threads=threads,
+                                     device=device)
+
+
+def build_table(space: SearchSpace, *, engine: str = "onnxruntime", device: str = "cpu", threads: int = 1,
+                batch: int = 1, seq_len: int = 128, warmup: int = 5, repeats: int = 30, rounds: int = 3,
+                seed: int = 0, progress=None) -> tuple[LatencyTable, dict]:
+    """Measure every entry of ``space``'s table. Entries are timed in interleaved groups of one kind."""
+    keys = table_keys(space)
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="nasbert-table-") as tmp:
+        engines = dict(_engines(keys, space, engine=engine, device=device, threads=threads, batch=batch,
+                                seq_len=seq_len, workdir=Path(tmp)))
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key.partition("@")[0], []).append(key)
+        for i, (kind, group) in enumerate(groups.items()):
+            timings.update(measure_interleaved({k: engines[k] for k in group}, warmup=warmup, repeats=repeats,
+                                               rounds=rounds, seed=seed + i))
+            if progress is not None:
+                progress(len(group))
+    table = LatencyTable({k: timings[k].median_ms for k in keys})
+    return table, {k: t.to_dict() for k, t in timings.items()}
+
+
+def table_spread(timings: dict) -> float:
+    """Median relative IQR of the table entries (how noisy the measurements were)."""
+    return float(np.median([t["iqr_ms"] / t["median_ms"] for t in timings.values() if t["median_ms"] > 0]))

@@ -1,0 +1,207 @@
+"""Latency: statistics, engines and threads, ONNX parity, table sums, predictor round trip. No timing asserts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nasbert import Arch, SuperNet
+from nasbert.config import ConfigError
+from nasbert.export.onnx import OnnxParityError, export_onnx, onnx_parity
+from nasbert.latency import (
+    LatencyConfig, LatencyPredictor, LatencyTable, OnnxRuntimeEngine, TorchEngine, accuracy, arch_entries,
+    build_table, features, kendall_tau, measure_interleaved, profile_device, summarize,
+)
+from nasbert.latency.measure import device_info
+from nasbert.latency.table import table_keys
+
+
+def test_summary_statistics_are_computed_right():
+    t = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert t.median_ms == 3.0 and t.n == 5
+    assert t.iqr_ms == pytest.approx(2.0)  # q1 = 2, q3 = 4
+    assert t.n_outliers == 1 and t.mean_ms == pytest.approx(2.5)  # 100 is beyond q3 + 1.5 IQR = 7
+    assert t.p10_ms == pytest.approx(1.4) and t.p90_ms == pytest.approx(61.6)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_interleaved_measurement_counts_and_orders_calls():
+    """A fake clock makes each call of candidate k last exactly k ms; calls are interleaved across rounds."""
+    now = [0.0]
+    calls = []
+
+    def make(name, ms):
+        def run():
+            calls.append(name)
+            now[0] += ms / 1000.0
+        return run
+
+    result = measure_interleaved({"a": make("a", 1.0), "b": make("b", 2.0), "c": make("c", 3.0)}, warmup=2,
+                                 repeats=6, rounds=3, seed=0, clock=lambda: now[0])
+    assert {k: v.median_ms for k, v in result.items()} == pytest.approx({"a": 1.0, "b": 2.0, "c": 3.0})
+    assert all(v.n == 6 and v.iqr_ms == pytest.approx(0.0) for v in result.values())
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up first
+    timed = calls[6:]
+    assert len(timed) == 18 and all(timed.count(k) == 6 for k in "abc")
+    # Round-robin: each round times every candidate twice in a row, so no candidate gets all its runs at once.
+    blocks = [timed[i : i + 2] for i in range(0, 18, 2)]
+    assert all(len(set(b)) == 1 for b in blocks)
+    assert all(sorted(b[0] for b in blocks[r : r + 3]) == ["a", "b", "c"] for r in (0, 3, 6))
+
+
+def test_kendall_tau_and_accuracy():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    report = accuracy([11.0, 18.0, 30.0], [10.0, 20.0, 30.0])
+    assert report["mape"] == pytest.approx((0.1 + 0.1 + 0.0) / 3)
+    assert report["max_err"] == pytest.approx(0.1) and report["kendall_tau"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def supernet(tiny_space):
+    return SuperNet(tiny_space, seed=0).eval()
+
+
+def test_onnx_export_matches_pytorch(supernet, tiny_space, tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        arch = tiny_space.sample(rng)
+        model = supernet.extract(arch)
+        report = export_onnx(model, tmp_path / f"m{i}.onnx")
+        assert report["max_abs_diff"] <= 1e-4
+        assert onnx_parity(model, tmp_path / f"m{i}.onnx", batch=3, seq_len=21) <= 1e-4  # other shapes too
+        assert not model.training
+
+
+def test_onnx_parity_failure_removes_the_file(supernet, tiny_space, tmp_path, monkeypatch):
+    import nasbert.export.onnx as onnx_module
+
+    model = supernet.extract(tiny_space.largest_arch())
+    monkeypatch.setattr(onnx_module, "onnx_parity", lambda *a, **k: 0.5)
+    with pytest.raises(OnnxParityError, match="differs from PyTorch"):
+        export_onnx(model, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_engines_run_the_model_and_honour_threads(supernet, tiny_space, tmp_path):
+    model = supernet.extract(tiny_space.largest_arch())
+    feeds = {"input_ids": torch.randint(1, 99, (1, 12)), "attention_mask": torch.ones(1, 12, dtype=torch.long),
+             "token_type_ids": torch.zeros(1, 12, dtype=torch.long)}
+    export_onnx(model, tmp_path / "m.onnx")
+    ort_engine = OnnxRuntimeEngine(tmp_path / "m.onnx", {k: v.numpy() for k, v in feeds.items()}, threads=1)
+    assert ort_engine.session.get_session_options().intra_op_num_threads == 1
+    torch_engine = TorchEngine(model, feeds, threads=1)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = torch_engine()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_allclose(ort_engine()[0], out.last_hidden_state.numpy(), atol=1e-4)
+
+
+def test_table_sum_is_the_sum_of_its_parts(tiny_space):
+    entries = {key: float(i + 1) for i, key in enumerate(table_keys(tiny_space))}
+    table = LatencyTable(entries)
+    arch = Arch.parse("16:mha,mha,sepconv3,identity|24:ffn,identity,identity,identity")
+    assert arch_entries(arch) == ["embeddings@16", "mha@16", "mha@16", "sepconv3@16", "ffn@24", "adapter@16->24",
+                                  "output@24"]
+    expected = sum(entries[k] for k in arch_entries(arch))
+    assert table.predict(arch) == pytest.approx(expected)
+    assert sum(table.parts(arch).values()) == pytest.approx(expected)
+    assert table.parts(arch)["mha@16"] == pytest.approx(2 * entries["mha@16"])
+    with pytest.raises(KeyError, match="no entry"):
+        LatencyTable({}).predict(arch)
+
+
+def test_table_is_measured_for_every_entry(tiny_space):
+    table, timings = build_table(tiny_space, seq_len=8, warmup=1, repeats=2, rounds=1)
+    assert set(table.entries) == set(table_keys(tiny_space)) == set(timings)
+    assert len(table.entries) == 3 + 5 * 3 + 9 + 3
+    assert all(v > 0 for v in table.entries.values())
+
+
+def _synthetic(tiny_space):
+    """A table and 'measured' latencies that follow a known linear law of the features."""
+    rng = np.random.default_rng(3)
+    table = LatencyTable({key: float(rng.uniform(0.1, 2.0)) for key in table_keys(tiny_space)})
+    archs = [tiny_space.sample(rng) for _ in range(40)]
+    truth = np.array([1.5, 1.2, 0.8, 1.0, 0.05, 0.2])
+    measured = [float(features(a, table) @ truth + 0.3) for a in archs]
+    return table, archs, measured
+
+
+def test_predictor_learns_a_correction_and_round_trips(tiny_space, tmp_path):
+    table, archs, measured = _synthetic(tiny_space)
+    predictor = LatencyPredictor.fit(table, archs[:30], measured[:30], ridge=1e-9, teacher_latency_ms=12.5)
+    held = accuracy(predictor.predict_many(archs[30:]), measured[30:])
+    assert held["mape"] < 1e-6 and held["kendall_tau"] == pytest.approx(1.0)
+    assert accuracy([table.predict(a) for a in archs[30:]], measured[30:])["mape"] > 0.05  # the table alone is off
+    predictor.save(tmp_path)
+    loaded = LatencyPredictor.load(tmp_path)
+    assert loaded.teacher_latency_ms == 12.5
+    for arch in archs:
+        assert loaded.predict(arch) == predictor.predict(arch)
+
+
+def test_predictor_uses_the_shared_feature_function(tiny_space, monkeypatch):
+    import nasbert.latency.predictor as predictor_module
+
+    table, archs, measured = _synthetic(tiny_space)
+    seen = []
+    real = predictor_module.features
+    monkeypatch.setattr(predictor_module, "features", lambda a, t: seen.append(a) or real(a, t))
+    predictor = LatencyPredictor.fit(table, archs[:10], measured[:10])
+    predictor.predict(archs[11])
+    assert seen == archs[:10] + [archs[11]]
+
+
+def test_loading_a_folder_that_is_not_a_profile_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nasbert latency --run"):
+        LatencyPredictor.load(tmp_path)
+
+
+def test_device_key_names_engine_threads_batch_and_length():
+    info = device_info(engine="onnxruntime", device="cpu", threads=1, batch=1, seq_len=128)
+    assert info.key.endswith("-cpu-onnxruntime-t1-b1-s128")
+    with pytest.raises(ValueError, match="unknown engine"):
+        device_info(engine="tvm", device="cpu", threads=1, batch=1, seq_len=8)
+
+
+@pytest.mark.parametrize("key, value", [("engine", "tvm"), ("device", "tpu"), ("threads", 0), ("archs", 2),
+                                        ("heldout_fraction", 1.0)])
+def test_bad_latency_config_names_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"latency.{key}"):
+        LatencyConfig(**{key: value})
+
+
+def test_profile_writes_a_complete_portable_profile(tiny_space, tiny_teacher, tmp_path):
+    config = LatencyConfig(archs=8, seq_len=16, repeats=3, rounds=1, warmup=1, table_repeats=2, group_size=4)
+    report = profile_device(tiny_space, tmp_path / "profile", config=config, teacher=tiny_teacher,
+                            show_progress=False)
+    files = {p.name for p in (tmp_path / "profile").iterdir()}
+    assert files == {"device.json", "table.json", "table_timings.json", "measurements.csv", "predictor.json",
+                     "accuracy.json", "predicted_vs_measured.png"}
+    saved = json.loads((tmp_path / "profile" / "accuracy.json").read_text())
+    assert saved["n_train"] + saved["n_heldout"] == 8 and saved["n_heldout"] == 2
+    assert set(saved["table"]) == set(saved["predictor"]) == {"mape", "max_err", "kendall_tau"}
+    assert saved["teacher_latency_ms"] > 0 and report["predictor"] == saved["predictor"]
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "profile" / "measurements.csv").open()))
+    assert len(rows) == 8 and {r["split"] for r in rows} == {"train", "heldout"}
+    for row in rows:
+        arch = Arch.parse(row["arch"])
+        assert int(row["params"]) == tiny_space.num_params(arch)
+        assert int(row["flops"]) == tiny_space.flops(arch, 16)
+        assert float(row["table_ms"]) == pytest.approx(LatencyTable.load(tmp_path / "profile" / "table.json").predict(arch))
+    predictor = LatencyPredictor.load(tmp_path / "profile")
+    assert predictor.predict(Arch.parse(rows[0]["arch"])) == pytest.approx(float(rows[0]["predicted_ms"]))
+    assert not list(itertools.chain((tmp_path).glob(".profile*")))
