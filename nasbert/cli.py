@@ -123,7 +123,9 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    done = _run_stages(args, ["supernet", "train", "latency"])
+    from .pipeline import STAGES
+
+    done = _run_stages(args, list(STAGES))
     print(f"run {args.out}: {', '.join(done)} done; extract a model with: "
           f"nasbert extract --run {args.out} --largest --out DIR")
     return 0
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config overrides, e.g. train.steps=100 corpus.seq_len=64")
         if name == "run":
-            p.add_argument("--until", choices=["supernet", "train", "latency"], help="stop after this stage")
+            p.add_argument("--until", choices=["supernet", "latency", "train"], help="stop after this stage")
         p.set_defaults(func=func)
 
     p = sub.add_parser("latency", help="profile this machine for a run: lookup table, predictor, accuracy")

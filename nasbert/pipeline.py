@@ -1,10 +1,11 @@
 """The stages of a run, each reading and writing the run directory and resumable.
 
 ``supernet``: build the supernet from the teacher and check it reproduces the teacher.
-``train``:    block-wise distillation with progressive shrinking; writes the trained supernet and the
-              surviving paths (RUN/space.yaml, RUN/train/candidates.json).
 ``latency``:  profile this machine: lookup table, whole measured models, predictor, accuracy
               (RUN/latency/<device-key>/).
+``train``:    block-wise distillation with progressive shrinking (paths binned by the latency table when the
+              run has a profile); writes the trained supernet and the surviving paths (RUN/space.yaml,
+              RUN/train/candidates.json).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["STAGES", "cache_dir", "stage_latency", "stage_supernet", "stage_trai
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("supernet", "train", "latency")
+STAGES = ("supernet", "latency", "train")
 
 
 def cache_dir() -> Path:
@@ -97,6 +98,7 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     logger.info("corpus: %d training and %d validation sequences of %d tokens", len(corpus.train),
                 len(corpus.valid), corpus.train.shape[1])
     supernet = SuperNet.from_teacher(space, teacher, init=config.train.init, seed=config.seed)
+    block_latency, binning = _block_latency(run, config)
     runner = None
     use_ray = config.ray.enabled or ray_address is not None  # "local" starts a local Ray instance
     if use_ray:
@@ -108,7 +110,8 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     run.mark("train", "running", teacher=source)
     try:
         trainer = BlockwiseTrainer(supernet, teacher, corpus, config.train, tokenizer=tokenizer, workdir=workdir,
-                                   seed=config.seed, show_progress=show_progress, block_runner=runner)
+                                   seed=config.seed, show_progress=show_progress, block_runner=runner,
+                                   block_latency=block_latency)
         result = trainer.train()
     finally:
         if runner is not None:
@@ -116,10 +119,35 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     trainer.supernet.cpu().save_pretrained(run.path / "supernet", tokenizer=tokenizer)
     shrunk = space.with_candidates([c.paths for c in trainer.candidates])
     _write_space_yaml(run.path / "space.yaml", shrunk, trainer.candidates)
-    run.mark("train", "done", ray=use_ray, corpus=config.corpus.describe(), **result)
+    run.mark("train", "done", ray=use_ray, corpus=config.corpus.describe(), binning=binning, **result)
     logger.info("stage train: done in %.0f s; validation loss %.4f; surviving paths per block %s",
                 result["seconds"], result["valid_loss"], result["surviving_paths"])
     return result
+
+
+def _profile_dir(run: RunDir, config: RunConfig) -> Path:
+    from .latency import device_info
+
+    c = config.latency
+    key = device_info(engine=c.engine, device=c.device, threads=c.threads, batch=c.batch, seq_len=c.seq_len).key
+    return run.path / "latency" / key
+
+
+def _block_latency(run: RunDir, config: RunConfig):
+    """``path -> ms`` from the run's latency table for shrinking's bins, or (None, "flops") without a profile."""
+    from .latency import LatencyTable
+
+    table_file = _profile_dir(run, config) / "table.json"
+    if not table_file.is_file():
+        logger.info("no latency profile in %s: shrinking bins paths by parameters and FLOPs", run.path / "latency")
+        return None, "params+flops"
+    table = LatencyTable.load(table_file)
+
+    def block_latency(path) -> float:
+        return sum(table.entries[f"{op}@{path.width}"] for op in path.layers)
+
+    logger.info("shrinking bins paths by parameters and the latency table %s", table_file)
+    return block_latency, f"params+latency table {table_file.parent.name}"
 
 
 def _write_space_yaml(path: Path, space: SearchSpace, candidates) -> None:
@@ -127,21 +155,17 @@ def _write_space_yaml(path: Path, space: SearchSpace, candidates) -> None:
     import yaml
 
     data = space.to_dict()
-    data["candidates"] = [
-        [{"path": str(p), "valid_loss": c.losses.get(str(p)), "params": int(params), "flops": int(flops)}
-         for p, params, flops in zip(c.paths, c.params, c.latency)]
-        for c in candidates
-    ]
+    data["candidates"] = [c.records() for c in candidates]
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, width=120))
 
 
 def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True) -> dict | None:
     """Profile this machine for the run's (shrunk) space; the profile goes to RUN/latency/<device-key>/."""
-    from .latency import device_info, profile_device
+    from .latency import profile_device
 
     c = config.latency
-    key = device_info(engine=c.engine, device=c.device, threads=c.threads, batch=c.batch, seq_len=c.seq_len).key
-    out = run.path / "latency" / key
+    out = _profile_dir(run, config)
+    key = out.name
     done = run.manifest["stages"].get("latency", {})
     if run.stage_done("latency") and done.get("device_key") == key and not force:
         logger.info("stage latency: already done for %s (%s); --force to redo", key, out)

@@ -191,7 +191,7 @@ def _shipped_dir() -> Path:
 
 def _parse_candidates(data: Any, source: str) -> list[list[BlockArch]]:
     """``candidates``: one list per block of path strings, or of mappings with a ``path`` key (plus the
-    metrics training recorded for it: ``valid_loss``, ``params``, ``flops``)."""
+    metrics training recorded for it: ``valid_loss``, ``params``, ``flops``, ``latency_ms``)."""
     if not isinstance(data, list):
         raise SpaceError(f"{source}: 'candidates' must be a list with one list of paths per block")
     blocks = []
@@ -201,10 +201,10 @@ def _parse_candidates(data: Any, source: str) -> list[list[BlockArch]]:
         paths = []
         for entry in entries:
             if isinstance(entry, Mapping):
-                unknown = sorted(set(entry) - {"path", "valid_loss", "params", "flops"})
+                unknown = sorted(set(entry) - {"path", "valid_loss", "params", "flops", "latency_ms"})
                 if unknown or "path" not in entry:
                     raise SpaceError(f"{source}: a candidate of block {n} must have a 'path' and may have "
-                                     f"valid_loss, params, flops; got {dict(entry)!r}")
+                                     f"valid_loss, params, flops, latency_ms; got {dict(entry)!r}")
                 entry = entry["path"]
             if not isinstance(entry, str):
                 raise SpaceError(f"{source}: candidate {entry!r} of block {n} is not a path string")

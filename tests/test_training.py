@@ -265,3 +265,35 @@ def test_bad_training_input_exits_1_and_leaves_no_run_directory(tiny_teacher_dir
     assert code == 1
     assert message in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_shrinking_bins_by_table_latency_when_given(tiny_space, tiny_teacher, tokenizer, corpus, tmp_path):
+    net = SuperNet.from_teacher(tiny_space, tiny_teacher)
+    # A made-up table in which sepconv is very slow: binning must follow it, not FLOPs.
+    latency = lambda path: sum(10.0 if op.startswith("sepconv") else 1.0 for op in path.layers)  # noqa: E731
+    trainer = BlockwiseTrainer(net, tiny_teacher, corpus, small_config(steps=1, eval_every=0), tokenizer=tokenizer,
+                               workdir=tmp_path, seed=0, show_progress=False, block_latency=latency)
+    cand = trainer.candidates[0]
+    assert cand.latency_ms == [latency(p) for p in cand.paths]
+    by_flops = BlockCandidates(cand.paths, cand.params, cand.flops).bins(4)
+    assert not np.array_equal(cand.bins(4), by_flops)
+    trainer.train()
+    record = json.loads((tmp_path / "candidates.json").read_text())["blocks"][0][0]
+    assert set(record) == {"path", "valid_loss", "params", "flops", "latency_ms"}
+
+
+def test_run_profiles_latency_then_trains_with_its_table(tiny_teacher_dir, tmp_path):
+    from nasbert.cli import main
+
+    run = tmp_path / "run"
+    code = main(["run", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(run), "--no-progress",
+                 "train.steps=6", *TINY_TRAIN, "latency.seq_len=32", "latency.archs=8", "latency.repeats=2",
+                 "latency.rounds=1", "latency.warmup=1", "latency.table_repeats=2", "latency.group_size=4"])
+    assert code == 0
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert [stages[s]["status"] for s in ("supernet", "latency", "train")] == ["done"] * 3
+    key = stages["latency"]["device_key"]
+    assert key.endswith("-cpu-onnxruntime-t1-b1-s32") and (run / "latency" / key / "accuracy.json").is_file()
+    assert stages["train"]["binning"] == f"params+latency table {key}"
+    space = SearchSpace.load(run / "space.yaml")
+    assert space.candidates is not None and [len(c) for c in space.candidates] == stages["train"]["surviving_paths"]

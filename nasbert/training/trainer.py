@@ -57,6 +57,7 @@ class BlockwiseTrainer:
         seed: int = 0,
         show_progress: bool = True,
         block_runner=None,
+        block_latency=None,
     ):
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -84,7 +85,9 @@ class BlockwiseTrainer:
         self.rng = np.random.default_rng(seed)
         self.step = 0
         self.rounds_done = 0
-        self.candidates = [BlockCandidates.full(self.space, n, self.seq_len) for n in range(self.space.num_blocks)]
+        #: ``block_latency(path) -> ms`` from a latency table bins the paths for shrinking (FLOPs if None)
+        self.candidates = [BlockCandidates.full(self.space, n, self.seq_len, block_latency)
+                           for n in range(self.space.num_blocks)]
         self.valid_batches = self._validation_batches()
         eval_rng = np.random.default_rng(seed + 1)
         self.eval_paths = [self._eval_paths(n, eval_rng) for n in range(self.space.num_blocks)]
@@ -312,15 +315,10 @@ class BlockwiseTrainer:
         }
 
     def write_candidates(self) -> Path:
-        """``candidates.json``: per block, every surviving path with its validation loss, parameters and FLOPs."""
-        blocks = []
-        for cand in self.candidates:
-            blocks.append([
-                {"path": str(p), "valid_loss": cand.losses.get(str(p)), "params": params, "flops": int(flops)}
-                for p, params, flops in zip(cand.paths, cand.params, cand.latency)
-            ])
+        """``candidates.json``: per block, every surviving path with its validation loss, parameters and FLOPs
+        (and lookup-table latency when binning used one)."""
         path = self.workdir / "candidates.json"
-        atomic_write_json(path, {"seq_len": self.seq_len, "blocks": blocks})
+        atomic_write_json(path, {"seq_len": self.seq_len, "blocks": [c.records() for c in self.candidates]})
         return path
 
 
