@@ -97,7 +97,7 @@ def apply_override(data: dict, override: str) -> None:
 def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     import shutil
 
-    from .pipeline import STAGES, stage_latency, stage_supernet, stage_train
+    from .pipeline import STAGES, stage_export, stage_latency, stage_search, stage_supernet, stage_train
 
     INPUT_ERRORS = _input_errors()
 
@@ -114,6 +114,11 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
                             show_progress=not args.no_progress)
             elif stage == "latency":
                 stage_latency(run, config, force=args.force, show_progress=not args.no_progress)
+            elif stage == "search":
+                stage_search(run, config, force=args.force, show_progress=not args.no_progress,
+                             ray_address=args.ray_address)
+            elif stage == "export":
+                stage_export(run, config, force=args.force)
     except BaseException as e:
         # A directory this call made goes again if the input was bad (nothing to resume) or nothing finished.
         if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in STAGES)):
@@ -133,6 +138,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _run_stages(args, ["supernet", "train"])
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline import stage_search
+    from .run import RunDir
+
+    run = RunDir.load(args.run)
+    stage_search(run, run.config, force=args.force, show_progress=not args.no_progress,
+                 ray_address=args.ray_address, latency_profile=args.latency_profile, trials=args.trials,
+                 budgets=args.budgets, sampler=args.sampler, storage=args.storage)
+    print(f"search: {Path(args.run) / 'search'} (trials.csv, pareto.json, pareto.png)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .pipeline import stage_export
+    from .run import RunDir
+
+    run = RunDir.load(args.run)
+    stage_export(run, run.config, force=args.force, out=args.out, latency_profile=args.latency_profile)
     return 0
 
 
@@ -210,8 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config overrides, e.g. train.steps=100 corpus.seq_len=64")
         if name == "run":
-            p.add_argument("--until", choices=["supernet", "latency", "train"], help="stop after this stage")
+            p.add_argument("--until", choices=["supernet", "latency", "train", "search", "export"],
+                           help="stop after this stage")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("search", help="search a trained run under latency / size budgets (Optuna or Ray Tune)")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--budgets", nargs="+", help="e.g. 2x 3x 4x, 12ms, 10M (default: the config's)")
+    p.add_argument("--sampler", choices=["nsga2", "tpe", "random"])
+    p.add_argument("--trials", type=int, help="trials the study should hold (finished ones count)")
+    p.add_argument("--storage", help="Optuna RDB URL (default: SQLite in RUN/search/study.db)")
+    p.add_argument("--latency-profile", help="a latency profile directory, e.g. made on another machine")
+    p.add_argument("--ray-address", help="run as a Ray Tune experiment: 'local', 'auto' or ray://HOST:PORT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="start the search again")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="export the family: HF directories + ONNX + family.json")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--out", help="family directory (default: RUN/family)")
+    p.add_argument("--latency-profile", help="the latency profile the search used, if not the run's own")
+    p.add_argument("--force", action="store_true", help="export again")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("latency", help="profile this machine for a run: lookup table, predictor, accuracy")
     p.add_argument("--run", required=True, help="run directory")
@@ -224,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="profile again")
     p.set_defaults(func=cmd_latency)
+
+    from .pick import build_pick_parser, run_pick
+
+    p = sub.add_parser("pick", help="choose the family member for a latency or size budget")
+    build_pick_parser(p)
+    p.set_defaults(func=run_pick)
 
     p = sub.add_parser("space", help="describe a search space")
     p.add_argument("space", nargs="?", default="minilm_l6", help="shipped name or YAML path (default: minilm_l6)")

@@ -6,6 +6,8 @@
 ``train``:    block-wise distillation with progressive shrinking (paths binned by the latency table when the
               run has a profile); writes the trained supernet and the surviving paths (RUN/space.yaml,
               RUN/train/candidates.json).
+``search``:   Optuna (or Ray Tune) over the shrunk space under the budgets (RUN/search/).
+``export``:   per budget, the top candidates re-evaluated whole and timed; the best exported (RUN/family/).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from .space import SearchSpace
 from .supernet import SuperNet
 from .teacher import load_teacher
 
-__all__ = ["STAGES", "cache_dir", "stage_latency", "stage_supernet", "stage_train", "teacher_parity"]
+__all__ = ["STAGES", "cache_dir", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
+           "teacher_parity"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("supernet", "latency", "train")
+STAGES = ("supernet", "latency", "train", "search", "export")
 
 
 def cache_dir() -> Path:
@@ -189,3 +192,91 @@ def _table_keys(space: SearchSpace) -> list[str]:
     from .latency.table import table_keys
 
     return table_keys(space)
+
+
+def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True,
+                 ray_address: str | None = None, latency_profile: str | None = None, trials: int | None = None,
+                 budgets: list[str] | None = None, sampler: str | None = None, storage: str | None = None):
+    """Search the run's shrunk space under the budgets; resumes from the study's storage."""
+    from .search import Objective, run_search
+
+    c = config.search
+    if run.stage_done("search") and not force and trials is None and budgets is None and sampler is None:
+        logger.info("stage search: already done (%s); --force to redo", run.path / "search")
+        return None
+    out = run.path / "search"
+    if force and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    objective = Objective.from_run(run.path, latency_profile=latency_profile or _existing_profile(run, config))
+    kwargs = dict(budgets=tuple(budgets or c.budgets), trials=trials or c.trials, seed=config.seed, out_dir=out,
+                  top_k=c.top_k, show_progress=show_progress)
+    if ray_address is not None:
+        from .search import run_ray_search
+
+        address = None if ray_address == "local" else ray_address
+        result = run_ray_search(objective, address=address, **kwargs)
+    else:
+        result = run_search(objective, sampler=sampler or c.sampler, storage=storage or c.storage, **kwargs)
+    summary = {b.name: (None if not result.selections[b.name] else
+                        {"arch": str(result.selections[b.name][0].arch),
+                         **result.selections[b.name][0].evaluation.to_dict()}) for b in result.budgets}
+    run.mark("search", "done", trials=len(result.trials), front=len(result.front), best=summary,
+             teacher_latency_ms=result.teacher_latency_ms, ray=ray_address is not None)
+    for b in result.budgets:
+        best = summary[b.name]
+        logger.info("budget %s: %s", b.name, "no trial meets it" if best is None else
+                    f"proxy loss {best['proxy_loss']:.4f}, predicted {best['latency_ms']:.2f} ms, "
+                    f"{best['params'] / 1e6:.2f} M params")
+    return result
+
+
+def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
+    """The profile for the configured device if the run has it (so several profiles can coexist)."""
+    path = _profile_dir(run, config)
+    return str(path) if (path / "predictor.json").is_file() else None
+
+
+def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
+                 latency_profile: str | None = None) -> None:
+    """Export the family: per budget, the best of the search's top candidates on whole-model loss and
+    measured latency, as Hugging Face directories with ONNX and model cards, plus family.json."""
+    import json
+
+    from .export.family_export import export_family
+    from .export.selection import validation_batches
+    from .search import Candidate, Evaluation, parse_budgets
+    from .space import Arch
+
+    target = Path(out) if out else run.path / "family"
+    if run.stage_done("export") and not force and out is None:
+        logger.info("stage export: already done (%s); --force to redo", target)
+        return None
+    pareto_file = run.path / "search" / "pareto.json"
+    if not pareto_file.is_file():
+        raise FileNotFoundError(f"{pareto_file} does not exist: run the search first (`nasbert search --run {run.path}`)")
+    pareto = json.loads(pareto_file.read_text(encoding="utf-8"))
+    budgets = parse_budgets([b["budget"] for b in pareto["budgets"]])
+    candidates = {b["budget"]: [Candidate(Arch.parse(c["arch"]), Evaluation.from_mapping(c)) for c in b["best"]]
+                  for b in pareto["budgets"]}
+    space = SearchSpace.load(run.path / "space.yaml")
+    teacher, tokenizer, source = _teacher_for(config, space)
+    supernet = SuperNet.from_pretrained(run.path / "supernet")
+    corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
+    batches = validation_batches(corpus.valid, tokenizer, batch_size=config.train.batch_size,
+                                 n_batches=config.export.eval_batches, seed=config.seed)
+    profile = Path(latency_profile) if latency_profile else _profile_dir(run, config)
+    device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
+    family = export_family(supernet=supernet, teacher=teacher, tokenizer=tokenizer, teacher_name=source,
+                           space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
+                           device=device, out=target, top_k=config.search.top_k,
+                           write_onnx=config.export.onnx, seed=config.seed)
+    if out is None:
+        run.mark("export", "done", family=str(target.relative_to(run.path)), members=len(family.models),
+                 teacher_latency_ms=family.teacher_latency_ms)
+    for m in family.models:
+        logger.info("%-24s %6.2f M params %6.2f ms (predicted %.2f) %5.2fx  valid loss %.4f  budget %s", m.name,
+                    m.params / 1e6, m.latency_ms, m.predicted_latency_ms, m.speedup, m.valid_loss, m.budget)
+    print(f"family: {target} ({len(family.models)} models); choose one with: nasbert pick {target} --speedup 3")
+    return family

@@ -24,6 +24,7 @@ import yaml
 
 from .config import ConfigError, from_mapping, to_mapping
 from .data import CorpusConfig
+from .export.config import ExportConfig, SearchConfig
 from .latency.profile import LatencyConfig
 from .training.config import RayConfig, TrainConfig
 from .io import atomic_write_json
@@ -47,6 +48,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> RunConfig:

@@ -1,0 +1,46 @@
+"""Configuration of the search and export stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ConfigError
+
+__all__ = ["ExportConfig", "SearchConfig"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search under budgets (``nasbert search``)."""
+
+    #: latency in ms on the profiled device ("12ms"), speed-up over the teacher ("4x"), or parameters ("10M")
+    budgets: tuple[str, ...] = ("2x", "3x", "4x")
+    #: "nsga2" (multi-objective, default), "tpe" (one constrained study per budget) or "random"
+    sampler: str = "nsga2"
+    trials: int = 300
+    #: an Optuna RDB URL; null = SQLite in RUN/search/study.db
+    storage: str | None = None
+    #: candidates per budget re-evaluated as whole models and timed before one is exported
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("nsga2", "tpe", "random"):
+            raise ConfigError(f"search.sampler must be nsga2, tpe or random, got {self.sampler!r}")
+        if self.trials < 1 or self.top_k < 1:
+            raise ConfigError("search.trials and search.top_k must be at least 1")
+        if not self.budgets:
+            raise ConfigError("search.budgets must name at least one budget, e.g. [2x, 3x, 4x]")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export of the family (``nasbert export``)."""
+
+    #: validation batches of the whole-model re-evaluation
+    eval_batches: int = 4
+    #: also write model.onnx (checked against PyTorch at atol 1e-4)
+    onnx: bool = True
+
+    def __post_init__(self) -> None:
+        if self.eval_batches < 1:
+            raise ConfigError(f"export.eval_batches must be at least 1, got {self.eval_batches}")

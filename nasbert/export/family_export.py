@@ -1,0 +1,116 @@
+"""Exporting the family: one model per budget, chosen on whole-model loss and measured latency.
+
+::
+
+    FAMILY/
+      family.json              every member (schema in DESIGN.md), the device, the teacher's latency
+      teacher.onnx             the teacher, so that `nasbert pick --measure` can time it next to the members
+      <member>/                a Hugging Face model directory: config.json, model.safetensors, tokenizer,
+                               modeling code, model.onnx, README.md (model card with the measured numbers)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..io import atomic_dir
+from ..space import Arch, SearchSpace
+from ..supernet import SuperNet
+from .card import write_model_card
+from .family import Family, FamilyMember
+from .onnx import export_onnx
+from .selection import measure_models, speedup, whole_model_loss
+
+__all__ = ["export_family"]
+
+logger = logging.getLogger(__name__)
+
+
+def _member_name(budget_name: str, params: int) -> str:
+    return f"nasbert-{budget_name}-{params / 1e6:.1f}M".replace("/", "-")
+
+
+def export_family(
+    *,
+    supernet: SuperNet,
+    teacher,
+    tokenizer,
+    teacher_name: str,
+    space: SearchSpace,
+    budgets: Sequence,
+    candidates: dict[str, list[tuple[Arch, object]]],
+    valid_batches: list[dict],
+    device: dict,
+    out: str | Path,
+    top_k: int = 3,
+    write_onnx: bool = True,
+    seed: int = 0,
+) -> Family:
+    """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
+    that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
+    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted)."""
+    from .. import __version__
+
+    shortlist: dict[str, list[tuple[Arch, object]]] = {b.name: list(candidates.get(b.name, []))[:top_k]
+                                                       for b in budgets}
+    unique: dict[str, Arch] = {str(a): a for ranked in shortlist.values() for a, _ in ranked}
+    if not unique:
+        raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
+                         "(e.g. --budgets 1.5x) or run more trials")
+    logger.info("re-evaluating %d candidate models as whole models", len(unique))
+    losses = {name: whole_model_loss(supernet, teacher, arch, valid_batches) for name, arch in unique.items()}
+    models = {name: supernet.extract(arch) for name, arch in unique.items()}
+    measured = measure_models(models, teacher, engine=device["engine"], device=device["device"],
+                              threads=device["threads"], batch=device["batch"], seq_len=device["seq_len"],
+                              vocab_size=space.teacher.vocab_size, seed=seed)
+    teacher_ms = measured.teacher_latency_ms
+
+    members: list[FamilyMember] = []
+    chosen: dict[str, tuple] = {}
+    for budget in budgets:
+        # Every re-evaluated candidate is eligible: one shortlisted for a tighter budget may win a looser one.
+        feasible = []
+        for arch, evaluation in (c for ranked in shortlist.values() for c in ranked):
+            name, params = str(arch), space.num_params(arch)
+            if name not in [f[2] for f in feasible] and budget.allows(measured.latency_ms[name], params, teacher_ms):
+                feasible.append((losses[name], measured.latency_ms[name], name, arch, evaluation))
+        if not feasible:
+            logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
+                           "for it", budget.name, len(shortlist[budget.name]))
+            continue
+        loss, latency, name, arch, evaluation = min(feasible, key=lambda x: (x[0], x[1]))
+        member_dir = _member_name(budget.name, space.num_params(arch))
+        members.append(FamilyMember(
+            name=member_dir, path=member_dir, arch=arch.to_dict(), params=space.num_params(arch),
+            flops=space.flops(arch, device["seq_len"]), latency_ms=latency,
+            predicted_latency_ms=float(evaluation.latency_ms), speedup=speedup(teacher_ms, latency),
+            proxy_loss=float(evaluation.proxy_loss), valid_loss=loss, budget=budget.name,
+            onnx=f"{member_dir}/model.onnx" if write_onnx else None,
+        ))
+        chosen[member_dir] = (arch, models[name])
+        logger.info("budget %s: %s, %.2f ms measured (%.2fx), whole-model loss %.4f", budget.name, arch, latency,
+                    speedup(teacher_ms, latency), loss)
+    if not members:
+        raise ValueError("no candidate meets its budget on the measured latency: loosen the budgets or profile "
+                         "the device again (`nasbert latency --force`)")
+
+    family = Family(teacher=teacher_name, device=dict(device), teacher_latency_ms=teacher_ms, models=members,
+                    created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    nasbert_version=__version__)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for member in members:
+            arch, model = chosen[member.path]
+            directory = tmp / member.path
+            model.save_pretrained(directory, safe_serialization=True)
+            tokenizer.save_pretrained(directory)
+            if write_onnx:
+                export_onnx(model, directory / "model.onnx")  # raises if ONNX and PyTorch differ by > 1e-4
+            write_model_card(member, family, directory, space_summary=space.summary())
+        if write_onnx:
+            export_onnx(teacher, tmp / "teacher.onnx")
+        family.save(tmp)
+    return family

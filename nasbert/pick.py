@@ -1,0 +1,303 @@
+"""Pick the family member that fits a budget: the lowest loss among the members that meet it.
+
+A budget is one of: a latency in ms on the family's device, a speed-up over the teacher on that device, or a
+parameter count. With ``measure=True`` every member (and the teacher, where the family has ``teacher.onnx``) is
+timed again on this machine first, so that the pick is made for where the model will run.
+
+>>> from nasbert.pick import pick
+>>> member = pick("runs/minilm/family", speedup=4)  # doctest: +SKIP
+>>> member.name, member.latency_ms  # doctest: +SKIP
+('x4', 4.3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .export.family import Family, FamilyError, FamilyMember
+
+__all__ = ["NoFit", "build_pick_parser", "measure_family", "parse_params", "pick", "pick_main",
+           "pick_with_family", "run_pick"]
+
+logger = logging.getLogger(__name__)
+
+TEACHER_ONNX = "teacher.onnx"
+_TEACHER_KEY = "\0teacher"  # cannot collide with a member's name in measure_interleaved's mapping
+
+
+class NoFit(ValueError):
+    """No member of the family meets the budget; the message names the tightest budget that can be met."""
+
+
+_PARAMS = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kKmMbB]?)\s*$")
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+
+
+def parse_params(text: str | int) -> int:
+    """A parameter count: ``"10M"`` -> 10_000_000; also ``"500k"``, ``"1.5M"``, ``"12000000"``, ``"2B"``.
+
+    >>> parse_params("1.5M"), parse_params("500k"), parse_params("12000000")
+    (1500000, 500000, 12000000)
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _PARAMS.match(str(text)) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"parameter count {text!r} not understood: write a number, optionally with k, M or B "
+                             "(e.g. 10M, 500k, 1.5M, 12000000)")
+        value = round(float(match.group(1)) * _SCALE[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"parameter count must be positive, got {text!r}")
+    return value
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n:,} ({n / 1e6:.2f}M)"
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+
+def _vocab_size(directory: Path) -> int | None:
+    try:
+        return int(json.loads((directory / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _onnx_of(family: Family, member: FamilyMember) -> Path:
+    path = family.onnx_path(member) or family.member_dir(member) / "model.onnx"
+    if not path.is_file():
+        raise FamilyError(f"member {member.name!r} has no ONNX model to measure ({str(path)!r} does not exist); "
+                          "export it with ONNX, or pick without --measure")
+    return path
+
+
+def measure_family(family: Family, *, threads: int | None = None, warmup: int = 3, repeats: int = 15,
+                   rounds: int = 3, seed: int = 0) -> Family:
+    """A copy of ``family`` with every member's ``latency_ms`` and ``speedup`` measured again on this machine
+    (ONNX Runtime, CPU, interleaved; inputs of the family's batch and sequence length). The teacher is measured
+    too when the family directory holds ``teacher.onnx``; otherwise its recorded latency is kept. Nothing is
+    written to disk. The copy's ``device`` describes this machine.
+    """
+    from .latency.measure import OnnxRuntimeEngine, device_info, measure_interleaved
+
+    threads = int(family.device["threads"] if threads is None else threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    batch, seq_len = int(family.device["batch"]), int(family.device["seq_len"])
+    paths = {m.name: _onnx_of(family, m) for m in family.models}
+    teacher_onnx = family._root() / TEACHER_ONNX
+    if teacher_onnx.is_file():
+        paths[_TEACHER_KEY] = teacher_onnx
+    else:
+        logger.warning("no %s in %s: speed-ups use the teacher latency recorded on %s (%.3f ms)", TEACHER_ONNX,
+                       family.directory, family.device["key"], family.teacher_latency_ms)
+    # Token values do not change a dense encoder's latency; stay inside every member's vocabulary.
+    vocabs = [v for v in (_vocab_size(family.member_dir(m)) for m in family.models) if v]
+    ids = np.random.default_rng(seed).integers(1, max(2, min(vocabs, default=2)), size=(batch, seq_len))
+    feeds = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, seq_len), np.int64),
+             "token_type_ids": np.zeros((batch, seq_len), np.int64)}
+    engines = {name: OnnxRuntimeEngine(path, feeds, threads=threads) for name, path in paths.items()}
+    logger.info("measuring %d models on this machine (%d threads, batch %d, %d tokens)", len(engines), threads,
+                batch, seq_len)
+    timings = measure_interleaved(engines, warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
+    teacher_ms = timings[_TEACHER_KEY].median_ms if _TEACHER_KEY in timings else family.teacher_latency_ms
+    models = []
+    for m in family.models:
+        ms = timings[m.name].median_ms
+        models.append(dataclasses.replace(m, latency_ms=ms, speedup=teacher_ms / ms))
+    here = device_info(engine="onnxruntime", device="cpu", threads=threads, batch=batch, seq_len=seq_len).to_dict()
+    return dataclasses.replace(family, models=models, teacher_latency_ms=teacher_ms, device=here,
+                               extra={**family.extra, "measured_here": True,
+                                      "teacher_measured_here": _TEACHER_KEY in timings})
+
+
+# ---------------------------------------------------------------------------------------------------- picking
+
+
+def _rank(m: FamilyMember) -> tuple[float, float, str]:
+    loss = m.loss
+    return (math.inf if loss is None else loss, m.latency_ms, m.name)
+
+
+def _no_fit(family: Family, latency_ms, speedup, max_params) -> NoFit:
+    fastest = min(family.models, key=lambda m: (m.latency_ms, m.name))
+    teacher = family.teacher_latency_ms
+    if latency_ms is not None:
+        best = math.ceil(fastest.latency_ms * 1000) / 1000  # rounded up, so that the budget suggested fits
+        return NoFit(f"no model fits {latency_ms} ms on {family.device['key']}: the fastest member, "
+                     f"{fastest.name!r}, runs in {fastest.latency_ms:.3f} ms "
+                     f"({teacher / fastest.latency_ms:.2f}x faster than the teacher); ask for at least {best} ms")
+    if speedup is not None:
+        ratio = teacher / fastest.latency_ms
+        best = math.floor(ratio * 100) / 100  # rounded down, so that the budget suggested fits
+        return NoFit(f"no model fits {speedup}x: the fastest member, {fastest.name!r}, runs {ratio:.2f}x faster "
+                     f"than the teacher ({fastest.latency_ms:.3f} ms vs {teacher:.3f} ms on "
+                     f"{family.device['key']}); ask for at most {best}x")
+    smallest = min(family.models, key=lambda m: (m.params, m.name))
+    return NoFit(f"no model fits {_fmt_params(max_params)} parameters: the smallest member, {smallest.name!r}, "
+                 f"has {_fmt_params(smallest.params)}; ask for at least {smallest.params}")
+
+
+def pick(
+    family: Family | str | os.PathLike,
+    *,
+    latency_ms: float | None = None,
+    speedup: float | None = None,
+    max_params: int | str | None = None,
+    measure: bool = False,
+    threads: int | None = None,
+) -> FamilyMember:
+    """The member with the lowest validation loss (proxy loss where it has none) among those that meet the one
+    budget given: ``latency_ms`` (at most, on the family's device), ``speedup`` (at least, over the teacher on
+    the same device) or ``max_params`` (an int or ``"10M"``). Ties go to the faster member.
+
+    With ``measure``, latencies are measured again on this machine first (see :func:`measure_family`); the
+    member returned carries the new ``latency_ms`` and ``speedup``. Raises :class:`NoFit` when none fits.
+
+    >>> pick("runs/minilm/family", max_params="10M").name  # doctest: +SKIP
+    'x8'
+    """
+    return pick_with_family(family, latency_ms=latency_ms, speedup=speedup, max_params=max_params,
+                            measure=measure, threads=threads)[0]
+
+
+def pick_with_family(
+    family: Family | str | os.PathLike,
+    *,
+    latency_ms: float | None = None,
+    speedup: float | None = None,
+    max_params: int | str | None = None,
+    measure: bool = False,
+    threads: int | None = None,
+) -> tuple[FamilyMember, Family]:
+    """:func:`pick`, also returning the family its numbers come from (re-measured with ``measure``)."""
+    given = {k: v for k, v in (("latency_ms", latency_ms), ("speedup", speedup), ("max_params", max_params))
+             if v is not None}
+    if len(given) != 1:
+        raise ValueError("give exactly one budget: latency_ms, speedup or max_params"
+                         + (f" (got {', '.join(given)})" if given else ""))
+    if max_params is not None:
+        max_params = parse_params(max_params)
+    for key in ("latency_ms", "speedup"):
+        value = given.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+    if not isinstance(family, Family):
+        family = Family.load(family)
+    if not family.models:
+        raise FamilyError(f"family {str(family.directory)!r} has no members")
+    if measure:
+        family = measure_family(family, threads=threads)
+
+    if latency_ms is not None:
+        fits = [m for m in family.models if m.latency_ms <= latency_ms]
+    elif speedup is not None:  # latency <= teacher / speedup, without the division's rounding
+        fits = [m for m in family.models if m.latency_ms * speedup <= family.teacher_latency_ms]
+    else:
+        fits = [m for m in family.models if m.params <= max_params]
+    if not fits:
+        raise _no_fit(family, latency_ms, speedup, max_params)
+    return min(fits, key=_rank), family
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def build_pick_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add ``nasbert pick``'s arguments to ``parser`` (a sub-command's parser), or build a parser."""
+    if parser is None:
+        parser = argparse.ArgumentParser(prog="nasbert pick", description=_CLI_DESCRIPTION)
+    parser.add_argument("family", help="family directory (holding family.json) or a family.json path")
+    parser.add_argument("--latency-ms", type=float, metavar="X", help="at most X ms on the family's device")
+    parser.add_argument("--speedup", type=float, metavar="S", help="at least S times faster than the teacher")
+    parser.add_argument("--max-params", metavar="P", help="at most P parameters (10M, 500k, 12000000)")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure every member (and teacher.onnx, if there) on this machine first")
+    parser.add_argument("--threads", type=int, metavar="N", help="threads for --measure (default: the family's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+_CLI_DESCRIPTION = ("Print the path of the family member with the lowest loss that meets one budget "
+                    "(--latency-ms, --speedup or --max-params). Exit 2 when none does.")
+
+
+def _report(member: FamilyMember, family: Family, measured: bool) -> dict:
+    onnx = family.onnx_path(member)
+    return {
+        **member.to_dict(),
+        "path": str(family.member_dir(member)),
+        "onnx": None if onnx is None else str(onnx),
+        "family": str(family._root()),
+        "teacher_latency_ms": family.teacher_latency_ms,
+        "device": family.device,
+        "measured": measured,
+    }
+
+
+def _table(member: FamilyMember, family: Family, measured: bool) -> str:
+    where = "measured here" if measured else "from family.json"
+    rows = [
+        ("name", member.name),
+        ("budget", member.budget),
+        ("params", _fmt_params(member.params)),
+        ("flops", f"{member.flops:,} @ {family.device['seq_len']} tokens"),
+        ("latency", f"{member.latency_ms:.3f} ms ({where}, {family.device['key']})"),
+        ("predicted", "n/a" if member.predicted_latency_ms is None else f"{member.predicted_latency_ms:.3f} ms"),
+        ("speed-up", f"{member.speedup:.2f}x over the teacher ({family.teacher_latency_ms:.3f} ms)"),
+        ("valid loss", "n/a" if member.valid_loss is None else f"{member.valid_loss:.4f}"),
+        ("proxy loss", "n/a" if member.proxy_loss is None else f"{member.proxy_loss:.4f}"),
+    ]
+    return "\n".join(f"  {k:<11} {v}" for k, v in rows)
+
+
+def run_pick(args: argparse.Namespace) -> int:
+    """``nasbert pick`` on parsed arguments: 0 picked, 1 bad input, 2 nothing fits."""
+    given = [flag for flag, v in (("--latency-ms", args.latency_ms), ("--speedup", args.speedup),
+                                  ("--max-params", args.max_params)) if v is not None]
+    if len(given) != 1:
+        print("nasbert pick: error: give exactly one budget: --latency-ms X, --speedup S or --max-params P"
+              + (f" (got {', '.join(given)})" if given else ""), file=sys.stderr)
+        return 1
+    if args.threads is not None and args.threads < 1:
+        print(f"nasbert pick: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 1
+    try:
+        member, family = pick_with_family(args.family, latency_ms=args.latency_ms, speedup=args.speedup,
+                                          max_params=args.max_params, measure=args.measure, threads=args.threads)
+    except NoFit as e:
+        print(f"nasbert pick: {e}", file=sys.stderr)
+        return 2
+    except (FamilyError, ValueError, OSError) as e:
+        print(f"nasbert pick: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(_report(member, family, args.measure), indent=2))
+    else:
+        print(family.member_dir(member))
+        print(_table(member, family, args.measure))
+    return 0
+
+
+def pick_main(argv: list[str] | None = None) -> int:
+    """``nasbert pick FAMILY (--latency-ms X | --speedup S | --max-params P) [--measure] [--threads N] [--json]``."""
+    parser = build_pick_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors: argparse has printed the message; its convention is exit 2
+        return int(e.code or 0)
+    return run_pick(args)

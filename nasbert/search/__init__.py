@@ -1,0 +1,23 @@
+"""Search the shrunk space for the best architecture under each budget (NAS-BERT, section 3.3).
+
+:class:`Objective` is a pure function of an architecture (proxy loss, predicted latency, params, FLOPs);
+:func:`run_search` drives it with Optuna, :func:`nasbert.search.ray_search.run_ray_search` with Ray Tune
+(imported lazily, so Ray is needed only there).
+"""
+
+from __future__ import annotations
+
+from .budgets import DEFAULT_BUDGETS, Budget, parse_budget, parse_budgets
+from .objective import Evaluation, Objective, load_block_losses
+from .optuna_search import SAMPLERS, Candidate, SearchResult, TrialRecord, pareto_front, run_search
+
+__all__ = ["DEFAULT_BUDGETS", "SAMPLERS", "Budget", "Candidate", "Evaluation", "Objective", "SearchResult",
+           "TrialRecord", "load_block_losses", "pareto_front", "parse_budget", "parse_budgets", "run_ray_search",
+           "run_search"]
+
+
+def run_ray_search(*args, **kwargs):
+    """See :func:`nasbert.search.ray_search.run_ray_search` (imports Ray on first use)."""
+    from .ray_search import run_ray_search as run
+
+    return run(*args, **kwargs)

@@ -1,0 +1,425 @@
+"""Search the shrunk space with Optuna, and write what any search found (trials.csv, pareto.json, pareto.png).
+
+NSGA-II (default) runs one multi-objective study minimising (proxy loss, predicted latency), constrained to
+the loosest budget; TPE runs one single-objective study per budget, minimising the proxy loss within it;
+``random`` samples uniformly (a baseline). Studies live in an Optuna RDB storage (SQLite file
+``out_dir/study.db`` by default, PostgreSQL for many machines), so an interrupted search resumes and several
+workers can share one study: trials already in the study count toward ``trials``.
+
+>>> from nasbert.search import Objective, run_search
+>>> objective = Objective.from_run("RUN")  # doctest: +SKIP
+>>> result = run_search(objective, budgets=["2x", "4x", "10M"], trials=300, out_dir="RUN/search")  # doctest: +SKIP
+>>> arch, evaluation = result.best("4x")  # doctest: +SKIP
+
+The writers at the bottom (:func:`summarize`) are shared with :mod:`nasbert.search.ray_search`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tqdm.auto import tqdm
+
+from ..io import atomic_write_json, atomic_write_text
+from ..space import Arch
+from .budgets import DEFAULT_BUDGETS, Budget, any_budget_violation, parse_budgets
+from .objective import Evaluation, Objective
+
+__all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchResult", "TrialRecord", "pareto_front",
+           "run_search", "select_per_budget", "suggest_arch", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("nsga2", "tpe", "random")
+EVALUATION_FIELDS = ("proxy_loss", "latency_ms", "params", "flops")
+
+
+class Candidate(NamedTuple):
+    """An architecture and its evaluation; unpacks as ``arch, evaluation``."""
+
+    arch: Arch
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial of a search."""
+
+    number: int
+    arch: Arch
+    evaluation: Evaluation
+    study: str = ""
+
+    @property
+    def candidate(self) -> Candidate:
+        return Candidate(self.arch, self.evaluation)
+
+
+@dataclass
+class SearchResult:
+    """What a search found. ``selections[budget.name]`` ranks the best distinct feasible architectures (best
+    first; empty when no trial met the budget)."""
+
+    budgets: tuple[Budget, ...]
+    trials: list[TrialRecord]
+    front: list[Candidate]
+    selections: dict[str, list[Candidate]]
+    teacher_latency_ms: float | None
+    files: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def best(self, budget: str | Budget) -> Candidate | None:
+        """The best architecture found within ``budget`` (a name such as ``"4x"``), or None."""
+        name = budget.name if isinstance(budget, Budget) else parse_budgets([budget])[0].name
+        ranked = self.selections[name]
+        return ranked[0] if ranked else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Constraint shared by the samplers (Optuna and Ray Tune's OptunaSearch)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class BudgetConstraint:
+    """The one constraint every sampler gets: <= 0 when an evaluation meets at least one budget (the loosest).
+
+    Set on each trial with ``trial.set_constraint(BudgetConstraint.key, constraint(evaluation))`` (Optuna 5's
+    replacement of ``constraints_func``); NSGA-II and TPE then prefer feasible trials. A class, not a closure,
+    so that a sampler's define-by-run function holding it can be pickled (Ray Tune checkpoints its searcher).
+    """
+
+    key = "budget"
+
+    def __init__(self, budgets: Sequence[Budget], teacher_latency_ms: float | None):
+        self.budgets, self.teacher_latency_ms = tuple(budgets), teacher_latency_ms
+
+    def __call__(self, evaluation: Evaluation) -> float:
+        return any_budget_violation(self.budgets, evaluation.latency_ms, evaluation.params, self.teacher_latency_ms)
+
+
+def suggest_arch(trial, objective: Objective, constraint: BudgetConstraint | None = None) -> tuple[Arch, Evaluation]:
+    """Sample an architecture in an Optuna trial (one categorical per block), evaluate it, and record the
+    evaluation (user attribute ``evaluation``) and the budget constraint on the trial."""
+    params = {key: trial.suggest_categorical(key, list(range(n))) for key, n in objective.choice_counts().items()}
+    arch = objective.arch_from_params(params)
+    ev = objective(arch)
+    # One attribute, not five: each is a committed write in an RDB storage.
+    trial.set_user_attr("evaluation", {"arch": str(arch), **ev.to_dict()})
+    if constraint is not None:
+        trial.set_constraint(constraint.key, constraint(ev))
+    return arch, ev
+
+
+def _evaluation_of(trial, objective: Objective) -> Evaluation:
+    saved = trial.user_attrs.get("evaluation")
+    if isinstance(saved, dict) and all(k in saved for k in EVALUATION_FIELDS):
+        return Evaluation.from_mapping(saved)
+    return objective(objective.arch_from_params(trial.params))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The Optuna search
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_storage(storage, out_dir: Path | None):
+    import optuna
+
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage, type(storage).__name__
+    if storage is None and out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+        return url, url
+    if storage is None or storage in ("memory", ":memory:"):
+        return optuna.storages.InMemoryStorage(), "memory"
+    if not isinstance(storage, str) or "://" not in storage:
+        raise ValueError(f"storage {storage!r} is not an Optuna RDB URL: give e.g. 'sqlite:///RUN/search/study.db' "
+                         "or 'postgresql://user@host/db', 'memory', or None for out_dir/study.db")
+    return storage, storage
+
+
+def _make_sampler(kind: str, *, seed: int, population_size: int):
+    import optuna
+
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+@contextlib.contextmanager
+def _quiet_optuna():
+    """Optuna logs every trial at INFO; the progress bar says as much."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def run_search(
+    objective: Objective,
+    *,
+    budgets: Iterable[str | Budget] | str = DEFAULT_BUDGETS,
+    sampler: str = "nsga2",
+    trials: int = 200,
+    storage: Any = None,
+    study_name: str = "nasbert",
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    top_k: int = 5,
+    population_size: int = 50,
+    show_progress: bool = True,
+) -> SearchResult:
+    """Search ``objective`` under ``budgets`` with Optuna and write trials.csv, pareto.json, pareto.png to
+    ``out_dir`` (nothing is written without one).
+
+    ``storage``: an Optuna RDB URL or storage object; None means ``sqlite:///out_dir/study.db`` (in memory
+    without ``out_dir``), ``"memory"`` forces memory. ``trials`` is the total a study should hold: trials
+    already in it (from an interrupted run, or other workers) count. With ``sampler="tpe"`` each budget has
+    its own study (``{study_name}-{budget}``) of ``trials`` trials.
+
+    >>> result = run_search(objective, budgets=["3x"], trials=100, storage="memory")  # doctest: +SKIP
+    """
+    import optuna
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k!r}")
+    budgets = parse_budgets(budgets)
+    teacher_ms = objective.teacher_latency_ms
+    for b in budgets:
+        b.latency_limit_ms(teacher_ms)  # a speed-up budget without a teacher latency fails here, before any trial
+    out = Path(out_dir) if out_dir is not None else None
+    storage_obj, storage_desc = _resolve_storage(storage, out)
+
+    if sampler == "tpe":
+        plan = [(f"{study_name}-{b.name}", (b,), False) for b in budgets]
+    else:
+        plan = [(study_name, budgets, True)]
+
+    records: list[TrialRecord] = []
+    with _quiet_optuna():
+        for name, study_budgets, multi in plan:
+            constraint = BudgetConstraint(study_budgets, teacher_ms) if sampler != "random" else None
+            study = optuna.create_study(
+                storage=storage_obj, study_name=name, load_if_exists=True,
+                sampler=_make_sampler(sampler, seed=seed, population_size=population_size),
+                **({"directions": ["minimize", "minimize"]} if multi else {"direction": "minimize"}),
+            )
+            if len(study.directions) != (2 if multi else 1):
+                raise ValueError(f"study {name!r} in {storage_desc} has {len(study.directions)} objective(s), this "
+                                 f"search needs {2 if multi else 1}: use another study_name or storage")
+
+            def trial_fn(trial, multi=multi, constraint=constraint):
+                _, ev = suggest_arch(trial, objective, constraint)
+                return (ev.proxy_loss, ev.latency_ms) if multi else ev.proxy_loss
+
+            complete = (optuna.trial.TrialState.COMPLETE,)
+            done = len(study.get_trials(deepcopy=False, states=complete))
+            missing = max(0, trials - done)
+            logger.info("study %r (%s, %s): %d trials done, running %d", name, sampler, storage_desc, done, missing)
+            if missing:
+                with tqdm(total=trials, initial=done, desc=f"search {name}", disable=not show_progress,
+                          unit="trial") as bar:
+                    study.optimize(trial_fn, n_trials=missing, gc_after_trial=False,
+                                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=complete),
+                                              lambda study, trial: bar.update(1)])
+            for t in study.get_trials(deepcopy=False, states=complete):
+                records.append(TrialRecord(t.number, objective.arch_from_params(t.params),
+                                           _evaluation_of(t, objective), study=name))
+
+    info = {"backend": "optuna", "sampler": sampler, "seed": seed, "study_name": study_name,
+            "storage": storage_desc, "trials": trials}
+    return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results: front, per-budget selection and files (shared by every search backend)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The non-dominated trials over (proxy loss, latency), both minimised, one per distinct architecture,
+    sorted by increasing latency (so by decreasing proxy loss)."""
+    distinct: dict[Arch, TrialRecord] = {}
+    for r in sorted(records, key=lambda r: (r.study, r.number)):
+        distinct.setdefault(r.arch, r)
+    ordered = sorted(distinct.values(), key=lambda r: (r.evaluation.latency_ms, r.evaluation.proxy_loss,
+                                                       r.study, r.number))
+    front: list[TrialRecord] = []
+    best_loss = float("inf")
+    for r in ordered:  # a sweep by latency: keep each trial that beats every faster one on proxy loss
+        if r.evaluation.proxy_loss < best_loss:
+            front.append(r)
+            best_loss = r.evaluation.proxy_loss
+    return front
+
+
+def select_per_budget(records: Sequence[TrialRecord], budgets: Sequence[Budget], teacher_latency_ms: float | None,
+                      *, top_k: int = 5) -> dict[str, list[TrialRecord]]:
+    """For each budget, the ``top_k`` best distinct architectures that meet it, by proxy loss (then latency)."""
+    ranked = sorted(records, key=lambda r: (r.evaluation.proxy_loss, r.evaluation.latency_ms, r.study, r.number))
+    out = {}
+    for b in budgets:
+        seen, chosen = set(), []
+        for r in ranked:
+            if r.arch in seen or not b.allows(r.evaluation.latency_ms, r.evaluation.params, teacher_latency_ms):
+                continue
+            seen.add(r.arch)
+            chosen.append(r)
+            if len(chosen) == top_k:
+                break
+        out[b.name] = chosen
+    return out
+
+
+def summarize(records: Sequence[TrialRecord], *, budgets: Sequence[Budget], teacher_latency_ms: float | None,
+              out_dir: str | os.PathLike | None, top_k: int = 5, info: dict | None = None) -> SearchResult:
+    """Turn finished trials into a :class:`SearchResult`; with ``out_dir``, write trials.csv, pareto.json and
+    pareto.png there (atomically). Budgets no trial met are warned about, naming the closest trial reached."""
+    records = sorted(records, key=lambda r: (r.study, r.number))
+    front = pareto_front(records)
+    chosen = select_per_budget(records, budgets, teacher_latency_ms, top_k=top_k)
+    warnings = []
+    for b in budgets:
+        if chosen[b.name]:
+            continue
+        if records:
+            fastest = min(r.evaluation.latency_ms for r in records)
+            smallest = min(r.evaluation.params for r in records)
+            limit = (f"{b.latency_limit_ms(teacher_latency_ms):.4g} ms" if b.kind != "params"
+                     else f"{b.params_limit():,} params")
+            msg = (f"no trial meets budget {b.name} ({limit}): the fastest of {len(records)} trials takes "
+                   f"{fastest:.4g} ms and the smallest has {smallest:,} params; relax the budget or search longer")
+        else:
+            msg = f"no trial finished, so nothing meets budget {b.name}"
+        logger.warning("%s", msg)
+        warnings.append(msg)
+    result = SearchResult(
+        budgets=tuple(budgets), trials=list(records), front=[r.candidate for r in front],
+        selections={name: [r.candidate for r in rs] for name, rs in chosen.items()},
+        teacher_latency_ms=teacher_latency_ms, warnings=warnings, info=dict(info or {}),
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        result.files = {"trials_csv": out / "trials.csv", "pareto_json": out / "pareto.json",
+                        "pareto_png": out / "pareto.png"}
+        _write_trials_csv(result.files["trials_csv"], records, budgets, teacher_latency_ms)
+        _write_pareto_json(result.files["pareto_json"], records, front, chosen, budgets, teacher_latency_ms,
+                           result.info, warnings)
+        _plot_pareto(result.files["pareto_png"], records, front, chosen, budgets, teacher_latency_ms)
+        logger.info("search results: %s", ", ".join(str(p) for p in result.files.values()))
+    return result
+
+
+def _trial_json(r: TrialRecord, teacher_latency_ms: float | None) -> dict:
+    ev = r.evaluation
+    return {"number": r.number, "study": r.study, "arch": str(r.arch), "blocks": r.arch.to_dict()["blocks"],
+            **ev.to_dict(),
+            "speedup": (teacher_latency_ms / ev.latency_ms) if teacher_latency_ms and ev.latency_ms > 0 else None}
+
+
+def _write_trials_csv(path: Path, records, budgets, teacher_latency_ms) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["number", "study", "arch", *EVALUATION_FIELDS, *(f"feasible_{b.name}" for b in budgets)])
+    for r in records:
+        ev = r.evaluation
+        writer.writerow([r.number, r.study, str(r.arch), repr(ev.proxy_loss), repr(ev.latency_ms), ev.params, ev.flops,
+                         *(int(b.allows(ev.latency_ms, ev.params, teacher_latency_ms)) for b in budgets)])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_pareto_json(path: Path, records, front, chosen, budgets, teacher_latency_ms, info, warnings) -> None:
+    data = {
+        "objectives": ["proxy_loss", "latency_ms"],
+        "teacher_latency_ms": teacher_latency_ms,
+        "n_trials": len(records),
+        "search": info,
+        "front": [_trial_json(r, teacher_latency_ms) for r in front],
+        "budgets": [
+            {"budget": b.name, "text": b.text, "kind": b.kind, "value": b.value,
+             "latency_limit_ms": b.latency_limit_ms(teacher_latency_ms), "params_limit": b.params_limit(),
+             "feasible_trials": sum(b.allows(r.evaluation.latency_ms, r.evaluation.params, teacher_latency_ms)
+                                    for r in records),
+             "best": [_trial_json(r, teacher_latency_ms) for r in chosen[b.name]]}
+            for b in budgets
+        ],
+        "warnings": warnings,
+    }
+    atomic_write_json(path, data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _plot_pareto(path: Path, records, front, chosen, budgets, teacher_latency_ms) -> None:
+    """All trials (proxy loss vs predicted latency), the front, the latency budgets and each budget's pick."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if records:
+        ax.scatter([r.evaluation.latency_ms for r in records], [r.evaluation.proxy_loss for r in records],
+                   s=9, color="0.65", alpha=0.6, label=f"trials ({len(records)})")
+    if front:
+        ax.plot([r.evaluation.latency_ms for r in front], [r.evaluation.proxy_loss for r in front], "-o",
+                color="C0", ms=3.5, lw=1.3, label=f"Pareto front ({len(front)})")
+    colors = [f"C{i + 1}" for i in range(len(budgets))]
+    for b, color in zip(budgets, colors):
+        limit = b.latency_limit_ms(teacher_latency_ms)
+        if limit is not None:
+            ax.axvline(limit, color=color, ls="--", lw=1, label=f"budget {b.name} ({limit:.3g} ms)")
+        if chosen[b.name]:
+            best = chosen[b.name][0].evaluation
+            ax.scatter([best.latency_ms], [best.proxy_loss], marker="*", s=160, color=color, edgecolor="k",
+                       zorder=5)
+            ax.annotate(f"{b.name}: {best.proxy_loss:.3g} @ {best.latency_ms:.3g} ms",
+                        (best.latency_ms, best.proxy_loss), textcoords="offset points", xytext=(6, 6), fontsize=8,
+                        color=color)
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("proxy loss (sum of block losses)")
+    title = "search: proxy loss vs latency"
+    if teacher_latency_ms:
+        title += f" (teacher {teacher_latency_ms:.3g} ms)"
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,104 @@
+"""The whole pipeline through the real `nasbert` entry point on the tiny space: run -> family -> pick."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from nasbert import Arch, SuperNet
+from nasbert.export.family import Family
+
+TINY = ["corpus.seq_len=32", "corpus.max_documents=12", "train.steps=8", "train.batch_size=4", "train.eval_every=0",
+        "train.eval_batches=1", "train.eval_paths=2", "train.warmup_steps=2", "train.shrink.bins=4",
+        "train.shrink.samples_per_bin=40", "train.shrink.keep_per_bin=2", "train.shrink.warmup_steps=4",
+        "train.shrink.steps_between_rounds=2", "train.shrink.max_rounds=2", "latency.seq_len=32",
+        "latency.archs=12", "latency.repeats=3", "latency.rounds=1", "latency.warmup=1", "latency.table_repeats=3",
+        "latency.group_size=6", "search.trials=60", "search.budgets=[1.2x, 1.5x, 2x]", "search.top_k=2",
+        "export.eval_batches=1"]
+
+
+def _nasbert() -> list[str]:
+    exe = shutil.which("nasbert") or str(Path(sys.executable).with_name("nasbert"))
+    return [exe]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_teacher_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(out.parent / "cache")}
+    done = subprocess.run(_nasbert() + ["run", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(out),
+                                        "--no-progress", *TINY], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def test_every_stage_is_done_and_recorded(run):
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert [stages[s]["status"] for s in ("supernet", "latency", "train", "search", "export")] == ["done"] * 5
+    assert stages["search"]["trials"] == 60
+    for name in ("trials.csv", "pareto.json", "pareto.png", "study.db"):
+        assert (run / "search" / name).is_file(), name
+    assert (run / "search" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space):
+    family = Family.load(run / "family")
+    assert 1 <= len(family.models) <= 3 and family.teacher_latency_ms > 0
+    supernet = SuperNet.from_pretrained(run / "supernet")
+    ids = torch.randint(5, 99, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    import onnxruntime as ort
+
+    for member in family.models:
+        arch = Arch.from_dict(member.arch)
+        limit = {"1.2x": 1.2, "1.5x": 1.5, "2x": 2.0}[member.budget]
+        assert member.latency_ms * limit <= family.teacher_latency_ms + 1e-9
+        assert member.speedup == pytest.approx(family.teacher_latency_ms / member.latency_ms)
+        assert member.params == tiny_space.num_params(arch)
+        directory = run / "family" / member.path
+        model = AutoModel.from_pretrained(directory)
+        assert sum(p.numel() for p in model.parameters()) == member.params
+        with torch.no_grad():
+            expected = supernet(ids, mask, arch=arch)
+            got = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                                      "token_type_ids": np.zeros_like(ids.numpy())})[0]
+        keep = mask.bool().numpy()
+        np.testing.assert_allclose(onnx_out[keep], expected.numpy()[keep], atol=1e-4)
+        card = (directory / "README.md").read_text()
+        assert f"{member.params:,}" in card and member.budget in card
+
+
+def test_pick_chooses_from_the_family_and_fails_right(run):
+    family = Family.load(run / "family")
+    fastest = max(m.speedup for m in family.models)
+    done = subprocess.run(_nasbert() + ["pick", str(run / "family"), "--speedup", "1.2", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    chosen = json.loads(done.stdout)
+    eligible = [m for m in family.models if m.latency_ms * 1.2 <= family.teacher_latency_ms]
+    assert chosen["name"] == min(eligible, key=lambda m: (m.valid_loss, m.latency_ms)).name
+    done = subprocess.run(_nasbert() + ["pick", str(run / "family"), "--speedup", str(fastest * 10)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "ask for at most" in done.stderr
+
+
+def test_search_resumes_from_its_storage(run):
+    done = subprocess.run(_nasbert() + ["search", "--run", str(run), "--trials", "75", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "60 trials done, running 15" in done.stderr
+    assert json.loads((run / "manifest.json").read_text())["stages"]["search"]["trials"] == 75
