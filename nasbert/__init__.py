@@ -11,12 +11,19 @@ from .modeling import NasBertConfig, NasBertForMaskedLM, NasBertForSequenceClass
 from .space import Arch, BlockArch, SearchSpace, SpaceError, TeacherSpec
 from .supernet import SuperNet
 from .teacher import TeacherError, load_teacher
+from .latency import LatencyPredictor  # noqa: E402
+from .export.family import Family, FamilyMember  # noqa: E402
+from .pick import NoFit, pick  # noqa: E402  (the function shadows the module attribute: nasbert.pick(...))
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Arch",
     "BlockArch",
+    "Family",
+    "FamilyMember",
+    "LatencyPredictor",
+    "NoFit",
     "NasBertConfig",
     "NasBertForMaskedLM",
     "NasBertForSequenceClassification",
@@ -27,5 +34,6 @@ __all__ = [
     "TeacherError",
     "TeacherSpec",
     "load_teacher",
+    "pick",
     "__version__",
 ]

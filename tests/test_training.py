@@ -286,8 +286,8 @@ def test_run_profiles_latency_then_trains_with_its_table(tiny_teacher_dir, tmp_p
     from nasbert.cli import main
 
     run = tmp_path / "run"
-    code = main(["run", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(run), "--no-progress",
-                 "train.steps=6", *TINY_TRAIN, "latency.seq_len=32", "latency.archs=8", "latency.repeats=2",
+    code = main(["run", "--until", "train", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(run),
+                 "--no-progress", "train.steps=6", *TINY_TRAIN, "latency.seq_len=32", "latency.archs=8", "latency.repeats=2",
                  "latency.rounds=1", "latency.warmup=1", "latency.table_repeats=2", "latency.group_size=4"])
     assert code == 0
     stages = json.loads((run / "manifest.json").read_text())["stages"]
