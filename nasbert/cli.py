@@ -118,7 +118,7 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
                 stage_search(run, config, force=args.force, show_progress=not args.no_progress,
                              ray_address=args.ray_address)
             elif stage == "export":
-                stage_export(run, config, force=args.force)
+                stage_export(run, config, force=args.force, ray_address=args.ray_address)
     except BaseException as e:
         # A directory this call made goes again if the input was bad (nothing to resume) or nothing finished.
         if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in STAGES)):
@@ -158,7 +158,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .run import RunDir
 
     run = RunDir.load(args.run)
-    stage_export(run, run.config, force=args.force, out=args.out, latency_profile=args.latency_profile)
+    stage_export(run, run.config, force=args.force, out=args.out, latency_profile=args.latency_profile,
+                 ray_address=args.ray_address)
     return 0
 
 
@@ -256,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--out", help="family directory (default: RUN/family)")
     p.add_argument("--latency-profile", help="the latency profile the search used, if not the run's own")
+    p.add_argument("--ray-address", help="re-evaluate the candidates as Ray tasks: 'local', 'auto' or ray://HOST:PORT")
     p.add_argument("--force", action="store_true", help="export again")
     p.set_defaults(func=cmd_export)
 

@@ -239,7 +239,7 @@ def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
 
 
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
-                 latency_profile: str | None = None) -> None:
+                 latency_profile: str | None = None, ray_address: str | None = None) -> None:
     """Export the family: per budget, the best of the search's top candidates on whole-model loss and
     measured latency, as Hugging Face directories with ONNX and model cards, plus family.json."""
     import json
@@ -268,10 +268,18 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                                  n_batches=config.export.eval_batches, seed=config.seed)
     profile = Path(latency_profile) if latency_profile else _profile_dir(run, config)
     device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
+    evaluate = None
+    if ray_address is not None:
+        from .search.ray_search import ray_whole_model_losses
+
+        def evaluate(archs):  # whole-model re-evaluation as Ray tasks
+            return ray_whole_model_losses(run.path / "supernet", source, list(archs), batches,
+                                          address=None if ray_address == "local" else ray_address)
+
     family = export_family(supernet=supernet, teacher=teacher, tokenizer=tokenizer, teacher_name=source,
                            space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
                            device=device, out=target, top_k=config.search.top_k,
-                           write_onnx=config.export.onnx, seed=config.seed)
+                           write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate)
     if out is None:
         run.mark("export", "done", family=str(target.relative_to(run.path)), members=len(family.models),
                  teacher_latency_ms=family.teacher_latency_ms)

@@ -102,3 +102,21 @@ def test_search_resumes_from_its_storage(run):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "60 trials done, running 15" in done.stderr
     assert json.loads((run / "manifest.json").read_text())["stages"]["search"]["trials"] == 75
+
+
+def test_export_reevaluates_candidates_as_ray_tasks(run, tmp_path):
+    pytest.importorskip("ray")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(run.parent / "cache")}
+    families = {}
+    for name, extra in (("local", []), ("ray", ["--ray-address", "local"])):
+        out = tmp_path / name
+        done = subprocess.run(_nasbert() + ["export", "--run", str(run), "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-4000:]
+        families[name] = Family.load(out)
+    # The same candidates are evaluated on the same batches, in Ray tasks instead of in-process.
+    losses = {str(Arch.from_dict(m.arch)): m.valid_loss for m in families["local"].models}
+    common = [m for m in families["ray"].models if str(Arch.from_dict(m.arch)) in losses]
+    assert common, "the Ray export chose none of the in-process export's models"
+    for member in common:
+        assert member.valid_loss == pytest.approx(losses[str(Arch.from_dict(member.arch))], rel=1e-5)

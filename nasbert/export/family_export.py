@@ -48,10 +48,12 @@ def export_family(
     top_k: int = 3,
     write_onnx: bool = True,
     seed: int = 0,
+    evaluate=None,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
-    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted)."""
+    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``evaluate({name: arch}) -> {name: loss}``
+    replaces the in-process whole-model evaluation (e.g. Ray tasks)."""
     from .. import __version__
 
     shortlist: dict[str, list[tuple[Arch, object]]] = {b.name: list(candidates.get(b.name, []))[:top_k]
@@ -61,7 +63,10 @@ def export_family(
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
                          "(e.g. --budgets 1.5x) or run more trials")
     logger.info("re-evaluating %d candidate models as whole models", len(unique))
-    losses = {name: whole_model_loss(supernet, teacher, arch, valid_batches) for name, arch in unique.items()}
+    if evaluate is not None:
+        losses = evaluate(unique)
+    else:
+        losses = {name: whole_model_loss(supernet, teacher, arch, valid_batches) for name, arch in unique.items()}
     models = {name: supernet.extract(arch) for name, arch in unique.items()}
     measured = measure_models(models, teacher, engine=device["engine"], device=device["device"],
                               threads=device["threads"], batch=device["batch"], seq_len=device["seq_len"],

@@ -90,15 +90,7 @@ def run_ray_search(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
-        if address is None:
-            kwargs.update(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-        elif not str(address).startswith("ray://"):
-            kwargs.update(log_to_driver=False)
-        ray.init(address=address, **kwargs)
-        started = True
+    started = _ray_init(address, num_cpus)
     try:
         sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
         with _quiet_optuna():  # OptunaSearch creates its study at once, which Optuna logs at INFO
@@ -150,3 +142,52 @@ def run_ray_search(
     info = {"backend": "ray", "sampler": "nsga2", "seed": seed, "experiment": experiment_name,
             "storage": str(out / "ray"), "trials": trials, "max_concurrent": max_concurrent}
     return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info)
+
+
+def _ray_init(address: str | None, num_cpus: int | None) -> bool:
+    """Start (address None) or join a Ray instance unless one is running; returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    elif not str(address).startswith("ray://"):
+        kwargs.update(log_to_driver=False)
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def _whole_model_losses(supernet_dir: str, teacher: str, archs: list[str], batches: list) -> dict[str, float]:
+    """Runs in a Ray task: load the supernet and the teacher, evaluate ``archs`` as whole models."""
+    from ..export.selection import whole_model_loss
+    from ..space import Arch
+    from ..supernet import SuperNet
+    from ..teacher import load_teacher
+
+    supernet = SuperNet.from_pretrained(supernet_dir)
+    model, _, _ = load_teacher(teacher)
+    return {a: whole_model_loss(supernet, model, Arch.parse(a), batches) for a in archs}
+
+
+def ray_whole_model_losses(supernet_dir: str | os.PathLike, teacher: str, archs: Iterable[str], batches: list, *,
+                           address: str | None = None, num_cpus: int | None = None) -> dict[str, float]:
+    """The export's whole-model re-evaluation of candidate architectures, spread over Ray tasks (one CPU each;
+    every task loads the saved supernet and the teacher itself, so only paths and batches travel)."""
+    import ray
+
+    archs = list(archs)
+    started = _ray_init(address, num_cpus)
+    try:
+        n_tasks = max(1, min(len(archs), int(ray.available_resources().get("CPU", 1))))
+        task = ray.remote(num_cpus=1)(_whole_model_losses)
+        batches_ref = ray.put(batches)
+        futures = [task.remote(str(supernet_dir), teacher, archs[i::n_tasks], batches_ref) for i in range(n_tasks)]
+        losses: dict[str, float] = {}
+        for part in ray.get(futures):
+            losses.update(part)
+        return losses
+    finally:
+        if started:
+            ray.shutdown()
