@@ -20,7 +20,7 @@ from nasbert.config import ConfigError
 from nasbert.latency import LatencyPredictor, LatencyTable, features
 from nasbert.latency.table import table_keys
 from nasbert.search import (
-    Budget, Evaluation, Objective, load_block_losses, pareto_front, parse_budget, parse_budgets, run_search,
+    Budget, Objective, load_block_losses, pareto_front, parse_budget, parse_budgets, run_search,
 )
 from nasbert.space import Arch, BlockArch, SpaceError
 

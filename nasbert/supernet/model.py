@@ -36,7 +36,7 @@ from transformers.activations import ACT2FN
 from ..io import atomic_dir
 from ..modeling import NasBertConfig, NasBertModel
 from ..modeling.modeling_nasbert import additive_attention_mask
-from ..space import Arch, BlockArch, SearchSpace, SpaceError
+from ..space import Arch, BlockArch, SearchSpace
 from ..teacher import TeacherError, load_teacher
 from .importance import reorder_bert, split_bert_state
 from .ops import ElasticEmbeddings, ElasticLinear, Slot
