@@ -75,7 +75,10 @@ def export_family(
 
     members: list[FamilyMember] = []
     chosen: dict[str, tuple] = {}
-    for budget in budgets:
+    taken: set[str] = set()
+    # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
+    # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
+    for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
         # Every re-evaluated candidate is eligible: one shortlisted for a tighter budget may win a looser one.
         feasible = []
         for arch, evaluation in (c for ranked in shortlist.values() for c in ranked):
@@ -86,7 +89,9 @@ def export_family(
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
-        loss, latency, name, arch, evaluation = min(feasible, key=lambda x: (x[0], x[1]))
+        fresh = [f for f in feasible if f[2] not in taken] or feasible
+        loss, latency, name, arch, evaluation = min(fresh, key=lambda x: (x[0], x[1]))
+        taken.add(name)
         member_dir = _member_name(budget.name, space.num_params(arch))
         members.append(FamilyMember(
             name=member_dir, path=member_dir, arch=arch.to_dict(), params=space.num_params(arch),
@@ -98,6 +103,7 @@ def export_family(
         chosen[member_dir] = (arch, models[name])
         logger.info("budget %s: %s, %.2f ms measured (%.2fx), whole-model loss %.4f", budget.name, arch, latency,
                     speedup(teacher_ms, latency), loss)
+    members.sort(key=lambda m: -m.latency_ms)  # slowest (loosest budget) first, as the budgets were given
     if not members:
         raise ValueError("no candidate meets its budget on the measured latency: loosen the budgets or profile "
                          "the device again (`nasbert latency --force`)")
