@@ -165,6 +165,7 @@ def _write_space_yaml(path: Path, space: SearchSpace, candidates) -> None:
 def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True) -> dict | None:
     """Profile this machine for the run's (shrunk) space; the profile goes to RUN/latency/<device-key>/."""
     from .latency import profile_device
+    from .latency.table import table_keys
 
     c = config.latency
     out = _profile_dir(run, config)
@@ -176,7 +177,7 @@ def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_p
     space_file = run.path / "space.yaml"
     space = SearchSpace.load(space_file) if space_file.is_file() else SearchSpace.load(config.space)
     teacher, _, _ = _teacher_for(config, space)
-    logger.info("profiling %s: %d ops in the table, %d whole models", key, len(_table_keys(space)), c.archs)
+    logger.info("profiling %s: %d ops in the table, %d whole models", key, len(table_keys(space)), c.archs)
     report = profile_device(space, out, config=c, teacher=teacher, seed=config.seed, show_progress=show_progress)
     run.mark("latency", "done", device_key=key, profile=str(out.relative_to(run.path)),
              teacher_latency_ms=report["teacher_latency_ms"], table=report["table"],
@@ -186,12 +187,6 @@ def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_p
                 100 * report["table"]["mape"], 100 * report["predictor"]["mape"], report["table"]["kendall_tau"],
                 report["predictor"]["kendall_tau"])
     return report
-
-
-def _table_keys(space: SearchSpace) -> list[str]:
-    from .latency.table import table_keys
-
-    return table_keys(space)
 
 
 def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True,

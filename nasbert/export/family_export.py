@@ -21,6 +21,7 @@ from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
 from .card import write_model_card
 from .family import Family, FamilyMember
+from .hf import write_hf_files
 from .onnx import export_onnx
 from .selection import measure_models, speedup, whole_model_loss
 
@@ -116,8 +117,7 @@ def export_family(
         for member in members:
             arch, model = chosen[member.path]
             directory = tmp / member.path
-            model.save_pretrained(directory, safe_serialization=True)
-            tokenizer.save_pretrained(directory)
+            write_hf_files(model, directory, tokenizer=tokenizer)
             if write_onnx:
                 export_onnx(model, directory / "model.onnx")  # raises if ONNX and PyTorch differ by > 1e-4
             write_model_card(member, family, directory, space_summary=space.summary())

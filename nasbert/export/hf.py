@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..io import atomic_dir
 
-__all__ = ["save_hf_model"]
+__all__ = ["save_hf_model", "write_hf_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,17 @@ def save_hf_model(
     """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        missing = [f for f in ("config.json", "model.safetensors", "modeling_nasbert.py",
-                               "configuration_nasbert.py") if not (tmp / f).is_file()]
-        if missing and type(model).__module__.startswith("nasbert"):
-            raise RuntimeError(f"save_pretrained did not write {missing}; the export would not load without nasbert")
+        write_hf_files(model, tmp, tokenizer=tokenizer)
     logger.info("saved %s to %s", type(model).__name__, directory)
     return directory
+
+
+def write_hf_files(model: PreTrainedModel, directory: Path, *, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    """The files of a model directory, written into ``directory`` as it is (callers make it atomic)."""
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    missing = [f for f in ("config.json", "model.safetensors", "modeling_nasbert.py",
+                           "configuration_nasbert.py") if not (Path(directory) / f).is_file()]
+    if missing and type(model).__module__.startswith("nasbert"):
+        raise RuntimeError(f"save_pretrained did not write {missing}; the export would not load without nasbert")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -199,7 +198,3 @@ def device_info(*, engine: str, device: str, threads: int, batch: int, seq_len: 
     else:
         raise ValueError(f"unknown device {device!r}: use cpu or cuda")
     return DeviceInfo(processor, engine, version, device, threads, batch, seq_len)
-
-
-def median_of(values: Sequence[float]) -> float:
-    return float(statistics.median(values))

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -145,7 +144,3 @@ def build_table(space: SearchSpace, *, engine: str = "onnxruntime", device: str 
     table = LatencyTable({k: timings[k].median_ms for k in keys})
     return table, {k: t.to_dict() for k, t in timings.items()}
 
-
-def table_spread(timings: dict) -> float:
-    """Median relative IQR of the table entries (how noisy the measurements were)."""
-    return float(np.median([t["iqr_ms"] / t["median_ms"] for t in timings.values() if t["median_ms"] > 0]))
