@@ -96,7 +96,8 @@ def apply_override(data: dict, override: str) -> None:
 def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     import shutil
 
-    from .pipeline import STAGES, stage_export, stage_latency, stage_search, stage_supernet, stage_train
+    from .pipeline import stage_export, stage_latency, stage_search, stage_supernet, stage_train
+    from .run import STAGES
 
     INPUT_ERRORS = _input_errors()
 
@@ -105,19 +106,17 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
         if getattr(args, "until", None):
             stages = stages[: stages.index(args.until) + 1]
         done = stages
+        steps = {
+            "supernet": lambda: stage_supernet(run, config, force=args.force),
+            "latency": lambda: stage_latency(run, config, force=args.force, show_progress=not args.no_progress),
+            "train": lambda: stage_train(run, config, force=args.force, ray_address=args.ray_address,
+                                         show_progress=not args.no_progress),
+            "search": lambda: stage_search(run, config, force=args.force, show_progress=not args.no_progress,
+                                           ray_address=args.ray_address),
+            "export": lambda: stage_export(run, config, force=args.force, ray_address=args.ray_address),
+        }
         for stage in stages:
-            if stage == "supernet":
-                stage_supernet(run, config, force=args.force)
-            elif stage == "train":
-                stage_train(run, config, force=args.force, ray_address=args.ray_address,
-                            show_progress=not args.no_progress)
-            elif stage == "latency":
-                stage_latency(run, config, force=args.force, show_progress=not args.no_progress)
-            elif stage == "search":
-                stage_search(run, config, force=args.force, show_progress=not args.no_progress,
-                             ray_address=args.ray_address)
-            elif stage == "export":
-                stage_export(run, config, force=args.force, ray_address=args.ray_address)
+            steps[stage]()
     except BaseException as e:
         # A directory this call made goes again if the input was bad (nothing to resume) or nothing finished.
         if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in STAGES)):
@@ -127,11 +126,14 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import STAGES
+    from .run import STAGES
 
     done = _run_stages(args, list(STAGES))
-    print(f"run {args.out}: {', '.join(done)} done; extract a model with: "
-          f"nasbert extract --run {args.out} --largest --out DIR")
+    if "export" in done:
+        hint = f"pick a model with: nasbert pick {Path(args.out) / 'family'} --speedup 3"
+    else:
+        hint = f"extract a model with: nasbert extract --run {args.out} --largest --out DIR"
+    print(f"run {args.out}: {', '.join(done)} done; {hint}")
     return 0
 
 
@@ -236,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config overrides, e.g. train.steps=100 corpus.seq_len=64")
         if name == "run":
-            p.add_argument("--until", choices=["supernet", "latency", "train", "search", "export"],
-                           help="stop after this stage")
+            from .run import STAGES
+
+            p.add_argument("--until", choices=STAGES, help="stop after this stage")
         p.set_defaults(func=func)
 
     p = sub.add_parser("search", help="search a trained run under latency / size budgets (Optuna or Ray Tune)")

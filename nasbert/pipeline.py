@@ -21,7 +21,7 @@ import torch
 
 from .data import builtin_documents, load_corpus
 from .io import atomic_write_text
-from .run import RunConfig, RunDir
+from .run import STAGES, RunConfig, RunDir
 from .space import SearchSpace
 from .supernet import SuperNet
 from .teacher import load_teacher
@@ -31,7 +31,6 @@ __all__ = ["STAGES", "cache_dir", "stage_export", "stage_latency", "stage_search
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("supernet", "latency", "train", "search", "export")
 
 
 def cache_dir() -> Path:

@@ -29,7 +29,10 @@ from .latency.profile import LatencyConfig
 from .training.config import RayConfig, TrainConfig
 from .io import atomic_write_json
 
-__all__ = ["ConfigError", "RunConfig", "RunDir"]
+__all__ = ["STAGES", "ConfigError", "RunConfig", "RunDir"]
+
+#: The stages of a run, in order (``nasbert run`` runs them all; see nasbert/pipeline.py).
+STAGES = ("supernet", "latency", "train", "search", "export")
 
 PACKAGES = ("nasbert", "torch", "transformers", "optuna", "ray", "datasets", "numpy", "onnxruntime", "onnx",
             "safetensors")
