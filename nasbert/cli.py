@@ -2,10 +2,15 @@
 
 ::
 
-    nasbert run [--config CFG] [--out RUN]      the pipeline (stages that exist so far: supernet)
+    nasbert run [--config CFG] [--out RUN]      the pipeline: supernet, latency, train, search, export
+    nasbert pick FAMILY --speedup 3             the family member for a budget
+    nasbert finetune MODEL --task sst2 --out DIR
+                                                fine-tune a member (or any HF BERT) on a GLUE or own task
     nasbert space [NAME|PATH]                   describe a search space
     nasbert extract --run RUN --arch ARCH --out DIR
                                                 export one sub-network as a Hugging Face model directory
+    nasbert distill --run RUN (--arch ARCH | --member FAMILY/NAME) --steps N --out DIR
+                                                train one sub-network further as a whole against the teacher
 """
 
 from __future__ import annotations
@@ -96,7 +101,13 @@ def apply_override(data: dict, override: str) -> None:
 def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     import shutil
 
-    from .pipeline import stage_export, stage_latency, stage_search, stage_supernet, stage_train
+    from .pipeline import (
+        stage_export,
+        stage_latency,
+        stage_search,
+        stage_supernet,
+        stage_train,
+    )
     from .run import STAGES
 
     INPUT_ERRORS = _input_errors()
@@ -174,8 +185,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             data["latency"][key] = value
-    from .run import RunConfig
     from .pipeline import stage_latency
+    from .run import RunConfig
 
     config = RunConfig.from_dict(data, source="command line")
     report = stage_latency(run, config, force=args.force, show_progress=not args.no_progress)
@@ -213,6 +224,93 @@ def cmd_extract(args: argparse.Namespace) -> int:
     save_hf_model(supernet.extract(arch), args.out, tokenizer=tokenizer)
     print(f"{args.out}: {arch}")
     print(f"  {space.num_params(arch):,} parameters, {space.flops(arch, 128) / 1e9:.3f} GFLOPs at 128 tokens")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ distill
+
+
+def _distill_error(message: str) -> int:
+    print(f"nasbert: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _member_arch(spec: str):
+    """``FAMILY_DIR/NAME`` -> (the member's Arch, None), or (None, an error message)."""
+    from .export.family import Family, FamilyError
+    from .space import Arch
+
+    family_dir, _, name = spec.rstrip("/").rpartition("/")
+    if not family_dir or not name:
+        return None, f"--member {spec!r} is not of the form FAMILY_DIR/NAME (e.g. runs/default/family/nasbert-4x-5.1M)"
+    try:
+        family = Family.load(family_dir, check_paths=False)
+        return Arch.from_dict(family.member(name).arch), None
+    except FamilyError as e:
+        return None, str(e)
+    except KeyError as e:
+        return None, f"family {family_dir!r} has {e.args[0]}"
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """``nasbert distill``: whole-model distillation of one sub-network of a run, written as a model directory."""
+    import dataclasses
+    import json
+
+    from .config import to_mapping
+    from .data import load_corpus
+    from .export.hf import write_hf_files
+    from .io import atomic_dir, atomic_write_json
+    from .pipeline import cache_dir
+    from .run import RunDir
+    from .space import Arch
+    from .supernet import SuperNet
+    from .teacher import load_teacher
+    from .training.distill import distill_arch
+
+    out = Path(args.out)
+    if args.steps < 1:
+        return _distill_error(f"--steps must be at least 1, got {args.steps}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        return _distill_error(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
+    run = RunDir.load(args.run)
+    config = run.config
+    if args.member:
+        arch, problem = _member_arch(args.member)
+        if problem:
+            return _distill_error(problem)
+    else:
+        arch = Arch.parse(args.arch)
+    supernet = SuperNet.from_pretrained(Path(args.run) / "supernet")
+    space = supernet.space
+    space.validate(arch, allow_teacher=True)
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size))
+                 if v is not None}
+    distill = dataclasses.replace(config.export.distill, **overrides)
+    seed = config.seed if args.seed is None else args.seed
+
+    teacher, tokenizer, source = load_teacher(config.teacher if config.teacher is not None else space.teacher.name)
+    corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=not args.no_progress)
+    result = distill_arch(supernet, arch, teacher, corpus, tokenizer, config=distill, seed=seed,
+                          progress=not args.no_progress)
+    record = {
+        "arch": arch.to_dict(), "arch_compact": str(arch), "params": space.num_params(arch),
+        "run": str(args.run), "member": args.member, "teacher": source, "corpus": corpus.fingerprint,
+        "seed": seed, "steps": result.steps, "valid_loss_before": result.valid_loss_before,
+        "valid_loss_after": result.valid_loss_after, "seconds": round(result.seconds, 2),
+        "config": to_mapping(distill), "onnx": None,
+    }
+    with atomic_dir(out) as tmp:
+        write_hf_files(result.model, tmp, tokenizer=tokenizer)
+        if not args.no_onnx:
+            from .export.onnx import export_onnx
+
+            report = export_onnx(result.model, tmp / "model.onnx")  # raises if ONNX and PyTorch differ by > 1e-4
+            record.update(onnx="model.onnx", onnx_max_abs_diff=report["max_abs_diff"])
+        atomic_write_json(tmp / "distill.json", json.loads(json.dumps(record)))
+    print(f"{out}: {arch}")
+    print(f"  whole-model valid loss {result.valid_loss_before:.4f} -> {result.valid_loss_after:.4f} after "
+          f"{result.steps} steps ({result.seconds:.1f} s)")
     return 0
 
 
@@ -281,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     build_pick_parser(p)
     p.set_defaults(func=run_pick)
 
+    from .finetune.cli import build_finetune_parser, run_finetune
+
+    p = sub.add_parser("finetune", help="fine-tune a model (a family member or any HF BERT) on a GLUE or own task")
+    build_finetune_parser(p)
+    p.set_defaults(func=run_finetune)
+
     p = sub.add_parser("space", help="describe a search space")
     p.add_argument("space", nargs="?", default="minilm_l6", help="shipped name or YAML path (default: minilm_l6)")
     p.add_argument("--list", action="store_true", help="list the shipped spaces")
@@ -296,6 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--smallest", action="store_true", help="the smallest architecture of the space")
     p.add_argument("--seed", type=int, default=0, help="seed of the random architecture drawn by default")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("distill", help="train one sub-network of a run further as a whole against the teacher")
+    p.add_argument("--run", required=True, help="run directory (its supernet, teacher and corpus are used)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", help='architecture, "WIDTH:op,op,..|WIDTH:..." or JSON')
+    which.add_argument("--member", help="a family member, FAMILY_DIR/NAME (e.g. runs/default/family/nasbert-4x-5.1M)")
+    p.add_argument("--steps", type=int, required=True, help="optimiser steps")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the run's export.distill.lr)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default: the run's export.distill.batch_size)")
+    p.add_argument("--seed", type=int, help="seed of batches, masking and dropout (default: the run's seed)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_distill)
     return parser
 
 

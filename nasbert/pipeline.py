@@ -7,7 +7,8 @@
               run has a profile); writes the trained supernet and the surviving paths (RUN/space.yaml,
               RUN/train/candidates.json).
 ``search``:   Optuna (or Ray Tune) over the shrunk space under the budgets (RUN/search/).
-``export``:   per budget, the top candidates re-evaluated whole and timed; the best exported (RUN/family/).
+``export``:   per budget, the top candidates re-evaluated whole and timed; the best exported (RUN/family/),
+              after whole-model distillation on the training corpus when ``export.distill.steps > 0``.
 """
 
 from __future__ import annotations
@@ -204,8 +205,8 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
 
         shutil.rmtree(out)
     objective = Objective.from_run(run.path, latency_profile=latency_profile or _existing_profile(run, config))
-    kwargs = dict(budgets=tuple(budgets or c.budgets), trials=trials or c.trials, seed=config.seed, out_dir=out,
-                  top_k=c.top_k, show_progress=show_progress)
+    kwargs = {"budgets": tuple(budgets or c.budgets), "trials": trials or c.trials, "seed": config.seed,
+              "out_dir": out, "top_k": c.top_k, "show_progress": show_progress}
     if ray_address is not None:
         from .search import run_ray_search
 
@@ -273,10 +274,11 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     family = export_family(supernet=supernet, teacher=teacher, tokenizer=tokenizer, teacher_name=source,
                            space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
                            device=device, out=target, top_k=config.search.top_k,
-                           write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate)
+                           write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate,
+                           distill=config.export.distill, corpus=corpus)
     if out is None:
         run.mark("export", "done", family=str(target.relative_to(run.path)), members=len(family.models),
-                 teacher_latency_ms=family.teacher_latency_ms)
+                 teacher_latency_ms=family.teacher_latency_ms, distill_steps=config.export.distill.steps)
     for m in family.models:
         logger.info("%-24s %6.2f M params %6.2f ms (predicted %.2f) %5.2fx  valid loss %.4f  budget %s", m.name,
                     m.params / 1e6, m.latency_ms, m.predicted_latency_ms, m.speedup, m.valid_loss, m.budget)

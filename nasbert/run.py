@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import json
@@ -25,9 +26,9 @@ import yaml
 from .config import ConfigError, from_mapping, to_mapping
 from .data import CorpusConfig
 from .export.config import ExportConfig, SearchConfig
+from .io import atomic_write_json
 from .latency.profile import LatencyConfig
 from .training.config import RayConfig, TrainConfig
-from .io import atomic_write_json
 
 __all__ = ["STAGES", "ConfigError", "RunConfig", "RunDir"]
 
@@ -125,6 +126,8 @@ class RunDir:
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             old = manifest.get("config", {})
+            with contextlib.suppress(ConfigError):  # keys added to the config since take their defaults
+                old = RunConfig.from_dict(old, source=str(manifest_path)).to_dict()
             for key, (was, now) in _differences(old, config.to_dict()).items():
                 raise ConfigError(
                     f"run directory {str(path)!r} was made with {key} = {was!r}, not {now!r}: "

@@ -37,6 +37,16 @@ def _loss(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _distill_note(member: FamilyMember) -> list[str]:
+    if not member.distill_steps:
+        return []
+    text = (f"After the search chose it, the model was trained further as a whole against the teacher for "
+            f"{member.distill_steps} steps (whole-model distillation: every block's output matched to the teacher's "
+            f"hidden states, each block reading the previous student block); validation loss "
+            f"{_loss(member.valid_loss_before_distill)} before, {_loss(member.valid_loss)} after.")
+    return [text, ""]
+
+
 def _has_tokenizer(directory: Path) -> bool:
     return any((directory / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json", "vocab.txt"))
 
@@ -52,11 +62,12 @@ def model_card(member: FamilyMember, family: Family, *, space_summary: str | Non
         FRONT_MATTER,
         f"# {member.name}",
         "",
-        f"A compressed, task-agnostic BERT found by nasbert for the budget "
-        f"**{member.budget}**: distilled from the teacher `{family.teacher}` through a weight-sharing supernet "
-        "(NAS-BERT, Xu et al. 2021) and picked by a latency-aware search. Its output is the teacher's hidden size, "
-        "so it replaces the teacher as a feature extractor or as the body of a fine-tuned model.",
+        (f"A compressed, task-agnostic BERT found by nasbert for the budget "
+         f"**{member.budget}**: distilled from the teacher `{family.teacher}` through a weight-sharing supernet "
+         "(NAS-BERT, Xu et al. 2021) and picked by a latency-aware search. Its output is the teacher's hidden size, "
+         "so it replaces the teacher as a feature extractor or as the body of a fine-tuned model."),
         "",
+        *_distill_note(member),
         "## Numbers",
         "",
         f"Measured on {where}.",
@@ -71,6 +82,8 @@ def model_card(member: FamilyMember, family: Family, *, space_summary: str | Non
         f"| teacher latency, measured | {_ms(family.teacher_latency_ms)} |",
         f"| speed-up over the teacher | {member.speedup:.2f}x |",
         f"| proxy loss (block-wise distillation) | {_loss(member.proxy_loss)} |",
+        *([f"| validation loss before whole-model distillation | {_loss(member.valid_loss_before_distill)} |"]
+          if member.distill_steps else []),
         f"| validation loss | {_loss(member.valid_loss)} |",
         "",
         "## Architecture",

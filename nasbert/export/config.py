@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import ConfigError
+from ..training.config import DistillConfig
 
 __all__ = ["ExportConfig", "SearchConfig"]
 
@@ -40,6 +41,8 @@ class ExportConfig:
     eval_batches: int = 4
     #: also write model.onnx (checked against PyTorch at atol 1e-4)
     onnx: bool = True
+    #: whole-model distillation of every chosen member before it is written (steps 0 = none)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         if self.eval_batches < 1:

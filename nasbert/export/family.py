@@ -105,6 +105,10 @@ class FamilyMember:
     valid_loss: float | None
     budget: str
     onnx: str | None = None
+    #: steps of whole-model distillation after the choice (0 = none; ``valid_loss`` is then the supernet path's)
+    distill_steps: int = 0
+    #: the whole-model validation loss before that distillation (null when there was none)
+    valid_loss_before_distill: float | None = None
     #: keys beyond the schema, written back unchanged
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -125,7 +129,10 @@ class FamilyMember:
         if not isinstance(data, Mapping):
             raise _type_error(source, key, "a mapping of a member's keys", data)
         _require(source, data, cls.REQUIRED, prefix=f"{key}.")
-        k = lambda name: f"{key}.{name}"  # noqa: E731
+
+        def k(name: str) -> str:
+            return f"{key}.{name}"
+
         try:
             arch = Arch.from_dict(data["arch"]).to_dict()
         except SpaceError as e:
@@ -146,6 +153,9 @@ class FamilyMember:
             budget=_str(source, k("budget"), data["budget"]),
             onnx=(None if data.get("onnx") is None
                   else _relative(source, k("onnx"), _str(source, k("onnx"), data["onnx"]))),
+            distill_steps=_int(source, k("distill_steps"), data.get("distill_steps", 0)),
+            valid_loss_before_distill=_float(source, k("valid_loss_before_distill"),
+                                             data.get("valid_loss_before_distill"), nullable=True),
             extra={name: v for name, v in data.items() if name not in known},
         )
 
@@ -224,6 +234,8 @@ class Family:
             seen.add(m.name)
             if not m.latency_ms > 0:
                 raise FamilyError(f"{source}: key 'models[{i}].latency_ms' must be positive, got {m.latency_ms!r}")
+            if m.distill_steps < 0:
+                raise FamilyError(f"{source}: key 'models[{i}].distill_steps' must be >= 0, got {m.distill_steps!r}")
         known = set(cls.REQUIRED) | {"created", "nasbert_version"}
         family = cls(
             teacher=_str(source, "teacher", data["teacher"]),

@@ -7,6 +7,10 @@
       teacher.onnx             the teacher, so that `nasbert pick --measure` can time it next to the members
       <member>/                a Hugging Face model directory: config.json, model.safetensors, tokenizer,
                                modeling code, model.onnx, README.md (model card with the measured numbers)
+
+With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
+teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
+the supernet's losses and the measured latency, and ``valid_loss`` is then the distilled model's.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data import TokenizedCorpus
 from ..io import atomic_dir
 from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
+from ..training.config import DistillConfig
+from ..training.distill import DistillResult, distill_arch
 from .card import write_model_card
 from .family import Family, FamilyMember
 from .hf import write_hf_files
@@ -50,12 +57,19 @@ def export_family(
     write_onnx: bool = True,
     seed: int = 0,
     evaluate=None,
+    distill: DistillConfig | None = None,
+    corpus: TokenizedCorpus | None = None,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
     whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``evaluate({name: arch}) -> {name: loss}``
-    replaces the in-process whole-model evaluation (e.g. Ray tasks)."""
+    replaces the in-process whole-model evaluation (e.g. Ray tasks). With ``distill.steps > 0`` every chosen
+    model is distilled as a whole on ``corpus`` (the training corpus) before it is written."""
     from .. import __version__
+
+    distilling = distill is not None and distill.steps > 0
+    if distilling and corpus is None:
+        raise ValueError("export with distill.steps > 0 needs the training corpus: pass corpus=")
 
     shortlist: dict[str, list[tuple[Arch, object]]] = {b.name: list(candidates.get(b.name, []))[:top_k]
                                                        for b in budgets}
@@ -77,6 +91,7 @@ def export_family(
     members: list[FamilyMember] = []
     chosen: dict[str, tuple] = {}
     taken: set[str] = set()
+    distilled: dict[str, DistillResult] = {}  # arch name -> DistillResult (two budgets may choose one model)
     # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
@@ -94,16 +109,25 @@ def export_family(
         loss, latency, name, arch, evaluation = min(fresh, key=lambda x: (x[0], x[1]))
         taken.add(name)
         member_dir = _member_name(budget.name, space.num_params(arch))
+        model, loss_before = models[name], None
+        if distilling:
+            if name not in distilled:
+                distilled[name] = distill_arch(supernet, arch, teacher, corpus, tokenizer, config=distill,
+                                               seed=seed, progress=False, valid_batches=valid_batches)
+            result = distilled[name]
+            model, loss_before, loss = result.model, result.valid_loss_before, result.valid_loss_after
         members.append(FamilyMember(
             name=member_dir, path=member_dir, arch=arch.to_dict(), params=space.num_params(arch),
             flops=space.flops(arch, device["seq_len"]), latency_ms=latency,
             predicted_latency_ms=float(evaluation.latency_ms), speedup=speedup(teacher_ms, latency),
             proxy_loss=float(evaluation.proxy_loss), valid_loss=loss, budget=budget.name,
             onnx=f"{member_dir}/model.onnx" if write_onnx else None,
+            distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
         ))
-        chosen[member_dir] = (arch, models[name])
-        logger.info("budget %s: %s, %.2f ms measured (%.2fx), whole-model loss %.4f", budget.name, arch, latency,
-                    speedup(teacher_ms, latency), loss)
+        chosen[member_dir] = (arch, model)
+        logger.info("budget %s: %s, %.2f ms measured (%.2fx), whole-model loss %.4f%s", budget.name, arch, latency,
+                    speedup(teacher_ms, latency), loss,
+                    f" after {distill.steps} distillation steps (before {loss_before:.4f})" if distilling else "")
     members.sort(key=lambda m: -m.latency_ms)  # slowest (loosest budget) first, as the budgets were given
     if not members:
         raise ValueError("no candidate meets its budget on the measured latency: loosen the budgets or profile "

@@ -28,17 +28,18 @@ class OnnxParityError(RuntimeError):
     """The exported graph does not compute what the PyTorch model computes."""
 
 
-class _HiddenStates(nn.Module):
-    """``model(input_ids, attention_mask, token_type_ids).last_hidden_state`` as a plain tensor function."""
+class _Output(nn.Module):
+    """``model(input_ids, attention_mask, token_type_ids).<output>`` as a plain tensor function."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, output: str = "last_hidden_state"):
         super().__init__()
         self.model = model
+        self.output = output
         self.train(model.training)  # a new module is in training mode; take the model's, so it is restored
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return getattr(out, self.output)
 
 
 def export_module(
@@ -87,8 +88,10 @@ def _example_inputs(model: nn.Module, batch: int, seq_len: int, *, pad: bool, se
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, seq_len: int = 16) -> float:
-    """Largest |ONNX Runtime - PyTorch| of the last hidden state over real tokens, on a padded random batch."""
+def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, seq_len: int = 16,
+                output: str = "last_hidden_state") -> float:
+    """Largest |ONNX Runtime - PyTorch| of ``output`` (over real tokens for per-token outputs), on a padded
+    random batch."""
     import onnxruntime as ort
 
     inputs = _example_inputs(model, batch, seq_len, pad=True, seed=1)
@@ -97,25 +100,30 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, se
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        expected = _HiddenStates(model)(**inputs).numpy()
+        expected = _Output(model, output)(**inputs).numpy()
     model.train(was_training)
-    keep = inputs["attention_mask"].bool().numpy()
-    return float(np.abs(got - expected)[keep].max())
+    diff = np.abs(got - expected)
+    if diff.ndim == 3:  # (B, T, H): padding positions carry no meaning
+        diff = diff[inputs["attention_mask"].bool().numpy()]
+    return float(diff.max())
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, atol: float = 1e-4, check: bool = True) -> dict:
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, atol: float = 1e-4, check: bool = True,
+                output: str = "last_hidden_state") -> dict:
     """Export a ``NasBertModel`` (or any HF encoder returning ``last_hidden_state``) with dynamic batch and
     sequence axes; inputs ``input_ids``, ``attention_mask``, ``token_type_ids``; output ``last_hidden_state``.
+    A sequence classifier exports with ``output="logits"`` (output shape (batch, num_labels)).
 
     With ``check``, ONNX Runtime's output is compared with PyTorch's on a padded batch of another shape than
     the one traced; a difference above ``atol`` raises :class:`OnnxParityError` and removes the file.
     """
-    axes = {name: {0: "batch", 1: "sequence"} for name in (*INPUT_NAMES, "last_hidden_state")}
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
     example = _example_inputs(model, 1, 8, pad=False)
-    export_module(_HiddenStates(model), example, path, output_name="last_hidden_state", dynamic_axes=axes)
+    export_module(_Output(model, output), example, path, output_name=output, dynamic_axes=axes)
     report = {}
     if check:
-        diff = onnx_parity(model, path)
+        diff = onnx_parity(model, path, output=output)
         if not diff <= atol:
             Path(path).unlink(missing_ok=True)
             raise OnnxParityError(f"ONNX export of {type(model).__name__} differs from PyTorch by {diff:.2e} "

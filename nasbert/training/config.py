@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError
 
-__all__ = ["RayConfig", "ShrinkConfig", "TrainConfig"]
+__all__ = ["DistillConfig", "RayConfig", "ShrinkConfig", "TrainConfig"]
 
 SAMPLING = ("uniform", "sandwich")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -106,3 +106,48 @@ class RayConfig:
     address: str | None = None
     #: CPUs of a local instance (null = all)
     num_cpus: int | None = None
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Whole-model distillation of a chosen sub-network (NAS-BERT's pre-training KD of the searched models): the
+    fixed architecture is trained end to end against the teacher's hidden states at the block boundaries. Used by
+    ``export.distill`` (every exported member) and ``nasbert distill`` (one model)."""
+
+    #: optimiser steps; 0 = no whole-model distillation
+    steps: int = 0
+    batch_size: int = 16
+    lr: float = 1e-4
+    #: linear warm-up, then linear decay to 0 at ``steps``
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    mlm_probability: float = 0.15
+    #: validation batches of the before / after whole-model loss
+    eval_batches: int = 4
+    #: torch intra-op threads (0 = torch's default)
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "warmup_steps", "eval_batches", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"distill.{name} must be an integer, got {value!r}")
+        for name in ("lr", "weight_decay", "max_grad_norm", "mlm_probability"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"distill.{name} must be a number, got {value!r}")
+        for name in ("batch_size", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"distill.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("steps", "warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"distill.lr must be in (0, 1), got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"distill.weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"distill.max_grad_norm must be positive, got {self.max_grad_norm}")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"distill.mlm_probability must be in (0, 1), got {self.mlm_probability}")

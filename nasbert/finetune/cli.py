@@ -1,0 +1,98 @@
+"""``nasbert finetune``: fine-tune an exported model (or any HF BERT, e.g. the teacher) on a GLUE task or on
+a CSV / JSONL task of one's own.
+
+::
+
+    nasbert finetune runs/default/family/nasbert-2x-17.0M --task sst2 --data-dir ../glue --out ft/2x-sst2
+    nasbert finetune builtin --task cola --data-dir ../glue --out ft/teacher-cola        # the teacher itself
+    nasbert finetune MODEL --task sst2 --data-dir ../glue --kd-teacher ft/teacher-sst2/model --out ft/kd
+    nasbert finetune MODEL --task reviews --train-file train.csv --dev-file dev.csv \\
+        --text-columns text --label-column stars --out ft/reviews
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+__all__ = ["build_finetune_parser", "run_finetune"]
+
+logger = logging.getLogger("nasbert")
+
+
+def build_finetune_parser(p: argparse.ArgumentParser) -> None:
+    from .trainer import FinetuneConfig
+
+    d = FinetuneConfig()
+    p.add_argument("model", help="model directory (a family member, an HF BERT), 'builtin' (the built-in teacher) "
+                                 "or a hub id")
+    p.add_argument("--task", required=True,
+                   help="GLUE task (sst2, cola, mrpc, rte, stsb, qnli, qqp, mnli) or, with --train-file, a name "
+                        "for your own task")
+    p.add_argument("--out", required=True, help="output directory (model/, metrics.json, checkpoint while running)")
+    data = p.add_argument_group("data")
+    data.add_argument("--data-dir", help="GLUE TSV directory (<DIR>/SST-2/train.tsv, dev.tsv, ...); default: the "
+                                         "hub (datasets.load_dataset('nyu-mll/glue', TASK))")
+    data.add_argument("--train-file", help="your own task: CSV, TSV or JSONL training file")
+    data.add_argument("--dev-file", help="your own task: the evaluation file (same format)")
+    data.add_argument("--text-columns", nargs="+", help="your own task: one or two text columns")
+    data.add_argument("--label-column", help="your own task: the label column")
+    data.add_argument("--regression", action="store_true", help="your own task: real-valued labels")
+    data.add_argument("--max-train-examples", type=int, help="a seeded random subset of the training set")
+    recipe = p.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=float, default=d.epochs, help=f"(default {d.epochs:g})")
+    recipe.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    recipe.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    recipe.add_argument("--max-seq-len", type=int, default=d.max_seq_len, help=f"(default {d.max_seq_len})")
+    recipe.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help=f"(default {d.warmup_ratio:g})")
+    recipe.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
+    recipe.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch,
+                        help=f"dev evaluations per epoch (default {d.evals_per_epoch})")
+    recipe.add_argument("--seed", type=int, default=d.seed, help="seeds the new head, dropout and data order")
+    recipe.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's choice)")
+    kd = p.add_argument_group("prediction-layer distillation")
+    kd.add_argument("--kd-teacher", help="a teacher fine-tuned on the same task (the model/ directory of its "
+                                         "nasbert finetune output)")
+    kd.add_argument("--kd-lambda", type=float, default=d.kd_lambda,
+                    help=f"loss = (1 - lambda) CE + lambda KL (default {d.kd_lambda:g})")
+    kd.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help=f"(default {d.kd_temperature:g})")
+    p.add_argument("--no-onnx", action="store_true", help="do not write model/model.onnx")
+    p.add_argument("--force", action="store_true", help="start again in an existing output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from .tasks import TaskError, load_generic_task, load_task
+    from .trainer import FinetuneConfig, FinetuneError, finetune
+
+    try:
+        config = FinetuneConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
+            evals_per_epoch=args.evals_per_epoch, seed=args.seed, kd_lambda=args.kd_lambda,
+            kd_temperature=args.kd_temperature, threads=args.threads)
+        generic = (args.train_file, args.dev_file, args.text_columns, args.label_column)
+        if any(x is not None for x in generic):
+            if any(x is None for x in generic):
+                raise TaskError("your own task needs --train-file, --dev-file, --text-columns and --label-column")
+            task = load_generic_task(train_file=args.train_file, dev_file=args.dev_file,
+                                     text_columns=args.text_columns, label_column=args.label_column,
+                                     regression=args.regression, name=args.task,
+                                     max_train_examples=config.max_train_examples, seed=config.seed)
+        else:
+            task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
+                             seed=config.seed)
+        result = finetune(args.model, task, out=args.out, config=config, kd_teacher=args.kd_teacher,
+                          onnx=not args.no_onnx, force=args.force, progress=not args.no_progress)
+    except (TaskError, FinetuneError) as e:
+        print(f"nasbert: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"out": str(result.out), "dev": result.metrics, "best": result.best}, indent=2))
+    else:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        print(f"{task.task.name}: {metrics} ({result.steps} steps, {result.seconds:.0f} s); model in {result.model_dir}")
+    return 0

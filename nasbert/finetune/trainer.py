@@ -1,0 +1,487 @@
+"""Fine-tuning on a downstream task: an exported nasbert model or any Hugging Face BERT, with optional
+prediction-layer distillation from a fine-tuned teacher (NAS-BERT's second distillation stage).
+
+The output directory::
+
+    OUT/finetune.json       what was asked (model, task, data, config); a rerun must ask the same
+    OUT/log.jsonl           one line per logged step and per evaluation
+    OUT/checkpoint.pt       while training: model, optimizer, schedule, data order and RNG states (resume)
+    OUT/teacher_logits.pt   with --kd-teacher: the teacher's predictions on the training set, computed once
+    OUT/model/              the fine-tuned model: HF directory (+ model.onnx with logits output)
+    OUT/metrics.json        dev metrics at the end (and the best evaluation), written last
+
+A run stopped at any point resumes from its last checkpoint when the same command is given again; a finished
+run is not trained again.
+
+>>> result = finetune("family/nasbert-2x-17.0M", "sst2", out="ft/sst2", data_dir="glue")  # doctest: +SKIP
+>>> result.metrics["accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, from_mapping, to_mapping
+from ..io import atomic_dir, atomic_write_json
+from .metrics import compute_metrics
+from .tasks import Example, TaskData, TaskSpec
+
+__all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "encode_examples", "finetune", "load_classifier",
+           "predict"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+TEACHER_LOGITS = "teacher_logits.pt"
+
+
+class FinetuneError(RuntimeError):
+    """The fine-tuning cannot start or go on (bad model, output directory from another run, ...)."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The recipe. Defaults follow common GLUE practice for small BERTs."""
+
+    epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    #: fraction of the steps spent warming the learning rate up linearly; then linear decay to 0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    #: inputs are truncated to this many tokens; batches are padded to their longest input only
+    max_seq_len: int = 128
+    eval_batch_size: int = 128
+    #: a seeded random subset of the training set (null = all of it)
+    max_train_examples: int | None = None
+    #: evaluations on the dev set per epoch (the last one at the epoch's end)
+    evals_per_epoch: int = 1
+    seed: int = 0
+    #: weight of the distillation term: (1 - kd_lambda) * CE + kd_lambda * KL (used with a KD teacher only)
+    kd_lambda: float = 0.5
+    kd_temperature: float = 1.0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    #: torch threads (0 = torch's default)
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "max_seq_len": self.max_seq_len, "eval_batch_size": self.eval_batch_size,
+                    "evals_per_epoch": self.evals_per_epoch, "checkpoint_every": self.checkpoint_every,
+                    "log_every": self.log_every, "kd_temperature": self.kd_temperature}
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"finetune {key} must be > 0, got {value}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"finetune warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.kd_lambda <= 1.0:
+            raise ConfigError(f"finetune kd_lambda must be in [0, 1], got {self.kd_lambda}")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ConfigError(f"finetune max_train_examples must be >= 1 or null, got {self.max_train_examples}")
+        if self.max_seq_len < 8:
+            raise ConfigError(f"finetune max_seq_len must be at least 8, got {self.max_seq_len}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FinetuneConfig:
+        return from_mapping(cls, data, prefix="finetune")
+
+    def to_dict(self) -> dict:
+        return to_mapping(self)
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` produced."""
+
+    out: Path
+    model_dir: Path
+    #: dev metrics of the final model
+    metrics: dict[str, float]
+    #: the best evaluation over the run (metrics, step, epoch)
+    best: dict[str, Any]
+    seconds: float
+    steps: int
+    resumed: bool = False
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def _resolve_model_dir(model: str | os.PathLike) -> str:
+    from ..teacher import BUILTIN_TEACHER, builtin_teacher_path
+
+    text = str(model)
+    if text == BUILTIN_TEACHER:
+        return str(builtin_teacher_path())
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FinetuneError(f"{text!r} is not a model directory (no config.json): pass an exported nasbert model "
+                                "(a member of a family), a Hugging Face BERT directory, 'builtin' or a hub id")
+        return str(path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise FinetuneError(f"model directory {text!r} does not exist: pass an exported nasbert model, a Hugging "
+                            "Face BERT directory, 'builtin' (the built-in teacher) or a hub id")
+    return text
+
+
+def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0):
+    """A sequence classifier for ``task`` from a backbone or classifier directory, and its tokenizer.
+
+    nasbert models get :class:`~nasbert.modeling.NasBertForSequenceClassification`, any other model
+    ``AutoModelForSequenceClassification``. New heads are initialised from ``seed``.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    from .. import modeling  # noqa: F401  registers the nasbert model type with the Auto classes
+
+    source = _resolve_model_dir(model)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise FinetuneError(f"cannot load a model config from {source!r} ({e}); offline, pass a local directory "
+                            "or 'builtin'") from None
+    labels = {"num_labels": task.num_labels,
+                  "problem_type": "regression" if task.is_regression else "single_label_classification"}
+    if task.label_names:
+        labels["id2label"] = dict(enumerate(task.label_names))
+        labels["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    old = getattr(config, "num_labels", None)
+    if getattr(config, "architectures", None) and any("SequenceClassification" in a for a in config.architectures) \
+            and old != task.num_labels:
+        raise FinetuneError(f"{source!r} is already a classifier with {old} labels; task {task.name} needs "
+                            f"{task.num_labels}: start from the backbone (the exported model directory)")
+    torch.manual_seed(seed)  # the new pooler / classifier weights
+    kwargs: dict[str, Any] = dict(labels)
+    if config.model_type == "bert":
+        kwargs["attn_implementation"] = "eager"  # traceable for ONNX, same numbers
+    if config.model_type == "nasbert":
+        from ..modeling import NasBertForSequenceClassification
+
+        net = NasBertForSequenceClassification.from_pretrained(source, **kwargs)
+    else:
+        net = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return net, tokenizer, source
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class Encoded:
+    """Token ids of a list of examples (no padding) and their labels."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: np.ndarray  # (N,) int64 or float32
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_examples(examples: list[Example], tokenizer, *, max_seq_len: int, regression: bool) -> Encoded:
+    """Tokenise (pairs as ``[CLS] a [SEP] b [SEP]``), truncating the longer text of a pair first."""
+    a = [e.text_a for e in examples]
+    b = [e.text_b for e in examples]
+    pairs = any(t is not None for t in b)
+    enc = tokenizer(a, [t or "" for t in b] if pairs else None, truncation=True, max_length=max_seq_len,
+                    return_token_type_ids=True)
+    labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
+    return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]), labels)
+
+
+def _collate(data: Encoded, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    T = max(len(data.input_ids[i]) for i in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    types = torch.zeros((len(rows), T), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, i in enumerate(rows):
+        n = len(data.input_ids[i])
+        ids[r, :n] = torch.as_tensor(data.input_ids[i])
+        types[r, :n] = torch.as_tensor(data.token_type_ids[i])
+        mask[r, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@torch.no_grad()
+def predict(model, data: Encoded, *, batch_size: int, pad_id: int, progress: bool = False,
+            desc: str = "predict") -> np.ndarray:
+    """Logits (N, num_labels) of ``model`` over ``data`` in its order; batches sorted by length for speed."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(x) for x in data.input_ids], kind="stable")
+    out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+        rows = order[start : start + batch_size]
+        out[rows] = model(**_collate(data, rows, pad_id)).logits.float().numpy()
+    model.train(was_training)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _optimizer(model, config: FinetuneConfig, total_steps: int):
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.dim() < 2 else decay).append(p)  # biases and norms are not decayed
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    except (RuntimeError, TypeError):
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, *, regression: bool,
+          kd_lambda: float, temperature: float) -> torch.Tensor:
+    if regression:
+        task = F.mse_loss(logits.squeeze(-1), labels)
+        if teacher is None:
+            return task
+        return (1 - kd_lambda) * task + kd_lambda * F.mse_loss(logits.squeeze(-1), teacher.squeeze(-1))
+    task = F.cross_entropy(logits, labels)
+    if teacher is None:
+        return task
+    # KL(teacher || student) on temperature-softened distributions, scaled by T^2 (Hinton et al.)
+    kd = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                  reduction="batchmean", log_target=True) * temperature ** 2
+    return (1 - kd_lambda) * task + kd_lambda * kd
+
+
+def _request(model_source: str, task: TaskData, config: FinetuneConfig, kd_teacher: str | None) -> dict:
+    request = {"model": model_source, "task": dataclasses.asdict(task.task), "data": task.source,
+               "train_examples": len(task.train), "dev_examples": len(task.dev), "kd_teacher": kd_teacher,
+               "config": config.to_dict()}
+    return json.loads(json.dumps(request))  # as it reads back from finetune.json (tuples become lists)
+
+
+def _check_out(out: Path, request: dict, force: bool) -> bool:
+    """Prepare ``out``; True when it holds a finished run of the same request."""
+    import shutil
+
+    path = out / "finetune.json"
+    if out.exists() and not path.is_file() and any(out.iterdir()):
+        if not force:
+            raise FinetuneError(f"{out} exists and is not a fine-tuning directory: choose another --out or pass --force")
+        shutil.rmtree(out)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != request:
+            if not force:
+                changed = sorted(k for k in set(old) | set(request) if old.get(k) != request.get(k))
+                raise FinetuneError(f"{out} holds a fine-tuning run with other settings ({', '.join(changed)} differ): "
+                                    "choose another --out, or pass --force to start it again")
+            shutil.rmtree(out)
+        elif force:
+            shutil.rmtree(out)
+    return (out / "metrics.json").is_file()
+
+
+def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, config: FinetuneConfig, out: Path,
+                    progress: bool) -> torch.Tensor:
+    from transformers import AutoModelForSequenceClassification
+
+    path = out / TEACHER_LOGITS
+    if path.is_file():
+        return torch.load(path)
+    source = _resolve_model_dir(kd_teacher)
+    teacher = AutoModelForSequenceClassification.from_pretrained(source)
+    if teacher.config.num_labels != task.task.num_labels:
+        raise FinetuneError(f"KD teacher {source!r} predicts {teacher.config.num_labels} labels; task "
+                            f"{task.task.name} has {task.task.num_labels}: pass a teacher fine-tuned on this task")
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(source).get_vocab() != tokenizer.get_vocab():
+        raise FinetuneError(f"KD teacher {source!r} uses another vocabulary than the student; distillation needs "
+                            "the same tokenizer")
+    logger.info("KD teacher %s: predicting the %d training examples once", source, len(train))
+    logits = torch.from_numpy(predict(teacher, train, batch_size=config.eval_batch_size,
+                                      pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="teacher"))
+    torch.save(logits, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return logits
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _write_model(model, tokenizer, directory: Path, *, onnx: bool) -> dict:
+    from ..export.hf import write_hf_files
+
+    report: dict = {}
+    with atomic_dir(directory) as tmp:
+        write_hf_files(model, tmp, tokenizer=tokenizer)
+        if onnx:
+            from ..export.onnx import export_onnx
+
+            report = export_onnx(model, tmp / "model.onnx", output="logits")
+    return report
+
+
+def finetune(
+    model: str | os.PathLike,
+    task: TaskData,
+    *,
+    out: str | os.PathLike,
+    config: FinetuneConfig = FinetuneConfig(),
+    kd_teacher: str | os.PathLike | None = None,
+    onnx: bool = True,
+    force: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` (a nasbert export, an HF BERT directory, ``"builtin"`` or a hub id) on ``task``.
+
+    ``stop_after`` ends the call after that many optimiser steps in total, leaving a checkpoint to resume
+    from (for tests and time-sliced jobs); the call then returns ``None``.
+    """
+    out = Path(out)
+    spec = task.task
+    if not task.train or not task.dev:
+        raise FinetuneError(f"task {spec.name}: the training set has {len(task.train)} and the dev set "
+                            f"{len(task.dev)} examples; both must be non-empty")
+    if kd_teacher is not None:
+        kd_teacher = _resolve_model_dir(kd_teacher)
+    source = _resolve_model_dir(model)
+    request = _request(source, task, config, None if kd_teacher is None else str(kd_teacher))
+    if _check_out(out, request, force):
+        metrics = json.loads((out / "metrics.json").read_text())
+        logger.info("%s is a finished fine-tuning run; nothing to do", out)
+        return FinetuneResult(out, out / "model", metrics["dev"], metrics["best"], metrics["seconds"],
+                              metrics["steps"], resumed=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    net, tokenizer, _ = load_classifier(source, spec, seed=config.seed)
+    pad_id = tokenizer.pad_token_id or 0
+    train = encode_examples(task.train, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)
+    dev = encode_examples(task.dev, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)
+    atomic_write_json(out / "finetune.json", request)  # only once the model and the data have loaded
+    teacher_logits = None
+    if kd_teacher is not None:
+        teacher_logits = _teacher_logits(str(kd_teacher), task, train, tokenizer, config, out, progress)
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    eval_every = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch))
+    optimizer, schedule = _optimizer(net, config, total_steps)
+    step, seconds, best, history = 0, 0.0, None, []
+    resumed = (out / CHECKPOINT).is_file()
+    if resumed:
+        state = torch.load(out / CHECKPOINT, weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        step, seconds, best, history = state["step"], state["seconds"], state["best"], state["history"]
+        logger.info("resuming %s at step %d of %d", out, step, total_steps)
+    logger.info("fine-tuning %s on %s: %d training / %d dev examples, %d steps (%d per epoch), batch %d, lr %.1e%s",
+                source, spec.name, len(train), len(dev), total_steps, steps_per_epoch, config.batch_size, config.lr,
+                f", KD from {kd_teacher} (lambda {config.kd_lambda})" if kd_teacher else "")
+
+    def evaluate() -> dict:
+        logits = predict(net, dev, batch_size=config.eval_batch_size, pad_id=pad_id, progress=False)
+        return compute_metrics(spec, logits, dev.labels)
+
+    net.train()
+    log = (out / "log.jsonl").open("a", encoding="utf-8")
+    bar = tqdm(total=total_steps, initial=step, desc=f"finetune {spec.name}", unit="step", disable=not progress)
+    start, running = time.perf_counter(), []
+    try:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = _epoch_order(len(train), config.seed, epoch)
+            rows = order[offset * config.batch_size : (offset + 1) * config.batch_size]
+            batch = _collate(train, rows, pad_id)
+            labels = torch.from_numpy(train.labels[rows])
+            logits = net(**batch).logits
+            loss = _loss(logits, labels, None if teacher_logits is None else teacher_logits[torch.from_numpy(rows)],
+                         regression=spec.is_regression, kd_lambda=config.kd_lambda, temperature=config.kd_temperature)
+            if not torch.isfinite(loss.detach()):
+                raise FinetuneError(f"the loss became {float(loss)} at step {step + 1}: lower --lr")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running.append(loss.item())
+            bar.update(1)
+            if step % config.log_every == 0:
+                bar.set_postfix(loss=f"{np.mean(running):.4f}")
+                log.write(json.dumps({"step": step, "loss": float(np.mean(running)), "lr": schedule.get_last_lr()[0]})
+                          + "\n")
+                running = []
+            end_of_epoch = step % steps_per_epoch == 0
+            if step % eval_every == 0 or end_of_epoch or step == total_steps:
+                metrics = evaluate()
+                entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "dev": metrics}
+                history.append(entry)
+                log.write(json.dumps(entry) + "\n")
+                if best is None or metrics[spec.main_metric] > best["dev"][spec.main_metric]:
+                    best = entry
+                logger.info("step %d (epoch %.2f): dev %s", step, entry["epoch"],
+                            ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                net.train()
+            log.flush()
+            if step % config.checkpoint_every == 0 or end_of_epoch or (stop_after is not None and step >= stop_after):
+                _save_checkpoint(out / CHECKPOINT, {
+                    "model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "best": best, "history": history,
+                    "seconds": seconds + time.perf_counter() - start})
+            if stop_after is not None and step >= stop_after and step < total_steps:
+                return None
+    finally:
+        bar.close()
+        log.close()
+    seconds += time.perf_counter() - start
+
+    net.eval()
+    final = history[-1]["dev"]
+    report = _write_model(net, tokenizer, out / "model", onnx=onnx)
+    metrics = {"task": spec.name, "model": source, "dev": final, "main_metric": spec.main_metric, "best": best,
+               "history": history, "steps": step, "epochs": config.epochs, "seconds": round(seconds, 1),
+               "train_examples": len(train), "dev_examples": len(dev),
+               "params": sum(p.numel() for p in net.parameters()),
+               "kd_teacher": None if kd_teacher is None else str(kd_teacher), "seed": config.seed,
+               "onnx_max_abs_diff": report.get("max_abs_diff")}
+    atomic_write_json(out / "metrics.json", metrics)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    logger.info("done in %.0f s: dev %s; model in %s", seconds, ", ".join(f"{k} {v:.4f}" for k, v in final.items()),
+                out / "model")
+    return FinetuneResult(out, out / "model", final, best, seconds, step, resumed=resumed)

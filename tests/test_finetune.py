@@ -1,0 +1,221 @@
+"""Fine-tuning (``nasbert finetune``) on tiny models and a tiny GLUE-layout task written here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from nasbert import SuperNet
+from nasbert.cli import main
+from nasbert.export.hf import save_hf_model
+from nasbert.finetune import load_task
+from nasbert.finetune.trainer import (
+    FinetuneConfig,
+    FinetuneError,
+    finetune,
+    load_classifier,
+)
+
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "this", "object", "class",
+         "list", "type", "module", "name", "function"]
+
+
+def _sentences(n: int, seed: int) -> list[tuple[str, int]]:
+    """Label 1 when the sentence holds the keyword 'value': a task a tiny model learns in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        words = list(rng.choice(WORDS, size=int(rng.integers(4, 9))))
+        label = i % 2
+        if label:
+            words[int(rng.integers(0, len(words)))] = "value"
+        out.append((" ".join(words), label))
+    return out
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    (root / "SST-2").mkdir()
+    for split, n, seed in (("train", 192, 0), ("dev", 64, 1)):
+        rows = "".join(f"{s}\t{y}\n" for s, y in _sentences(n, seed))
+        (root / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    (root / "STS-B").mkdir()
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    for split, n, seed in (("train", 64, 2), ("dev", 32, 3)):
+        rng = np.random.default_rng(seed)
+        rows = [f"{i}\tx\tx\tx\tx\tx\tx\t{a}\t{b}\t{rng.uniform(0, 5):.2f}\n"
+                for i, ((a, _), (b, _)) in enumerate(zip(_sentences(n, seed), _sentences(n, seed + 10)))]
+        (root / "STS-B" / f"{split}.tsv").write_text(header + "".join(rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def student_dir(tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_factory):
+    """A nasbert model exported from the tiny supernet (a mixed architecture, not the teacher's)."""
+    supernet = SuperNet.from_teacher(tiny_space, tiny_teacher)
+    arch = tiny_space.sample(np.random.default_rng(3))
+    path = tmp_path_factory.mktemp("student") / "model"
+    save_hf_model(supernet.extract(arch), path, tokenizer=AutoTokenizer.from_pretrained(tiny_teacher_dir))
+    return str(path)
+
+
+FAST = {"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "max_seq_len": 16, "checkpoint_every": 5,
+        "log_every": 4}
+
+
+def test_nasbert_model_learns_sst2_from_local_tsv(glue_dir, student_dir, tmp_path):
+    task = load_task("sst2", data_dir=glue_dir)
+    result = finetune(student_dir, task, out=tmp_path / "ft", config=FinetuneConfig(**{**FAST, "epochs": 8}),
+                      progress=False)
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert result.steps == 8 * 12 == metrics["steps"]
+    assert metrics["dev"]["accuracy"] == result.metrics["accuracy"] >= 0.85  # chance is 0.5
+    assert metrics["best"]["dev"]["accuracy"] >= metrics["dev"]["accuracy"]
+    assert [h["step"] for h in metrics["history"]] == list(range(12, 97, 12))
+    assert not (tmp_path / "ft" / "checkpoint.pt").exists()
+    # The saved classifier reloads through the Auto classes and its ONNX graph gives the same logits.
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ft" / "model").eval()
+    assert type(model).__name__ == "NasBertForSequenceClassification"
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    import onnxruntime as ort
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "ft" / "model")
+    enc = tok(["the value of this", "a class on the list module"], padding=True, return_tensors="np",
+              return_token_type_ids=True)
+    session = ort.InferenceSession(str(tmp_path / "ft" / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask",
+                                                                       "token_type_ids")})[0]
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+    assert got.shape == (2, 2)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert metrics["onnx_max_abs_diff"] < 1e-4
+
+
+def test_hf_bert_finetunes_with_the_same_command(glue_dir, tiny_teacher_dir, tmp_path, capsys):
+    code = main(["finetune", tiny_teacher_dir, "--task", "SST-2", "--data-dir", str(glue_dir), "--epochs", "1",
+                 "--lr", "3e-3", "--batch-size", "16", "--max-seq-len", "16", "--out", str(tmp_path / "t"),
+                 "--no-progress", "--no-onnx", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["dev"]) == {"accuracy"} and 0.0 <= out["dev"]["accuracy"] <= 1.0
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t" / "model")
+    assert type(model).__name__ == "BertForSequenceClassification"
+    # A second identical call finds the finished run and does not train again.
+    mtime = (tmp_path / "t" / "metrics.json").stat().st_mtime_ns
+    assert main(["finetune", tiny_teacher_dir, "--task", "sst2", "--data-dir", str(glue_dir), "--epochs", "1",
+                 "--lr", "3e-3", "--batch-size", "16", "--max-seq-len", "16", "--out", str(tmp_path / "t"),
+                 "--no-progress", "--no-onnx"]) == 0
+    assert (tmp_path / "t" / "metrics.json").stat().st_mtime_ns == mtime
+    # Other settings in the same directory: a clear error, nothing changed.
+    assert main(["finetune", tiny_teacher_dir, "--task", "sst2", "--data-dir", str(glue_dir), "--epochs", "2",
+                 "--out", str(tmp_path / "t"), "--no-progress"]) == 1
+    assert "other settings (config differ)" in capsys.readouterr().err
+    assert (tmp_path / "t" / "metrics.json").stat().st_mtime_ns == mtime
+
+
+def test_resume_is_exact(glue_dir, student_dir, tmp_path):
+    task = load_task("sst2", data_dir=glue_dir)
+    config = FinetuneConfig(**{**FAST, "epochs": 1.5})
+    straight = finetune(student_dir, task, out=tmp_path / "a", config=config, onnx=False, progress=False)
+    assert finetune(student_dir, task, out=tmp_path / "b", config=config, onnx=False, progress=False,
+                    stop_after=7) is None
+    assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "metrics.json").exists()
+    resumed = finetune(student_dir, task, out=tmp_path / "b", config=config, onnx=False, progress=False)
+    assert resumed.resumed and resumed.steps == straight.steps == 18
+    assert resumed.metrics == straight.metrics
+    a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a" / "model").state_dict()
+    b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "b" / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_seed_changes_head_and_order_but_is_reproducible(glue_dir, student_dir):
+    task = load_task("sst2", data_dir=glue_dir)
+    heads = [load_classifier(student_dir, task.task, seed=s)[0].classifier.weight.detach().clone() for s in (0, 0, 1)]
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
+    assert not torch.equal(heads[0], heads[2])
+
+
+def test_prediction_layer_distillation(glue_dir, student_dir, tmp_path):
+    task = load_task("sst2", data_dir=glue_dir)
+    teacher = finetune(student_dir, task, out=tmp_path / "teacher", config=FinetuneConfig(**FAST), onnx=False,
+                       progress=False)
+    config = FinetuneConfig(**{**FAST, "epochs": 1, "kd_lambda": 1.0, "kd_temperature": 2.0})
+    kd = finetune(student_dir, task, out=tmp_path / "kd", config=config, kd_teacher=teacher.model_dir, onnx=False,
+                  progress=False)
+    logits = torch.load(tmp_path / "kd" / "teacher_logits.pt")
+    assert logits.shape == (len(task.train), 2)
+    # The cached predictions are the fine-tuned teacher's own.
+    from nasbert.finetune.trainer import encode_examples, predict
+
+    net = AutoModelForSequenceClassification.from_pretrained(teacher.model_dir)
+    tok = AutoTokenizer.from_pretrained(teacher.model_dir)
+    enc = encode_examples(task.train, tok, max_seq_len=16, regression=False)
+    np.testing.assert_allclose(logits.numpy(), predict(net, enc, batch_size=64, pad_id=0), atol=1e-5)
+    plain = finetune(student_dir, task, out=tmp_path / "plain", config=FinetuneConfig(**{**FAST, "epochs": 1}),
+                     onnx=False, progress=False)
+    assert json.loads((tmp_path / "kd" / "metrics.json").read_text())["kd_teacher"] == str(teacher.model_dir)
+    a = AutoModelForSequenceClassification.from_pretrained(kd.model_dir).classifier.weight
+    b = AutoModelForSequenceClassification.from_pretrained(plain.model_dir).classifier.weight
+    assert not torch.allclose(a, b)  # same seed, same data order: only the loss differs
+    from nasbert.finetune.trainer import _loss
+
+    s, t = torch.tensor([[2.0, -1.0]]), torch.tensor([[2.0, -1.0]])
+    assert float(_loss(s, torch.tensor([1]), t, regression=False, kd_lambda=1.0, temperature=2.0)) == pytest.approx(0)
+    ce = float(_loss(s, torch.tensor([1]), None, regression=False, kd_lambda=0.5, temperature=1.0))
+    assert ce == pytest.approx(float(torch.nn.functional.cross_entropy(s, torch.tensor([1]))))
+    mixed = float(_loss(s, torch.tensor([1]), t, regression=False, kd_lambda=0.5, temperature=1.0))
+    assert mixed == pytest.approx(0.5 * ce)
+
+
+def test_kd_teacher_with_other_labels_is_refused(glue_dir, student_dir, tmp_path):
+    stsb = load_task("stsb", data_dir=glue_dir)
+    reg = finetune(student_dir, stsb, out=tmp_path / "reg", config=FinetuneConfig(**{**FAST, "epochs": 1}),
+                   onnx=False, progress=False)
+    assert set(reg.metrics) == {"pearson", "spearmanr", "combined"}
+    sst2 = load_task("sst2", data_dir=glue_dir)
+    with pytest.raises(FinetuneError, match="predicts 1 labels"):
+        finetune(student_dir, sst2, out=tmp_path / "kd", config=FinetuneConfig(**FAST), kd_teacher=reg.model_dir,
+                 onnx=False, progress=False)
+
+
+def test_generic_csv_task_through_the_cli(student_dir, tmp_path, capsys):
+    for split, n, seed in (("train", 96, 4), ("dev", 32, 5)):
+        rows = "".join(f'"{s}",{"pos" if y else "neg"}\n' for s, y in _sentences(n, seed))
+        (tmp_path / f"{split}.csv").write_text("text,verdict\n" + rows)
+    code = main(["finetune", student_dir, "--task", "keywords", "--train-file", str(tmp_path / "train.csv"),
+                 "--dev-file", str(tmp_path / "dev.csv"), "--text-columns", "text", "--label-column", "verdict",
+                 "--epochs", "1", "--lr", "3e-3", "--batch-size", "16", "--out", str(tmp_path / "ft"),
+                 "--no-progress", "--no-onnx", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["dev"]) == {"accuracy", "f1", "combined"}
+    config = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "nope"], "nope"),
+    (["--task", "sst2", "--data-dir", "/does/not/exist"], "train.tsv"),
+    (["--task", "sst2", "--train-file", "x.csv"], "--dev-file"),
+    (["--task", "sst2", "--epochs", "0"], "epochs"),
+])
+def test_bad_input_exits_1_and_writes_nothing(argv, message, glue_dir, student_dir, tmp_path, capsys):
+    argv = [a if a != "DATA" else str(glue_dir) for a in argv]
+    out = tmp_path / "ft"
+    assert main(["finetune", student_dir, *argv, "--out", str(out), "--no-progress"]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_model_dir_is_a_clear_error(glue_dir, tmp_path, capsys):
+    assert main(["finetune", str(tmp_path / "nowhere"), "--task", "sst2", "--data-dir", str(glue_dir), "--out",
+                 str(tmp_path / "ft"), "--no-progress"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()
