@@ -7,8 +7,8 @@
 2. Hand-designed baselines in NAS-BERT's BERTx style: every uniform model of the same space (L layers of
    MHA + FFN at one width W, spread over the blocks as evenly as possible). All of them, the family members
    and the teacher are timed together (ONNX Runtime, the run's latency settings, interleaved). For each
-   budget the baseline is the largest uniform model (by parameters) whose measured latency is at most the
-   searched model's.
+   budget the baseline is the slowest uniform model whose measured latency is still at most the searched
+   model's (the closest match from below).
 3. Both models of a budget are taken from the same trained supernet (so initialised from the teacher the same
    way) and get the same whole-model distillation (``--distill-steps`` on the same corpus and seed).
 4. Every model and the teacher are fine-tuned on SST-2 and CoLA with one recipe and ``--seeds`` seeds.
@@ -41,7 +41,7 @@ def uniform_archs(space):
     k, n = space.slots_per_block, space.num_blocks
     per_block_max = k // 2
     out = []
-    for width in space.widths:
+    for width in space.hidden_choices:
         for layers in range(1, n * per_block_max + 1):
             counts = [layers // n + (1 if b < layers % n else 0) for b in range(n)]
             blocks = [BlockArch(width, ("mha", "ffn") * c + ("identity",) * (k - 2 * c)) for c in counts]
@@ -85,10 +85,12 @@ def choose_models(run: Path, work: Path, repeats: int) -> dict:
     chosen = {}
     for member in family.models:
         limit = measured.latency_ms[member.name]
-        fits = [(space.num_params(a), name) for name, a in baselines.items() if measured.latency_ms[name] <= limit]
+        # The uniform model closest to the searched one's latency from below (ties: more parameters).
+        fits = [(measured.latency_ms[name], space.num_params(a), name) for name, a in baselines.items()
+                if measured.latency_ms[name] <= limit]
         if not fits:
             raise SystemExit(f"no uniform model is as fast as {member.name} ({limit:.2f} ms)")
-        _, base = max(fits)
+        *_, base = max(fits)
         chosen[member.budget] = {
             kind: {"name": name, "arch": str(arch), "params": space.num_params(arch),
                    "flops": space.flops(arch, d["seq_len"]), "latency_ms": measured.latency_ms[name],
@@ -127,7 +129,8 @@ def distill_models(run: Path, work: Path, chosen: dict, *, steps: int, batch_siz
     for name, arch in todo.items():
         if (dirs[name] / "distill.json").is_file():
             continue
-        result = distill_arch(supernet, Arch.parse(arch), teacher, corpus, tokenizer, config=cfg, seed=seed)
+        result = distill_arch(supernet, Arch.parse(arch), teacher, corpus, tokenizer, config=cfg, seed=seed,
+                              progress=False)
         save_hf_model(result.model, dirs[name], tokenizer=tokenizer)
         atomic_write_json(dirs[name] / "distill.json", {
             "arch": arch, "steps": steps, "valid_loss_before": result.valid_loss_before,
@@ -141,9 +144,10 @@ def finetune_all(models: dict, work: Path, *, tasks, seeds, data_dir: str, recip
     from nasbert.finetune import FinetuneConfig, finetune, load_task
 
     scores: dict = {}
-    for task_name in tasks:
-        for seed in seeds:
+    for seed in seeds:  # seed by seed, so that a stopped benchmark already holds whole seeds
+        for task_name in tasks:
             config = FinetuneConfig(seed=seed, **recipe.get(task_name, {}), **recipe["common"])
+            # The training subset is fixed (seed 0) and the same for every model and seed.
             task = load_task(task_name, data_dir=data_dir, max_train_examples=config.max_train_examples, seed=0)
             for name, model in models.items():
                 out = work / "finetune" / task_name / f"{name}-seed{seed}"
@@ -186,7 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", default="runs/compare")
     p.add_argument("--work", help="default: RUN/bench")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
-    p.add_argument("--distill-steps", type=int, default=200)
+    p.add_argument("--distill-steps", type=int, default=150)
     p.add_argument("--distill-batch-size", type=int, default=16)
     p.add_argument("--distill-lr", type=float, default=1e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-seq-len", type=int, default=64)
-    p.add_argument("--sst2-train-examples", type=int, default=8000,
+    p.add_argument("--sst2-train-examples", type=int, default=4000,
                    help="a fixed random subset of SST-2's 67,349 training sentences (CPU time)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--latency-repeats", type=int, default=20)

@@ -7,33 +7,45 @@
 3124
 """
 
-from .modeling import NasBertConfig, NasBertForMaskedLM, NasBertForSequenceClassification, NasBertModel
+from .export.family import Family, FamilyMember
+from .finetune import FinetuneConfig, finetune, load_task
+from .latency import LatencyPredictor
+from .modeling import (
+    NasBertConfig,
+    NasBertForMaskedLM,
+    NasBertForSequenceClassification,
+    NasBertModel,
+)
+from .pick import NoFit, pick
 from .space import Arch, BlockArch, SearchSpace, SpaceError, TeacherSpec
 from .supernet import SuperNet
 from .teacher import TeacherError, load_teacher
-from .latency import LatencyPredictor  # noqa: E402
-from .export.family import Family, FamilyMember  # noqa: E402
-from .pick import NoFit, pick  # noqa: E402  (the function shadows the module attribute: nasbert.pick(...))
+from .training.distill import DistillConfig, distill_arch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Arch",
     "BlockArch",
+    "DistillConfig",
     "Family",
     "FamilyMember",
+    "FinetuneConfig",
     "LatencyPredictor",
-    "NoFit",
     "NasBertConfig",
     "NasBertForMaskedLM",
     "NasBertForSequenceClassification",
     "NasBertModel",
+    "NoFit",
     "SearchSpace",
     "SpaceError",
     "SuperNet",
     "TeacherError",
     "TeacherSpec",
+    "__version__",
+    "distill_arch",
+    "finetune",
+    "load_task",
     "load_teacher",
     "pick",
-    "__version__",
 ]

@@ -1,4 +1,5 @@
-"""Fine-tuning on downstream tasks: GLUE and generic CSV / JSON Lines data, and the GLUE metrics."""
+"""Fine-tuning on downstream tasks: GLUE and generic CSV / JSON Lines data, the GLUE metrics, and the trainer
+(``nasbert finetune``)."""
 
 from .metrics import (
     accuracy,
@@ -18,17 +19,29 @@ from .tasks import (
     load_generic_task,
     load_task,
 )
+from .trainer import (
+    FinetuneConfig,
+    FinetuneError,
+    FinetuneResult,
+    finetune,
+    load_classifier,
+)
 
 __all__ = [
     "GLUE_TASKS",
     "Example",
+    "FinetuneConfig",
+    "FinetuneError",
+    "FinetuneResult",
     "TaskData",
     "TaskError",
     "TaskSpec",
     "accuracy",
     "compute_metrics",
     "f1_score",
+    "finetune",
     "get_task",
+    "load_classifier",
     "load_generic_task",
     "load_task",
     "matthews_corrcoef",

@@ -40,7 +40,8 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
     data.add_argument("--text-columns", nargs="+", help="your own task: one or two text columns")
     data.add_argument("--label-column", help="your own task: the label column")
     data.add_argument("--regression", action="store_true", help="your own task: real-valued labels")
-    data.add_argument("--max-train-examples", type=int, help="a seeded random subset of the training set")
+    data.add_argument("--max-train-examples", type=int,
+                      help="a fixed random subset of the training set (the same for every --seed)")
     recipe = p.add_argument_group("recipe")
     recipe.add_argument("--epochs", type=float, default=d.epochs, help=f"(default {d.epochs:g})")
     recipe.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
@@ -81,10 +82,10 @@ def run_finetune(args: argparse.Namespace) -> int:
             task = load_generic_task(train_file=args.train_file, dev_file=args.dev_file,
                                      text_columns=args.text_columns, label_column=args.label_column,
                                      regression=args.regression, name=args.task,
-                                     max_train_examples=config.max_train_examples, seed=config.seed)
+                                     max_train_examples=config.max_train_examples, seed=0)
         else:
             task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
-                             seed=config.seed)
+                             seed=0)  # one fixed subset for every --seed
         result = finetune(args.model, task, out=args.out, config=config, kd_teacher=args.kd_teacher,
                           onnx=not args.no_onnx, force=args.force, progress=not args.no_progress)
     except (TaskError, FinetuneError) as e:
