@@ -219,3 +219,36 @@ def test_missing_model_dir_is_a_clear_error(glue_dir, tmp_path, capsys):
                  str(tmp_path / "ft"), "--no-progress"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists()
+
+
+def test_mean_pooling_reads_every_real_token_and_ignores_padding(glue_dir, student_dir, tmp_path):
+    task = load_task("sst2", data_dir=glue_dir)
+    cls_model, _, _ = load_classifier(student_dir, task.task, seed=0)
+    mean_model, _, _ = load_classifier(student_dir, task.task, seed=0, pooling="mean")
+    assert mean_model.config.classifier_pooling == "mean" and cls_model.config.classifier_pooling == "cls"
+    ids = torch.tensor([[2, 20, 21, 22, 3, 0, 0], [2, 23, 24, 25, 26, 27, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        mean_model.eval(), cls_model.eval()
+        padded = mean_model(input_ids=ids, attention_mask=mask).logits
+        alone = mean_model(input_ids=ids[:1, :5], attention_mask=mask[:1, :5]).logits
+        h = mean_model.nasbert(ids[:1, :5]).last_hidden_state
+        by_hand = mean_model.classifier(torch.tanh(mean_model.pooler(h.mean(1))))
+        cls = cls_model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, by_hand, atol=1e-5, rtol=0)
+    assert not torch.allclose(padded, cls, atol=1e-4)
+    # Saved and exported with the setting: the ONNX graph pools the same way.
+    result = finetune(student_dir, task, out=tmp_path / "mean", config=FinetuneConfig(**{**FAST, "epochs": 1,
+                                                                                          "pooling": "mean"}),
+                      progress=False)
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert saved["classifier_pooling"] == "mean"
+    assert json.loads((tmp_path / "mean" / "metrics.json").read_text())["onnx_max_abs_diff"] < 1e-4
+
+
+def test_pooling_is_refused_for_hf_bert(glue_dir, tiny_teacher_dir, tmp_path, capsys):
+    assert main(["finetune", tiny_teacher_dir, "--task", "sst2", "--data-dir", str(glue_dir), "--pooling", "mean",
+                 "--out", str(tmp_path / "ft"), "--no-progress"]) == 1
+    assert "--pooling applies to nasbert models" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()

@@ -52,6 +52,9 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch,
                         help=f"dev evaluations per epoch (default {d.evals_per_epoch})")
     recipe.add_argument("--seed", type=int, default=d.seed, help="seeds the new head, dropout and data order")
+    recipe.add_argument("--pooling", choices=["cls", "mean"],
+                        help="nasbert models: the classifier reads the [CLS] token (default) or the mean of the "
+                             "real tokens")
     recipe.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's choice)")
     kd = p.add_argument_group("prediction-layer distillation")
     kd.add_argument("--kd-teacher", help="a teacher fine-tuned on the same task (the model/ directory of its "
@@ -74,7 +77,8 @@ def run_finetune(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
             warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
             evals_per_epoch=args.evals_per_epoch, seed=args.seed, kd_lambda=args.kd_lambda,
-            kd_temperature=args.kd_temperature, threads=args.threads)
+            kd_temperature=args.kd_temperature, threads=args.threads,
+            pooling=args.pooling)
         generic = (args.train_file, args.dev_file, args.text_columns, args.label_column)
         if any(x is not None for x in generic):
             if any(x is None for x in generic):

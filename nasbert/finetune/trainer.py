@@ -78,6 +78,9 @@ class FinetuneConfig:
     log_every: int = 20
     #: torch threads (0 = torch's default)
     threads: int = 0
+    #: nasbert models only: the classifier pools the [CLS] token ("cls") or the mean of the real tokens
+    #: ("mean"); null keeps the model's own setting (cls unless it was saved otherwise)
+    pooling: str | None = None
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
@@ -93,6 +96,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune kd_lambda must be in [0, 1], got {self.kd_lambda}")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ConfigError(f"finetune max_train_examples must be >= 1 or null, got {self.max_train_examples}")
+        if self.pooling not in (None, "cls", "mean"):
+            raise ConfigError(f"finetune pooling must be cls, mean or null, got {self.pooling!r}")
         if self.max_seq_len < 8:
             raise ConfigError(f"finetune max_seq_len must be at least 8, got {self.max_seq_len}")
 
@@ -140,11 +145,12 @@ def _resolve_model_dir(model: str | os.PathLike) -> str:
     return text
 
 
-def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0):
+def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, pooling: str | None = None):
     """A sequence classifier for ``task`` from a backbone or classifier directory, and its tokenizer.
 
-    nasbert models get :class:`~nasbert.modeling.NasBertForSequenceClassification`, any other model
-    ``AutoModelForSequenceClassification``. New heads are initialised from ``seed``.
+    nasbert models get :class:`~nasbert.modeling.NasBertForSequenceClassification` (``pooling`` "cls" or
+    "mean" chooses what its pooler reads), any other model ``AutoModelForSequenceClassification``. New heads are
+    initialised from ``seed``.
     """
     from transformers import (
         AutoConfig,
@@ -174,9 +180,14 @@ def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0):
     kwargs: dict[str, Any] = dict(labels)
     if config.model_type == "bert":
         kwargs["attn_implementation"] = "eager"  # traceable for ONNX, same numbers
+    if pooling is not None and config.model_type != "nasbert":
+        raise FinetuneError(f"--pooling applies to nasbert models; {source!r} is a {config.model_type!r} model, "
+                            "whose classifier pools the [CLS] token")
     if config.model_type == "nasbert":
         from ..modeling import NasBertForSequenceClassification
 
+        if pooling is not None:
+            kwargs["classifier_pooling"] = pooling
         net = NasBertForSequenceClassification.from_pretrained(source, **kwargs)
     else:
         net = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
@@ -387,7 +398,7 @@ def finetune(
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    net, tokenizer, _ = load_classifier(source, spec, seed=config.seed)
+    net, tokenizer, _ = load_classifier(source, spec, seed=config.seed, pooling=config.pooling)
     pad_id = tokenizer.pad_token_id or 0
     train = encode_examples(task.train, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)
     dev = encode_examples(task.dev, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)

@@ -19,6 +19,8 @@ class NasBertConfig(PretrainedConfig):
         hidden_size: width of the model's output (the teacher's width; the last block is projected to it).
         head_size: width of one attention head; an ``mha`` layer of width ``w`` has ``w / head_size`` heads.
         ffn_ratio: an ``ffn`` layer of width ``w`` has ``ffn_ratio * w`` inner units.
+        classifier_pooling: what the sequence classifier's pooler reads: ``"cls"`` (the first token, as BERT) or
+            ``"mean"`` (the mean over real tokens; suits models whose last layers are local convolutions).
     """
 
     model_type = "nasbert"
@@ -39,6 +41,7 @@ class NasBertConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-12,
         pad_token_id: int = 0,
         classifier_dropout: float | None = None,
+        classifier_pooling: str = "cls",
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -61,6 +64,9 @@ class NasBertConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
         self.classifier_dropout = classifier_dropout
+        if classifier_pooling not in ("cls", "mean"):
+            raise ValueError(f"classifier_pooling must be 'cls' or 'mean', got {classifier_pooling!r}")
+        self.classifier_pooling = classifier_pooling
 
     @property
     def embedding_size(self) -> int:

@@ -308,7 +308,8 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> 
 
 
 class NasBertForSequenceClassification(NasBertPreTrainedModel):
-    """Backbone + pooler (dense + tanh on the first token) + classifier; regression when ``num_labels == 1``."""
+    """Backbone + pooler (dense + tanh on the first token, or on the mean of the real tokens with
+    ``config.classifier_pooling = "mean"``) + classifier; regression when ``num_labels == 1``."""
 
     def __init__(self, config: NasBertConfig):
         super().__init__(config)
@@ -322,7 +323,12 @@ class NasBertForSequenceClassification(NasBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
         h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-        pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, H)
+        if getattr(self.config, "classifier_pooling", "cls") == "mean":
+            keep = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).to(h.dtype)
+            summary = (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, H): mean over real tokens
+        else:
+            summary = h[:, 0]  # (B, H): the [CLS] token
+        pooled = torch.tanh(self.pooler(summary))  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
         if return_dict is False:
