@@ -150,7 +150,10 @@ def finetune_all(models: dict, work: Path, *, tasks, seeds, data_dir: str, recip
             # The training subset is fixed (seed 0) and the same for every model and seed.
             task = load_task(task_name, data_dir=data_dir, max_train_examples=config.max_train_examples, seed=0)
             for name, model in models.items():
-                out = work / "finetune" / task_name / f"{name}-seed{seed}"
+                # The teacher is an HF BERT (its classifier pools [CLS]); nasbert models pool as config.pooling
+                # says ("auto": the mean of the real tokens).
+                tag = "" if name == "teacher" else f"-{'mean' if config.pooling == 'auto' else config.pooling}"
+                out = work / "finetune" / task_name / f"{name}{tag}-seed{seed}"
                 t = time.perf_counter()
                 result = finetune(str(model), task, out=out, config=config, onnx=False, progress=False)
                 scores.setdefault(name, {}).setdefault(task_name, []).append(result.metrics[task.task.main_metric])
@@ -201,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-seq-len", type=int, default=64)
     p.add_argument("--sst2-train-examples", type=int, default=4000,
                    help="a fixed random subset of SST-2's 67,349 training sentences (CPU time)")
+    p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
+                   help="what the nasbert classifiers pool (auto = mean of the real tokens)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--latency-repeats", type=int, default=20)
     args = p.parse_args(argv)
@@ -218,7 +223,7 @@ def main(argv=None) -> int:
     distilled = {name: json.loads((d / "distill.json").read_text()) for name, d in dirs.items()}
     models = {"teacher": "builtin", **{name: str(d) for name, d in dirs.items()}}
     recipe = {"common": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                             "max_seq_len": args.max_seq_len, "threads": args.threads},
+                             "max_seq_len": args.max_seq_len, "threads": args.threads, "pooling": args.pooling},
               "sst2": {"max_train_examples": args.sst2_train_examples}}
     scores = finetune_all(models, work, tasks=args.tasks, seeds=args.seeds, data_dir=args.data_dir, recipe=recipe)
 

@@ -223,8 +223,8 @@ def test_missing_model_dir_is_a_clear_error(glue_dir, tmp_path, capsys):
 
 def test_mean_pooling_reads_every_real_token_and_ignores_padding(glue_dir, student_dir, tmp_path):
     task = load_task("sst2", data_dir=glue_dir)
-    cls_model, _, _ = load_classifier(student_dir, task.task, seed=0)
-    mean_model, _, _ = load_classifier(student_dir, task.task, seed=0, pooling="mean")
+    cls_model, _, _ = load_classifier(student_dir, task.task, seed=0, pooling="cls")
+    mean_model, _, _ = load_classifier(student_dir, task.task, seed=0)  # auto: mean for nasbert models
     assert mean_model.config.classifier_pooling == "mean" and cls_model.config.classifier_pooling == "cls"
     ids = torch.tensor([[2, 20, 21, 22, 3, 0, 0], [2, 23, 24, 25, 26, 27, 3]])
     mask = (ids != 0).long()

@@ -52,9 +52,9 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch,
                         help=f"dev evaluations per epoch (default {d.evals_per_epoch})")
     recipe.add_argument("--seed", type=int, default=d.seed, help="seeds the new head, dropout and data order")
-    recipe.add_argument("--pooling", choices=["cls", "mean"],
-                        help="nasbert models: the classifier reads the [CLS] token (default) or the mean of the "
-                             "real tokens")
+    recipe.add_argument("--pooling", choices=["auto", "cls", "mean"], default=d.pooling,
+                        help="what the classifier reads: the [CLS] token or the mean of the real tokens (nasbert "
+                             "models only); auto (default): mean for nasbert models, cls for others")
     recipe.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's choice)")
     kd = p.add_argument_group("prediction-layer distillation")
     kd.add_argument("--kd-teacher", help="a teacher fine-tuned on the same task (the model/ directory of its "
