@@ -180,7 +180,7 @@ def table(chosen: dict, scores: dict, distilled: dict) -> str:
             s = scores[m["name"]]
             kd = distilled.get(m["name"], {})
             lines.append(
-                f"| {budget} | {kind} | `{m['arch']}` | {m['params'] / 1e6:.2f} M | {m['flops'] / 1e9:.2f} | "
+                f"| {budget} | {kind} | `{m['arch'].replace('|', ' / ')}` | {m['params'] / 1e6:.2f} M | {m['flops'] / 1e9:.2f} | "
                 f"{m['latency_ms']:.2f} | {m['speedup']:.2f}x | {kd.get('valid_loss_after', float('nan')):.4f} | "
                 f"{fmt(s['sst2'])} | {fmt(s['cola'])} | "
                 f"{100 * np.mean(s['sst2']) / t_sst:.1f} / {100 * np.mean(s['cola']) / t_cola:.1f} |")

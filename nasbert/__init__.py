@@ -8,7 +8,7 @@
 """
 
 from .export.family import Family, FamilyMember
-from .finetune import FinetuneConfig, finetune, load_task
+from .finetune import FinetuneConfig, load_task  # the subpackage nasbert.finetune holds finetune()
 from .latency import LatencyPredictor
 from .modeling import (
     NasBertConfig,
@@ -44,7 +44,6 @@ __all__ = [
     "TeacherSpec",
     "__version__",
     "distill_arch",
-    "finetune",
     "load_task",
     "load_teacher",
     "pick",
