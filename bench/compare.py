@@ -12,6 +12,8 @@
 3. Both models of a budget are taken from the same trained supernet (so initialised from the teacher the same
    way) and get the same whole-model distillation (``--distill-steps`` on the same corpus and seed).
 4. Every model and the teacher are fine-tuned on SST-2 and CoLA with one recipe and ``--seeds`` seeds.
+5. The students are fine-tuned again on ``--kd-tasks`` (SST-2) with prediction-layer distillation from the
+   teacher fine-tuned with the same seed.
 
 Everything lands in ``--work`` (default ``runs/compare/bench``), stage by stage, so a stopped benchmark goes on
 where it was; the table is printed and written to ``WORK/table.md`` and ``WORK/results.json``.
@@ -162,6 +164,40 @@ def finetune_all(models: dict, work: Path, *, tasks, seeds, data_dir: str, recip
     return scores
 
 
+def finetune_kd(models: dict, work: Path, *, tasks, seeds, data_dir: str, recipe: dict) -> dict:
+    """The students again, now with prediction-layer distillation from the teacher fine-tuned with the same seed
+    ((1 - 0.5) CE + 0.5 KL, NAS-BERT's second stage)."""
+    from nasbert.finetune import FinetuneConfig, finetune, load_task
+
+    scores: dict = {}
+    for seed in seeds:
+        for task_name in tasks:
+            config = FinetuneConfig(seed=seed, **recipe.get(task_name, {}), **recipe["common"])
+            task = load_task(task_name, data_dir=data_dir, max_train_examples=config.max_train_examples, seed=0)
+            teacher = work / "finetune" / task_name / f"teacher-seed{seed}" / "model"
+            for name, model in models.items():
+                if name == "teacher":
+                    continue
+                out = work / "finetune-kd" / task_name / f"{name}-seed{seed}"
+                result = finetune(str(model), task, out=out, config=config, kd_teacher=teacher, onnx=False,
+                                  progress=False)
+                scores.setdefault(name, {}).setdefault(task_name, []).append(result.metrics[task.task.main_metric])
+                logger.info("KD %s %s seed %d: %s %.4f", task_name, name, seed, task.task.main_metric,
+                            result.metrics[task.task.main_metric])
+    return scores
+
+
+def kd_table(chosen: dict, scores: dict, kd_scores: dict) -> str:
+    lines = ["| budget | model | task | without KD | with KD |", "|---|---|---|---|---|"]
+    for budget, pair in chosen["budgets"].items():
+        for kind, m in pair.items():
+            for task, values in kd_scores.get(m["name"], {}).items():
+                a, b = 100 * np.asarray(scores[m["name"]][task]), 100 * np.asarray(values)
+                lines.append(f"| {budget} | {kind} ({m['name']}) | {task} | {a.mean():.1f} ± {a.std(ddof=1):.1f} | "
+                             f"{b.mean():.1f} ± {b.std(ddof=1):.1f} |")
+    return "\n".join(lines)
+
+
 def table(chosen: dict, scores: dict, distilled: dict) -> str:
     def fmt(values):
         v = 100 * np.asarray(values)
@@ -206,6 +242,8 @@ def main(argv=None) -> int:
                    help="a fixed random subset of SST-2's 67,349 training sentences (CPU time)")
     p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
                    help="what the nasbert classifiers pool (auto = mean of the real tokens)")
+    p.add_argument("--kd-tasks", nargs="*", default=["sst2"],
+                   help="tasks on which the students are fine-tuned again with prediction-layer KD")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--latency-repeats", type=int, default=20)
     args = p.parse_args(argv)
@@ -227,10 +265,15 @@ def main(argv=None) -> int:
               "sst2": {"max_train_examples": args.sst2_train_examples}}
     scores = finetune_all(models, work, tasks=args.tasks, seeds=args.seeds, data_dir=args.data_dir, recipe=recipe)
 
+    kd_scores = finetune_kd(models, work, tasks=args.kd_tasks, seeds=args.seeds, data_dir=args.data_dir,
+                            recipe=recipe) if args.kd_tasks else {}
     text = table(chosen, scores, distilled)
+    if kd_scores:
+        text += "\n\n" + kd_table(chosen, scores, kd_scores)
     (work / "table.md").write_text(text + "\n")
     (work / "results.json").write_text(json.dumps({
-        "models": chosen, "distilled": distilled, "scores": scores, "recipe": recipe, "args": vars(args),
+        "models": chosen, "distilled": distilled, "scores": scores, "kd_scores": kd_scores, "recipe": recipe,
+        "args": vars(args),
         "seconds": round(time.time() - start)}, indent=2) + "\n")
     print(text)
     return 0
