@@ -142,7 +142,10 @@ def distill_models(run: Path, work: Path, chosen: dict, *, steps: int, batch_siz
     return dirs
 
 
-def finetune_all(models: dict, work: Path, *, tasks, seeds, data_dir: str, recipe: dict) -> dict:
+def finetune_all(models: dict, work: Path, *, tasks, seeds, data_dir: str, recipe: dict, kd: bool = False) -> dict:
+    """Fine-tune every model on every task with every seed; with ``kd``, only the students, with
+    prediction-layer distillation from the teacher fine-tuned with the same seed ((1 - 0.5) CE + 0.5 KL,
+    NAS-BERT's second stage)."""
     from nasbert.finetune import FinetuneConfig, finetune, load_task
 
     scores: dict = {}
@@ -151,39 +154,20 @@ def finetune_all(models: dict, work: Path, *, tasks, seeds, data_dir: str, recip
             config = FinetuneConfig(seed=seed, **recipe.get(task_name, {}), **recipe["common"])
             # The training subset is fixed (seed 0) and the same for every model and seed.
             task = load_task(task_name, data_dir=data_dir, max_train_examples=config.max_train_examples, seed=0)
+            teacher = work / "finetune" / task_name / f"teacher-seed{seed}" / "model" if kd else None
             for name, model in models.items():
+                if kd and name == "teacher":
+                    continue
                 # The teacher is an HF BERT (its classifier pools [CLS]); nasbert models pool as config.pooling
                 # says ("auto": the mean of the real tokens).
-                tag = "" if name == "teacher" else f"-{'mean' if config.pooling == 'auto' else config.pooling}"
-                out = work / "finetune" / task_name / f"{name}{tag}-seed{seed}"
+                tag = "" if name == "teacher" or kd else f"-{'mean' if config.pooling == 'auto' else config.pooling}"
+                out = work / ("finetune-kd" if kd else "finetune") / task_name / f"{name}{tag}-seed{seed}"
                 t = time.perf_counter()
-                result = finetune(str(model), task, out=out, config=config, onnx=False, progress=False)
-                scores.setdefault(name, {}).setdefault(task_name, []).append(result.metrics[task.task.main_metric])
-                logger.info("%s %s seed %d: %s %.4f (%.0f s)", task_name, name, seed, task.task.main_metric,
-                            result.metrics[task.task.main_metric], time.perf_counter() - t)
-    return scores
-
-
-def finetune_kd(models: dict, work: Path, *, tasks, seeds, data_dir: str, recipe: dict) -> dict:
-    """The students again, now with prediction-layer distillation from the teacher fine-tuned with the same seed
-    ((1 - 0.5) CE + 0.5 KL, NAS-BERT's second stage)."""
-    from nasbert.finetune import FinetuneConfig, finetune, load_task
-
-    scores: dict = {}
-    for seed in seeds:
-        for task_name in tasks:
-            config = FinetuneConfig(seed=seed, **recipe.get(task_name, {}), **recipe["common"])
-            task = load_task(task_name, data_dir=data_dir, max_train_examples=config.max_train_examples, seed=0)
-            teacher = work / "finetune" / task_name / f"teacher-seed{seed}" / "model"
-            for name, model in models.items():
-                if name == "teacher":
-                    continue
-                out = work / "finetune-kd" / task_name / f"{name}-seed{seed}"
                 result = finetune(str(model), task, out=out, config=config, kd_teacher=teacher, onnx=False,
                                   progress=False)
                 scores.setdefault(name, {}).setdefault(task_name, []).append(result.metrics[task.task.main_metric])
-                logger.info("KD %s %s seed %d: %s %.4f", task_name, name, seed, task.task.main_metric,
-                            result.metrics[task.task.main_metric])
+                logger.info("%s%s %s seed %d: %s %.4f (%.0f s)", "KD " if kd else "", task_name, name, seed,
+                            task.task.main_metric, result.metrics[task.task.main_metric], time.perf_counter() - t)
     return scores
 
 
@@ -265,8 +249,8 @@ def main(argv=None) -> int:
               "sst2": {"max_train_examples": args.sst2_train_examples}}
     scores = finetune_all(models, work, tasks=args.tasks, seeds=args.seeds, data_dir=args.data_dir, recipe=recipe)
 
-    kd_scores = finetune_kd(models, work, tasks=args.kd_tasks, seeds=args.seeds, data_dir=args.data_dir,
-                            recipe=recipe) if args.kd_tasks else {}
+    kd_scores = finetune_all(models, work, tasks=args.kd_tasks, seeds=args.seeds, data_dir=args.data_dir,
+                             recipe=recipe, kd=True) if args.kd_tasks else {}
     text = table(chosen, scores, distilled)
     if kd_scores:
         text += "\n\n" + kd_table(chosen, scores, kd_scores)

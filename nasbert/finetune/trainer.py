@@ -258,22 +258,14 @@ def predict(model, data: Encoded, *, batch_size: int, pad_id: int, progress: boo
 
 
 def _optimizer(model, config: FinetuneConfig, total_steps: int):
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.dim() < 2 else decay).append(p)  # biases and norms are not decayed
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=True)
-    except (RuntimeError, TypeError):
-        optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    warmup = int(config.warmup_ratio * total_steps)
+    """Block-wise training's AdamW (no decay on biases and norms) and warm-up + linear decay, with the usual
+    fine-tuning betas (0.9, 0.999)."""
+    from ..training.blockwise import make_optimizer
+    from ..training.config import TrainConfig
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    settings = TrainConfig(steps=total_steps, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
+                           warmup_steps=int(config.warmup_ratio * total_steps), schedule="linear")
+    return make_optimizer(model.named_parameters(), settings, total_steps)
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, *, regression: bool,
