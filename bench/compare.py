@@ -59,9 +59,16 @@ def run_pipeline(config: str, run: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
+def run_config(run: Path):
+    from nasbert.run import RunConfig
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    return RunConfig.from_dict(manifest["config"], source=str(run / "manifest.json"))
+
+
 def choose_models(run: Path, work: Path, repeats: int) -> dict:
     """The searched member and the hand-designed baseline of every budget, timed together with the teacher."""
-    from nasbert import Family, SearchSpace, SuperNet, load_teacher
+    from nasbert import Arch, Family, SearchSpace, SuperNet, load_teacher
     from nasbert.export.selection import measure_models
     from nasbert.io import atomic_write_json
 
@@ -71,11 +78,8 @@ def choose_models(run: Path, work: Path, repeats: int) -> dict:
     family = Family.load(run / "family")
     supernet = SuperNet.from_pretrained(run / "supernet")
     space: SearchSpace = supernet.space
-    teacher, _, _ = load_teacher(None)
-    candidates = {m.name: m.arch for m in family.models}
-    from nasbert import Arch
-
-    candidates = {name: Arch.from_dict(a) for name, a in candidates.items()}
+    teacher, _, _ = load_teacher(run_config(run).teacher)
+    candidates = {m.name: Arch.from_dict(m.arch) for m in family.models}
     baselines = dict(uniform_archs(space))
     models = {name: supernet.extract(arch) for name, arch in {**candidates, **baselines}.items()}
     d = family.device
@@ -115,18 +119,16 @@ def distill_models(run: Path, work: Path, chosen: dict, *, steps: int, batch_siz
     from nasbert.export.hf import save_hf_model
     from nasbert.io import atomic_write_json
     from nasbert.pipeline import cache_dir
-    from nasbert.run import RunConfig
     from nasbert.training.distill import DistillConfig, distill_arch
 
     todo = {m["name"]: m["arch"] for b in chosen["budgets"].values() for m in b.values()}
     dirs = {name: work / "distilled" / name for name in todo}
     if all((d / "distill.json").is_file() for d in dirs.values()):
         return dirs
-    manifest = json.loads((run / "manifest.json").read_text())
-    run_config = RunConfig.from_dict(manifest["config"], source=str(run / "manifest.json"))
+    config = run_config(run)
     supernet = SuperNet.from_pretrained(run / "supernet")
-    teacher, tokenizer, _ = load_teacher(run_config.teacher)
-    corpus = load_corpus(run_config.corpus, tokenizer, cache_dir=cache_dir() / "corpus")
+    teacher, tokenizer, _ = load_teacher(config.teacher)
+    corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus")
     cfg = DistillConfig(steps=steps, batch_size=batch_size, lr=lr)
     for name, arch in todo.items():
         if (dirs[name] / "distill.json").is_file():
