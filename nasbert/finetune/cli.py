@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 __all__ = ["build_finetune_parser", "run_finetune"]
 
@@ -69,32 +68,28 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    """Bad input (task data, model, settings) raises TaskError / FinetuneError / ConfigError: the CLI prints the
+    message and exits 1."""
     from .tasks import TaskError, load_generic_task, load_task
-    from .trainer import FinetuneConfig, FinetuneError, finetune
+    from .trainer import FinetuneConfig, finetune
 
-    try:
-        config = FinetuneConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
-            evals_per_epoch=args.evals_per_epoch, seed=args.seed, kd_lambda=args.kd_lambda,
-            kd_temperature=args.kd_temperature, threads=args.threads,
-            pooling=args.pooling)
-        generic = (args.train_file, args.dev_file, args.text_columns, args.label_column)
-        if any(x is not None for x in generic):
-            if any(x is None for x in generic):
-                raise TaskError("your own task needs --train-file, --dev-file, --text-columns and --label-column")
-            task = load_generic_task(train_file=args.train_file, dev_file=args.dev_file,
-                                     text_columns=args.text_columns, label_column=args.label_column,
-                                     regression=args.regression, name=args.task,
-                                     max_train_examples=config.max_train_examples, seed=0)
-        else:
-            task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
-                             seed=0)  # one fixed subset for every --seed
-        result = finetune(args.model, task, out=args.out, config=config, kd_teacher=args.kd_teacher,
-                          onnx=not args.no_onnx, force=args.force, progress=not args.no_progress)
-    except (TaskError, FinetuneError) as e:
-        print(f"nasbert: error: {e}", file=sys.stderr)
-        return 1
+    config = FinetuneConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
+        evals_per_epoch=args.evals_per_epoch, seed=args.seed, kd_lambda=args.kd_lambda,
+        kd_temperature=args.kd_temperature, threads=args.threads, pooling=args.pooling)
+    generic = (args.train_file, args.dev_file, args.text_columns, args.label_column)
+    if any(x is not None for x in generic):
+        if any(x is None for x in generic):
+            raise TaskError("your own task needs --train-file, --dev-file, --text-columns and --label-column")
+        task = load_generic_task(train_file=args.train_file, dev_file=args.dev_file, text_columns=args.text_columns,
+                                 label_column=args.label_column, regression=args.regression, name=args.task,
+                                 max_train_examples=config.max_train_examples, seed=0)
+    else:
+        task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
+                         seed=0)  # one fixed subset for every --seed
+    result = finetune(args.model, task, out=args.out, config=config, kd_teacher=args.kd_teacher,
+                      onnx=not args.no_onnx, force=args.force, progress=not args.no_progress)
     if args.json:
         print(json.dumps({"out": str(result.out), "dev": result.metrics, "best": result.best}, indent=2))
     else:

@@ -130,21 +130,16 @@ class FinetuneResult:
 
 
 def _resolve_model_dir(model: str | os.PathLike) -> str:
-    from ..teacher import BUILTIN_TEACHER, builtin_teacher_path
+    from ..teacher import locate_model
 
-    text = str(model)
-    if text == BUILTIN_TEACHER:
-        return str(builtin_teacher_path())
-    path = Path(text).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise FinetuneError(f"{text!r} is not a model directory (no config.json): pass an exported nasbert model "
-                                "(a member of a family), a Hugging Face BERT directory, 'builtin' or a hub id")
-        return str(path)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise FinetuneError(f"model directory {text!r} does not exist: pass an exported nasbert model, a Hugging "
+    kind, value = locate_model(model)
+    if kind == "not a model directory":
+        raise FinetuneError(f"{value!r} is not a model directory (no config.json): pass an exported nasbert model "
+                            "(a member of a family), a Hugging Face BERT directory, 'builtin' or a hub id")
+    if kind == "missing":
+        raise FinetuneError(f"model directory {value!r} does not exist: pass an exported nasbert model, a Hugging "
                             "Face BERT directory, 'builtin' (the built-in teacher) or a hub id")
-    return text
+    return value
 
 
 def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, pooling: str = "auto"):
