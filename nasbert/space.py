@@ -28,9 +28,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .modeling.configuration_nasbert import BOTTLENECK_ACTS, NORMS, bottleneck_shape
+
 __all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec", "op_params", "op_flops"]
 
-#: Every op a slot can hold. ``sepconvK`` is a depthwise convolution of kernel K followed by a pointwise one.
+#: The ops of a NAS-BERT slot (a space's default). ``sepconvK`` is a depthwise convolution of kernel K followed by
+#: a pointwise one. A space may also list MobileBERT bottleneck ops, ``bottleneck{B}x{N}``: a layer that keeps the
+#: block's width w on its residual and computes inside a B-wide bottleneck with N stacked FFNs (N = 1..4).
 OPS = ("mha", "ffn", "sepconv3", "sepconv5", "sepconv7", "identity")
 SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
 MAX_KERNEL = max(SEPCONV_KERNELS.values())
@@ -145,11 +149,21 @@ def _linear_params(n_in: int, n_out: int) -> int:
     return n_in * n_out + n_out
 
 
+def _known_op(op: str) -> bool:
+    return op in OPS or bottleneck_shape(op) is not None
+
+
 def op_params(op: str, width: int, *, ffn_ratio: int) -> int:
     """Parameters of one layer (op + its LayerNorm) at ``width``."""
     layer_norm = 2 * width
     if op == "identity":
         return 0
+    shape = bottleneck_shape(op)
+    if shape is not None:  # input and shared q/k bottlenecks, q, k, v, attention output, N FFNs, output; norms
+        b, n = shape
+        ffn = _linear_params(b, ffn_ratio * b) + _linear_params(ffn_ratio * b, b) + 2 * b
+        return (2 * (_linear_params(width, b) + 2 * b) + 2 * _linear_params(b, b) + _linear_params(width, b)
+                + _linear_params(b, b) + 2 * b + n * ffn + _linear_params(b, width) + 2 * width)
     if op == "mha":  # query, key, value, output dense
         return 4 * _linear_params(width, width) + layer_norm
     if op == "ffn":
@@ -169,6 +183,10 @@ def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int) -> int:
     t, w = seq_len, width
     if op == "identity":
         return 0
+    shape = bottleneck_shape(op)
+    if shape is not None:  # 3 (T x w x b) in, q, k, out: 3 (T x b x b), N FFNs, (T x b x w) out, attention at b
+        b, n = shape
+        return 2 * (4 * t * w * b + 3 * t * b * b + n * 2 * t * b * ffn_ratio * b + 2 * t * t * b)
     if op == "mha":  # q, k, v, out: 4 (T x w x w); scores and context: 2 (T x T x w)
         return 2 * (4 * t * w * w + 2 * t * t * w)
     if op == "ffn":
@@ -216,6 +234,13 @@ def _parse_candidates(data: Any, source: str) -> list[list[BlockArch]]:
     return blocks
 
 
+def _choice(data: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str, source: str) -> str:
+    value = data.get(key, default)
+    if value not in allowed:
+        raise SpaceError(f"{source}: {key!r} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -247,6 +272,13 @@ class SearchSpace:
     head_size: int = 64
     ffn_ratio: int = 4
     description: str = ""
+    #: MobileBERT options: head width inside bottleneck ops, their norm ("nonorm" | "layernorm") and FFN
+    #: activation ("relu" | "gelu"); a factorised embedding width (None = BERT's embeddings) and its norm
+    bottleneck_head_size: int = 32
+    bottleneck_norm: str = "nonorm"
+    bottleneck_act: str = "relu"
+    factorized_embedding_size: int | None = None
+    embedding_norm: str = "layernorm"
     #: after progressive shrinking: the surviving paths of each block (None = every path of the space)
     candidates: tuple[tuple[BlockArch, ...], ...] | None = None
 
@@ -333,6 +365,13 @@ class SearchSpace:
             head_size=positive_int("head_size") if "head_size" in data else cls.head_size,
             ffn_ratio=positive_int("ffn_ratio") if "ffn_ratio" in data else cls.ffn_ratio,
             description=str(data.get("description", "")),
+            bottleneck_head_size=(positive_int("bottleneck_head_size") if "bottleneck_head_size" in data
+                                  else cls.bottleneck_head_size),
+            bottleneck_norm=_choice(data, "bottleneck_norm", NORMS, cls.bottleneck_norm, source),
+            bottleneck_act=_choice(data, "bottleneck_act", BOTTLENECK_ACTS, cls.bottleneck_act, source),
+            factorized_embedding_size=(positive_int("factorized_embedding_size")
+                                       if data.get("factorized_embedding_size") is not None else None),
+            embedding_norm=_choice(data, "embedding_norm", NORMS, cls.embedding_norm, source),
         )
         space._validate(source)
         if data.get("candidates") is not None:
@@ -360,9 +399,21 @@ class SearchSpace:
 
     def _validate(self, source: str) -> None:
         t = self.teacher
-        bad_ops = [o for o in self.ops if o not in OPS]
+        bad_ops = [o for o in self.ops if not _known_op(o)]
         if bad_ops:
-            raise SpaceError(f"{source}: 'ops' has unknown op {bad_ops[0]!r}; known ops: {', '.join(OPS)}")
+            raise SpaceError(f"{source}: 'ops' has unknown op {bad_ops[0]!r}; known ops: {', '.join(OPS)} and "
+                             "bottleneck{B}x{N} (intra width B, N = 1..4 stacked FFNs)")
+        for op in self.ops:
+            shape = bottleneck_shape(op)
+            if shape is None:
+                continue
+            if shape[0] % self.bottleneck_head_size:
+                raise SpaceError(f"{source}: op {op!r} has an intra width of {shape[0]}, not a multiple of "
+                                 f"'bottleneck_head_size' = {self.bottleneck_head_size}")
+            if shape[0] > min(self.hidden_choices):
+                raise SpaceError(f"{source}: op {op!r} has an intra width of {shape[0]}, wider than the narrowest "
+                                 f"width {min(self.hidden_choices)} in 'hidden_choices'; a bottleneck must be "
+                                 "narrower than the block it sits in")
         if len(set(self.ops)) != len(self.ops):
             raise SpaceError(f"{source}: 'ops' lists an op twice")
         if not [o for o in self.ops if o != "identity"]:
@@ -412,8 +463,19 @@ class SearchSpace:
             "ops": list(self.ops),
             "head_size": self.head_size,
             "ffn_ratio": self.ffn_ratio,
+            **self._mobile_options(),
             **({"candidates": [[str(p) for p in block] for block in self.candidates]} if self.candidates else {}),
         }
+
+    def mobile_options(self) -> dict[str, Any]:
+        """The MobileBERT options (``NasBertConfig`` keyword arguments of the same names)."""
+        return {k: getattr(self, k) for k in ("bottleneck_head_size", "bottleneck_norm", "bottleneck_act",
+                                              "factorized_embedding_size", "embedding_norm")}
+
+    def _mobile_options(self) -> dict[str, Any]:
+        """The MobileBERT options that differ from their defaults (so NAS-BERT spaces serialise as before)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in self.mobile_options().items() if v != defaults[k]}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -570,7 +632,9 @@ class SearchSpace:
         from the last block to the teacher's width (the output every family member shares).
         """
         t, w = self.teacher, arch.widths
-        params = (t.vocab_size + t.max_position_embeddings + t.type_vocab_size) * w[0] + 2 * w[0]
+        params = (t.max_position_embeddings + t.type_vocab_size) * w[0] + 2 * w[0]
+        e = self.factorized_embedding_size
+        params += t.vocab_size * e + 3 * e * w[0] + w[0] if e else t.vocab_size * w[0]
         for block in arch.blocks:
             params += sum(op_params(op, block.width, ffn_ratio=self.ffn_ratio) for op in block.layers)
         params += sum(_linear_params(a, b) for a, b in zip(w[:-1], w[1:]))
@@ -581,7 +645,8 @@ class SearchSpace:
         if not _is_int(seq_len) or seq_len <= 0:
             raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
         w = arch.widths
-        flops = 0
+        e = self.factorized_embedding_size
+        flops = 2 * seq_len * 3 * e * w[0] if e else 0  # the factorised embedding's kernel-3 convolution
         for block in arch.blocks:
             flops += sum(op_flops(op, block.width, seq_len, ffn_ratio=self.ffn_ratio) for op in block.layers)
         flops += sum(2 * seq_len * a * b for a, b in zip(w[:-1], w[1:]))
@@ -599,6 +664,10 @@ class SearchSpace:
             f"  widths        {', '.join(map(str, self.hidden_choices))} (head size {self.head_size}, "
             f"FFN ratio {self.ffn_ratio})",
             f"  ops           {', '.join(self.ops)}",
+            *([f"  mobilebert    bottleneck heads of {self.bottleneck_head_size}, {self.bottleneck_norm}, "
+               f"{self.bottleneck_act}; embeddings "
+               + (f"factorised to {self.factorized_embedding_size}" if self.factorized_embedding_size else "plain")
+               + f", {self.embedding_norm}"] if self._mobile_options() else []),
             f"  paths/block   {self.num_paths(0):,}",
             f"  architectures {total:,} ({total:.2e})",
         ]

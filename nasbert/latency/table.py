@@ -99,7 +99,8 @@ def _op_module(key: str, space: SearchSpace, batch: int, seq_len: int) -> tuple[
         return nn.Linear(width, t.hidden_size), {"hidden": torch.randn(batch, seq_len, width, generator=g)}
     config = NasBertConfig(blocks=[{"width": width, "ops": ["identity"]}], vocab_size=t.vocab_size,
                            hidden_size=t.hidden_size, head_size=space.head_size, ffn_ratio=space.ffn_ratio,
-                           max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size)
+                           max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
+                           **space.mobile_options())
     if name == "embeddings":
         ids = torch.randint(1, t.vocab_size, (batch, seq_len), generator=g)
         return NasBertEmbeddings(config), {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)}

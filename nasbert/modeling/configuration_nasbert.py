@@ -5,9 +5,25 @@ This file is copied into every exported model directory and must import nothing 
 
 from __future__ import annotations
 
+import re
+
 from transformers import PretrainedConfig
 
 LAYER_OPS = ("mha", "ffn", "sepconv3", "sepconv5", "sepconv7")
+#: ``bottleneck{B}x{N}``: a MobileBERT layer with an intra-block width of B and N stacked FFNs (1 to 4)
+BOTTLENECK_OP = re.compile(r"bottleneck([1-9][0-9]*)x([1-4])")
+NORMS = ("layernorm", "nonorm")
+BOTTLENECK_ACTS = ("relu", "gelu")
+
+
+def bottleneck_shape(op: str) -> tuple[int, int] | None:
+    """``(intra width, stacked FFNs)`` of a ``bottleneck{B}x{N}`` op; None for any other op name."""
+    match = BOTTLENECK_OP.fullmatch(op)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def is_layer_op(op: str) -> bool:
+    return op in LAYER_OPS or bottleneck_shape(op) is not None
 
 
 class NasBertConfig(PretrainedConfig):
@@ -21,6 +37,18 @@ class NasBertConfig(PretrainedConfig):
         ffn_ratio: an ``ffn`` layer of width ``w`` has ``ffn_ratio * w`` inner units.
         classifier_pooling: what the sequence classifier's pooler reads: ``"cls"`` (the first token, as BERT) or
             ``"mean"`` (the mean over real tokens; suits models whose last layers are local convolutions).
+        bottleneck_head_size: width of one attention head inside a ``bottleneck{B}x{N}`` layer (B / head size
+            heads; MobileBERT: 128 / 32 = 4).
+        bottleneck_norm: ``"nonorm"`` (element-wise scale and shift, MobileBERT's) or ``"layernorm"``, in
+            bottleneck layers.
+        bottleneck_act: ``"relu"`` (MobileBERT's) or ``"gelu"``, in the FFNs of bottleneck layers.
+        factorized_embedding_size: None for BERT's embeddings at the first block's width; an integer ``e`` for
+            MobileBERT's factorised embedding: an ``e``-wide token table lifted to the first block's width by a
+            kernel-3 convolution over neighbouring tokens.
+        embedding_norm: ``"layernorm"`` or ``"nonorm"``, after the embeddings.
+        reference_size: RefBERT (arXiv 2106.08898): the width of a teacher's pre-computed states of reference
+            samples, which the first ``mha`` layer attends over (joined to its keys and values); the model then
+            needs ``reference_states`` and ``reference_mask`` inputs. None (the default): no references.
     """
 
     model_type = "nasbert"
@@ -42,14 +70,26 @@ class NasBertConfig(PretrainedConfig):
         pad_token_id: int = 0,
         classifier_dropout: float | None = None,
         classifier_pooling: str = "cls",
+        bottleneck_head_size: int = 32,
+        bottleneck_norm: str = "nonorm",
+        bottleneck_act: str = "relu",
+        factorized_embedding_size: int | None = None,
+        embedding_norm: str = "layernorm",
+        reference_size: int | None = None,
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.blocks = [{"width": int(b["width"]), "ops": list(b["ops"])} for b in (blocks or [])]
         for i, block in enumerate(self.blocks):
             for op in block["ops"]:
-                if op != "identity" and op not in LAYER_OPS:
-                    raise ValueError(f"blocks[{i}]: unknown op {op!r}; known: {', '.join(LAYER_OPS)}, identity")
+                if op != "identity" and not is_layer_op(op):
+                    raise ValueError(f"blocks[{i}]: unknown op {op!r}; known: {', '.join(LAYER_OPS)}, "
+                                     "bottleneck{B}x{N} (N = 1..4), identity")
+                shape = bottleneck_shape(op)
+                if shape and (shape[0] > block["width"] or shape[0] % bottleneck_head_size):
+                    raise ValueError(f"blocks[{i}]: {op} needs an intra width ({shape[0]}) no wider than the block "
+                                     f"({block['width']}) and a multiple of bottleneck_head_size "
+                                     f"({bottleneck_head_size})")
             if "mha" in block["ops"] and block["width"] % head_size:
                 raise ValueError(f"blocks[{i}]: width {block['width']} is not a multiple of head_size {head_size}")
         self.vocab_size = vocab_size
@@ -67,10 +107,29 @@ class NasBertConfig(PretrainedConfig):
         if classifier_pooling not in ("cls", "mean"):
             raise ValueError(f"classifier_pooling must be 'cls' or 'mean', got {classifier_pooling!r}")
         self.classifier_pooling = classifier_pooling
+        for key, value, allowed in (("bottleneck_norm", bottleneck_norm, NORMS), ("embedding_norm", embedding_norm, NORMS),
+                                    ("bottleneck_act", bottleneck_act, BOTTLENECK_ACTS)):
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        self.bottleneck_head_size = bottleneck_head_size
+        self.bottleneck_norm = bottleneck_norm
+        self.bottleneck_act = bottleneck_act
+        self.factorized_embedding_size = factorized_embedding_size
+        self.embedding_norm = embedding_norm
+        if reference_size is not None:
+            if isinstance(reference_size, bool) or not isinstance(reference_size, int) or reference_size < 1:
+                raise ValueError(f"reference_size must be a positive integer or None, got {reference_size!r}")
+            if self.blocks and not any("mha" in b["ops"] for b in self.blocks):
+                raise ValueError("reference_size is set, but references need an mha layer (RefBERT joins them to "
+                                 "the first mha layer's keys and values) and this model has none: use a model "
+                                 "with an mha layer, or fine-tune without references")
+        self.reference_size = reference_size
 
     @property
     def embedding_size(self) -> int:
-        """Width of the embeddings: the first block's width."""
+        """Width of the token table: the factorised size, or the first block's width."""
+        if self.factorized_embedding_size:
+            return self.factorized_embedding_size
         return self.blocks[0]["width"] if self.blocks else self.hidden_size
 
     @property

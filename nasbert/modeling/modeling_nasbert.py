@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-from .configuration_nasbert import NasBertConfig
+from .configuration_nasbert import NasBertConfig, bottleneck_shape
 
 SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
 
@@ -44,15 +44,29 @@ def attention(
     head_size: int,
     dropout: float,
     training: bool,
+    memory: torch.Tensor | None = None,
+    memory_additive_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multi-head self-attention (BERT's), without the residual and LayerNorm."""
+    """Multi-head self-attention (BERT's), without the residual and LayerNorm.
+
+    With ``memory`` (B, R, w), RefBERT's projected reference states, the keys and values are those of
+    ``[x; memory]`` through the same key / value projections, the queries only x's; ``memory_additive_mask``
+    (B, 1, 1, R; as from :func:`additive_attention_mask`) masks padded memory tokens.
+    """
     B, T, _ = x.shape
     width = q_w.shape[0]
     nh = width // head_size
+    kv = x
+    if memory is not None:
+        if memory_additive_mask is None:
+            memory_additive_mask = memory.new_zeros(B, 1, 1, memory.shape[1])
+        kv = torch.cat([x, memory], dim=1)  # (B, T + R, w)
+        additive_mask = torch.cat([additive_mask, memory_additive_mask], dim=-1)  # (B, 1, 1, T + R)
+    S = kv.shape[1]  # T, or T + R with memory
     q = F.linear(x, q_w, q_b).view(B, T, nh, head_size).transpose(1, 2)  # (B, nh, T, hs)
-    k = F.linear(x, k_w, k_b).view(B, T, nh, head_size).transpose(1, 2)  # (B, nh, T, hs)
-    v = F.linear(x, v_w, v_b).view(B, T, nh, head_size).transpose(1, 2)  # (B, nh, T, hs)
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, T)
+    k = F.linear(kv, k_w, k_b).view(B, S, nh, head_size).transpose(1, 2)  # (B, nh, S, hs)
+    v = F.linear(kv, v_w, v_b).view(B, S, nh, head_size).transpose(1, 2)  # (B, nh, S, hs)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, S)
     probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
     context = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, width)  # (B, T, w)
     return F.linear(context, o_w, o_b)
@@ -92,12 +106,89 @@ def embed(
     eps: float,
     dropout: float,
     training: bool,
+    lift_w: torch.Tensor | None = None,
+    lift_b: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    norm: str = "layernorm",
 ) -> torch.Tensor:
-    """BERT's embeddings: word + absolute position + token type, then LayerNorm."""
+    """BERT's embeddings: word + absolute position + token type, then LayerNorm (or NoNorm).
+
+    With ``lift_w`` (w, e, 3) the word table is MobileBERT's factorised one: e-wide token vectors, lifted to
+    width w by a kernel-3 convolution over each token and its two neighbours (padded positions, ``keep`` = 0,
+    are zeroed first, as the sequence ends are).
+    """
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]  # (1, T)
-    h = F.embedding(input_ids, word) + F.embedding(positions, position) + F.embedding(token_type_ids, token_type)
-    h = F.layer_norm(h, (ln_w.shape[0],), ln_w, ln_b, eps)  # (B, T, w); a static shape keeps ONNX export simple
+    tokens = F.embedding(input_ids, word)  # (B, T, e)
+    if lift_w is not None:
+        if keep is not None:
+            tokens = tokens * keep[..., None].to(tokens.dtype)
+        tokens = F.conv1d(tokens.transpose(1, 2), lift_w, lift_b, padding=1).transpose(1, 2)  # (B, T, w)
+    h = tokens + F.embedding(positions, position) + F.embedding(token_type_ids, token_type)
+    h = normalize(h, ln_w, ln_b, kind=norm, eps=eps)  # (B, T, w)
     return F.dropout(h, p=dropout, training=training)
+
+
+def normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, kind: str, eps: float) -> torch.Tensor:
+    """LayerNorm, or MobileBERT's NoNorm (``kind="nonorm"``): an element-wise scale and shift, no statistics."""
+    if kind == "nonorm":
+        return x * weight + bias
+    return F.layer_norm(x, (weight.shape[0],), weight, bias, eps)  # a static shape keeps ONNX export simple
+
+
+def multi_head_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor, *, head_size: int,
+    dropout: float, training: bool,
+) -> torch.Tensor:
+    """Scaled dot-product attention over already-projected (B, T, width) queries, keys and values."""
+    B, T, width = q.shape
+    nh = width // head_size
+    q, k, v = (t.reshape(B, -1, nh, head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, T)
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
+    return torch.matmul(probs, v).transpose(1, 2).reshape(B, T, width)  # (B, T, width)
+
+
+def bottleneck(
+    x: torch.Tensor,
+    additive_mask: torch.Tensor,
+    p: dict[str, torch.Tensor],
+    *,
+    num_ffn: int,
+    head_size: int,
+    norm: str,
+    act,
+    eps: float,
+    dropout: float,
+    attention_dropout: float,
+    training: bool,
+) -> torch.Tensor:
+    """A MobileBERT layer (Sun et al., 2020), residual included; ``p`` holds its weights by parameter name.
+
+    The wide input x (B, T, w) is projected into the b-wide bottleneck twice: once for the residual stream
+    (``bottleneck.input``) and once, shared, for the attention's queries and keys (``bottleneck.attention``);
+    the values come from x itself. Attention and ``num_ffn`` stacked FFNs run at width b, each with a residual
+    and a norm; ``output`` lifts the result back to w, added to x.
+    """
+
+    def dense(name: str, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, p[f"{name}.dense.weight"], p[f"{name}.dense.bias"])
+
+    def norm_of(name: str, h: torch.Tensor) -> torch.Tensor:
+        return normalize(h, p[f"{name}.norm.weight"], p[f"{name}.norm.bias"], kind=norm, eps=eps)
+
+    stream = norm_of("bottleneck.input", dense("bottleneck.input", x))  # (B, T, b)
+    shared = norm_of("bottleneck.attention", dense("bottleneck.attention", x))  # (B, T, b)
+    q = F.linear(shared, p["attention.self.query.weight"], p["attention.self.query.bias"])
+    k = F.linear(shared, p["attention.self.key.weight"], p["attention.self.key.bias"])
+    v = F.linear(x, p["attention.self.value.weight"], p["attention.self.value.bias"])  # (B, T, b) from the wide x
+    context = multi_head_attention(q, k, v, additive_mask, head_size=head_size, dropout=attention_dropout,
+                                   training=training)
+    h = norm_of("attention.output", dense("attention.output", context) + stream)  # (B, T, b)
+    for i in range(num_ffn):
+        inner = act(dense(f"ffn.{i}.intermediate", h))  # (B, T, r*b)
+        h = norm_of(f"ffn.{i}.output", dense(f"ffn.{i}.output", inner) + h)  # (B, T, b)
+    out = F.dropout(dense("output", h), p=dropout, training=training)  # (B, T, w)
+    return norm_of("output", out + x)
 
 
 def residual_norm(
@@ -114,22 +205,42 @@ def residual_norm(
 # --------------------------------------------------------------------------------------------------------------
 
 
+class Norm(nn.Module):
+    """LayerNorm or NoNorm parameters (``weight``, ``bias``: the names of ``nn.LayerNorm``'s)."""
+
+    def __init__(self, width: int, kind: str, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.kind = kind
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.weight, self.bias, kind=self.kind, eps=self.eps)
+
+
 class NasBertEmbeddings(nn.Module):
     def __init__(self, config: NasBertConfig):
         super().__init__()
-        width = config.embedding_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        width = config.blocks[0]["width"] if config.blocks else config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        if config.factorized_embedding_size:  # MobileBERT: a narrow table lifted by a kernel-3 convolution
+            self.embedding_transformation = nn.Conv1d(config.embedding_size, width, 3, padding=1)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, width)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width)
-        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.LayerNorm = Norm(width, config.embedding_norm, config.layer_norm_eps)
         self.dropout_prob = config.hidden_dropout_prob
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        lift = getattr(self, "embedding_transformation", None)
         return embed(
             input_ids, token_type_ids,
             self.word_embeddings.weight, self.position_embeddings.weight, self.token_type_embeddings.weight,
             self.LayerNorm.weight, self.LayerNorm.bias,
             eps=self.LayerNorm.eps, dropout=self.dropout_prob, training=self.training,
+            lift_w=None if lift is None else lift.weight, lift_b=None if lift is None else lift.bias,
+            keep=keep, norm=self.LayerNorm.kind,
         )
 
 
@@ -161,13 +272,15 @@ class NasBertAttention(nn.Module):
         self.attention_dropout = config.attention_probs_dropout_prob
         self.hidden_dropout = config.hidden_dropout_prob
 
-    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor,
+                memory: torch.Tensor | None = None, memory_additive_mask: torch.Tensor | None = None) -> torch.Tensor:
         s, o = self.self, self.output
         branch = attention(
             x, additive_mask,
             s.query.weight, s.query.bias, s.key.weight, s.key.bias, s.value.weight, s.value.bias,
             o.dense.weight, o.dense.bias,
             head_size=self.head_size, dropout=self.attention_dropout, training=self.training,
+            memory=memory, memory_additive_mask=memory_additive_mask,
         )
         return residual_norm(x, branch, o.LayerNorm.weight, o.LayerNorm.bias, eps=o.LayerNorm.eps,
                              dropout=self.hidden_dropout, training=self.training)
@@ -209,6 +322,54 @@ class NasBertSepConv(nn.Module):
                              dropout=self.hidden_dropout, training=self.training)
 
 
+class NasBertDense(nn.Module):
+    """A dense layer and, optionally, its norm (``dense``, ``norm``)."""
+
+    def __init__(self, n_in: int, n_out: int, norm: str | None = None, eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(n_in, n_out)
+        if norm is not None:
+            self.norm = Norm(n_out, norm, eps)
+
+
+class NasBertBottleneck(nn.Module):
+    """A ``bottleneck{B}x{N}`` layer: MobileBERT's bottleneck block at inter width w, intra width B, N FFNs."""
+
+    def __init__(self, config: NasBertConfig, width: int, intra: int, num_ffn: int):
+        super().__init__()
+        norm, eps, inner = config.bottleneck_norm, config.layer_norm_eps, config.ffn_ratio * intra
+        self.bottleneck = nn.Module()
+        self.bottleneck.input = NasBertDense(width, intra, norm, eps)
+        self.bottleneck.attention = NasBertDense(width, intra, norm, eps)  # shared by queries and keys
+        self.attention = nn.Module()
+        self.attention.self = nn.Module()
+        self.attention.self.query = nn.Linear(intra, intra)
+        self.attention.self.key = nn.Linear(intra, intra)
+        self.attention.self.value = nn.Linear(width, intra)
+        self.attention.output = NasBertDense(intra, intra, norm, eps)
+        self.ffn = nn.ModuleList()
+        for _ in range(num_ffn):
+            ffn = nn.Module()
+            ffn.intermediate = NasBertDense(intra, inner)
+            ffn.output = NasBertDense(inner, intra, norm, eps)
+            self.ffn.append(ffn)
+        self.output = NasBertDense(intra, width, norm, eps)
+        self.num_ffn = num_ffn
+        self.head_size = config.bottleneck_head_size
+        self.norm = norm
+        self.eps = eps
+        self.act = ACT2FN[config.bottleneck_act]
+        self.hidden_dropout = config.hidden_dropout_prob
+        self.attention_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return bottleneck(
+            x, additive_mask, dict(self.named_parameters()), num_ffn=self.num_ffn, head_size=self.head_size,
+            norm=self.norm, act=self.act, eps=self.eps, dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout, training=self.training,
+        )
+
+
 def build_layer(config: NasBertConfig, op: str, width: int) -> nn.Module:
     if op == "mha":
         return NasBertAttention(config, width)
@@ -216,6 +377,9 @@ def build_layer(config: NasBertConfig, op: str, width: int) -> nn.Module:
         return NasBertFeedForward(config, width)
     if op in SEPCONV_KERNELS:
         return NasBertSepConv(config, width, SEPCONV_KERNELS[op])
+    shape = bottleneck_shape(op)
+    if shape is not None:
+        return NasBertBottleneck(config, width, *shape)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -231,14 +395,21 @@ class NasBertEncoder(nn.Module):
         self.layers_per_block = [sum(op != "identity" for op in b["ops"]) for b in config.blocks]
         self.adapters = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.output_adapter = nn.Linear(widths[-1], config.hidden_size)
+        ops = [op for b in config.blocks for op in b["ops"] if op != "identity"]
+        # RefBERT: the first mha layer also attends over the reference states (None: no references)
+        self.reference_layer = ops.index("mha") if getattr(config, "reference_size", None) else None
 
-    def forward(self, h: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor,
+                memory: torch.Tensor | None = None, memory_additive_mask: torch.Tensor | None = None) -> torch.Tensor:
         start = 0
         for n, count in enumerate(self.layers_per_block):
             if n > 0:
                 h = self.adapters[n - 1](h)  # (B, T, w[n-1]) -> (B, T, w[n])
-            for layer in self.layer[start : start + count]:
-                h = layer(h, additive_mask, keep)
+            for i, layer in enumerate(self.layer[start : start + count], start):
+                if memory is not None and i == self.reference_layer:
+                    h = layer(h, additive_mask, keep, memory, memory_additive_mask)
+                else:
+                    h = layer(h, additive_mask, keep)
             start += count
         return self.output_adapter(h)  # (B, T, hidden_size)
 
@@ -256,6 +427,11 @@ class NasBertModel(NasBertPreTrainedModel):
     """The backbone: embeddings -> layers of each block (adapters between blocks) -> output adapter.
 
     Returns ``last_hidden_state`` of shape (B, T, ``config.hidden_size``).
+
+    With ``config.reference_size`` (RefBERT), ``forward`` needs ``reference_states`` (B, R, reference_size):
+    a teacher's pre-computed states of a reference sample per input (``nasbert.refbert.ReferencePool.lookup``),
+    and ``reference_mask`` (B, R) (1 = real, 0 = padding; default all real). ``reference_proj`` maps them to the
+    width of the first ``mha`` layer, whose keys and values they join.
     """
 
     def __init__(self, config: NasBertConfig):
@@ -264,6 +440,9 @@ class NasBertModel(NasBertPreTrainedModel):
             raise ValueError("NasBertConfig.blocks is empty: a model needs at least one block")
         self.embeddings = NasBertEmbeddings(config)
         self.encoder = NasBertEncoder(config)
+        if getattr(config, "reference_size", None):
+            width = next(b["width"] for b in config.blocks if "mha" in b["ops"])  # the first mha layer's
+            self.reference_proj = nn.Linear(config.reference_size, width)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -278,17 +457,41 @@ class NasBertModel(NasBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        reference_states: torch.Tensor | None = None,
+        reference_mask: torch.Tensor | None = None,
         **kwargs,
     ):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        h = self.embeddings(input_ids, token_type_ids)  # (B, T, w0)
-        h = self.encoder(h, additive_attention_mask(attention_mask, h.dtype), attention_mask)
+        h = self.embeddings(input_ids, token_type_ids, attention_mask)  # (B, T, w0)
+        memory, memory_mask = self._references(reference_states, reference_mask, h.dtype, h.shape[0])
+        h = self.encoder(h, additive_attention_mask(attention_mask, h.dtype), attention_mask, memory, memory_mask)
         if return_dict is False:
             return (h,)
         return BaseModelOutput(last_hidden_state=h)
+
+    def _references(self, states: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype, batch: int):
+        """RefBERT's memory for the first mha layer: projected states (B, R, w) and their additive mask."""
+        size = getattr(self.config, "reference_size", None)
+        if size is None:
+            if states is not None:
+                raise ValueError("reference_states given, but this model takes no references "
+                                 "(config.reference_size is None): fine-tune it with references to use them")
+            return None, None
+        if states is None:
+            raise ValueError(f"this model was trained with reference samples (config.reference_size={size}): pass "
+                             "reference_states (B, R, reference_size) and reference_mask (B, R), e.g. from "
+                             "nasbert.refbert.ReferencePool.load(model_dir / 'references').lookup(input_ids, "
+                             "attention_mask)")
+        if states.dim() != 3 or states.shape[-1] != size or states.shape[0] != batch:
+            raise ValueError(f"reference_states must be (batch={batch}, references, {size}), got "
+                             f"{tuple(states.shape)}")
+        if mask is None:
+            mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
+        memory = self.reference_proj(states.to(dtype))  # (B, R, w)
+        return memory, additive_attention_mask(mask, dtype)  # (B, R, w), (B, 1, 1, R)
 
 
 def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -321,8 +524,10 @@ class NasBertForSequenceClassification(NasBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
-        h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None,
+                reference_states=None, reference_mask=None, **kwargs):
+        h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         reference_states=reference_states, reference_mask=reference_mask).last_hidden_state
         if getattr(self.config, "classifier_pooling", "cls") == "mean":
             keep = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).to(h.dtype)
             summary = (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, H): mean over real tokens
@@ -354,8 +559,10 @@ class NasBertForMaskedLM(NasBertPreTrainedModel):
         if module is self:
             nn.init.zeros_(self.decoder_bias)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
-        h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None,
+                reference_states=None, reference_mask=None, **kwargs):
+        h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         reference_states=reference_states, reference_mask=reference_mask).last_hidden_state
         h = self.transform_norm(self.transform_act(self.transform(h)))  # (B, T, e)
         logits = F.linear(h, self.nasbert.embeddings.word_embeddings.weight, self.decoder_bias)  # (B, T, V)
         loss = None

@@ -36,6 +36,7 @@ from transformers.activations import ACT2FN
 from ..io import atomic_dir
 from ..modeling import NasBertConfig, NasBertModel
 from ..modeling.modeling_nasbert import additive_attention_mask
+from ..modeling.configuration_nasbert import bottleneck_shape
 from ..space import Arch, BlockArch, SearchSpace
 from ..teacher import TeacherError, load_teacher
 from .importance import reorder_bert, split_bert_state
@@ -79,10 +80,16 @@ class SuperNet(nn.Module):
         t, act = space.teacher, ACT2FN[hidden_act]
         H = t.hidden_size
         self.embeddings = ElasticEmbeddings(t.vocab_size, t.max_position_embeddings, t.type_vocab_size, H,
-                                            layer_norm_eps, hidden_dropout_prob, pad_token_id)
+                                            layer_norm_eps, hidden_dropout_prob, pad_token_id,
+                                            factorized=space.factorized_embedding_size, norm=space.embedding_norm)
+        shapes = [bottleneck_shape(op) for op in space.ops if bottleneck_shape(op)]
+        bottleneck = dict(intra=max(b for b, _ in shapes), num_ffn=max(n for _, n in shapes),
+                          head_size=space.bottleneck_head_size, norm=space.bottleneck_norm,
+                          act=ACT2FN[space.bottleneck_act]) if shapes else None
         self.slots = nn.ModuleList(
             Slot(H, head_size=space.head_size, ffn_ratio=space.ffn_ratio, act=act, eps=layer_norm_eps,
-                 attention_dropout=attention_probs_dropout_prob, hidden_dropout=hidden_dropout_prob)
+                 attention_dropout=attention_probs_dropout_prob, hidden_dropout=hidden_dropout_prob,
+                 bottleneck=bottleneck)
             for _ in range(space.num_slots)
         )
         # in_adapters[n - 1] feeds block n (n >= 1); out_adapters[n] maps block n to the teacher's width.
@@ -107,6 +114,10 @@ class SuperNet(nn.Module):
             conv = slot.sepconv
             conv.depthwise_weight.copy_(torch.randn(conv.depthwise_weight.shape, generator=generator) * std)
             conv.depthwise_bias.zero_()
+        lift = getattr(self.embeddings, "embedding_transformation", None)
+        if lift is not None:
+            lift.weight.copy_(torch.randn(lift.weight.shape, generator=generator) * std)
+            lift.bias.zero_()
         self._set_adapters(torch.arange(self.space.teacher.hidden_size))
 
     @torch.no_grad()
@@ -162,8 +173,12 @@ class SuperNet(nn.Module):
     @torch.no_grad()
     def _load_teacher(self, embeddings: dict, layers: list[dict], perm: torch.Tensor) -> None:
         e = self.embeddings
-        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        for name in ("position_embeddings", "token_type_embeddings"):
             getattr(e, name).weight.copy_(embeddings[f"{name}.weight"])
+        if e.factorized:
+            e.word_embeddings.weight.copy_(_factorize(embeddings["word_embeddings.weight"], e))
+        else:
+            e.word_embeddings.weight.copy_(embeddings["word_embeddings.weight"])
         e.LayerNorm.weight.copy_(embeddings["LayerNorm.weight"])
         e.LayerNorm.bias.copy_(embeddings["LayerNorm.bias"])
         for s, slot in enumerate(self.slots):
@@ -188,22 +203,24 @@ class SuperNet(nn.Module):
         *,
         arch: Arch,
         output_block_states: bool = False,
+        attention_probs: list | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the sub-network ``arch``; returns the final hidden states at the teacher's width (B, T, H).
 
         With ``output_block_states`` also returns every block's output mapped to the teacher's width (the
-        same points the teacher's ``hidden_states[space.teacher_boundaries]`` are taken at).
+        same points the teacher's ``hidden_states[space.teacher_boundaries]`` are taken at). A list passed as
+        ``attention_probs`` receives ``(slot, probs (B, heads, T, T))`` for every op with attention.
         """
         self.space.validate(arch, allow_teacher=True)
         attention_mask, token_type_ids = _default_inputs(input_ids.shape, input_ids.device, attention_mask,
                                                          token_type_ids)
         additive = additive_attention_mask(attention_mask, self.embeddings.word_embeddings.weight.dtype)
-        h = self.embeddings(input_ids, token_type_ids, arch.blocks[0].width)  # (B, T, w0)
+        h = self.embeddings(input_ids, token_type_ids, arch.blocks[0].width, attention_mask)  # (B, T, w0)
         block_states = []
         for n, block in enumerate(arch.blocks):
             if n > 0:
                 h = self.in_adapters[n - 1](block_states[-1], out_features=block.width)  # (B, T, H) -> (B, T, wn)
-            h = self._run_layers(n, block, h, additive, attention_mask)
+            h = self._run_layers(n, block, h, additive, attention_mask, attention_probs)
             block_states.append(self.out_adapters[n](h, in_features=block.width))  # (B, T, H)
         return (block_states[-1], block_states) if output_block_states else block_states[-1]
 
@@ -215,6 +232,7 @@ class SuperNet(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         path: BlockArch,
+        attention_probs: list | None = None,
     ) -> torch.Tensor:
         """Run block ``block`` alone under ``path`` and return its output at the teacher's width (B, T, H).
 
@@ -225,15 +243,19 @@ class SuperNet(nn.Module):
         attention_mask, token_type_ids = _default_inputs(inputs.shape[:2], inputs.device, attention_mask, token_type_ids)
         additive = additive_attention_mask(attention_mask, self.embeddings.word_embeddings.weight.dtype)
         if block == 0:
-            h = self.embeddings(inputs, token_type_ids, path.width)
+            h = self.embeddings(inputs, token_type_ids, path.width, attention_mask)
         else:
             h = self.in_adapters[block - 1](inputs, out_features=path.width)
-        h = self._run_layers(block, path, h, additive, attention_mask)
+        h = self._run_layers(block, path, h, additive, attention_mask, attention_probs)
         return self.out_adapters[block](h, in_features=path.width)
 
     def _run_layers(self, n: int, path: BlockArch, h: torch.Tensor, additive: torch.Tensor,
-                    keep: torch.Tensor) -> torch.Tensor:
+                    keep: torch.Tensor, attention_probs: list | None = None) -> torch.Tensor:
         for slot, op in zip(self.space.block_slots(n), path.ops):
+            if attention_probs is not None and op != "identity":
+                probs = self.slots[slot].attention_probs(h, op, additive)
+                if probs is not None:
+                    attention_probs.append((slot, probs))
             h = self.slots[slot](h, op, additive, keep)  # (B, T, w)
         return h
 
@@ -258,6 +280,7 @@ class SuperNet(nn.Module):
             ffn_ratio=self.space.ffn_ratio,
             max_position_embeddings=t.max_position_embeddings,
             type_vocab_size=t.type_vocab_size,
+            **self.space.mobile_options(),
             **self.hparams,
         )
 
@@ -315,6 +338,22 @@ class SuperNet(nn.Module):
         supernet.load_state_dict(load_file(directory / WEIGHTS_NAME))
         supernet.teacher_source = meta.get("teacher")
         return supernet.eval()
+
+
+@torch.no_grad()
+def _factorize(word: torch.Tensor, embeddings) -> torch.Tensor:
+    """The teacher's (V, H) word table as an e-wide table and a lift: the table is ``word @ U`` and the lift's
+    centre tap ``U^T``, U the top-e principal directions (H, e), so the lifted table is the best rank-e
+    approximation of the teacher's and narrower widths start from its leading channels."""
+    e = embeddings.factorized
+    gram = word.double().T @ word.double()  # (H, H)
+    _, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues
+    U = vectors[:, -e:].flip(-1)  # (H, e), leading direction first
+    lift = embeddings.embedding_transformation
+    lift.weight.zero_()
+    lift.weight[:, :, 1].copy_(U.float())
+    lift.bias.zero_()
+    return (word.double() @ U).float()  # (V, e)
 
 
 def _default_inputs(shape, device, attention_mask, token_type_ids):

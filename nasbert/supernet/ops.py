@@ -7,10 +7,15 @@ on that slice and extraction copies that slice, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.modeling_nasbert import attention, embed, feed_forward, residual_norm, sepconv
+from ..modeling.configuration_nasbert import NasBertConfig, bottleneck_shape
+from ..modeling.modeling_nasbert import (NasBertBottleneck, attention, bottleneck, embed, feed_forward, normalize,
+                                         residual_norm, sepconv)
 from ..space import MAX_KERNEL, SEPCONV_KERNELS
 
 Tensors = dict[str, torch.Tensor]
@@ -24,31 +29,45 @@ def prefix(weight: torch.Tensor, out_features: int | None = None, in_features: i
 
 
 class ElasticEmbeddings(nn.Module):
+    """BERT's embeddings at any width; with ``factorized`` = e, MobileBERT's: an e-wide token table (all widths
+    share it) lifted by a kernel-3 convolution whose first w output channels give width w."""
+
     def __init__(self, vocab_size: int, max_positions: int, type_vocab_size: int, width: int, eps: float, dropout: float,
-                 pad_token_id: int):
+                 pad_token_id: int, *, factorized: int | None = None, norm: str = "layernorm"):
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, width, padding_idx=pad_token_id)
+        self.word_embeddings = nn.Embedding(vocab_size, factorized or width, padding_idx=pad_token_id)
+        if factorized:
+            self.embedding_transformation = nn.Conv1d(factorized, width, 3, padding=1)
         self.position_embeddings = nn.Embedding(max_positions, width)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, width)
         self.LayerNorm = nn.LayerNorm(width, eps=eps)
+        self.norm = norm
+        self.factorized = factorized
         self.dropout = dropout
 
     def sliced(self, width: int) -> Tensors:
-        return {
-            "word_embeddings.weight": self.word_embeddings.weight[:, :width],
+        p = {
+            "word_embeddings.weight": self.word_embeddings.weight[:, : self.factorized or width],
             "position_embeddings.weight": self.position_embeddings.weight[:, :width],
             "token_type_embeddings.weight": self.token_type_embeddings.weight[:, :width],
             "LayerNorm.weight": self.LayerNorm.weight[:width],
             "LayerNorm.bias": self.LayerNorm.bias[:width],
         }
+        if self.factorized:
+            p["embedding_transformation.weight"] = self.embedding_transformation.weight[:width]  # (w, e, 3)
+            p["embedding_transformation.bias"] = self.embedding_transformation.bias[:width]
+        return p
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, width: int) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, width: int,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         p = self.sliced(width)
         return embed(
             input_ids, token_type_ids,
             p["word_embeddings.weight"], p["position_embeddings.weight"], p["token_type_embeddings.weight"],
             p["LayerNorm.weight"], p["LayerNorm.bias"],
             eps=self.LayerNorm.eps, dropout=self.dropout, training=self.training,
+            lift_w=p.get("embedding_transformation.weight"), lift_b=p.get("embedding_transformation.bias"),
+            keep=keep, norm=self.norm,
         )
 
 
@@ -151,26 +170,102 @@ class ElasticSepConv(nn.Module):
                              eps=self.LayerNorm.eps, dropout=self.hidden_dropout, training=self.training)
 
 
+class ElasticBottleneck(nn.Module):
+    """The ``bottleneck{B}x{N}`` ops of a slot (MobileBERT layers), sharing one layer of the widest inter width,
+    the widest intra width and the most FFNs: ``bottleneck{B}x{N}`` at width w uses the first w inter channels,
+    the first B intra channels (whole heads of ``head_size``) and the first N FFNs."""
+
+    def __init__(self, width: int, intra: int, num_ffn: int, *, ffn_ratio: int, head_size: int, norm: str, act,
+                 eps: float, attention_dropout: float, hidden_dropout: float):
+        super().__init__()
+        config = NasBertConfig(blocks=[{"width": width, "ops": [f"bottleneck{intra}x{num_ffn}"]}], ffn_ratio=ffn_ratio,
+                               bottleneck_head_size=head_size, bottleneck_norm=norm, layer_norm_eps=eps)
+        self.layer = NasBertBottleneck(config, width, intra, num_ffn)  # the widest version: its parameters
+        self.layer.act = act
+        self.layer.attention_dropout = attention_dropout
+        self.layer.hidden_dropout = hidden_dropout
+        self.ffn_ratio = ffn_ratio
+
+    def sliced(self, width: int, intra: int, num_ffn: int) -> Tensors:
+        inner = self.ffn_ratio * intra
+        # (out, in) of every parameter at this size, keyed by the parameter's role in the layer
+        sizes = {"bottleneck.input": (intra, width), "bottleneck.attention": (intra, width),
+                 "attention.self.query": (intra, intra), "attention.self.key": (intra, intra),
+                 "attention.self.value": (intra, width), "attention.output": (intra, intra), "output": (width, intra)}
+        for i in range(num_ffn):
+            sizes[f"ffn.{i}.intermediate"] = (inner, intra)
+            sizes[f"ffn.{i}.output"] = (intra, inner)
+        p = {}
+        for name, param in self.layer.named_parameters():
+            owner = name.rsplit(".", 2)[0] if name.endswith((".dense.weight", ".dense.bias", ".norm.weight",
+                                                              ".norm.bias")) else name.rsplit(".", 1)[0]
+            if owner not in sizes:
+                continue  # an FFN beyond num_ffn
+            out_features, in_features = sizes[owner]
+            p[name] = prefix(param, out_features, in_features)
+        return p
+
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor, intra: int,
+                num_ffn: int) -> torch.Tensor:
+        layer = self.layer
+        return bottleneck(x, additive_mask, self.sliced(x.shape[-1], intra, num_ffn), num_ffn=num_ffn,
+                          head_size=layer.head_size, norm=layer.norm, act=layer.act, eps=layer.eps,
+                          dropout=layer.hidden_dropout, attention_dropout=layer.attention_dropout,
+                          training=self.training)
+
+
 class Slot(nn.Module):
     """One position of the chain: the widest version of every op it may hold."""
 
     def __init__(self, width: int, *, head_size: int, ffn_ratio: int, act, eps: float, attention_dropout: float,
-                 hidden_dropout: float):
+                 hidden_dropout: float, bottleneck: dict | None = None):
         super().__init__()
         self.mha = ElasticAttention(width, head_size, eps, attention_dropout, hidden_dropout)
         self.ffn = ElasticFeedForward(width, ffn_ratio, act, eps, hidden_dropout)
         self.sepconv = ElasticSepConv(width, act, eps, hidden_dropout)
+        if bottleneck is not None:  # only in spaces with bottleneck ops
+            self.bottleneck = ElasticBottleneck(width, ffn_ratio=ffn_ratio, eps=eps, attention_dropout=attention_dropout,
+                                                hidden_dropout=hidden_dropout, **bottleneck)
 
     def sliced(self, op: str, width: int) -> Tensors:
         if op in SEPCONV_KERNELS:
             return self.sepconv.sliced(width, SEPCONV_KERNELS[op])
+        shape = bottleneck_shape(op)
+        if shape is not None:
+            return self.bottleneck.sliced(width, *shape)
         return getattr(self, op).sliced(width)
+
+    def attention_probs(self, x: torch.Tensor, op: str, additive_mask: torch.Tensor) -> torch.Tensor | None:
+        """The attention distributions (B, heads, T, T) that ``op`` computes on ``x``; None for ops without
+        attention. (Recomputed from the same sliced weights; progressive transfer matches them to the teacher's.)"""
+        width = x.shape[-1]
+        if op == "mha":
+            p, head_size = self.mha.sliced(width), self.mha.head_size
+            q = F.linear(x, p["self.query.weight"], p["self.query.bias"])
+            k = F.linear(x, p["self.key.weight"], p["self.key.bias"])
+        elif bottleneck_shape(op) is not None:
+            layer = self.bottleneck.layer
+            p, head_size = self.sliced(op, width), layer.head_size
+            shared = F.linear(x, p["bottleneck.attention.dense.weight"], p["bottleneck.attention.dense.bias"])
+            shared = normalize(shared, p["bottleneck.attention.norm.weight"], p["bottleneck.attention.norm.bias"],
+                               kind=layer.norm, eps=layer.eps)
+            q = F.linear(shared, p["attention.self.query.weight"], p["attention.self.query.bias"])
+            k = F.linear(shared, p["attention.self.key.weight"], p["attention.self.key.bias"])
+        else:
+            return None
+        B, T, inner = q.shape
+        q, k = (t.view(B, T, inner // head_size, head_size).transpose(1, 2) for t in (q, k))  # (B, h, T, hs)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask
+        return scores.softmax(dim=-1)  # (B, h, T, T)
 
     def forward(self, x: torch.Tensor, op: str, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         if op == "identity":
             return x
         if op in SEPCONV_KERNELS:
             return self.sepconv(x, additive_mask, keep, SEPCONV_KERNELS[op])
+        shape = bottleneck_shape(op)
+        if shape is not None:
+            return self.bottleneck(x, additive_mask, keep, *shape)
         return getattr(self, op)(x, additive_mask, keep)
 
 

@@ -9,6 +9,7 @@ from ..config import ConfigError
 __all__ = ["DistillConfig", "RayConfig", "ShrinkConfig", "TrainConfig"]
 
 SAMPLING = ("uniform", "sandwich")
+MODES = ("blockwise", "progressive")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -74,11 +75,30 @@ class TrainConfig:
     device: str = "cpu"
     #: "teacher": MHA / FFN ops start from the teacher (the point of nasbert); "random": the baseline
     init: str = "teacher"
+    #: "blockwise": NAS-BERT's, every block at once on the teacher's states; "progressive": MobileBERT's
+    #: progressive knowledge transfer, blocks one after another on the student's own frozen earlier blocks with
+    #: feature MSE + attention KL, then the whole model (training/progressive.py). ``steps`` is the number of
+    #: updates each block gets in both modes.
+    mode: str = "blockwise"
+    #: progressive mode: the share of each block's updates spent in the final whole-model stage
+    progressive_final_fraction: float = 0.25
+    #: progressive mode: weight of the attention-distribution KL next to the feature MSE (0 = MSE only)
+    attention_kl_weight: float = 1.0
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING:
             raise ConfigError(f"train.sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"train.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 <= self.progressive_final_fraction < 1:
+            raise ConfigError("train.progressive_final_fraction must be in [0, 1), got "
+                              f"{self.progressive_final_fraction}")
+        if self.attention_kl_weight < 0:
+            raise ConfigError(f"train.attention_kl_weight must be >= 0, got {self.attention_kl_weight}")
+        if self.mode == "progressive" and self.shrink.enabled:
+            raise ConfigError("train.mode: progressive trains the blocks one after another, so there is no point at "
+                              "which every block's paths can be compared: set train.shrink.enabled: false with it")
         if self.init not in ("teacher", "random"):
             raise ConfigError(f"train.init must be 'teacher' or 'random', got {self.init!r}")
         if self.schedule not in SCHEDULES:

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ from tqdm.auto import tqdm
 
 from ..data import BatchIterator, TokenizedCorpus, mask_tokens
 from ..io import atomic_dir, atomic_write_json, atomic_write_text
-from ..space import BlockArch
+from ..space import Arch, BlockArch
 from ..supernet import SuperNet
 from .blockwise import BlockBatch, BlockLearner, block_batches, sandwich_paths, score_paths
 from .config import TrainConfig
+from .progressive import ProgressiveSchedule, stage_loss, teacher_targets, whole_model_loss
 from .shrinking import BlockCandidates, shrink_round
 
 __all__ = ["BlockwiseTrainer"]
@@ -78,7 +81,15 @@ class BlockwiseTrainer:
                 f"{config.batch_size}: use a bigger corpus or a smaller batch"
             )
         self.seq_len = corpus.train.shape[1]
-        self.learners = [BlockLearner(self.supernet, n, config) for n in range(self.space.num_blocks)]
+        #: progressive mode: which block each step trains (None: block-wise, all at once)
+        self.schedule = (ProgressiveSchedule(self.space.num_blocks, config.steps, config.progressive_final_fraction)
+                         if config.mode == "progressive" else None)
+        if self.schedule is not None and block_runner is not None:
+            raise ValueError("train.mode: progressive trains one block after another in one process; "
+                             "disable ray (ray.enabled: false) or use train.mode: blockwise")
+        self.learners = [BlockLearner(self.supernet, n, config if self.schedule is None else
+                                      dataclasses.replace(config, steps=self.schedule.updates(n)))
+                         for n in range(self.space.num_blocks)]
         self.batches = BatchIterator(corpus.train.shape[0], config.batch_size, seed=seed)
         self.mask_generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
@@ -111,11 +122,15 @@ class BlockwiseTrainer:
             out.append(self._teacher_batch(ids, generator))
         return out
 
-    def _teacher_batch(self, ids: torch.Tensor, generator: torch.Generator) -> list[BlockBatch]:
+    def _corrupt(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """MLM-masked copy of ``ids`` on the training device."""
         corrupted, _ = mask_tokens(ids, vocab_size=self.vocab_size, mask_token_id=self.mask_token_id,
                                    special_ids=self.special_ids, generator=generator,
                                    mlm_probability=self.config.mlm_probability)
-        corrupted = corrupted.to(self.device)
+        return corrupted.to(self.device)
+
+    def _teacher_batch(self, ids: torch.Tensor, generator: torch.Generator) -> list[BlockBatch]:
+        corrupted = self._corrupt(ids, generator)
         mask = torch.ones_like(corrupted)
         return block_batches(self.teacher, self.space, corrupted, mask)
 
@@ -141,8 +156,16 @@ class BlockwiseTrainer:
     def _n_random(self) -> int:
         return 1 if self.config.sampling == "uniform" else self.config.sandwich_random
 
+    @property
+    def total_steps(self) -> int:
+        """Steps of the training loop: ``config.steps`` block-wise; every stage and the final one progressively."""
+        return self.config.steps if self.schedule is None else self.schedule.total_steps
+
     def train_step(self) -> list[float]:
-        """One optimiser step over every block. Returns the mean loss of each block's paths."""
+        """One optimiser step over every block. Returns the mean loss of each block's paths (NaN for blocks a
+        progressive stage does not train)."""
+        if self.schedule is not None:
+            return self._progressive_step()
         ids = self.corpus.train[self.batches.next_indices()]
         per_block = self._teacher_batch(ids, self.mask_generator)
         paths = [self._paths_for_step(n) for n in range(self.space.num_blocks)]
@@ -152,6 +175,30 @@ class BlockwiseTrainer:
             losses = [learner.step(batch, p) for learner, batch, p in zip(self.learners, per_block, paths)]
         self.step += 1
         return losses
+
+    def _progressive_step(self) -> list[float]:
+        corrupted = self._corrupt(self.corpus.train[self.batches.next_indices()], self.mask_generator)
+        targets = teacher_targets(self.teacher, self.space, corrupted, torch.ones_like(corrupted))
+        paths = [self._paths_for_step(n)[0] for n in range(self.space.num_blocks)]
+        block = self.schedule.stage(self.step)
+        trained = range(self.space.num_blocks) if block is None else [block]
+        self.supernet.train()
+        for n in trained:
+            self.learners[n].optimizer.zero_grad(set_to_none=True)
+        weight = self.config.attention_kl_weight
+        if block is None:
+            loss, mse, _ = whole_model_loss(self.supernet, Arch(tuple(paths)), corrupted, targets,
+                                            attention_weight=weight)
+        else:
+            loss, mse, _ = stage_loss(self.supernet, block, paths, corrupted, targets, attention_weight=weight)
+        loss.backward()
+        for n in trained:
+            learner = self.learners[n]
+            torch.nn.utils.clip_grad_norm_(learner.parameters, self.config.max_grad_norm)
+            learner.optimizer.step()
+            learner.scheduler.step()
+        self.step += 1
+        return [mse if n in trained else math.nan for n in range(self.space.num_blocks)]
 
     # ---------------------------------------------------------------- evaluation and shrinking
 
@@ -273,18 +320,24 @@ class BlockwiseTrainer:
             self.block_runner.push(self.supernet, self.learners)
         tokens_per_step = self.config.batch_size * self.seq_len
         running = None
-        bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
-                   disable=not self.show_progress, dynamic_ncols=True)
-        while self.step < self.config.steps:
+        total = self.total_steps
+        bar = tqdm(total=total, initial=self.step, desc="train" if self.schedule is None else "train (progressive)",
+                   unit="step", disable=not self.show_progress, dynamic_ncols=True)
+        while self.step < total:
             t0 = time.perf_counter()
+            stage = None if self.schedule is None else self.schedule.stage(self.step)
             losses = self.train_step()
-            running = losses if running is None else [0.9 * r + 0.1 * x for r, x in zip(running, losses)]
-            self._log({"step": self.step, "event": "train", "losses": losses,
-                       "lr": self.learners[0].lr,
-                       "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)})
+            running = losses if running is None else [
+                x if math.isnan(r) else r if math.isnan(x) else 0.9 * r + 0.1 * x for r, x in zip(running, losses)]
+            record = {"step": self.step, "event": "train", "losses": [None if math.isnan(x) else x for x in losses],
+                      "lr": self.learners[stage or 0].lr,
+                      "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
+            if self.schedule is not None:
+                record["stage"] = "whole" if stage is None else stage
+            self._log(record)
             bar.update(1)
-            bar.set_postfix({f"b{n}": f"{r:.4f}" for n, r in enumerate(running)})
-            if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < self.config.steps:
+            bar.set_postfix({f"b{n}": f"{r:.4f}" for n, r in enumerate(running) if not math.isnan(r)})
+            if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < total:
                 self._log(self.evaluate())
             if self._shrink_due():
                 t0 = time.perf_counter()
@@ -293,7 +346,7 @@ class BlockwiseTrainer:
                 self._log(report)
                 logger.info("shrinking round %d: %s", report["round"],
                             ", ".join(f"block {n}: {b['before']} -> {b['after']}" for n, b in enumerate(report["blocks"])))
-            if self.step % self.config.checkpoint_every == 0 or self.step in (self.config.steps, stop_after):
+            if self.step % self.config.checkpoint_every == 0 or self.step in (total, stop_after):
                 self.save_checkpoint()
             if self.step == stop_after:
                 bar.close()
