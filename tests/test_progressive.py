@@ -159,3 +159,33 @@ def test_progressive_refuses_ray(mobile_space, tiny_teacher, corpus, tokenizer, 
         BlockwiseTrainer(SuperNet.from_teacher(mobile_space, tiny_teacher), tiny_teacher, corpus,
                          progressive_config(), tokenizer=tokenizer, workdir=tmp_path, block_runner=object(),
                          show_progress=False)
+
+
+def test_pipeline_runs_progressive_training_on_a_bottleneck_space(mobile_space, tiny_teacher_dir, tmp_path):
+    """`nasbert run` end to end with MobileBERT ops and progressive transfer; the family loads and runs."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    from test_pipeline import TINY, _nasbert  # tests/ is on sys.path under pytest
+
+    space_file = tmp_path / "tiny_mobile.yaml"
+    space_file.write_text(mobile_space.to_yaml())
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("train.shrink.")] + [
+        "train.mode=progressive", "train.shrink.enabled=false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(_nasbert() + ["run", "--space", str(space_file), "--teacher", tiny_teacher_dir,
+                                        "--out", str(out), "--no-progress", *overrides],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    stages = [json.loads(line).get("stage") for line in (out / "train" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "train"]
+    assert stages == [0] * 6 + [1] * 6 + ["whole"] * 2
+    family = json.loads((out / "family" / "family.json").read_text())
+    member = Path(out / "family" / family["models"][0]["name"])
+    model = AutoModel.from_pretrained(member)
+    with torch.no_grad():
+        assert model(torch.randint(5, 99, (1, 8))).last_hidden_state.shape == (1, 8, 32)
