@@ -17,6 +17,7 @@ from .modeling import (
     NasBertModel,
 )
 from .pick import NoFit, pick
+from .refbert import ReferencePool
 from .space import Arch, BlockArch, SearchSpace, SpaceError, TeacherSpec
 from .supernet import SuperNet
 from .teacher import TeacherError, load_teacher
@@ -37,6 +38,7 @@ __all__ = [
     "NasBertForSequenceClassification",
     "NasBertModel",
     "NoFit",
+    "ReferencePool",
     "SearchSpace",
     "SpaceError",
     "SuperNet",

@@ -11,6 +11,8 @@
                                                 export one sub-network as a Hugging Face model directory
     nasbert distill --run RUN (--arch ARCH | --member FAMILY/NAME) --steps N --out DIR
                                                 train one sub-network further as a whole against the teacher
+    nasbert references build --task sst2 --out DIR
+                                                a RefBERT reference pool for finetune --references
 """
 
 from __future__ import annotations
@@ -306,6 +308,48 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ references
+
+
+def cmd_references_build(args: argparse.Namespace) -> int:
+    """``nasbert references build``: a RefBERT reference pool (teacher states + TF-IDF index) from a task's
+    training texts or a text file, for ``nasbert finetune --references``."""
+    from .config import ConfigError
+    from .refbert import ReferencePool
+
+    out = Path(args.out)
+    if (args.task is None) == (args.text_file is None):
+        raise ConfigError("name the pool's texts: --task TASK (its training set; --data-dir for local GLUE TSVs) "
+                          "or --text-file FILE (one text per line)")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise ConfigError(f"--max-examples must be at least 1, got {args.max_examples}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
+    if args.task is not None:
+        from .finetune import load_task
+
+        # seed 0: the same subset as `nasbert finetune --max-train-examples N`, so the pool is the training set
+        data = load_task(args.task, data_dir=args.data_dir, max_train_examples=args.max_examples, seed=0)
+        texts = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in data.train]
+        subset = " (the seed-0 subset of finetune --max-train-examples)" if args.max_examples else ""
+        corpus = f"{data.task.name} training set, {len(texts)} examples{subset}, from {data.source}"
+    else:
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise ConfigError(f"--text-file {str(path)!r} does not exist: pass a UTF-8 file with one text per line")
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = texts[: args.max_examples] if args.max_examples else texts
+        corpus = f"{path}, the first {len(texts)} non-empty lines"
+    pool = ReferencePool.build(texts, teacher=args.teacher, max_reference_tokens=args.max_reference_tokens,
+                               max_length=args.max_length, batch_size=args.batch_size, corpus=corpus,
+                               progress=not args.no_progress)
+    pool.save(out)
+    print(f"{out}: {pool.num_samples} reference samples of {pool.meta['teacher']} ({pool.hidden_size}-wide, up to "
+          f"{pool.max_reference_tokens} tokens), {pool.meta['bytes'] / 1e6:.1f} MB, built in "
+          f"{pool.meta['build_seconds']:.1f} s; use it with: nasbert finetune MODEL --references {out} ...")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -377,6 +421,29 @@ def build_parser() -> argparse.ArgumentParser:
     build_finetune_parser(p)
     p.set_defaults(func=run_finetune)
 
+    p = sub.add_parser("references", help="RefBERT reference pools: a teacher's pre-computed states of samples")
+    ref = p.add_subparsers(dest="references_command", required=True)
+    p = ref.add_parser("build", help="build a pool from a task's training set (or a text file) with a teacher")
+    texts = p.add_mutually_exclusive_group()
+    texts.add_argument("--task", help="GLUE task whose training set becomes the pool (sst2, cola, ...)")
+    texts.add_argument("--text-file", help="or: a UTF-8 file with one text per line")
+    p.add_argument("--data-dir", help="GLUE TSV directory (<DIR>/SST-2/train.tsv, ...); default: the hub")
+    p.add_argument("--max-examples", type=int,
+                   help="with --task: the same seeded subset as finetune --max-train-examples; with --text-file: "
+                        "the first N lines")
+    p.add_argument("--teacher", default="builtin",
+                   help="'builtin' (default), a local HF BERT directory (a fine-tuned classifier's encoder is "
+                        "used) or a hub id; the student must share its tokenizer")
+    p.add_argument("--max-reference-tokens", type=int, default=32,
+                   help="teacher token states kept per sample, [CLS] included (default 32)")
+    p.add_argument("--max-length", type=int, default=128,
+                   help="samples are truncated to this many tokens before the teacher reads them (default 128)")
+    p.add_argument("--batch-size", type=int, default=64, help="teacher batch size (default 64)")
+    p.add_argument("--out", required=True, help="the pool's folder")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_references_build)
+
     p = sub.add_parser("space", help="describe a search space")
     p.add_argument("space", nargs="?", default="minilm_l6", help="shipped name or YAML path (default: minilm_l6)")
     p.add_argument("--list", action="store_true", help="list the shipped spaces")
@@ -414,10 +481,11 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean the input (config, space, teacher, corpus, task data, paths) is wrong: a message, exit 1."""
     from .config import ConfigError
     from .finetune import FinetuneError, TaskError
+    from .refbert import ReferencePoolError
     from .space import SpaceError
     from .teacher import TeacherError
 
-    return (ConfigError, SpaceError, TeacherError, TaskError, FinetuneError, FileNotFoundError)
+    return (ConfigError, SpaceError, TeacherError, TaskError, FinetuneError, ReferencePoolError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

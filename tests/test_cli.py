@@ -70,7 +70,7 @@ def test_space_default_is_minilm(capsys):
 
 def test_space_list(capsys):
     assert main(["space", "--list"]) == 0
-    assert capsys.readouterr().out.split() == ["bert_base", "minilm_l6", "tiny"]
+    assert capsys.readouterr().out.split() == ["bert_base", "minilm_l6", "mobilebert", "mobilebert_minilm", "tiny"]
 
 
 def test_space_unknown_name(capsys):

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["INPUT_NAMES", "OnnxParityError", "export_module", "export_onnx", "onnx_parity"]
+__all__ = ["INPUT_NAMES", "REFERENCE_INPUT_NAMES", "OnnxParityError", "export_module", "export_onnx", "onnx_parity"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+#: the extra inputs of a model with RefBERT references (``config.reference_size``): (B, R, H) float, (B, R) int64
+REFERENCE_INPUT_NAMES = ("reference_states", "reference_mask")
 OPSET = 17
 
 
@@ -29,7 +31,8 @@ class OnnxParityError(RuntimeError):
 
 
 class _Output(nn.Module):
-    """``model(input_ids, attention_mask, token_type_ids).<output>`` as a plain tensor function."""
+    """``model(input_ids, attention_mask, token_type_ids[, reference_states, reference_mask]).<output>`` as a
+    plain tensor function."""
 
     def __init__(self, model: nn.Module, output: str = "last_hidden_state"):
         super().__init__()
@@ -37,9 +40,16 @@ class _Output(nn.Module):
         self.output = output
         self.train(model.training)  # a new module is in training mode; take the model's, so it is restored
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def forward(self, input_ids, attention_mask, token_type_ids, reference_states=None, reference_mask=None):
+        references = {} if reference_states is None else {"reference_states": reference_states,
+                                                          "reference_mask": reference_mask}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         **references)
         return getattr(out, self.output)
+
+
+def _reference_size(model: nn.Module) -> int | None:
+    return getattr(getattr(model, "config", None), "reference_size", None)
 
 
 def export_module(
@@ -77,7 +87,8 @@ def export_module(
     return path
 
 
-def _example_inputs(model: nn.Module, batch: int, seq_len: int, *, pad: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+def _example_inputs(model: nn.Module, batch: int, seq_len: int, *, pad: bool, seed: int = 0,
+                    references: int = 3) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     ids = torch.randint(1, vocab, (batch, seq_len), generator=g)
@@ -85,7 +96,14 @@ def _example_inputs(model: nn.Module, batch: int, seq_len: int, *, pad: bool, se
     if pad and batch > 1:
         mask[-1, seq_len // 2:] = 0  # the last sequence is half padding
     types = torch.zeros_like(ids)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    size = _reference_size(model)
+    if size:  # RefBERT: `references` reference tokens per sequence, the last sequence's half padding
+        ref_mask = torch.ones(batch, references, dtype=torch.long)
+        if pad and batch > 1:
+            ref_mask[-1, references // 2 + 1:] = 0
+        inputs.update(reference_states=torch.randn(batch, references, size, generator=g), reference_mask=ref_mask)
+    return inputs
 
 
 def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, seq_len: int = 16,
@@ -94,7 +112,7 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, se
     random batch."""
     import onnxruntime as ort
 
-    inputs = _example_inputs(model, batch, seq_len, pad=True, seed=1)
+    inputs = _example_inputs(model, batch, seq_len, pad=True, seed=1, references=6)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     was_training = model.training
@@ -112,12 +130,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, atol: float = 1e-4
                 output: str = "last_hidden_state") -> dict:
     """Export a ``NasBertModel`` (or any HF encoder returning ``last_hidden_state``) with dynamic batch and
     sequence axes; inputs ``input_ids``, ``attention_mask``, ``token_type_ids``; output ``last_hidden_state``.
-    A sequence classifier exports with ``output="logits"`` (output shape (batch, num_labels)).
+    A sequence classifier exports with ``output="logits"`` (output shape (batch, num_labels)). A model with
+    RefBERT references (``config.reference_size``) takes two more inputs, ``reference_states`` (batch,
+    references, reference_size) float and ``reference_mask`` (batch, references) int64, dynamic in both axes.
 
     With ``check``, ONNX Runtime's output is compared with PyTorch's on a padded batch of another shape than
     the one traced; a difference above ``atol`` raises :class:`OnnxParityError` and removes the file.
     """
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    if _reference_size(model):
+        axes.update({name: {0: "batch", 1: "references"} for name in REFERENCE_INPUT_NAMES})
     axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
     example = _example_inputs(model, 1, 8, pad=False)
     export_module(_Output(model, output), example, path, output_name=output, dynamic_axes=axes)

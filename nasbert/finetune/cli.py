@@ -6,6 +6,8 @@ a CSV / JSONL task of one's own.
     nasbert finetune runs/default/family/nasbert-2x-17.0M --task sst2 --data-dir ../glue --out ft/2x-sst2
     nasbert finetune builtin --task cola --data-dir ../glue --out ft/teacher-cola        # the teacher itself
     nasbert finetune MODEL --task sst2 --data-dir ../glue --kd-teacher ft/teacher-sst2/model --out ft/kd
+    nasbert references build --task sst2 --data-dir ../glue --teacher builtin --out refs/sst2
+    nasbert finetune MODEL --task sst2 --data-dir ../glue --references refs/sst2 --out ft/refbert   # RefBERT
     nasbert finetune MODEL --task reviews --train-file train.csv --dev-file dev.csv \\
         --text-columns text --label-column stars --out ft/reviews
 """
@@ -61,6 +63,11 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
     kd.add_argument("--kd-lambda", type=float, default=d.kd_lambda,
                     help=f"loss = (1 - lambda) CE + lambda KL (default {d.kd_lambda:g})")
     kd.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help=f"(default {d.kd_temperature:g})")
+    ref = p.add_argument_group("reference samples (RefBERT)")
+    ref.add_argument("--references", metavar="POOL_DIR",
+                     help="a reference pool (nasbert references build): the model's first mha layer also attends "
+                          "over the teacher's pre-computed states of each input's most similar pool sample; "
+                          "OUT/model/references/ gets a copy of the pool (nasbert models only)")
     p.add_argument("--no-onnx", action="store_true", help="do not write model/model.onnx")
     p.add_argument("--force", action="store_true", help="start again in an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -89,7 +96,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
                          seed=0)  # one fixed subset for every --seed
     result = finetune(args.model, task, out=args.out, config=config, kd_teacher=args.kd_teacher,
-                      onnx=not args.no_onnx, force=args.force, progress=not args.no_progress)
+                      references=args.references, onnx=not args.no_onnx, force=args.force,
+                      progress=not args.no_progress)
     if args.json:
         print(json.dumps({"out": str(result.out), "dev": result.metrics, "best": result.best}, indent=2))
     else:

@@ -7,11 +7,20 @@ The output directory::
     OUT/log.jsonl           one line per logged step and per evaluation
     OUT/checkpoint.pt       while training: model, optimizer, schedule, data order and RNG states (resume)
     OUT/teacher_logits.pt   with --kd-teacher: the teacher's predictions on the training set, computed once
-    OUT/model/              the fine-tuned model: HF directory (+ model.onnx with logits output)
+    OUT/neighbours.pt       with --references: the reference sample of every training and dev example, computed once
+    OUT/model/              the fine-tuned model: HF directory (+ model.onnx with logits output; with --references
+                            also references/, a copy of the pool, and model.onnx takes the reference inputs)
     OUT/metrics.json        dev metrics at the end (and the best evaluation), written last
 
 A run stopped at any point resumes from its last checkpoint when the same command is given again; a finished
 run is not trained again.
+
+With ``references`` (a :class:`~nasbert.refbert.ReferencePool` folder; RefBERT, arXiv 2106.08898) a nasbert model
+is fine-tuned with ``config.reference_size`` set: its first mha layer also attends over the teacher's
+pre-computed states of each example's reference sample. Training examples retrieve from the pool with
+self-exclusion (never their own row nor an identical token sequence), dev examples retrieve normally; both are
+tokenised for retrieval as the pool's samples were (up to its ``max_length`` tokens), so that identical
+sequences hash alike.
 
 >>> result = finetune("family/nasbert-2x-17.0M", "sst2", out="ft/sst2", data_dir="glue")  # doctest: +SKIP
 >>> result.metrics["accuracy"]  # doctest: +SKIP
@@ -47,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 TEACHER_LOGITS = "teacher_logits.pt"
+NEIGHBOURS = "neighbours.pt"
 
 
 class FinetuneError(RuntimeError):
@@ -142,12 +152,14 @@ def _resolve_model_dir(model: str | os.PathLike) -> str:
     return value
 
 
-def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, pooling: str = "auto"):
+def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, pooling: str = "auto",
+                    reference_size: int | None = None):
     """A sequence classifier for ``task`` from a backbone or classifier directory, and its tokenizer.
 
     nasbert models get :class:`~nasbert.modeling.NasBertForSequenceClassification` (``pooling`` "cls" or
     "mean" chooses what its pooler reads; "auto" is mean), any other model ``AutoModelForSequenceClassification``
-    (which pools [CLS]; "mean" is refused). New heads are initialised from ``seed``.
+    (which pools [CLS]; "mean" is refused). ``reference_size`` (nasbert models only) adds RefBERT's reference
+    input of that width. New heads (and the reference projection) are initialised from ``seed``.
     """
     from transformers import (
         AutoConfig,
@@ -180,10 +192,25 @@ def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, 
     if pooling == "mean" and config.model_type != "nasbert":
         raise FinetuneError(f"--pooling applies to nasbert models; {source!r} is a {config.model_type!r} model, "
                             "whose classifier pools the [CLS] token")
+    existing = getattr(config, "reference_size", None)
+    if reference_size is not None and config.model_type != "nasbert":
+        raise FinetuneError(f"reference samples (RefBERT) need a nasbert model, whose first mha layer reads them; "
+                            f"{source!r} is a {config.model_type!r} model: fine-tune it without --references")
+    if reference_size is not None and not any("mha" in b["ops"] for b in config.blocks):
+        raise FinetuneError(f"reference samples need an mha layer (RefBERT joins them to the first mha layer's keys "
+                            f"and values) and {source!r} has none: pick a model with an mha layer, or fine-tune "
+                            "without --references")
+    if existing is not None and reference_size != existing:
+        raise FinetuneError(
+            f"{source!r} was fine-tuned with {existing}-wide reference samples; "
+            + ("pass --references with a pool of the same teacher" if reference_size is None else
+               f"the pool's states are {reference_size}-wide: use a pool built with the same teacher"))
     if config.model_type == "nasbert":
         from ..modeling import NasBertForSequenceClassification
 
         kwargs["classifier_pooling"] = "mean" if pooling == "auto" else pooling
+        if reference_size is not None:
+            kwargs["reference_size"] = reference_size
         net = NasBertForSequenceClassification.from_pretrained(source, **kwargs)
     else:
         net = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
@@ -201,6 +228,8 @@ class Encoded:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
     labels: np.ndarray  # (N,) int64 or float32
+    #: with references: the pool index of each example's reference sample (N,)
+    neighbours: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -217,7 +246,9 @@ def encode_examples(examples: list[Example], tokenizer, *, max_seq_len: int, reg
     return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]), labels)
 
 
-def _collate(data: Encoded, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+def _collate(data: Encoded, rows: np.ndarray, pad_id: int, references=None) -> dict[str, torch.Tensor]:
+    """A padded batch of ``rows``; with ``references`` (a ReferencePool) and ``data.neighbours``, also the
+    reference states and mask of the rows' reference samples."""
     T = max(len(data.input_ids[i]) for i in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     types = torch.zeros((len(rows), T), dtype=torch.long)
@@ -227,7 +258,10 @@ def _collate(data: Encoded, rows: np.ndarray, pad_id: int) -> dict[str, torch.Te
         ids[r, :n] = torch.as_tensor(data.input_ids[i])
         types[r, :n] = torch.as_tensor(data.token_type_ids[i])
         mask[r, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    if references is not None:
+        batch["reference_states"], batch["reference_mask"] = references.gather(data.neighbours[rows])
+    return batch
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -236,15 +270,16 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict(model, data: Encoded, *, batch_size: int, pad_id: int, progress: bool = False,
-            desc: str = "predict") -> np.ndarray:
-    """Logits (N, num_labels) of ``model`` over ``data`` in its order; batches sorted by length for speed."""
+            desc: str = "predict", references=None) -> np.ndarray:
+    """Logits (N, num_labels) of ``model`` over ``data`` in its order; batches sorted by length for speed. A model
+    with reference inputs needs ``references`` (the ReferencePool of ``data.neighbours``)."""
     was_training = model.training
     model.eval()
     order = np.argsort([len(x) for x in data.input_ids], kind="stable")
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         rows = order[start : start + batch_size]
-        out[rows] = model(**_collate(data, rows, pad_id)).logits.float().numpy()
+        out[rows] = model(**_collate(data, rows, pad_id, references)).logits.float().numpy()
     model.train(was_training)
     return out
 
@@ -279,10 +314,13 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | No
     return (1 - kd_lambda) * task + kd_lambda * kd
 
 
-def _request(model_source: str, task: TaskData, config: FinetuneConfig, kd_teacher: str | None) -> dict:
+def _request(model_source: str, task: TaskData, config: FinetuneConfig, kd_teacher: str | None,
+             references: dict | None = None) -> dict:
     request = {"model": model_source, "task": dataclasses.asdict(task.task), "data": task.source,
                "train_examples": len(task.train), "dev_examples": len(task.dev), "kd_teacher": kd_teacher,
                "config": config.to_dict()}
+    if references is not None:  # only then, so that the records of runs without references read back the same
+        request["references"] = references
     return json.loads(json.dumps(request))  # as it reads back from finetune.json (tuples become lists)
 
 
@@ -335,18 +373,52 @@ def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, 
     return logits
 
 
+def _neighbours(pool, task: TaskData, tokenizer, out: Path, progress: bool) -> dict[str, np.ndarray]:
+    """The reference sample of every training example (self-excluded) and dev example, and their TF-IDF cosine
+    similarities; computed once and cached in ``OUT/neighbours.pt``."""
+    path = out / NEIGHBOURS
+    if path.is_file():
+        cached = torch.load(path, weights_only=False)
+        if cached.get("pool_sha256") == pool.meta.get("sha256") and len(cached["train"]) == len(task.train) \
+                and len(cached["dev"]) == len(task.dev):
+            return cached
+    result: dict = {"pool_sha256": pool.meta.get("sha256")}
+    regression = task.task.is_regression
+    for split, examples, training in (("train", task.train, True), ("dev", task.dev, False)):
+        # Tokenised as the pool's samples were, so that a training example and its own pool row hash alike.
+        enc = encode_examples(examples, tokenizer, max_seq_len=pool.max_length, regression=regression)
+        indices, scores = np.zeros(len(enc), np.int64), np.zeros(len(enc))
+        for start in tqdm(range(0, len(enc), 256), desc=f"references {split}", unit="batch", leave=False,
+                          disable=not progress):
+            rows = np.arange(start, min(start + 256, len(enc)))
+            batch = _collate(enc, rows, tokenizer.pad_token_id or 0)
+            found = pool.retrieve(batch["input_ids"], batch["attention_mask"],
+                                  exclude=np.full(len(rows), -1) if training else None)
+            indices[rows], scores[rows] = found.indices, found.scores
+        result[split], result[f"{split}_similarity"] = indices, scores
+    torch.save(result, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    logger.info("reference samples: mean TF-IDF similarity %.3f (train, self excluded), %.3f (dev)",
+                result["train_similarity"].mean(), result["dev_similarity"].mean())
+    return result
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _write_model(model, tokenizer, directory: Path, *, onnx: bool) -> dict:
+def _write_model(model, tokenizer, directory: Path, *, onnx: bool, references: Path | None = None) -> dict:
     from ..export.hf import write_hf_files
 
     report: dict = {}
     with atomic_dir(directory) as tmp:
         write_hf_files(model, tmp, tokenizer=tokenizer)
+        if references is not None:  # the model cannot run without its pool: it travels with it
+            from ..refbert import copy_pool
+
+            copy_pool(references, tmp / "references")
         if onnx:
             from ..export.onnx import export_onnx
 
@@ -361,6 +433,7 @@ def finetune(
     out: str | os.PathLike,
     config: FinetuneConfig = FinetuneConfig(),
     kd_teacher: str | os.PathLike | None = None,
+    references: str | os.PathLike | None = None,
     onnx: bool = True,
     force: bool = False,
     progress: bool = True,
@@ -368,6 +441,8 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune ``model`` (a nasbert export, an HF BERT directory, ``"builtin"`` or a hub id) on ``task``.
 
+    ``references`` is a reference pool folder (``nasbert references build``): the model is fine-tuned with
+    RefBERT's reference samples, and ``OUT/model/references/`` holds a copy of the pool.
     ``stop_after`` ends the call after that many optimiser steps in total, leaving a checkpoint to resume
     from (for tests and time-sliced jobs); the call then returns ``None``.
     """
@@ -379,7 +454,13 @@ def finetune(
     if kd_teacher is not None:
         kd_teacher = _resolve_model_dir(kd_teacher)
     source = _resolve_model_dir(model)
-    request = _request(source, task, config, None if kd_teacher is None else str(kd_teacher))
+    pool = pool_record = None
+    if references is not None:
+        from ..refbert import ReferencePool
+
+        pool = ReferencePool.load(references)
+        pool_record = {"path": str(references), "sha256": pool.meta.get("sha256"), "samples": pool.num_samples}
+    request = _request(source, task, config, None if kd_teacher is None else str(kd_teacher), pool_record)
     if _check_out(out, request, force):
         metrics = json.loads((out / "metrics.json").read_text())
         logger.info("%s is a finished fine-tuning run; nothing to do", out)
@@ -388,11 +469,19 @@ def finetune(
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    net, tokenizer, _ = load_classifier(source, spec, seed=config.seed, pooling=config.pooling)
+    net, tokenizer, _ = load_classifier(source, spec, seed=config.seed, pooling=config.pooling,
+                                        reference_size=None if pool is None else pool.hidden_size)
+    if pool is not None:
+        pool.check(tokenizer=tokenizer, where=str(references))
     pad_id = tokenizer.pad_token_id or 0
     train = encode_examples(task.train, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)
     dev = encode_examples(task.dev, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)
     atomic_write_json(out / "finetune.json", request)  # only once the model and the data have loaded
+    if pool is not None:
+        found = _neighbours(pool, task, tokenizer, out, progress)
+        train.neighbours, dev.neighbours = found["train"], found["dev"]
+        pool_record.update(train_similarity=float(found["train_similarity"].mean()),
+                           dev_similarity=float(found["dev_similarity"].mean()))
     teacher_logits = None
     if kd_teacher is not None:
         teacher_logits = _teacher_logits(str(kd_teacher), task, train, tokenizer, config, out, progress)
@@ -411,12 +500,13 @@ def finetune(
         torch.set_rng_state(state["torch_rng"])
         step, seconds, best, history = state["step"], state["seconds"], state["best"], state["history"]
         logger.info("resuming %s at step %d of %d", out, step, total_steps)
-    logger.info("fine-tuning %s on %s: %d training / %d dev examples, %d steps (%d per epoch), batch %d, lr %.1e%s",
+    logger.info("fine-tuning %s on %s: %d training / %d dev examples, %d steps (%d per epoch), batch %d, lr %.1e%s%s",
                 source, spec.name, len(train), len(dev), total_steps, steps_per_epoch, config.batch_size, config.lr,
-                f", KD from {kd_teacher} (lambda {config.kd_lambda})" if kd_teacher else "")
+                f", KD from {kd_teacher} (lambda {config.kd_lambda})" if kd_teacher else "",
+                f", references from {references} ({pool.num_samples} samples)" if pool is not None else "")
 
     def evaluate() -> dict:
-        logits = predict(net, dev, batch_size=config.eval_batch_size, pad_id=pad_id, progress=False)
+        logits = predict(net, dev, batch_size=config.eval_batch_size, pad_id=pad_id, progress=False, references=pool)
         return compute_metrics(spec, logits, dev.labels)
 
     net.train()
@@ -428,7 +518,7 @@ def finetune(
             epoch, offset = divmod(step, steps_per_epoch)
             order = _epoch_order(len(train), config.seed, epoch)
             rows = order[offset * config.batch_size : (offset + 1) * config.batch_size]
-            batch = _collate(train, rows, pad_id)
+            batch = _collate(train, rows, pad_id, pool)
             labels = torch.from_numpy(train.labels[rows])
             logits = net(**batch).logits
             loss = _loss(logits, labels, None if teacher_logits is None else teacher_logits[torch.from_numpy(rows)],
@@ -474,13 +564,14 @@ def finetune(
 
     net.eval()
     final = history[-1]["dev"]
-    report = _write_model(net, tokenizer, out / "model", onnx=onnx)
+    report = _write_model(net, tokenizer, out / "model", onnx=onnx,
+                          references=None if references is None else Path(references))
     metrics = {"task": spec.name, "model": source, "dev": final, "main_metric": spec.main_metric, "best": best,
                "history": history, "steps": step, "epochs": config.epochs, "seconds": round(seconds, 1),
                "train_examples": len(train), "dev_examples": len(dev),
                "params": sum(p.numel() for p in net.parameters()),
                "kd_teacher": None if kd_teacher is None else str(kd_teacher), "seed": config.seed,
-               "onnx_max_abs_diff": report.get("max_abs_diff")}
+               "references": pool_record, "onnx_max_abs_diff": report.get("max_abs_diff")}
     atomic_write_json(out / "metrics.json", metrics)
     (out / CHECKPOINT).unlink(missing_ok=True)
     logger.info("done in %.0f s: dev %s; model in %s", seconds, ", ".join(f"{k} {v:.4f}" for k, v in final.items()),
