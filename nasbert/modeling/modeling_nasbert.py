@@ -53,23 +53,15 @@ def attention(
     ``[x; memory]`` through the same key / value projections, the queries only x's; ``memory_additive_mask``
     (B, 1, 1, R; as from :func:`additive_attention_mask`) masks padded memory tokens.
     """
-    B, T, _ = x.shape
-    width = q_w.shape[0]
-    nh = width // head_size
     kv = x
     if memory is not None:
         if memory_additive_mask is None:
-            memory_additive_mask = memory.new_zeros(B, 1, 1, memory.shape[1])
+            memory_additive_mask = memory.new_zeros(x.shape[0], 1, 1, memory.shape[1])
         kv = torch.cat([x, memory], dim=1)  # (B, T + R, w)
         additive_mask = torch.cat([additive_mask, memory_additive_mask], dim=-1)  # (B, 1, 1, T + R)
-    S = kv.shape[1]  # T, or T + R with memory
-    q = F.linear(x, q_w, q_b).view(B, T, nh, head_size).transpose(1, 2)  # (B, nh, T, hs)
-    k = F.linear(kv, k_w, k_b).view(B, S, nh, head_size).transpose(1, 2)  # (B, nh, S, hs)
-    v = F.linear(kv, v_w, v_b).view(B, S, nh, head_size).transpose(1, 2)  # (B, nh, S, hs)
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, S)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
-    context = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, width)  # (B, T, w)
-    return F.linear(context, o_w, o_b)
+    context = multi_head_attention(F.linear(x, q_w, q_b), F.linear(kv, k_w, k_b), F.linear(kv, v_w, v_b),
+                                   additive_mask, head_size=head_size, dropout=dropout, training=training)
+    return F.linear(context, o_w, o_b)  # (B, T, w)
 
 
 def feed_forward(
@@ -139,11 +131,12 @@ def multi_head_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor, *, head_size: int,
     dropout: float, training: bool,
 ) -> torch.Tensor:
-    """Scaled dot-product attention over already-projected (B, T, width) queries, keys and values."""
+    """Scaled dot-product attention of already-projected queries (B, T, width) over keys and values (B, S, width)
+    (S = T, or more with RefBERT's memory)."""
     B, T, width = q.shape
     nh = width // head_size
-    q, k, v = (t.reshape(B, -1, nh, head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, T)
+    q, k, v = (t.reshape(B, -1, nh, head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T or S, hs)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, S)
     probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
     return torch.matmul(probs, v).transpose(1, 2).reshape(B, T, width)  # (B, T, width)
 
