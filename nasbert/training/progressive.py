@@ -10,6 +10,10 @@ blocks train at once and independently. Progressive transfer trains them one aft
 * **final stage**: whole-model distillation, every block trained at once on a sampled chained architecture, with
   the same two terms summed over all blocks.
 
+The unit of a stage is a block, because block boundaries are where the student's width meets the teacher's
+(through the block's output adapter). A space with one block per teacher layer (``num_blocks`` = the teacher's
+layers) makes the stages MobileBERT's, layer by layer.
+
 Layers and heads: slot s of the chain sits at teacher layer ``s // (num_slots / L)``, and its attention is
 compared with that layer's. Student and teacher may have different head counts (a width-256 ``mha`` has 8 heads
 of 32, the teacher's layer 12), so the distributions are averaged over heads before the KL, on both sides.
