@@ -40,16 +40,27 @@ def cache_dir() -> Path:
 
 
 def teacher_parity(supernet: SuperNet, teacher, tokenizer, *, max_docs: int = 8, seq_len: int = 128) -> float:
-    """Largest |supernet(teacher_arch) - teacher| over the real tokens of a few built-in documents."""
-    seq_len = min(seq_len, supernet.space.teacher.max_position_embeddings)
+    """Largest |supernet(teacher_arch) - teacher| over the real tokens of a few built-in documents.
+
+    A space whose embeddings are not the teacher's (MobileBERT's factorised table, or NoNorm after it) cannot
+    reproduce the teacher's first block; then every later block is checked alone, on the teacher's states.
+    """
+    space = supernet.space
+    seq_len = min(seq_len, space.teacher.max_position_embeddings)
     batch = tokenizer(builtin_documents()[:max_docs], padding=True, truncation=True, max_length=seq_len,
                       return_tensors="pt")
-    with torch.no_grad():
-        expected = teacher(**batch).last_hidden_state
-        got = supernet(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                       arch=supernet.space.teacher_arch())
     keep = batch["attention_mask"].bool()
-    return float((got - expected)[keep].abs().max())
+    types = batch.get("token_type_ids")
+    with torch.no_grad():
+        if space.factorized_embedding_size is None and space.embedding_norm == "layernorm":
+            expected = teacher(**batch).last_hidden_state
+            got = supernet(batch["input_ids"], batch["attention_mask"], types, arch=space.teacher_arch())
+            return float((got - expected)[keep].abs().max())
+        hidden = teacher(**batch, output_hidden_states=True).hidden_states
+        bounds, paths = (0, *space.teacher_boundaries), space.teacher_arch().blocks
+        errors = [float((supernet.forward_block(n, hidden[bounds[n]], batch["attention_mask"], types, path=paths[n])
+                         - hidden[bounds[n + 1]])[keep].abs().max()) for n in range(1, space.num_blocks)]
+    return max(errors, default=0.0)
 
 
 def _teacher_for(config: RunConfig, space: SearchSpace):
