@@ -49,7 +49,7 @@ def test_schedule_gives_every_block_the_same_number_of_updates():
     stages = [s.stage(i) for i in range(s.total_steps)]
     assert stages == [0] * 6 + [1] * 6 + [2] * 6 + [None] * 2
     for block in range(3):
-        assert stages.count(block) + stages.count(None) == s.updates(block) == 8  # as block-wise's steps = 8
+        assert stages.count(block) + stages.count(None) == s.updates_per_block == 8  # as block-wise's steps = 8
 
 
 def test_config_is_validated():

@@ -356,10 +356,15 @@ class NasBertBottleneck(nn.Module):
         self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.compute(x, additive_mask, dict(self.named_parameters()), self.num_ffn)
+
+    def compute(self, x: torch.Tensor, additive_mask: torch.Tensor, params: dict[str, torch.Tensor],
+                num_ffn: int) -> torch.Tensor:
+        """This layer's settings on ``params`` (its own weights, or the supernet's slices of a wider layer)."""
         return bottleneck(
-            x, additive_mask, dict(self.named_parameters()), num_ffn=self.num_ffn, head_size=self.head_size,
-            norm=self.norm, act=self.act, eps=self.eps, dropout=self.hidden_dropout,
-            attention_dropout=self.attention_dropout, training=self.training,
+            x, additive_mask, params, num_ffn=num_ffn, head_size=self.head_size, norm=self.norm, act=self.act,
+            eps=self.eps, dropout=self.hidden_dropout, attention_dropout=self.attention_dropout,
+            training=self.training,
         )
 
 

@@ -85,7 +85,7 @@ class SuperNet(nn.Module):
         shapes = [bottleneck_shape(op) for op in space.ops if bottleneck_shape(op)]
         bottleneck = dict(intra=max(b for b, _ in shapes), num_ffn=max(n for _, n in shapes),
                           head_size=space.bottleneck_head_size, norm=space.bottleneck_norm,
-                          act=ACT2FN[space.bottleneck_act]) if shapes else None
+                          act=space.bottleneck_act) if shapes else None
         self.slots = nn.ModuleList(
             Slot(H, head_size=space.head_size, ffn_ratio=space.ffn_ratio, act=act, eps=layer_norm_eps,
                  attention_dropout=attention_probs_dropout_prob, hidden_dropout=hidden_dropout_prob,

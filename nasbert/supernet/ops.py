@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.configuration_nasbert import NasBertConfig, bottleneck_shape
-from ..modeling.modeling_nasbert import (NasBertBottleneck, attention, bottleneck, embed, feed_forward, normalize,
-                                         residual_norm, sepconv)
+from ..modeling.modeling_nasbert import (NasBertBottleneck, attention, embed, feed_forward, normalize, residual_norm,
+                                         sepconv)
 from ..space import MAX_KERNEL, SEPCONV_KERNELS
 
 Tensors = dict[str, torch.Tensor]
@@ -175,15 +175,14 @@ class ElasticBottleneck(nn.Module):
     the widest intra width and the most FFNs: ``bottleneck{B}x{N}`` at width w uses the first w inter channels,
     the first B intra channels (whole heads of ``head_size``) and the first N FFNs."""
 
-    def __init__(self, width: int, intra: int, num_ffn: int, *, ffn_ratio: int, head_size: int, norm: str, act,
+    def __init__(self, width: int, intra: int, num_ffn: int, *, ffn_ratio: int, head_size: int, norm: str, act: str,
                  eps: float, attention_dropout: float, hidden_dropout: float):
         super().__init__()
         config = NasBertConfig(blocks=[{"width": width, "ops": [f"bottleneck{intra}x{num_ffn}"]}], ffn_ratio=ffn_ratio,
-                               bottleneck_head_size=head_size, bottleneck_norm=norm, layer_norm_eps=eps)
+                               bottleneck_head_size=head_size, bottleneck_norm=norm, bottleneck_act=act,
+                               layer_norm_eps=eps, attention_probs_dropout_prob=attention_dropout,
+                               hidden_dropout_prob=hidden_dropout)
         self.layer = NasBertBottleneck(config, width, intra, num_ffn)  # the widest version: its parameters
-        self.layer.act = act
-        self.layer.attention_dropout = attention_dropout
-        self.layer.hidden_dropout = hidden_dropout
         self.ffn_ratio = ffn_ratio
 
     def sliced(self, width: int, intra: int, num_ffn: int) -> Tensors:
@@ -197,8 +196,7 @@ class ElasticBottleneck(nn.Module):
             sizes[f"ffn.{i}.output"] = (intra, inner)
         p = {}
         for name, param in self.layer.named_parameters():
-            owner = name.rsplit(".", 2)[0] if name.endswith((".dense.weight", ".dense.bias", ".norm.weight",
-                                                              ".norm.bias")) else name.rsplit(".", 1)[0]
+            owner = name.rsplit(".", 1)[0].removesuffix(".dense").removesuffix(".norm")  # a norm has its dense's out
             if owner not in sizes:
                 continue  # an FFN beyond num_ffn
             out_features, in_features = sizes[owner]
@@ -207,11 +205,7 @@ class ElasticBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor, intra: int,
                 num_ffn: int) -> torch.Tensor:
-        layer = self.layer
-        return bottleneck(x, additive_mask, self.sliced(x.shape[-1], intra, num_ffn), num_ffn=num_ffn,
-                          head_size=layer.head_size, norm=layer.norm, act=layer.act, eps=layer.eps,
-                          dropout=layer.hidden_dropout, attention_dropout=layer.attention_dropout,
-                          training=self.training)
+        return self.layer.compute(x, additive_mask, self.sliced(x.shape[-1], intra, num_ffn), num_ffn)
 
 
 class Slot(nn.Module):

@@ -64,8 +64,9 @@ class ProgressiveSchedule:
         block = step // self.stage_steps
         return block if block < self.num_blocks else None
 
-    def updates(self, block: int) -> int:
-        """Optimiser updates of ``block`` over the whole loop (its schedule's length)."""
+    @property
+    def updates_per_block(self) -> int:
+        """Optimiser updates of each block over the whole loop (the length of its schedule): ``steps``."""
         return self.stage_steps + self.final_steps
 
 

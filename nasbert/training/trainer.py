@@ -88,7 +88,7 @@ class BlockwiseTrainer:
             raise ValueError("train.mode: progressive trains one block after another in one process; "
                              "disable ray (ray.enabled: false) or use train.mode: blockwise")
         self.learners = [BlockLearner(self.supernet, n, config if self.schedule is None else
-                                      dataclasses.replace(config, steps=self.schedule.updates(n)))
+                                      dataclasses.replace(config, steps=self.schedule.updates_per_block))
                          for n in range(self.space.num_blocks)]
         self.batches = BatchIterator(corpus.train.shape[0], config.batch_size, seed=seed)
         self.mask_generator = torch.Generator().manual_seed(seed)
