@@ -13,6 +13,9 @@
                                                 train one sub-network further as a whole against the teacher
     nasbert references build --task sst2 --out DIR
                                                 a RefBERT reference pool for finetune --references
+    nasbert baselines RUN                       the free baselines of each budget, timed with the family
+    nasbert report RUN --tasks sst2 cola sick --data-dir DIR
+                                                family vs free baselines vs teacher, fine-tuned, at measured latency
 """
 
 from __future__ import annotations
@@ -308,6 +311,67 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ quality
+
+
+def _report_config(args: argparse.Namespace, **overrides):
+    from .quality.report import ReportConfig, parse_max_train
+
+    tasks = tuple(getattr(args, "tasks", None) or ReportConfig.tasks)
+    values = {"tasks": tasks, "data_dir": getattr(args, "data_dir", None), "seeds": getattr(args, "seeds", 3),
+              "lrs": tuple(getattr(args, "lrs", None) or ReportConfig.lrs),
+              "lr_select": getattr(args, "lr_select", "all"), "epochs": getattr(args, "epochs", 3.0),
+              "batch_size": getattr(args, "batch_size", 32), "max_seq_len": getattr(args, "max_seq_len", 128),
+              "max_train_examples": parse_max_train(getattr(args, "max_train_examples", None), tasks),
+              "budgets": tuple(args.budgets) if args.budgets else None, "distill_steps": args.distill_steps,
+              "layerdrop": tuple(args.layerdrop), "threads": args.threads}
+    return ReportConfig(**{**values, **overrides})
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    """``nasbert baselines``: the layer-dropped teachers and uniform models each budget allows, written and timed."""
+    from .quality.report import _check_settings, _load_run, _settings, _budgets, _distill_steps, prepare_models
+
+    config = _report_config(args)
+    run = _load_run(Path(args.run), Path(args.family) if args.family else None)
+    out = Path(args.out) if args.out else Path(args.run) / "baselines"
+    budgets = _budgets(run, config)
+    _check_settings(out, _settings(run, config, budgets, _distill_steps(run, config)), args.force)
+    models = prepare_models(run, out, config, progress=not args.no_progress)
+    print(f"teacher {models['teacher_latency_ms']:.2f} ms ({models['device'].get('key', '')})")
+    for row in models["rows"][1:]:
+        print(f"  {row['budget']:>6}  {row['kind']:<9}  {row['name']:<28} {row['params'] / 1e6:6.2f} M  "
+              f"{row['latency_ms']:6.2f} ms  {row['speedup']:5.2f}x  {out / row['path']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``nasbert report``: the family, the free baselines and the teacher, fine-tuned on a task panel."""
+    from .quality.report import build_report, markdown_table
+
+    results = build_report(args.run, out=args.out, config=_report_config(args), family=args.family,
+                           force=args.force, progress=not args.no_progress)
+    print(markdown_table(results))
+    out = Path(args.out) if args.out else Path(args.run) / "report"
+    print(f"results: {out / 'quality_results.json'}, table: {out / 'quality.md'}, plot: {out / 'quality.png'}")
+    return 0
+
+
+def _baseline_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory (a finished `nasbert run`)")
+    p.add_argument("--family", help="family directory (default RUN/family)")
+    p.add_argument("--budgets", nargs="+", help="budgets to compare at (default: the family's)")
+    p.add_argument("--distill-steps", type=int,
+                   help="whole-model distillation steps for the +kd rows (default: the family's distill_steps; "
+                        "with a family distilled after the search it must be the same)")
+    p.add_argument("--layerdrop", nargs="+", default=["bottom", "spread"], choices=["bottom", "spread"],
+                   help="which layer-dropped teachers compete: the bottom k layers, k layers spread over the "
+                        "blocks, or both (default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="start over in --out")
+
+
 # ------------------------------------------------------------------------------------------------ references
 
 
@@ -444,6 +508,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_references_build)
 
+    p = sub.add_parser("baselines", help="the free baselines of each budget (layer-dropped teacher, uniform model), "
+                                         "written and timed with the family and the teacher")
+    _baseline_arguments(p)
+    p.add_argument("--out", help="output directory (default RUN/baselines)")
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("report", help="quality report: family vs free baselines vs teacher, fine-tuned on a task "
+                                      "panel at measured latency (resumable)")
+    _baseline_arguments(p)
+    p.add_argument("--out", help="output directory (default RUN/report)")
+    p.add_argument("--tasks", nargs="+", default=["sst2", "cola", "sick"],
+                   help="task panel: GLUE tasks and sick (default: sst2 cola sick)")
+    p.add_argument("--data-dir", help="local data: a GLUE root, or a folder holding glue/ and sick/ (default: hub)")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per model and task (default 3)")
+    p.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4],
+                   help="learning-rate grid; each model gets its best (default 5e-5 1e-4 2e-4)")
+    p.add_argument("--lr-select", choices=["all", "first-seed"], default="all",
+                   help="choose the rate on the mean over all seeds (default), or on seed 0 alone and run the "
+                        "other seeds at that rate only (cheaper)")
+    p.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs (default 3)")
+    p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch size (default 32)")
+    p.add_argument("--max-seq-len", type=int, default=128, help="tokens per input (default 128)")
+    p.add_argument("--max-train-examples", nargs="+", metavar="[TASK=]N",
+                   help="a fixed seeded subset of the training set, for every task (N) or one (TASK=N)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("space", help="describe a search space")
     p.add_argument("space", nargs="?", default="minilm_l6", help="shipped name or YAML path (default: minilm_l6)")
     p.add_argument("--list", action="store_true", help="list the shipped spaces")
@@ -485,7 +575,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .space import SpaceError
     from .teacher import TeacherError
 
-    return (ConfigError, SpaceError, TeacherError, TaskError, FinetuneError, ReferencePoolError, FileNotFoundError)
+    from .quality import ReportError
+
+    return (ConfigError, SpaceError, TeacherError, TaskError, FinetuneError, ReferencePoolError, ReportError,
+            FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

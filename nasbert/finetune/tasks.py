@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "GLUE_TASKS",
+    "SICK",
     "Example",
     "TaskData",
     "TaskError",
@@ -159,6 +160,18 @@ _TSV_FORMATS: dict[str, _TsvFormat] = {
     "rte": _TsvFormat(("sentence1", "sentence2"), "label", _ENTAILMENT_IDS),
 }
 
+#: SICK (Marelli et al., LREC 2014; SemEval-2014 task 1): sentence pairs with a 3-way entailment label, in one
+#: file whose ``SemEval_set`` column splits it. nasbert trains on TRAIN and reports on TEST (TRIAL is unused);
+#: on the hub its splits are train / validation / test.
+SICK = TaskSpec("sick", "SICK", ("sentence_A", "sentence_B"), 3, ("entailment", "neutral", "contradiction"),
+                _ACCURACY, "accuracy", dev_split="test")
+SICK_HUB_DATASET = "RobZamp/sick"
+_SICK_FILE = "SICK.txt"
+_SICK_LAYOUT = ("SICK is one tab-separated file, SICK.txt, with columns sentence_A, sentence_B, entailment_label "
+                "and SemEval_set (TRAIN / TRIAL / TEST): pass --data-dir with the file, its folder, or a folder "
+                "holding sick/SICK.txt")
+OTHER_TASKS: dict[str, TaskSpec] = {SICK.name: SICK}
+
 _LAYOUT = ("the GLUE TSV layout is <DIR>/<TASK>/train.tsv, dev.tsv (MNLI: dev_matched.tsv; CoLA's files have no "
            "header), e.g. <DIR>/SST-2/train.tsv")
 _LAYOUT_HINT = f"{_LAYOUT}; or omit --data-dir to download the task from the Hugging Face hub ({HUB_DATASET})"
@@ -178,11 +191,12 @@ def get_task(name: str) -> TaskSpec:
     ...
     nasbert.finetune.tasks.TaskError: unknown task 'imdb': the GLUE tasks are cola, sst2, mrpc, stsb, ...
     """
-    spec = GLUE_TASKS.get(_normalize(name)) if isinstance(name, str) else None
+    known = {**GLUE_TASKS, **OTHER_TASKS}
+    spec = known.get(_normalize(name)) if isinstance(name, str) else None
     if spec is None:
         raise TaskError(f"unknown task {name!r}: the GLUE tasks are {', '.join(GLUE_TASKS)} (also written as "
-                        f"{', '.join(s.glue_dir for s in GLUE_TASKS.values())}); for your own data use a "
-                        "generic CSV / JSON Lines task")
+                        f"{', '.join(s.glue_dir for s in GLUE_TASKS.values())}), and {', '.join(OTHER_TASKS)}; "
+                        "for your own data use a generic CSV / JSON Lines task")
     return spec
 
 
@@ -202,6 +216,10 @@ def load_task(task: str | TaskSpec, *, data_dir: str | os.PathLike | None = None
     TaskData(task='cola', train=8551, dev=1043, source='data/glue/CoLA')
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if spec.name == SICK.name:
+        _check_subset(max_train_examples)
+        train, dev, source = _hub_sick() if data_dir is None else _sick_examples(Path(data_dir))
+        return TaskData(spec, _subset(train, max_train_examples, seed), dev, source)
     if spec.name not in _TSV_FORMATS:
         raise TaskError(f"task {spec.name!r} is not a GLUE task: read its files with load_generic_task")
     _check_subset(max_train_examples)
@@ -216,7 +234,7 @@ def _task_dir(spec: TaskSpec, data_dir: Path) -> Path:
     """The directory that holds the task's train.tsv: ``data_dir/<TASK>`` (any spelling) or ``data_dir``."""
     if not data_dir.is_dir():
         raise TaskError(f"--data-dir {str(data_dir)!r} is not a directory: {_LAYOUT_HINT}")
-    candidates = [data_dir / spec.glue_dir]
+    candidates = [data_dir / spec.glue_dir, data_dir / "glue" / spec.glue_dir]
     # Other spellings of the task directory (sst2, sst-2, Sst-2), in a fixed order.
     candidates += sorted(p for p in data_dir.iterdir() if p.is_dir() and _normalize(p.name) == spec.name)
     candidates.append(data_dir)
@@ -304,6 +322,53 @@ def _tsv_label(value: str, fmt: _TsvFormat, where: str, number: int) -> int | fl
         raise TaskError(f"{where}, line {number}: label {value!r} is not one of "
                         f"{', '.join(map(repr, fmt.labels))}{hint}")
     return fmt.labels[value]
+
+
+def _sick_file(data_dir: Path) -> Path:
+    if data_dir.is_file():
+        return data_dir
+    for path in (data_dir / _SICK_FILE, data_dir / "sick" / _SICK_FILE, data_dir / "SICK" / _SICK_FILE):
+        if path.is_file():
+            return path
+    raise TaskError(f"no {_SICK_FILE} in --data-dir {str(data_dir)!r} (nor in its sick/ folder); {_SICK_LAYOUT}")
+
+
+def _sick_examples(data_dir: Path) -> tuple[list[Example], list[Example], str]:
+    """TRAIN and TEST rows of SICK.txt (CRLF or LF line ends), with the hub's label ids."""
+    path = _sick_file(data_dir)
+    rows = _tsv_rows(path)
+    header = next(rows, None)
+    columns = [c.strip() for c in header[1]] if header else []
+    needed = ("sentence_A", "sentence_B", "entailment_label", "SemEval_set")
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise TaskError(f"{path} has no column {', '.join(map(repr, missing))}; {_SICK_LAYOUT}")
+    at = [columns.index(c) for c in needed]
+    ids = {name.upper(): i for i, name in enumerate(SICK.label_names)}
+    splits: dict[str, list[Example]] = {"TRAIN": [], "TRIAL": [], "TEST": []}
+    for number, fields in rows:
+        if len(fields) != len(columns):
+            raise TaskError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(columns)}")
+        a, b, label, split = (fields[i].strip() for i in at)
+        if label not in ids:
+            raise TaskError(f"{path}, line {number}: entailment_label {label!r} is not one of {', '.join(ids)}")
+        if split not in splits:
+            raise TaskError(f"{path}, line {number}: SemEval_set {split!r} is not one of {', '.join(splits)}")
+        splits[split].append(Example(a, b, ids[label]))
+    if not splits["TRAIN"] or not splits["TEST"]:
+        raise TaskError(f"{path} has {len(splits['TRAIN'])} TRAIN and {len(splits['TEST'])} TEST rows; both are "
+                        f"needed; {_SICK_LAYOUT}")
+    return splits["TRAIN"], splits["TEST"], str(path)
+
+
+def _hub_sick() -> tuple[list[Example], list[Example], str]:
+    try:
+        dataset = _load_dataset(SICK_HUB_DATASET)
+    except (OSError, ValueError) as e:
+        raise TaskError(f"cannot load SICK from the Hugging Face hub ({SICK_HUB_DATASET}): {type(e).__name__}: {e}. "
+                        f"Pass --data-dir with a local copy; {_SICK_LAYOUT}") from None
+    source = f"hub:{SICK_HUB_DATASET}"
+    return _hub_split(dataset, "train", SICK, source), _hub_split(dataset, SICK.dev_split, SICK, source), source
 
 
 def _load_dataset(*args: Any, **kwargs: Any) -> Any:

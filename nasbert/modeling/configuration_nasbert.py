@@ -76,6 +76,7 @@ class NasBertConfig(PretrainedConfig):
         factorized_embedding_size: int | None = None,
         embedding_norm: str = "layernorm",
         reference_size: int | None = None,
+        adapters: bool = True,
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -124,6 +125,14 @@ class NasBertConfig(PretrainedConfig):
                                  "the first mha layer's keys and values) and this model has none: use a model "
                                  "with an mha layer, or fine-tune without references")
         self.reference_size = reference_size
+        if not isinstance(adapters, bool):
+            raise ValueError(f"adapters must be true or false, got {adapters!r}")
+        if not adapters and any(b["width"] != hidden_size for b in self.blocks):
+            raise ValueError(f"adapters: false needs every block at the output width ({hidden_size}); widths "
+                             f"{[b['width'] for b in self.blocks]} need the adapters between them")
+        #: False: no linear maps between blocks nor to the output (every block is ``hidden_size`` wide), as in a
+        #: plain BERT; a layer-dropped teacher is such a model
+        self.adapters = adapters
 
     @property
     def embedding_size(self) -> int:

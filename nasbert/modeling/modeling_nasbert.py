@@ -391,8 +391,12 @@ class NasBertEncoder(nn.Module):
             build_layer(config, op, b["width"]) for b in config.blocks for op in b["ops"] if op != "identity"
         )
         self.layers_per_block = [sum(op != "identity" for op in b["ops"]) for b in config.blocks]
-        self.adapters = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.output_adapter = nn.Linear(widths[-1], config.hidden_size)
+        if getattr(config, "adapters", True):
+            self.adapters = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+            self.output_adapter = nn.Linear(widths[-1], config.hidden_size)
+        else:  # every block at the output width, nothing between them (a plain BERT's layers)
+            self.adapters = nn.ModuleList(nn.Identity() for _ in widths[:-1])
+            self.output_adapter = nn.Identity()
         ops = [op for b in config.blocks for op in b["ops"] if op != "identity"]
         # RefBERT: the first mha layer also attends over the reference states (None: no references)
         self.reference_layer = ops.index("mha") if getattr(config, "reference_size", None) else None

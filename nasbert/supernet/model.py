@@ -135,7 +135,7 @@ class SuperNet(nn.Module):
 
     @classmethod
     def from_teacher(cls, space: SearchSpace, teacher: str | os.PathLike | nn.Module | None = None, *,
-                     init: str = "teacher", seed: int = 0) -> SuperNet:
+                     init: str = "teacher", seed: int = 0, reorder: bool = True) -> SuperNet:
         """A supernet whose MHA and FFN ops start from the teacher's own sub-layers, units ordered by importance.
 
         ``teacher``: a local HF BERT directory, a hub id, a loaded ``BertModel``, or None for the space's default
@@ -143,6 +143,9 @@ class SuperNet(nn.Module):
         op from teacher layer ``s // 2``'s attention and its ffn op from the same layer's FFN; sepconv ops and
         nothing else start random. ``init="random"`` keeps the teacher's hyper-parameters (activation, norms,
         dropout) but none of its weights: the baseline that shows what teacher initialisation is worth.
+        ``reorder=False`` keeps the teacher's own unit order, so the adapters start as identities and a
+        full-width path extracts to the teacher's layers with no adapter at all (the layer-dropped baselines of
+        :mod:`nasbert.quality.baselines`); narrower slices then keep arbitrary units, so search with the default.
         """
         if init not in ("teacher", "random"):
             raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
@@ -166,7 +169,11 @@ class SuperNet(nn.Module):
         if init == "random":
             return supernet
         state = {k: v.detach().float().cpu() for k, v in bert.state_dict().items()}
-        embeddings, layers, perm = reorder_bert(*split_bert_state(state, config.num_hidden_layers), space.head_size)
+        embeddings, layers = split_bert_state(state, config.num_hidden_layers)
+        if reorder:
+            embeddings, layers, perm = reorder_bert(embeddings, layers, space.head_size)
+        else:
+            perm = torch.arange(config.hidden_size)
         supernet._load_teacher(embeddings, layers, perm)
         return supernet
 
@@ -285,13 +292,26 @@ class SuperNet(nn.Module):
         )
 
     @torch.no_grad()
-    def extract(self, arch: Arch) -> NasBertModel:
+    def extract(self, arch: Arch, *, drop_identity_adapters: bool = False) -> NasBertModel:
         """A standalone :class:`NasBertModel` computing what ``self(…, arch=arch)`` computes (eval mode).
 
         Adapters at each block boundary (out_adapter n, then in_adapter n+1) are folded into one linear layer.
+        With ``drop_identity_adapters``, a model whose folded adapters and output adapter are all exactly the
+        identity (every block at the teacher's width, adapters untrained, no reordering: ``reorder=False``) is
+        built without them (``config.adapters = False``), so it costs what a plain BERT with those layers costs.
         """
         self.space.validate(arch, allow_teacher=True)
-        model = NasBertModel(self.extract_config(arch))
+        config = self.extract_config(arch)
+        if drop_identity_adapters and self._identity_adapters(arch):
+            config.adapters = False
+            model = NasBertModel(config)
+            model.embeddings.load_state_dict(self.embeddings.sliced(arch.blocks[0].width))
+            layers = iter(model.encoder.layer)
+            for n, block in enumerate(arch.blocks):
+                for slot, op in zip(self.space.block_slots(n), block.layers):
+                    next(layers).load_state_dict(self.slots[slot].sliced(op, block.width))
+            return model.eval()
+        model = NasBertModel(config)
         model.embeddings.load_state_dict(self.embeddings.sliced(arch.blocks[0].width))
         layers = iter(model.encoder.layer)
         for n, block in enumerate(arch.blocks):
@@ -308,6 +328,16 @@ class SuperNet(nn.Module):
         model.encoder.output_adapter.weight.copy_(weight)
         model.encoder.output_adapter.bias.copy_(bias)
         return model.eval()
+
+    @torch.no_grad()
+    def _identity_adapters(self, arch: Arch) -> bool:
+        """Whether every adapter ``arch`` passes through is exactly the identity (so it can be left out)."""
+        H = self.space.teacher.hidden_size
+        if any(w != H for w in arch.widths):
+            return False
+        eye = torch.eye(H)
+        used = [*self.in_adapters[: len(arch.blocks) - 1], *self.out_adapters[: len(arch.blocks)]]
+        return all(torch.equal(a.weight[:H, :H], eye) and not a.bias[:H].any() for a in used)
 
     # ---------------------------------------------------------------- persistence
 

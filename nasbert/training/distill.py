@@ -94,6 +94,7 @@ def distill_arch(
     seed: int = 0,
     progress: bool = True,
     valid_batches: list[dict] | None = None,
+    freeze_adapters: bool = False,
 ) -> DistillResult:
     """Train the sub-network ``arch`` of (a copy of) ``supernet`` end to end against ``teacher``.
 
@@ -102,7 +103,8 @@ def distill_arch(
     :func:`distill_loss`. The teacher runs in eval mode without gradients, the student in train mode (dropout).
     Equal seeds give equal weights. ``valid_batches`` (default: ``config.eval_batches`` fixed batches of
     ``corpus.valid``) give the whole-model loss before and after. ``supernet`` is left exactly as it was; the
-    teacher is put in eval mode and must be on the supernet's device.
+    teacher is put in eval mode and must be on the supernet's device. ``freeze_adapters`` trains the layers and
+    embeddings only, so adapters that are identities stay identities (a layer-dropped teacher stays a plain BERT).
 
     >>> result = distill_arch(supernet, Arch.parse("128:mha,ffn,identity,identity|..."), teacher, corpus,
     ...                       tokenizer, config=DistillConfig(steps=200, lr=1e-4), seed=0)  # doctest: +SKIP
@@ -123,19 +125,21 @@ def distill_arch(
     student = copy.deepcopy(supernet)
     before = whole_model_loss(student, teacher, arch, valid_batches)
     logger.info("distilling %s for %d steps; whole-model valid loss before %.4f", arch, config.steps, before)
-    distill_in_place(student, arch, teacher, corpus, tokenizer, config=config, seed=seed, progress=progress)
+    distill_in_place(student, arch, teacher, corpus, tokenizer, config=config, seed=seed, progress=progress,
+                     freeze_adapters=freeze_adapters)
     after = whole_model_loss(student, teacher, arch, valid_batches) if config.steps else before
     seconds = time.perf_counter() - start
     logger.info("distilled %s: whole-model valid loss %.4f -> %.4f (%d steps, %.1f s)", arch, before, after,
                 config.steps, seconds)
     with torch.random.fork_rng(devices=[]):  # building the model draws its (overwritten) initial weights
-        model = student.extract(arch)
+        model = student.extract(arch, drop_identity_adapters=freeze_adapters)
     return DistillResult(model=model, valid_loss_before=before, valid_loss_after=after, steps=config.steps,
                          seconds=seconds)
 
 
 def distill_in_place(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCorpus, tokenizer, *,
-                     config: DistillConfig, seed: int = 0, progress: bool = True) -> None:
+                     config: DistillConfig, seed: int = 0, progress: bool = True,
+                     freeze_adapters: bool = False) -> None:
     """The training loop of :func:`distill_arch`, on ``student`` itself (its weights change; it ends in eval
     mode). Equal students, arguments and seeds give equal weights: torch's global generator (dropout) is seeded
     with ``seed`` inside and given back to the caller afterwards, as is the thread count."""
@@ -150,22 +154,26 @@ def distill_in_place(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCo
         # Dropout draws from torch's global generator: seed it for this run, and give the caller's state back.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            _train(student, arch, teacher, corpus, tokenizer, config, seed=seed, progress=progress)
+            _train(student, arch, teacher, corpus, tokenizer, config, seed=seed, progress=progress,
+                   freeze_adapters=freeze_adapters)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCorpus, tokenizer, config: DistillConfig, *,
-           seed: int, progress: bool) -> None:
+           seed: int, progress: bool, freeze_adapters: bool) -> None:
     device = next(student.parameters()).device
     teacher.eval()
+    # Every trained parameter goes to the optimiser: the ones ``arch`` does not use never get a gradient, and
+    # AdamW skips parameters without one, so they stay as they are.
+    named = [(name, p) for name, p in student.named_parameters()
+             if not (freeze_adapters and name.startswith(("in_adapters.", "out_adapters.")))]
     for p in student.parameters():
+        p.requires_grad_(False)
+    for _, p in named:
         p.requires_grad_(True)
-    # Every parameter goes to the optimiser: the ones ``arch`` does not use never get a gradient, and AdamW
-    # skips parameters without one, so they stay as they are.
-    optimizer, scheduler = make_optimizer(student.named_parameters(), _optimizer_settings(config, config.steps),
-                                          config.steps)
-    parameters = list(student.parameters())
+    optimizer, scheduler = make_optimizer(named, _optimizer_settings(config, config.steps), config.steps)
+    parameters = [p for _, p in named]
     batches = BatchIterator(corpus.train.shape[0], config.batch_size, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     special_ids = sorted(set(tokenizer.all_special_ids))

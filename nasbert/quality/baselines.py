@@ -1,0 +1,150 @@
+"""The free baselines: what a user gets without nasbert's search, at the same measured latency.
+
+A searched family member is only worth having if it beats the models a user can build in minutes:
+
+* the **layer-dropped teacher** (``layerdrop-bottom{k}``, ``layerdrop-spread{k}``): keep k of the teacher's
+  layers as they are, no training. ``bottom`` keeps layers 0..k-1; ``spread`` spreads the k layers over the
+  space's blocks (each block keeps its first ones: with MiniLM-L6's 3 blocks of 2 layers, spread-3 is layers
+  0, 2, 4). It is built from a supernet that keeps the teacher's own unit order (``reorder=False``), so the
+  extracted model *is* those teacher layers, with no adapter between them: exactly a Hugging Face
+  ``BertModel`` with ``num_hidden_layers = k`` (checked in the tests), so it costs what such a BERT costs;
+* the **uniform model** (``uniform-L{l}-H{w}``, NAS-BERT's BERTx): l layers of MHA + FFN at one width w, spread
+  over the blocks the same way, sliced from the run's trained supernet.
+
+Each can also be given the post-search distillation a family member gets (``+kd``): the same
+:func:`~nasbert.training.distill.distill_arch` steps, corpus, seed and settings. A layer-dropped teacher keeps its
+adapters frozen at the identity while it is distilled, so it stays a plain BERT.
+
+:func:`choose_baselines` times every candidate with the teacher (interleaved, the run's latency settings) and
+keeps, per budget and kind, the slowest candidate that still meets the budget on measured latency: the one a
+user with that budget would take.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..space import Arch, BlockArch, SearchSpace
+
+__all__ = ["KINDS", "LAYERDROP_MODES", "Baseline", "build_raw", "choose_baselines", "kept_layers",
+           "layer_counts", "layerdrop_baselines", "uniform_baselines"]
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("layerdrop", "uniform")
+LAYERDROP_MODES = ("bottom", "spread")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One free baseline: a name, its kind ("layerdrop" or "uniform") and its architecture in the space."""
+
+    name: str
+    kind: str
+    arch: Arch
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "arch": str(self.arch)}
+
+
+def layer_counts(layers: int, num_blocks: int, per_block: int, mode: str) -> list[int]:
+    """How many (MHA + FFN) layers each block keeps: ``bottom`` fills the blocks in order, ``spread`` as evenly
+    as possible (earlier blocks take the remainder).
+
+    >>> layer_counts(3, 3, 2, "bottom"), layer_counts(3, 3, 2, "spread"), layer_counts(4, 3, 2, "spread")
+    ([2, 1, 0], [1, 1, 1], [2, 1, 1])
+    """
+    if mode not in LAYERDROP_MODES:
+        raise ValueError(f"mode must be one of {', '.join(LAYERDROP_MODES)}, got {mode!r}")
+    if not 1 <= layers <= num_blocks * per_block:
+        raise ValueError(f"layers must be in 1..{num_blocks * per_block}, got {layers}")
+    if mode == "bottom":
+        return [min(per_block, max(0, layers - n * per_block)) for n in range(num_blocks)]
+    return [layers // num_blocks + (1 if n < layers % num_blocks else 0) for n in range(num_blocks)]
+
+
+def _stacked(space: SearchSpace, width: int, counts: Sequence[int]) -> Arch:
+    k = space.slots_per_block
+    return Arch(tuple(BlockArch(width, ("mha", "ffn") * c + ("identity",) * (k - 2 * c)) for c in counts))
+
+
+def _check_space(space: SearchSpace, ops: Sequence[str] = ("identity",)) -> None:
+    missing = [op for op in ops if op not in space.ops]
+    if space.slots_per_block % 2 or missing:
+        raise ValueError(f"space {space.name!r}: these baselines need blocks of whole MHA + FFN layers (an even "
+                         f"number of slots per block) and the ops {', '.join(ops)}; missing: {', '.join(missing)}")
+
+
+def kept_layers(space: SearchSpace, arch: Arch) -> list[int]:
+    """The teacher layers a layer-drop architecture keeps (block n's first c layers)."""
+    per_block = space.slots_per_block // 2
+    return [n * per_block + j for n, block in enumerate(arch.blocks) for j in range(len(block.layers) // 2)]
+
+
+def layerdrop_baselines(space: SearchSpace, modes: Sequence[str] = LAYERDROP_MODES) -> list[Baseline]:
+    """Every layer-dropped teacher with 1..L-1 layers, for each mode; a spread one equal to a bottom one
+    (e.g. one layer) is listed once, as bottom."""
+    _check_space(space)
+    per_block, n = space.slots_per_block // 2, space.num_blocks
+    out: list[Baseline] = []
+    seen: set[Arch] = set()
+    for mode in modes:
+        for k in range(1, n * per_block):
+            arch = _stacked(space, space.teacher.hidden_size, layer_counts(k, n, per_block, mode))
+            if arch not in seen:
+                seen.add(arch)
+                out.append(Baseline(f"layerdrop-{mode}{k}", "layerdrop", arch))
+    return out
+
+
+def uniform_baselines(space: SearchSpace) -> list[Baseline]:
+    """Every uniform model of the space: l = 1..L layers of MHA + FFN at each width of ``hidden_choices``,
+    spread over the blocks (the teacher's own architecture excluded)."""
+    _check_space(space, ("mha", "ffn", "identity"))
+    per_block, n = space.slots_per_block // 2, space.num_blocks
+    out = []
+    for width in space.hidden_choices:
+        for layers in range(1, n * per_block + 1):
+            arch = _stacked(space, width, layer_counts(layers, n, per_block, "spread"))
+            if arch != space.teacher_arch():
+                out.append(Baseline(f"uniform-L{layers}-H{width}", "uniform", arch))
+    return out
+
+
+def build_raw(baseline: Baseline, *, teacher_supernet, trained_supernet):
+    """The untrained baseline model: a layer-dropped teacher from ``teacher_supernet`` (``SuperNet.from_teacher(
+    ..., reorder=False)``, no adapters), a uniform model sliced from ``trained_supernet``."""
+    if baseline.kind == "layerdrop":
+        model = teacher_supernet.extract(baseline.arch, drop_identity_adapters=True)
+        if model.config.adapters:
+            raise ValueError(f"{baseline.name}: the teacher supernet's adapters are not identities; build it with "
+                             "SuperNet.from_teacher(space, teacher, reorder=False)")
+        return model
+    return trained_supernet.extract(baseline.arch)
+
+
+def choose_baselines(candidates: Sequence[Baseline], latency_ms: dict[str, float], teacher_latency_ms: float,
+                     budgets: Sequence, space: SearchSpace) -> dict[str, dict[str, Baseline]]:
+    """``{budget name: {kind: baseline}}``: per budget and kind, the slowest candidate that meets the budget on
+    measured latency (``latency_ms[name]``; ties: the first listed). A kind with no candidate under a budget is
+    left out of that budget."""
+    chosen: dict[str, dict[str, Baseline]] = {}
+    for budget in budgets:
+        per_kind: dict[str, Baseline] = {}
+        for b in candidates:
+            ms = latency_ms[b.name]
+            if not budget.allows(ms, space.num_params(b.arch), teacher_latency_ms):
+                continue
+            best = per_kind.get(b.kind)
+            if best is None or ms > latency_ms[best.name]:
+                per_kind[b.kind] = b
+        chosen[budget.name] = per_kind
+        for kind in KINDS:
+            if kind in per_kind:
+                logger.info("budget %s: %s baseline %s (%.2f ms, %.2fx)", budget.name, kind, per_kind[kind].name,
+                            latency_ms[per_kind[kind].name], teacher_latency_ms / latency_ms[per_kind[kind].name])
+            else:
+                logger.info("budget %s: no %s baseline meets it", budget.name, kind)
+    return chosen

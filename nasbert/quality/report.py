@@ -1,0 +1,509 @@
+"""``nasbert report``: is the family worth more than what a user gets for free?
+
+For every budget of a run's family, the report puts side by side, at *measured* latency (one interleaved
+timing run with the teacher, the run's latency settings):
+
+* the searched member (``kind: searched``);
+* the best layer-dropped teacher and the best uniform model that meet the same budget
+  (:mod:`nasbert.quality.baselines`), raw and, when the family was distilled after the search (or
+  ``distill_steps`` asks for it), with the same whole-model distillation (``+kd{steps}``);
+* the teacher.
+
+Every model is fine-tuned on a task panel (GLUE tasks, SICK, ...) with one recipe (mean pooling), for each
+learning rate of a small grid and each seed; a model's score on a task is its final dev score at the learning
+rate with the best mean over seeds (``lr_select: all``), or the best on the first seed (``first-seed``: the
+grid on seed 0 only, the other seeds at the chosen rate). Scores are the task's main metric x 100.
+
+Everything lands in ``OUT`` (default ``RUN/report``), step by step, so a stopped report goes on where it was::
+
+    OUT/report.json            the settings; a rerun must ask the same (--force starts over)
+    OUT/candidates.json        every baseline candidate's measured latency (chooses the baselines)
+    OUT/models/<name>/         every model of the report as a Hugging Face directory
+    OUT/models.json            the rows: budget, kind, model, params, measured latency and speed-up
+    OUT/ft/<model>/<task>/lr<lr>-seed<s>/   one fine-tuning run each (nasbert finetune's output)
+    OUT/quality_results.json   the scores per seed, the chosen learning rates, % of the teacher
+    OUT/quality.md             the table
+    OUT/quality.png            panel score against measured latency, every model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..config import ConfigError
+from ..io import atomic_dir, atomic_write_json, atomic_write_text
+from .baselines import KINDS, LAYERDROP_MODES, Baseline, build_raw, choose_baselines, layerdrop_baselines, \
+    uniform_baselines
+
+__all__ = ["ReportConfig", "ReportError", "build_report", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+LR_SELECT = ("all", "first-seed")
+TEACHER = "teacher"
+
+
+class ReportError(ValueError):
+    """The report cannot be made as asked (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report measures and how every model is fine-tuned."""
+
+    tasks: tuple[str, ...] = ("sst2", "cola", "sick")
+    #: local data: a GLUE root (or a folder holding glue/ and sick/); None reads the tasks from the hub
+    data_dir: str | None = None
+    seeds: int = 3
+    lrs: tuple[float, ...] = (5e-5, 1e-4, 2e-4)
+    lr_select: str = "all"
+    epochs: float = 3.0
+    batch_size: int = 32
+    max_seq_len: int = 128
+    #: training examples per task (a fixed seeded subset, the same for every model and seed); absent = all
+    max_train_examples: dict[str, int] = field(default_factory=dict)
+    #: the budgets to compare at (None: the family's)
+    budgets: tuple[str, ...] | None = None
+    #: whole-model distillation steps for the ``+kd`` rows (None: the family's ``distill_steps``; 0: none)
+    distill_steps: int | None = None
+    layerdrop: tuple[str, ...] = ("bottom", "spread")
+    #: torch threads while fine-tuning and distilling (0 = torch's default)
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("report: name at least one task (--tasks)")
+        if self.seeds < 1:
+            raise ConfigError(f"report: --seeds must be at least 1, got {self.seeds}")
+        if not self.lrs or any(not 0 < lr < 1 for lr in self.lrs):
+            raise ConfigError(f"report: --lrs must be learning rates in (0, 1), got {list(self.lrs)}")
+        if self.lr_select not in LR_SELECT:
+            raise ConfigError(f"report: --lr-select must be one of {', '.join(LR_SELECT)}, got {self.lr_select!r}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.max_seq_len < 8:
+            raise ConfigError("report: --epochs must be > 0, --batch-size >= 1 and --max-seq-len >= 8")
+        unknown = [m for m in self.layerdrop if m not in LAYERDROP_MODES]
+        if unknown:
+            raise ConfigError(f"report: --layerdrop takes {', '.join(LAYERDROP_MODES)}, got {', '.join(unknown)}")
+        if self.distill_steps is not None and self.distill_steps < 0:
+            raise ConfigError(f"report: --distill-steps must be >= 0, got {self.distill_steps}")
+        for task, n in self.max_train_examples.items():
+            if task not in self.tasks:
+                raise ConfigError(f"report: --max-train-examples names {task!r}, which is not in --tasks "
+                                  f"({', '.join(self.tasks)})")
+            if n < 1:
+                raise ConfigError(f"report: --max-train-examples {task}={n} must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class _Run:
+    """What the report reads from a run directory."""
+
+    path: Path
+    config: Any
+    supernet: Any
+    teacher: Any
+    tokenizer: Any
+    teacher_source: str
+    family: Any
+    family_dir: Path
+    device: dict
+
+    @property
+    def space(self):
+        return self.supernet.space
+
+
+def _load_run(run: Path, family_dir: Path | None) -> _Run:
+    from ..export.family import Family
+    from ..pipeline import _profile_dir
+    from ..run import RunDir
+    from ..supernet import SuperNet
+    from ..teacher import load_teacher
+
+    if not (run / "manifest.json").is_file():
+        raise ReportError(f"{run} is not a run directory (no manifest.json): pass the --out of a `nasbert run`")
+    family_dir = family_dir or run / "family"
+    if not (family_dir / "family.json").is_file():
+        raise ReportError(f"{family_dir} has no family.json: finish the run first (`nasbert run --out {run}`), or "
+                          "pass --family")
+    config = RunDir.load(run).config
+    family = Family.load(family_dir)
+    supernet = SuperNet.from_pretrained(run / "supernet")
+    teacher, tokenizer, source = load_teacher(config.teacher if config.teacher is not None
+                                              else supernet.space.teacher.name)
+    device_file = _profile_dir(RunDir.load(run), config) / "device.json"
+    device = json.loads(device_file.read_text()) if device_file.is_file() else dict(family.device)
+    return _Run(run, config, supernet, teacher, tokenizer, source, family, family_dir, device)
+
+
+def _measure(run: _Run, models: dict[str, Any], seed: int) -> tuple[dict[str, float], float]:
+    from ..export.selection import measure_models
+
+    d = run.device
+    measured = measure_models(models, run.teacher, engine=d["engine"], device=d.get("device", "cpu"),
+                              threads=d["threads"], batch=d["batch"], seq_len=d["seq_len"],
+                              vocab_size=run.space.teacher.vocab_size, seed=seed)
+    return measured.latency_ms, measured.teacher_latency_ms
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def _settings(run: _Run, config: ReportConfig, budgets, distill_steps: int) -> dict:
+    return {"run": str(run.path.resolve()), "family": str(run.family_dir.resolve()), "budgets": [b.name for b in budgets],
+            "distill_steps": distill_steps, "layerdrop": list(config.layerdrop)}
+
+
+def _distill_steps(run: _Run, config: ReportConfig) -> int:
+    family_steps = max((m.distill_steps for m in run.family.models), default=0)
+    if config.distill_steps is None:
+        return family_steps
+    if family_steps and config.distill_steps != family_steps:
+        raise ReportError(f"the family's members were distilled for {family_steps} steps after the search; the "
+                          f"baselines get the same budget, so --distill-steps must be {family_steps} (or left out)")
+    return config.distill_steps
+
+
+def _budgets(run: _Run, config: ReportConfig):
+    from ..search import parse_budgets
+
+    names = config.budgets or tuple(dict.fromkeys(m.budget for m in run.family.models))
+    budgets = parse_budgets(list(names))
+    missing = [b.name for b in budgets if not any(m.budget == b.name for m in run.family.models)]
+    if missing:
+        raise ReportError(f"the family has no member for budget {', '.join(missing)} (its budgets: "
+                          f"{', '.join(sorted({m.budget for m in run.family.models}))})")
+    return budgets
+
+
+def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool = True) -> dict:
+    """Choose the baselines, write every model of the report to ``OUT/models/``, time them all with the teacher.
+    Returns (and writes) ``models.json``. Each model directory is written atomically and kept on a rerun."""
+    from ..data import load_corpus
+    from ..export.hf import write_hf_files
+    from ..modeling import NasBertModel
+    from ..pipeline import cache_dir
+    from ..space import Arch
+    from ..supernet import SuperNet
+    from ..training.distill import distill_arch
+
+    models_file = out / "models.json"
+    if models_file.is_file():
+        return json.loads(models_file.read_text())
+    space, seed = run.space, run.config.seed
+    budgets = _budgets(run, config)
+    distill_steps = _distill_steps(run, config)
+    family_distilled = any(m.distill_steps for m in run.family.models)
+    teacher_supernet = SuperNet.from_teacher(space, run.teacher, reorder=False).eval()
+
+    # 1. Every candidate, timed once with the family and the teacher: the baselines each budget allows.
+    candidates = [*layerdrop_baselines(space, config.layerdrop), *uniform_baselines(space)]
+    by_name = {b.name: b for b in candidates}
+    cand_file = out / "candidates.json"
+    if cand_file.is_file():
+        timed = json.loads(cand_file.read_text())
+    else:
+        logger.info("timing %d baseline candidates with the teacher", len(candidates))
+        raw = {b.name: build_raw(b, teacher_supernet=teacher_supernet, trained_supernet=run.supernet)
+               for b in candidates}
+        latency, teacher_ms = _measure(run, raw, seed)
+        timed = {"teacher_latency_ms": teacher_ms,
+                 "candidates": [{**b.to_dict(), "params": space.num_params(b.arch), "latency_ms": latency[b.name],
+                                 "speedup": teacher_ms / latency[b.name]} for b in candidates]}
+        atomic_write_json(cand_file, timed)
+    latency = {c["name"]: c["latency_ms"] for c in timed["candidates"]}
+    chosen = choose_baselines(candidates, latency, timed["teacher_latency_ms"], budgets, space)
+
+    # 2. The rows: the teacher, then per budget the searched member and the chosen baselines (raw, +kd).
+    rows: list[dict] = [{"budget": None, "kind": "teacher", "name": TEACHER, "arch": str(space.teacher_arch()),
+                         "distill_steps": 0}]
+    builders: dict[str, Any] = {TEACHER: lambda: teacher_supernet.extract(space.teacher_arch(),
+                                                                            drop_identity_adapters=True)}
+    corpus = None
+
+    def distilled(supernet, arch: Arch, *, freeze: bool):
+        nonlocal corpus
+        if corpus is None:
+            corpus = load_corpus(run.config.corpus, run.tokenizer, cache_dir=cache_dir() / "corpus",
+                                 show_progress=False)
+        distill = dataclasses.replace(run.config.export.distill, steps=distill_steps, threads=config.threads)
+        return distill_arch(supernet, arch, run.teacher, corpus, run.tokenizer, config=distill, seed=seed,
+                            progress=progress, freeze_adapters=freeze).model
+
+    for budget in budgets:
+        member = next(m for m in run.family.models if m.budget == budget.name)
+        arch = Arch.from_dict(member.arch)
+        name = member.name
+        builders.setdefault(name, lambda d=run.family.member_dir(member): NasBertModel.from_pretrained(d))
+        rows.append({"budget": budget.name, "kind": "searched", "name": name, "arch": str(arch),
+                     "distill_steps": member.distill_steps})
+        if distill_steps and not family_distilled:  # the member gets the +kd rows' distillation too
+            kd = f"{name}+kd{distill_steps}"
+            builders.setdefault(kd, lambda a=arch: distilled(run.supernet, a, freeze=False))
+            rows.append({"budget": budget.name, "kind": "searched", "name": kd, "arch": str(arch),
+                         "distill_steps": distill_steps})
+        for kind in KINDS:
+            b: Baseline | None = chosen[budget.name].get(kind)
+            if b is None:
+                continue
+            builders.setdefault(b.name, lambda b=b: build_raw(b, teacher_supernet=teacher_supernet,
+                                                              trained_supernet=run.supernet))
+            rows.append({"budget": budget.name, "kind": kind, "name": b.name, "arch": str(b.arch),
+                         "distill_steps": 0})
+            if distill_steps:
+                kd = f"{b.name}+kd{distill_steps}"
+                source = teacher_supernet if kind == "layerdrop" else run.supernet
+                builders.setdefault(kd, lambda b=b, s=source: distilled(s, b.arch, freeze=b.kind == "layerdrop"))
+                rows.append({"budget": budget.name, "kind": kind, "name": kd, "arch": str(b.arch),
+                             "distill_steps": distill_steps})
+
+    # 3. Write every model once (atomically: an existing directory is a finished one).
+    for name, build in tqdm(builders.items(), desc="report models", unit="model", disable=not progress):
+        directory = out / "models" / name
+        if not (directory / "config.json").is_file():
+            model = build()
+            with atomic_dir(directory) as tmp:
+                write_hf_files(model, tmp, tokenizer=run.tokenizer)
+
+    # 4. The reported latency: every row's model and the teacher, in one interleaved run.
+    loaded = {name: NasBertModel.from_pretrained(out / "models" / name).eval() for name in builders}
+    latency, teacher_ms = _measure(run, loaded, seed + 1)
+    for row in rows:
+        model = loaded[row["name"]]
+        row.update(path=f"models/{row['name']}", params=sum(p.numel() for p in model.parameters()),
+                   latency_ms=latency[row["name"]], speedup=teacher_ms / latency[row["name"]])
+    result = {"teacher_latency_ms": teacher_ms, "device": run.device, "rows": rows,
+              "baselines": {b: {k: v.name for k, v in per.items()} for b, per in chosen.items()}}
+    atomic_write_json(models_file, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuning
+
+
+def _lr_name(lr: float) -> str:
+    return f"lr{lr:g}"
+
+
+def _job_dir(out: Path, model: str, task: str, lr: float, seed: int) -> Path:
+    return out / "ft" / model / task / f"{_lr_name(lr)}-seed{seed}"
+
+
+def _score(job: Path, task) -> float | None:
+    metrics = job / "metrics.json"
+    if not metrics.is_file():
+        return None
+    return 100.0 * float(json.loads(metrics.read_text())["dev"][task.main_metric])
+
+
+def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: ReportConfig, *,
+                  progress: bool) -> dict[str, dict[str, dict]]:
+    """Fine-tune every model on every task; returns ``{model: {task: {"lr": chosen, "scores": [per seed],
+    "grid": {lr: [per seed]}}}}``."""
+    from ..finetune import FinetuneConfig, finetune
+
+    seeds = list(range(config.seeds))
+    grid_seeds = seeds if config.lr_select == "all" else seeds[:1]
+    total = len(models) * len(tasks) * (len(config.lrs) * len(grid_seeds) + len(seeds) - len(grid_seeds))
+    bar = tqdm(total=total, desc="report fine-tuning", unit="run", disable=not progress)
+    started = time.perf_counter()
+
+    def run_one(model: str, task: str, lr: float, seed: int) -> float:
+        job = _job_dir(out, model, task, lr, seed)
+        score = _score(job, tasks[task].task)
+        if score is None:
+            ft = FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, lr=lr,
+                                max_seq_len=config.max_seq_len, seed=seed, pooling="mean", threads=config.threads,
+                                max_train_examples=config.max_train_examples.get(task))
+            finetune(out / "models" / model, tasks[task], out=job, config=ft, onnx=False, progress=False)
+            score = _score(job, tasks[task].task)
+        bar.update(1)
+        bar.set_postfix_str(f"{model} {task} {_lr_name(lr)} seed {seed}: {score:.1f}")
+        return score
+
+    results: dict[str, dict[str, dict]] = {}
+    try:
+        for model in models:
+            for task in tasks:
+                grid = {lr: [run_one(model, task, lr, s) for s in grid_seeds] for lr in config.lrs}
+                best = max(config.lrs, key=lambda lr: (float(np.mean(grid[lr])), -lr))
+                scores = [grid[best][i] if i < len(grid_seeds) else run_one(model, task, best, s)
+                          for i, s in enumerate(seeds)]
+                results.setdefault(model, {})[task] = {"lr": best, "scores": scores,
+                                                       "grid": {f"{lr:g}": v for lr, v in grid.items()}}
+    finally:
+        bar.close()
+    logger.info("fine-tuning: %d runs checked in %.0f s", total, time.perf_counter() - started)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+def _spread(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(models: dict, scores: dict[str, dict[str, dict]], tasks: Sequence[str], config: ReportConfig) -> dict:
+    """The results in the shape of ``bench/quality_results.json``: the teacher's per-seed scores, and one row per
+    (budget, model) with its measured speed-up, per-seed scores, chosen learning rates and % of the teacher."""
+    teacher = {t: scores[TEACHER][t]["scores"] for t in tasks}
+    teacher_panel = _mean([_mean(teacher[t]) for t in tasks])
+    rows = []
+    for row in models["rows"]:
+        if row["kind"] == "teacher":
+            continue
+        s = {t: scores[row["name"]][t]["scores"] for t in tasks}
+        per_seed_panel = [_mean([s[t][i] for t in tasks]) for i in range(config.seeds)]
+        rows.append({
+            "budget": row["budget"], "kind": row["kind"], "name": row["name"], "arch": row["arch"],
+            "distill_steps": row["distill_steps"], "params": row["params"], "latency_ms": row["latency_ms"],
+            "speedup": row["speedup"], "scores": s, "lr": {t: scores[row["name"]][t]["lr"] for t in tasks},
+            "panel_mean": _mean(per_seed_panel), "panel_spread": _spread(per_seed_panel),
+            "pct_of_teacher": {t: 100.0 * _mean(s[t]) / _mean(teacher[t]) if _mean(teacher[t]) else None
+                               for t in tasks},
+            "panel_pct_of_teacher": 100.0 * _mean(per_seed_panel) / teacher_panel if teacher_panel else None,
+        })
+    teacher_row = next(r for r in models["rows"] if r["kind"] == "teacher")
+    per_seed_teacher = [_mean([teacher[t][i] for t in tasks]) for i in range(config.seeds)]
+    return {"teacher": teacher, "teacher_lr": {t: scores[TEACHER][t]["lr"] for t in tasks},
+            "teacher_panel_mean": teacher_panel, "teacher_panel_spread": _spread(per_seed_teacher),
+            "teacher_latency_ms": models["teacher_latency_ms"], "teacher_params": teacher_row["params"],
+            "tasks": list(tasks), "device": models["device"], "config": config.to_dict(), "rows": rows}
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return f"{_mean(values):.1f} ± {_spread(values):.1f}"
+
+
+def markdown_table(results: dict) -> str:
+    tasks = results["tasks"]
+    head = ["budget", "kind", "model", "params", "ms", "speed-up", *tasks, "panel", "% teacher", "lr"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    t = results["teacher"]
+    lines.append("| - | teacher | teacher | " + f"{results['teacher_params'] / 1e6:.1f} M | "
+                 f"{results['teacher_latency_ms']:.2f} | 1.00x | " + " | ".join(_fmt(t[k]) for k in tasks)
+                 + f" | {results['teacher_panel_mean']:.1f} ± {results['teacher_panel_spread']:.1f} | 100 | "
+                 + ", ".join(f"{results['teacher_lr'][k]:g}" for k in tasks) + " |")
+    for r in results["rows"]:
+        lines.append(f"| {r['budget']} | {r['kind']} | {r['name']} | {r['params'] / 1e6:.1f} M | {r['latency_ms']:.2f} | "
+                     f"{r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
+                     + f" | {r['panel_mean']:.1f} ± {r['panel_spread']:.1f} | {r['panel_pct_of_teacher']:.1f} | "
+                     + ", ".join(f"{r['lr'][k]:g}" for k in tasks) + " |")
+    c = results["config"]
+    note = (f"\nScores: main dev metric x 100 (accuracy; CoLA: Matthews correlation), mean ± std over {c['seeds']} "
+            f"seeds at the learning rate of the grid {c['lrs']} with the best mean ({c['lr_select']}); panel = "
+            f"mean over {', '.join(tasks)}. Latency: {results['device'].get('key', '')}, measured in one run with "
+            "the teacher.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"searched": ("o", "tab:red"), "layerdrop": ("s", "tab:blue"), "uniform": ("^", "tab:green")}
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.errorbar([results["teacher_latency_ms"]], [results["teacher_panel_mean"]],
+                yerr=[results["teacher_panel_spread"]], fmt="*", color="black", markersize=12, label="teacher")
+    seen = {}
+    for r in {r["name"]: r for r in results["rows"]}.values():
+        marker, color = markers[r["kind"]]
+        hollow = r["distill_steps"] == 0 and r["kind"] != "searched"
+        label = r["kind"] if r["kind"] not in seen else None
+        seen[r["kind"]] = True
+        ax.errorbar([r["latency_ms"]], [r["panel_mean"]], yerr=[r["panel_spread"]], fmt=marker, color=color,
+                    mfc="white" if hollow else color, label=label)
+        ax.annotate(r["name"], (r["latency_ms"], r["panel_mean"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(f"measured latency (ms), {results['device'].get('key', '')}")
+    ax.set_ylabel(f"panel score ({', '.join(results['tasks'])}; mean over seeds)")
+    ax.set_title("fine-tuned score against measured latency (hollow: no distillation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def _check_settings(out: Path, settings: dict, force: bool) -> None:
+    path = out / "report.json"
+    if force and out.exists():
+        shutil.rmtree(out)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ReportError(f"{out} holds a report made with other settings ({', '.join(changed)} differ): pass "
+                              "another --out, the same settings, or --force to start over")
+    elif out.exists() and any(out.iterdir()):
+        raise ReportError(f"{out} exists and is not a report directory: pass another --out, or --force")
+    atomic_write_json(path, settings)
+
+
+def build_report(run: str | Path, *, out: str | Path | None = None, config: ReportConfig = ReportConfig(),
+                 family: str | Path | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Make (or finish) the quality report of ``run``; returns :func:`summarize`'s results."""
+    from ..finetune import load_task
+
+    run_path = Path(run)
+    out = Path(out) if out is not None else run_path / "report"
+    ctx = _load_run(run_path, Path(family) if family is not None else None)
+    budgets = _budgets(ctx, config)
+    settings = {"config": config.to_dict(), **_settings(ctx, config, budgets, _distill_steps(ctx, config))}
+    tasks = {t: load_task(t, data_dir=config.data_dir, max_train_examples=config.max_train_examples.get(t))
+             for t in config.tasks}  # before anything is written: a bad task or data dir fails first
+    names = {t: data.task.name for t, data in tasks.items()}
+    if len(set(names.values())) != len(names):
+        raise ReportError(f"--tasks names a task twice: {', '.join(config.tasks)}")
+    _check_settings(out, settings, force)
+    models = prepare_models(ctx, out, config, progress=progress)
+    names_in_order = list(dict.fromkeys(r["name"] for r in models["rows"]))
+    scores = _finetune_all(out, names_in_order, tasks, config, progress=progress)
+    results = summarize(models, scores, list(tasks), config)
+    atomic_write_json(out / "quality_results.json", results)
+    atomic_write_text(out / "quality.md", markdown_table(results))
+    plot(results, out / "quality.png")
+    return results
+
+
+def parse_max_train(values: Sequence[str] | None, tasks: Sequence[str]) -> dict[str, int]:
+    """``["20000"]`` (every task) or ``["sst2=20000", "cola=4000"]`` -> ``{task: n}``."""
+    out: dict[str, int] = {}
+    for value in values or []:
+        task, _, n = value.rpartition("=")
+        try:
+            count = int(n)
+        except ValueError:
+            raise ConfigError(f"--max-train-examples takes N or TASK=N, got {value!r}") from None
+        for t in ([task] if task else tasks):
+            out[t] = count
+    return out

@@ -1,0 +1,311 @@
+"""The free baselines (layer-dropped teachers, uniform models) and the quality report, on tiny models."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from nasbert import SearchSpace, SuperNet
+from nasbert.export.hf import save_hf_model
+from nasbert.finetune import TaskError, load_task
+from nasbert.modeling import NasBertModel
+from nasbert.quality import choose_baselines, kept_layers, layer_counts, layerdrop_baselines, uniform_baselines
+from nasbert.quality.baselines import build_raw
+from nasbert.search import parse_budgets
+from nasbert.space import Arch
+
+from test_pipeline import TINY, _nasbert
+
+
+def _dropped(teacher: BertModel, keep: list[int]) -> BertModel:
+    """What a user writes by hand: the teacher with only the ``keep`` layers."""
+    model = copy.deepcopy(teacher)
+    model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[i] for i in keep)
+    model.config.num_hidden_layers = len(keep)
+    return model.eval()
+
+
+def _inputs(vocab: int):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    return ids, mask
+
+
+def test_layer_counts_fill_the_bottom_or_spread_over_the_blocks():
+    assert layer_counts(3, 3, 2, "bottom") == [2, 1, 0]
+    assert layer_counts(3, 3, 2, "spread") == [1, 1, 1]
+    assert layer_counts(5, 3, 2, "spread") == [2, 2, 1]
+    assert layer_counts(6, 4, 3, "spread") == [2, 2, 1, 1]
+    with pytest.raises(ValueError, match="1..6"):
+        layer_counts(7, 3, 2, "bottom")
+    with pytest.raises(ValueError, match="mode"):
+        layer_counts(2, 3, 2, "top")
+
+
+def test_layerdrop_baselines_keep_the_named_teacher_layers(tiny_space):
+    baselines = {b.name: b for b in layerdrop_baselines(tiny_space)}
+    # 4 teacher layers in 2 blocks of 2: bottom 1..3, spread 2 (layers 0 and 2); spread 1 and 3 equal bottom ones
+    assert sorted(baselines) == ["layerdrop-bottom1", "layerdrop-bottom2", "layerdrop-bottom3", "layerdrop-spread2"]
+    assert kept_layers(tiny_space, baselines["layerdrop-bottom3"].arch) == [0, 1, 2]
+    assert kept_layers(tiny_space, baselines["layerdrop-spread2"].arch) == [0, 2]
+    assert all(b.arch.widths == (32, 32) for b in baselines.values())
+
+
+@pytest.mark.parametrize("name,keep", [("layerdrop-bottom1", [0]), ("layerdrop-bottom3", [0, 1, 2]),
+                                       ("layerdrop-spread2", [0, 2])])
+def test_raw_layerdrop_is_the_teacher_with_those_layers_and_no_adapter(tiny_space, tiny_teacher, name, keep):
+    baseline = next(b for b in layerdrop_baselines(tiny_space) if b.name == name)
+    teacher_supernet = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder=False)
+    model = build_raw(baseline, teacher_supernet=teacher_supernet, trained_supernet=None)
+    expected = _dropped(tiny_teacher, keep)
+    assert model.config.adapters is False
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for n, p in expected.named_parameters() if not n.startswith("pooler."))
+    ids, mask = _inputs(tiny_space.teacher.vocab_size)
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask).last_hidden_state
+        want = expected(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep_tokens = mask.bool()
+    assert (got - want)[keep_tokens].abs().max() < 1e-5
+
+
+def test_a_reordered_supernet_cannot_give_an_adapter_free_layerdrop(tiny_space, tiny_teacher):
+    baseline = layerdrop_baselines(tiny_space)[0]
+    with pytest.raises(ValueError, match="reorder=False"):
+        build_raw(baseline, teacher_supernet=SuperNet.from_teacher(tiny_space, tiny_teacher),
+                  trained_supernet=None)
+
+
+def test_adapter_free_model_saves_and_reloads(tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path):
+    baseline = next(b for b in layerdrop_baselines(tiny_space) if b.name == "layerdrop-bottom2")
+    model = build_raw(baseline, teacher_supernet=SuperNet.from_teacher(tiny_space, tiny_teacher, reorder=False),
+                      trained_supernet=None)
+    save_hf_model(model, tmp_path / "m", tokenizer=AutoTokenizer.from_pretrained(tiny_teacher_dir))
+    again = NasBertModel.from_pretrained(tmp_path / "m").eval()
+    assert again.config.adapters is False
+    ids, mask = _inputs(tiny_space.teacher.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(again(ids, attention_mask=mask).last_hidden_state,
+                           model(ids, attention_mask=mask).last_hidden_state)
+
+
+def test_adapters_false_needs_every_block_at_the_output_width():
+    from nasbert.modeling import NasBertConfig
+
+    with pytest.raises(ValueError, match="adapters: false"):
+        NasBertConfig(blocks=[{"width": 16, "ops": ["mha", "ffn"]}], hidden_size=32, head_size=8, adapters=False)
+
+
+def test_uniform_baselines_have_their_layers_and_width(tiny_space, tiny_teacher):
+    baselines = {b.name: b for b in uniform_baselines(tiny_space)}
+    assert len(baselines) == 3 * 4 - 1  # widths 16/24/32 x 1..4 layers, less the teacher's own architecture
+    assert "uniform-L4-H32" not in baselines
+    b = baselines["uniform-L3-H24"]
+    assert b.arch.widths == (24, 24) and b.arch.num_layers == 6  # 3 layers of MHA + FFN
+    assert [len(block.layers) // 2 for block in b.arch.blocks] == [2, 1]
+    supernet = SuperNet.from_teacher(tiny_space, tiny_teacher).eval()
+    model = build_raw(b, teacher_supernet=None, trained_supernet=supernet)
+    assert model.config.adapters is True
+    assert sum(p.numel() for p in model.parameters()) == tiny_space.num_params(b.arch)
+    ids, mask = _inputs(tiny_space.teacher.vocab_size)
+    with torch.no_grad():
+        diff = model(ids, attention_mask=mask).last_hidden_state - supernet(ids, mask, arch=b.arch)
+    assert diff[mask.bool()].abs().max() < 1e-5
+
+
+def test_choose_baselines_takes_the_slowest_that_meets_each_budget(tiny_space):
+    candidates = [*layerdrop_baselines(tiny_space, ["bottom"]), *uniform_baselines(tiny_space)[:3]]
+    latency = {"layerdrop-bottom1": 2.0, "layerdrop-bottom2": 4.0, "layerdrop-bottom3": 6.0,
+               "uniform-L1-H16": 1.0, "uniform-L2-H16": 2.4, "uniform-L3-H16": 3.6}
+    chosen = choose_baselines(candidates, latency, 8.0, parse_budgets(["2x", "3x", "10x"]), tiny_space)
+    assert chosen["2x"]["layerdrop"].name == "layerdrop-bottom2" and chosen["2x"]["uniform"].name == "uniform-L3-H16"
+    assert chosen["3x"]["layerdrop"].name == "layerdrop-bottom1" and chosen["3x"]["uniform"].name == "uniform-L2-H16"
+    assert chosen["10x"] == {}
+
+
+def test_measured_latency_orders_the_layerdrop_baselines(tmp_path):
+    """Timed for real: keeping 1 layer of a 4-layer BERT runs well under half the time of keeping 3."""
+    from nasbert.export.selection import measure_models
+
+    space = SearchSpace.from_dict({
+        "name": "timing", "teacher": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                                      "intermediate_size": 1024, "vocab_size": 512, "max_position_embeddings": 128,
+                                      "type_vocab_size": 2},
+        "num_blocks": 2, "hidden_choices": [128, 256], "ops": ["mha", "ffn", "identity"], "head_size": 64,
+        "ffn_ratio": 4})
+    torch.manual_seed(0)
+    t = space.teacher
+    teacher = BertModel(BertConfig(vocab_size=t.vocab_size, hidden_size=256, num_hidden_layers=4,
+                                   num_attention_heads=4, intermediate_size=1024, max_position_embeddings=128,
+                                   attn_implementation="eager")).eval()
+    teacher_supernet = SuperNet.from_teacher(space, teacher, reorder=False)
+    models = {b.name: build_raw(b, teacher_supernet=teacher_supernet, trained_supernet=None)
+              for b in layerdrop_baselines(space, ["bottom"])}
+    measured = measure_models(models, teacher, engine="onnxruntime", device="cpu", threads=1, batch=1,
+                              seq_len=128, vocab_size=t.vocab_size, repeats=10, rounds=3)
+    ms = measured.latency_ms
+    assert ms["layerdrop-bottom1"] < ms["layerdrop-bottom2"] < ms["layerdrop-bottom3"] < measured.teacher_latency_ms
+    assert ms["layerdrop-bottom3"] / ms["layerdrop-bottom1"] > 1.8
+
+
+def test_distilled_layerdrop_stays_a_plain_bert(tiny_space, tiny_teacher, tiny_teacher_dir):
+    from nasbert.data import TokenizedCorpus
+    from nasbert.training.distill import DistillConfig, distill_arch
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(5, tiny_space.teacher.vocab_size, (24, 16), generator=g)
+    corpus = TokenizedCorpus(train=rows[:16], valid=rows[16:], fingerprint="test")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    baseline = next(b for b in layerdrop_baselines(tiny_space) if b.name == "layerdrop-bottom2")
+    supernet = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder=False)
+    raw = build_raw(baseline, teacher_supernet=supernet, trained_supernet=None)
+    result = distill_arch(supernet, baseline.arch, tiny_teacher, corpus, tokenizer, progress=False,
+                          config=DistillConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, eval_batches=1),
+                          freeze_adapters=True)
+    assert result.model.config.adapters is False
+    assert result.valid_loss_after < result.valid_loss_before
+    changed = [n for n, p in result.model.state_dict().items() if not torch.equal(p, raw.state_dict()[n])]
+    assert changed and all(n.startswith(("encoder.layer.", "embeddings.")) for n in changed)
+
+
+def test_sick_reads_train_and_test_from_one_file(tmp_path):
+    header = ("pair_ID\tsentence_A\tsentence_B\tentailment_label\trelatedness_score\tentailment_AB\tentailment_BA\t"
+              "sentence_A_original\tsentence_B_original\tsentence_A_dataset\tsentence_B_dataset\tSemEval_set\r\n")
+    rows = [("a dog runs", "a dog is running", "ENTAILMENT", "TRAIN"), ("a cat", "no cat", "CONTRADICTION", "TRAIN"),
+            ("x", "y", "NEUTRAL", "TRIAL"), ("a man", "a woman", "NEUTRAL", "TEST")]
+    lines = "".join(f"{i}\t{a}\t{b}\t{label}\t3.0\tx\tx\tx\tx\tx\tx\t{split}\r\n"
+                    for i, (a, b, label, split) in enumerate(rows))
+    (tmp_path / "sick").mkdir()
+    (tmp_path / "sick" / "SICK.txt").write_text(header + lines, newline="")
+    data = load_task("sick", data_dir=tmp_path)
+    assert [(e.text_a, e.text_b, e.label) for e in data.train] == [("a dog runs", "a dog is running", 0),
+                                                                   ("a cat", "no cat", 2)]
+    assert [(e.text_a, e.label) for e in data.dev] == [("a man", 1)]
+    assert data.task.num_labels == 3 and data.task.main_metric == "accuracy"
+    with pytest.raises(TaskError, match="SICK.txt"):
+        load_task("sick", data_dir=tmp_path / "sick" / "missing")
+    (tmp_path / "bad.txt").write_text(header + "1\ta\tb\tMAYBE\t3\tx\tx\tx\tx\tx\tx\tTRAIN\r\n")
+    with pytest.raises(TaskError, match="MAYBE"):
+        load_task("sick", data_dir=tmp_path / "bad.txt")
+
+
+# ------------------------------------------------------------------------------------------------ the report
+
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "this", "object", "class"]
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    (root / "SST-2").mkdir()
+    for split, n, seed in (("train", 48, 0), ("dev", 24, 1)):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for i in range(n):
+            words = list(rng.choice(WORDS, size=5))
+            if i % 2:
+                words[int(rng.integers(0, 5))] = "value"
+            rows.append(f"{' '.join(words)}\t{i % 2}\n")
+        (root / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tiny_teacher_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quality") / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(out.parent / "cache")}
+    done = subprocess.run(_nasbert() + ["run", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(out),
+                                        "--no-progress", *TINY, "search.budgets=[1.5x, 2x]"],
+                          check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+REPORT = ["--tasks", "sst2", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--epochs", "1", "--batch-size", "16",
+          "--max-seq-len", "16", "--layerdrop", "bottom", "--threads", "1", "--no-progress"]
+
+
+def _report(run: Path, out: Path, glue_dir, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(run.parent / "cache")}
+    return subprocess.run(_nasbert() + ["report", str(run), "--out", str(out), "--data-dir", str(glue_dir), *REPORT,
+                                        *extra], check=False, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir, tmp_path):
+    out = tmp_path / "report"
+    done = _report(run, out, glue_dir)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((out / "quality_results.json").read_text())
+    models = json.loads((out / "models.json").read_text())
+    family = json.loads((run / "family" / "family.json").read_text())
+    budgets = list(dict.fromkeys(m["budget"] for m in family["models"]))
+    assert len(results["teacher"]["sst2"]) == 2
+    for row in results["rows"]:
+        assert row["budget"] in budgets and row["kind"] in ("searched", "layerdrop", "uniform")
+        assert len(row["scores"]["sst2"]) == 2 and row["lr"]["sst2"] in (1e-3, 3e-3)
+        assert row["speedup"] == pytest.approx(results["teacher_latency_ms"] / row["latency_ms"])
+        if row["kind"] != "searched":  # a baseline meets its budget on the latency the report measured first
+            timed = json.loads((out / "candidates.json").read_text())
+            cand = next(c for c in timed["candidates"] if c["name"] == row["name"])
+            assert parse_budgets([row["budget"]])[0].allows(cand["latency_ms"], cand["params"],
+                                                            timed["teacher_latency_ms"])
+    for budget in budgets:
+        kinds = {r["kind"] for r in results["rows"] if r["budget"] == budget}
+        assert "searched" in kinds
+    # every model is a directory that fine-tunes, and each score is the run's own metrics.json
+    row = results["rows"][0]
+    lr = row["lr"]["sst2"]
+    scores = [100 * json.loads((out / "ft" / row["name"] / "sst2" / f"lr{lr:g}-seed{s}" / "metrics.json")
+                               .read_text())["dev"]["accuracy"] for s in (0, 1)]
+    assert row["scores"]["sst2"] == pytest.approx(scores)
+    teacher_model = NasBertModel.from_pretrained(out / "models" / "teacher")
+    assert teacher_model.config.adapters is False and teacher_model.config.num_hidden_layers == 4
+    assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| teacher |" in (out / "quality.md").read_text()
+    assert {r["name"] for r in models["rows"]} == set(os.listdir(out / "models"))
+
+    # resume: one fine-tuning run lost and the summary gone -> only that run is done again, same numbers
+    job = out / "ft" / row["name"] / "sst2" / f"lr{lr:g}-seed1"
+    other = out / "ft" / row["name"] / "sst2" / f"lr{lr:g}-seed0" / "metrics.json"
+    stamp = other.stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(job)
+    (out / "quality_results.json").unlink()
+    again = _report(run, out, glue_dir)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads((out / "quality_results.json").read_text())["rows"] == results["rows"]
+    assert other.stat().st_mtime_ns == stamp
+
+    # the same --out with other settings is refused, nothing is touched
+    refused = _report(run, out, glue_dir, "--seeds", "3")
+    assert refused.returncode == 1 and "other settings" in refused.stderr and "config" in refused.stderr
+    assert json.loads((out / "report.json").read_text())["config"]["seeds"] == 2
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--tasks", "imdb"], "unknown task 'imdb'"),
+    (["--max-train-examples", "cola=10"], "not in --tasks"),
+    (["--budgets", "9x"], "no member for budget 9x"),
+    (["--lrs", "0"], "learning rates"),
+])
+def test_report_refuses_bad_input_and_writes_nothing(run, glue_dir, tmp_path, extra, message):
+    out = tmp_path / "report"
+    done = _report(run, out, glue_dir, *extra)
+    assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
+    assert not out.exists()
+
+
+def test_report_on_a_directory_that_is_not_a_run(tmp_path, glue_dir):
+    done = _report(tmp_path, tmp_path / "report", glue_dir)
+    assert done.returncode == 1 and "not a run directory" in done.stderr
