@@ -16,8 +16,8 @@ Each can also be given the post-search distillation a family member gets (``+kd`
 adapters frozen at the identity while it is distilled, so it stays a plain BERT.
 
 :func:`choose_baselines` times every candidate with the teacher (interleaved, the run's latency settings) and
-keeps, per budget and kind, the slowest candidate that still meets the budget on measured latency: the one a
-user with that budget would take.
+keeps, per budget and kind, the biggest candidate that still meets the budget on measured latency (the most
+teacher layers; the slowest uniform model): the one a user with that budget would take.
 """
 
 from __future__ import annotations
@@ -125,11 +125,18 @@ def build_raw(baseline: Baseline, *, teacher_supernet, trained_supernet):
     return trained_supernet.extract(baseline.arch)
 
 
+def _rank(baseline: Baseline, latency_ms: float, space: SearchSpace) -> float:
+    """What makes a baseline the one to take: the most teacher layers for a layer-dropped teacher (of two with
+    as many layers, the first listed: bottom before spread, which kept more of the teacher's quality where it
+    was measured); the most measured time for a uniform model."""
+    return space.num_params(baseline.arch) if baseline.kind == "layerdrop" else latency_ms
+
+
 def choose_baselines(candidates: Sequence[Baseline], latency_ms: dict[str, float], teacher_latency_ms: float,
                      budgets: Sequence, space: SearchSpace) -> dict[str, dict[str, Baseline]]:
-    """``{budget name: {kind: baseline}}``: per budget and kind, the slowest candidate that meets the budget on
-    measured latency (``latency_ms[name]``; ties: the first listed). A kind with no candidate under a budget is
-    left out of that budget."""
+    """``{budget name: {kind: baseline}}``: per budget and kind, among the candidates that meet the budget on
+    measured latency (``latency_ms[name]``), the layer-dropped teacher with the most layers and the slowest
+    uniform model (ties: the first listed). A kind with no candidate under a budget is left out of that budget."""
     chosen: dict[str, dict[str, Baseline]] = {}
     for budget in budgets:
         per_kind: dict[str, Baseline] = {}
@@ -138,7 +145,7 @@ def choose_baselines(candidates: Sequence[Baseline], latency_ms: dict[str, float
             if not budget.allows(ms, space.num_params(b.arch), teacher_latency_ms):
                 continue
             best = per_kind.get(b.kind)
-            if best is None or ms > latency_ms[best.name]:
+            if best is None or _rank(b, ms, space) > _rank(best, latency_ms[best.name], space):
                 per_kind[b.kind] = b
         chosen[budget.name] = per_kind
         for kind in KINDS:

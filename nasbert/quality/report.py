@@ -20,8 +20,10 @@ Everything lands in ``OUT`` (default ``RUN/report``), step by step, so a stopped
     OUT/candidates.json        every baseline candidate's measured latency (chooses the baselines)
     OUT/models/<name>/         every model of the report as a Hugging Face directory
     OUT/models.json            the rows: budget, kind, model, params, measured latency and speed-up
+    OUT/proxies.json           per model: whole-model loss, block-wise proxy, params, FLOPs (proxy_scores)
     OUT/ft/<model>/<task>/lr<lr>-seed<s>/   one fine-tuning run each (nasbert finetune's output)
-    OUT/quality_results.json   the scores per seed, the chosen learning rates, % of the teacher
+    OUT/quality_results.json   the scores per seed, the chosen learning rates, % of the teacher (written after
+                               each task of the panel; ``complete`` says whether every task is in)
     OUT/quality.md             the table
     OUT/quality.png            panel score against measured latency, every model
 """
@@ -295,6 +297,90 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
     return result
 
 
+# ------------------------------------------------------------------------------------------------ proxies
+
+
+def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
+    """What could predict a row's fine-tuned score without fine-tuning, per model (``OUT/proxies.json``):
+
+    * ``valid_loss``: the whole model's MSE to the teacher's final hidden states over the real tokens of the
+      export's validation batches (MLM-masked rows of the run's corpus): what the export ranks on;
+    * ``block_proxy``: the search's proxy, the sum over blocks of each block's MSE to the teacher's state at its
+      end when it reads the teacher's state at its start, on the same batches; for models whose weights are a
+      supernet path (searched and uniform models before ``+kd``; layer-dropped teachers on the unreordered
+      teacher supernet), else null;
+    * ``params`` and ``flops`` (at the latency profile's sequence length).
+    """
+    import torch
+
+    from ..data import load_corpus
+    from ..export.selection import validation_batches
+    from ..modeling import NasBertModel
+    from ..pipeline import cache_dir
+    from ..space import Arch
+    from ..supernet import SuperNet
+    from ..training.blockwise import block_batches, score_paths
+
+    path = out / "proxies.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    space, cfg = run.space, run.config
+    corpus = load_corpus(cfg.corpus, run.tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
+    batches = validation_batches(corpus.valid, run.tokenizer, batch_size=cfg.train.batch_size,
+                                 n_batches=cfg.export.eval_batches, seed=cfg.seed)
+    teacher_supernet = SuperNet.from_teacher(space, run.teacher, reorder=False).eval()
+    with torch.no_grad():
+        targets = [run.teacher(**b).last_hidden_state for b in batches]
+        per_block = [block_batches(run.teacher, space, b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                     for b in batches]
+    result: dict[str, dict] = {}
+    for row in models["rows"]:
+        name = row["name"]
+        if name in result:
+            continue
+        arch = Arch.parse(row["arch"])
+        model = NasBertModel.from_pretrained(out / row["path"]).eval()
+        with torch.no_grad():
+            losses = []
+            for b, target in zip(batches, targets):
+                keep = b["attention_mask"].bool()
+                got = model(**b).last_hidden_state
+                losses.append(float(torch.nn.functional.mse_loss(got[keep], target[keep])))
+        # distilled weights are no longer a supernet path: no block-wise proxy for them
+        supernet = None if row["distill_steps"] else \
+            run.supernet if row["kind"] in ("searched", "uniform") else teacher_supernet
+        block_proxy = None
+        if supernet is not None:
+            block_proxy = sum(score_paths(supernet, n, [block], [pb[n] for pb in per_block])[0]
+                              for n, block in enumerate(arch.blocks))
+        result[name] = {"valid_loss": float(np.mean(losses)), "block_proxy": block_proxy,
+                        "params": row["params"], "flops": space.flops(arch, run.device["seq_len"])}
+    atomic_write_json(path, result)
+    return result
+
+
+def proxy_correlation(rows: list[dict], proxies: dict[str, dict]) -> dict:
+    """Kendall's tau between each proxy's predicted order and the panel score, over every distinct model of the
+    rows and within each budget. Losses count as "lower is better" (negated), params and FLOPs as "more is
+    better", so a useful proxy has a positive tau."""
+    from ..latency import kendall_tau
+
+    signs = {"valid_loss": -1.0, "block_proxy": -1.0, "params": 1.0, "flops": 1.0}
+
+    def taus(group: list[dict]) -> dict:
+        out: dict[str, Any] = {"n": len(group)}
+        for key, sign in signs.items():
+            pairs = [(sign * proxies[r["name"]][key], r["panel_mean"]) for r in group
+                     if proxies.get(r["name"], {}).get(key) is not None]
+            out[key] = kendall_tau(*zip(*pairs)) if len(pairs) >= 3 else None
+            out[f"n_{key}"] = len(pairs)
+        return out
+
+    distinct = list({r["name"]: r for r in rows}.values())
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    return {"all": taus(distinct), "by_budget": {b: taus([r for r in rows if r["budget"] == b]) for b in budgets}}
+
+
 # ------------------------------------------------------------------------------------------------ fine-tuning
 
 
@@ -314,9 +400,9 @@ def _score(job: Path, task) -> float | None:
 
 
 def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: ReportConfig, *,
-                  progress: bool) -> dict[str, dict[str, dict]]:
-    """Fine-tune every model on every task; returns ``{model: {task: {"lr": chosen, "scores": [per seed],
-    "grid": {lr: [per seed]}}}}``."""
+                  progress: bool, on_task_done=None) -> dict[str, dict[str, dict]]:
+    """Fine-tune every model on every task, task by task; returns ``{model: {task: {"lr": chosen, "scores":
+    [per seed], "grid": {lr: [per seed]}}}}``. ``on_task_done(scores, tasks_done)`` is called after each task."""
     from ..finetune import FinetuneConfig, finetune
 
     seeds = list(range(config.seeds))
@@ -340,14 +426,16 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
 
     results: dict[str, dict[str, dict]] = {}
     try:
-        for model in models:
-            for task in tasks:
+        for done, task in enumerate(tasks, start=1):
+            for model in models:
                 grid = {lr: [run_one(model, task, lr, s) for s in grid_seeds] for lr in config.lrs}
                 best = max(config.lrs, key=lambda lr: (float(np.mean(grid[lr])), -lr))
                 scores = [grid[best][i] if i < len(grid_seeds) else run_one(model, task, best, s)
                           for i, s in enumerate(seeds)]
                 results.setdefault(model, {})[task] = {"lr": best, "scores": scores,
                                                        "grid": {f"{lr:g}": v for lr, v in grid.items()}}
+            if on_task_done is not None:
+                on_task_done(results, list(tasks)[:done])
     finally:
         bar.close()
     logger.info("fine-tuning: %d runs checked in %.0f s", total, time.perf_counter() - started)
@@ -365,7 +453,8 @@ def _spread(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarize(models: dict, scores: dict[str, dict[str, dict]], tasks: Sequence[str], config: ReportConfig) -> dict:
+def summarize(models: dict, scores: dict[str, dict[str, dict]], tasks: Sequence[str], config: ReportConfig,
+              proxies: dict[str, dict] | None = None) -> dict:
     """The results in the shape of ``bench/quality_results.json``: the teacher's per-seed scores, and one row per
     (budget, model) with its measured speed-up, per-seed scores, chosen learning rates and % of the teacher."""
     teacher = {t: scores[TEACHER][t]["scores"] for t in tasks}
@@ -387,7 +476,10 @@ def summarize(models: dict, scores: dict[str, dict[str, dict]], tasks: Sequence[
         })
     teacher_row = next(r for r in models["rows"] if r["kind"] == "teacher")
     per_seed_teacher = [_mean([teacher[t][i] for t in tasks]) for i in range(config.seeds)]
+    for row in rows:
+        row["proxies"] = (proxies or {}).get(row["name"])
     return {"teacher": teacher, "teacher_lr": {t: scores[TEACHER][t]["lr"] for t in tasks},
+            "proxy_correlation": proxy_correlation(rows, proxies) if proxies else None,
             "teacher_panel_mean": teacher_panel, "teacher_panel_spread": _spread(per_seed_teacher),
             "teacher_latency_ms": models["teacher_latency_ms"], "teacher_params": teacher_row["params"],
             "tasks": list(tasks), "device": models["device"], "config": config.to_dict(), "rows": rows}
@@ -411,6 +503,18 @@ def markdown_table(results: dict) -> str:
                      f"{r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
                      + f" | {r['panel_mean']:.1f} ± {r['panel_spread']:.1f} | {r['panel_pct_of_teacher']:.1f} | "
                      + ", ".join(f"{r['lr'][k]:g}" for k in tasks) + " |")
+    corr = results.get("proxy_correlation")
+    if corr:
+        lines += ["", "Kendall tau between each proxy and the panel score (a useful proxy is positive; losses "
+                  "count lower = better):", "",
+                  "| models | n | whole-model loss | block-wise proxy (n) | params | FLOPs |", "|---|---|---|---|---|---|"]
+
+        def cell(value):
+            return "-" if value is None else f"{value:+.2f}"
+
+        for label, t in [("all", corr["all"]), *((f"budget {b}", t) for b, t in corr["by_budget"].items())]:
+            lines.append(f"| {label} | {t['n']} | {cell(t['valid_loss'])} | {cell(t['block_proxy'])} "
+                         f"({t['n_block_proxy']}) | {cell(t['params'])} | {cell(t['flops'])} |")
     c = results["config"]
     note = (f"\nScores: main dev metric x 100 (accuracy; CoLA: Matthews correlation), mean ± std over {c['seeds']} "
             f"seeds at the learning rate of the grid {c['lrs']} with the best mean ({c['lr_select']}); panel = "
@@ -486,13 +590,20 @@ def build_report(run: str | Path, *, out: str | Path | None = None, config: Repo
         raise ReportError(f"--tasks names a task twice: {', '.join(config.tasks)}")
     _check_settings(out, settings, force)
     models = prepare_models(ctx, out, config, progress=progress)
+    proxies = proxy_scores(ctx, out, models)
     names_in_order = list(dict.fromkeys(r["name"] for r in models["rows"]))
-    scores = _finetune_all(out, names_in_order, tasks, config, progress=progress)
-    results = summarize(models, scores, list(tasks), config)
-    atomic_write_json(out / "quality_results.json", results)
-    atomic_write_text(out / "quality.md", markdown_table(results))
-    plot(results, out / "quality.png")
-    return results
+
+    def write(scores: dict, done: list[str]) -> dict:
+        """The summary of the tasks finished so far (the whole panel at the end)."""
+        results = summarize(models, scores, done, config, proxies)
+        results["complete"] = len(done) == len(tasks)
+        atomic_write_json(out / "quality_results.json", results)
+        atomic_write_text(out / "quality.md", markdown_table(results))
+        plot(results, out / "quality.png")
+        return results
+
+    scores = _finetune_all(out, names_in_order, tasks, config, progress=progress, on_task_done=write)
+    return write(scores, list(tasks))
 
 
 def parse_max_train(values: Sequence[str] | None, tasks: Sequence[str]) -> dict[str, int]:

@@ -1,0 +1,59 @@
+"""Quality benchmark: the family against the free baselines and the teacher, fine-tuned, at measured latency.
+
+    python bench/quality.py                                   # the default run (built-in corpus), then the report
+    python bench/quality.py --config experiments/wikipedia/config.yaml --run runs/wiki
+    python bench/quality.py --run runs/default -- --seeds 3 --lr-select first-seed   # extra `nasbert report` flags
+
+1. ``nasbert run`` (skipped when RUN/family/family.json exists).
+2. ``nasbert report RUN --data-dir ../shared/data`` with the panel SST-2, CoLA and SICK (resumable: a stopped
+   benchmark goes on where it was).
+3. The results are copied to ``bench/quality_results.json``, ``bench/quality.md`` and ``docs/quality.png``.
+
+Needs ``../shared/data`` (GLUE SST-2 / CoLA and SICK); without it, pass ``--data-dir`` or report from the hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/default", help="run directory (default runs/default)")
+    parser.add_argument("--config", help="run config for `nasbert run` (default: the built-in default run)")
+    parser.add_argument("--data-dir", default=str(DATA), help=f"task data (default {DATA})")
+    parser.add_argument("--out", help="report directory (default RUN/report)")
+    parser.add_argument("report_args", nargs="*", help="more `nasbert report` flags, after --")
+    args = parser.parse_args()
+    nasbert = shutil.which("nasbert") or str(Path(sys.executable).with_name("nasbert"))
+    run = Path(args.run)
+    if not (run / "family" / "family.json").is_file():
+        cmd = [nasbert, "run", "--out", str(run), "--no-progress"]
+        if args.config:
+            cmd += ["--config", args.config]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    if not Path(args.data_dir).is_dir():
+        sys.exit(f"no task data in {args.data_dir}: pass --data-dir (GLUE root or a folder with glue/ and sick/)")
+    out = Path(args.out) if args.out else run / "report"
+    cmd = [nasbert, "report", str(run), "--out", str(out), "--data-dir", args.data_dir, *args.report_args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    results = json.loads((out / "quality_results.json").read_text())
+    shutil.copy(out / "quality_results.json", ROOT / "bench" / "quality_results.json")
+    shutil.copy(out / "quality.md", ROOT / "bench" / "quality.md")
+    shutil.copy(out / "quality.png", ROOT / "docs" / "quality.png")
+    print(f"{len(results['rows'])} rows; bench/quality_results.json, bench/quality.md, docs/quality.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
