@@ -324,7 +324,7 @@ def _report_config(args: argparse.Namespace, **overrides):
               "batch_size": getattr(args, "batch_size", 32), "max_seq_len": getattr(args, "max_seq_len", 128),
               "max_train_examples": parse_max_train(getattr(args, "max_train_examples", None), tasks),
               "budgets": tuple(args.budgets) if args.budgets else None, "distill_steps": args.distill_steps,
-              "layerdrop": tuple(args.layerdrop), "threads": args.threads}
+              "layerdrop": tuple(args.layerdrop), "threads": args.threads, "sampled": args.sampled}
     return ReportConfig(**{**values, **overrides})
 
 
@@ -340,7 +340,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     models = prepare_models(run, out, config, progress=not args.no_progress)
     print(f"teacher {models['teacher_latency_ms']:.2f} ms ({models['device'].get('key', '')})")
     for row in models["rows"][1:]:
-        print(f"  {row['budget']:>6}  {row['kind']:<9}  {row['name']:<28} {row['params'] / 1e6:6.2f} M  "
+        print(f"  {row['budget'] or '-':>6}  {row['kind']:<9}  {row['name']:<28} {row['params'] / 1e6:6.2f} M  "
               f"{row['latency_ms']:6.2f} ms  {row['speedup']:5.2f}x  {out / row['path']}")
     return 0
 
@@ -367,6 +367,9 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layerdrop", nargs="+", default=["bottom", "spread"], choices=["bottom", "spread"],
                    help="which layer-dropped teachers compete: the bottom k layers, k layers spread over the "
                         "blocks, or both (default)")
+    p.add_argument("--sampled", type=int, default=0,
+                   help="also N architectures of the run's space spread over its latency range (no budget), for "
+                        "the proxies' rank correlation with the fine-tuned scores (default 0)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="start over in --out")

@@ -238,7 +238,7 @@ def run(tiny_teacher_dir, tmp_path_factory) -> Path:
 
 
 REPORT = ["--tasks", "sst2", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--epochs", "1", "--batch-size", "16",
-          "--max-seq-len", "16", "--layerdrop", "bottom", "--threads", "1", "--no-progress"]
+          "--max-seq-len", "16", "--layerdrop", "bottom", "--sampled", "2", "--threads", "1", "--no-progress"]
 
 
 def _report(run: Path, out: Path, glue_dir, *extra: str) -> subprocess.CompletedProcess:
@@ -257,10 +257,11 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     budgets = list(dict.fromkeys(m["budget"] for m in family["models"]))
     assert len(results["teacher"]["sst2"]) == 2
     for row in results["rows"]:
-        assert row["budget"] in budgets and row["kind"] in ("searched", "layerdrop", "uniform")
+        assert row["budget"] in budgets if row["kind"] != "sampled" else row["budget"] is None
+        assert row["kind"] in ("searched", "layerdrop", "uniform", "sampled")
         assert len(row["scores"]["sst2"]) == 2 and row["lr"]["sst2"] in (1e-3, 3e-3)
         assert row["speedup"] == pytest.approx(results["teacher_latency_ms"] / row["latency_ms"])
-        if row["kind"] != "searched":  # a baseline meets its budget on the latency the report measured first
+        if row["kind"] in ("layerdrop", "uniform"):  # a baseline meets its budget on the latency measured first
             timed = json.loads((out / "candidates.json").read_text())
             cand = next(c for c in timed["candidates"] if c["name"] == row["name"])
             assert parse_budgets([row["budget"]])[0].allows(cand["latency_ms"], cand["params"],
@@ -268,6 +269,17 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     for budget in budgets:
         kinds = {r["kind"] for r in results["rows"] if r["budget"] == budget}
         assert "searched" in kinds
+    sampled = [r for r in results["rows"] if r["kind"] == "sampled"]
+    assert len(sampled) == 2 and all(r["budget"] is None for r in sampled)
+    assert len({r["arch"] for r in sampled}) == 2 and sampled[0]["latency_ms"] != sampled[1]["latency_ms"]
+    # the proxies: the teacher's nasbert form is the teacher (zero loss); every row here is an undistilled path
+    proxies = json.loads((out / "proxies.json").read_text())
+    assert proxies["teacher"]["valid_loss"] < 1e-9 and proxies["teacher"]["block_proxy"] < 1e-9
+    assert all(r["proxies"]["block_proxy"] > 0 and r["proxies"]["valid_loss"] > 0 for r in results["rows"])
+    corr = results["proxy_correlation"]
+    assert corr["all"]["n"] == len({r["name"] for r in results["rows"]}) == len(os.listdir(out / "models")) - 1
+    assert all(corr["all"][k] is None or -1 <= corr["all"][k] <= 1 for k in ("valid_loss", "params", "flops"))
+    assert set(corr["by_budget"]) == set(budgets)
     # every model is a directory that fine-tunes, and each score is the run's own metrics.json
     row = results["rows"][0]
     lr = row["lr"]["sst2"]

@@ -80,6 +80,9 @@ class ReportConfig:
     #: whole-model distillation steps for the ``+kd`` rows (None: the family's ``distill_steps``; 0: none)
     distill_steps: int | None = None
     layerdrop: tuple[str, ...] = ("bottom", "spread")
+    #: more architectures of the run's (shrunk) space, spread over its predicted latency range and sliced from the
+    #: trained supernet, for the proxies' rank correlation (rows of kind "sampled", with no budget)
+    sampled: int = 0
     #: torch threads while fine-tuning and distilling (0 = torch's default)
     threads: int = 0
 
@@ -97,6 +100,8 @@ class ReportConfig:
         unknown = [m for m in self.layerdrop if m not in LAYERDROP_MODES]
         if unknown:
             raise ConfigError(f"report: --layerdrop takes {', '.join(LAYERDROP_MODES)}, got {', '.join(unknown)}")
+        if self.sampled < 0:
+            raise ConfigError(f"report: --sampled must be >= 0, got {self.sampled}")
         if self.distill_steps is not None and self.distill_steps < 0:
             raise ConfigError(f"report: --distill-steps must be >= 0, got {self.distill_steps}")
         for task, n in self.max_train_examples.items():
@@ -170,7 +175,30 @@ def _measure(run: _Run, models: dict[str, Any], seed: int) -> tuple[dict[str, fl
 
 def _settings(run: _Run, config: ReportConfig, budgets, distill_steps: int) -> dict:
     return {"run": str(run.path.resolve()), "family": str(run.family_dir.resolve()), "budgets": [b.name for b in budgets],
-            "distill_steps": distill_steps, "layerdrop": list(config.layerdrop)}
+            "distill_steps": distill_steps, "layerdrop": list(config.layerdrop), "sampled": config.sampled}
+
+
+def sampled_archs(run: _Run, n: int) -> list:
+    """``n`` architectures of the run's shrunk space spread evenly over its predicted latency range (the latency
+    profile's predictor), drawn with the run's seed."""
+    from ..latency import LatencyPredictor
+    from ..latency.profile import sample_archs
+    from ..pipeline import _profile_dir
+    from ..run import RunDir
+    from ..space import SearchSpace
+
+    if n == 0:
+        return []
+    space = SearchSpace.load(run.path / "space.yaml")
+    pool = sample_archs(space, 20 * n, np.random.default_rng(run.config.seed + 4242))
+    profile = _profile_dir(RunDir.load(run.path), run.config)
+    if not (profile / "predictor.json").is_file():
+        raise ReportError(f"--sampled needs the run's latency profile ({profile}): run `nasbert latency --run "
+                          f"{run.path}`")
+    predicted = LatencyPredictor.load(profile).predict_many(pool)
+    order = np.argsort(predicted)
+    picks = sorted({int(order[round(i * (len(pool) - 1) / max(1, n - 1))]) for i in range(n)})
+    return [pool[i] for i in picks]
 
 
 def _distill_steps(run: _Run, config: ReportConfig) -> int:
@@ -276,6 +304,11 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
                 rows.append({"budget": budget.name, "kind": kind, "name": kd, "arch": str(b.arch),
                              "distill_steps": distill_steps})
 
+    for i, arch in enumerate(sampled_archs(run, config.sampled)):
+        name = f"sampled{i:02d}"
+        builders.setdefault(name, lambda a=arch: run.supernet.extract(a))
+        rows.append({"budget": None, "kind": "sampled", "name": name, "arch": str(arch), "distill_steps": 0})
+
     # 3. Write every model once (atomically: an existing directory is a finished one).
     for name, build in tqdm(builders.items(), desc="report models", unit="model", disable=not progress):
         directory = out / "models" / name
@@ -348,7 +381,7 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
                 losses.append(float(torch.nn.functional.mse_loss(got[keep], target[keep])))
         # distilled weights are no longer a supernet path: no block-wise proxy for them
         supernet = None if row["distill_steps"] else \
-            run.supernet if row["kind"] in ("searched", "uniform") else teacher_supernet
+            run.supernet if row["kind"] in ("searched", "uniform", "sampled") else teacher_supernet
         block_proxy = None
         if supernet is not None:
             block_proxy = sum(score_paths(supernet, n, [block], [pb[n] for pb in per_block])[0]
@@ -377,7 +410,7 @@ def proxy_correlation(rows: list[dict], proxies: dict[str, dict]) -> dict:
         return out
 
     distinct = list({r["name"]: r for r in rows}.values())
-    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    budgets = list(dict.fromkeys(r["budget"] for r in rows if r["budget"] is not None))
     return {"all": taus(distinct), "by_budget": {b: taus([r for r in rows if r["budget"] == b]) for b in budgets}}
 
 
@@ -499,7 +532,7 @@ def markdown_table(results: dict) -> str:
                  + f" | {results['teacher_panel_mean']:.1f} ± {results['teacher_panel_spread']:.1f} | 100 | "
                  + ", ".join(f"{results['teacher_lr'][k]:g}" for k in tasks) + " |")
     for r in results["rows"]:
-        lines.append(f"| {r['budget']} | {r['kind']} | {r['name']} | {r['params'] / 1e6:.1f} M | {r['latency_ms']:.2f} | "
+        lines.append(f"| {r['budget'] or '-'} | {r['kind']} | {r['name']} | {r['params'] / 1e6:.1f} M | {r['latency_ms']:.2f} | "
                      f"{r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
                      + f" | {r['panel_mean']:.1f} ± {r['panel_spread']:.1f} | {r['panel_pct_of_teacher']:.1f} | "
                      + ", ".join(f"{r['lr'][k]:g}" for k in tasks) + " |")
@@ -529,14 +562,15 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"searched": ("o", "tab:red"), "layerdrop": ("s", "tab:blue"), "uniform": ("^", "tab:green")}
+    markers = {"searched": ("o", "tab:red"), "layerdrop": ("s", "tab:blue"), "uniform": ("^", "tab:green"),
+               "sampled": ("x", "tab:gray")}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     ax.errorbar([results["teacher_latency_ms"]], [results["teacher_panel_mean"]],
                 yerr=[results["teacher_panel_spread"]], fmt="*", color="black", markersize=12, label="teacher")
     seen = {}
     for r in {r["name"]: r for r in results["rows"]}.values():
         marker, color = markers[r["kind"]]
-        hollow = r["distill_steps"] == 0 and r["kind"] != "searched"
+        hollow = r["distill_steps"] == 0 and r["kind"] in ("layerdrop", "uniform")
         label = r["kind"] if r["kind"] not in seen else None
         seen[r["kind"]] = True
         ax.errorbar([r["latency_ms"]], [r["panel_mean"]], yerr=[r["panel_spread"]], fmt=marker, color=color,
@@ -564,6 +598,8 @@ def _check_settings(out: Path, settings: dict, force: bool) -> None:
         shutil.rmtree(out)
     if path.is_file():
         old = json.loads(path.read_text())
+        # a report started before a setting existed had that setting's default
+        old = {"sampled": 0, **old, "config": {**ReportConfig().to_dict(), **old.get("config", {})}}
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ReportError(f"{out} holds a report made with other settings ({', '.join(changed)} differ): pass "

@@ -302,21 +302,15 @@ class SuperNet(nn.Module):
         """
         self.space.validate(arch, allow_teacher=True)
         config = self.extract_config(arch)
-        if drop_identity_adapters and self._identity_adapters(arch):
-            config.adapters = False
-            model = NasBertModel(config)
-            model.embeddings.load_state_dict(self.embeddings.sliced(arch.blocks[0].width))
-            layers = iter(model.encoder.layer)
-            for n, block in enumerate(arch.blocks):
-                for slot, op in zip(self.space.block_slots(n), block.layers):
-                    next(layers).load_state_dict(self.slots[slot].sliced(op, block.width))
-            return model.eval()
+        config.adapters = not (drop_identity_adapters and self._identity_adapters(arch))
         model = NasBertModel(config)
         model.embeddings.load_state_dict(self.embeddings.sliced(arch.blocks[0].width))
         layers = iter(model.encoder.layer)
         for n, block in enumerate(arch.blocks):
             for slot, op in zip(self.space.block_slots(n), block.layers):
                 next(layers).load_state_dict(self.slots[slot].sliced(op, block.width))
+        if not config.adapters:
+            return model.eval()
         for n, adapter in enumerate(model.encoder.adapters):
             w_in, w_out = arch.blocks[n].width, arch.blocks[n + 1].width
             out_w, out_b = self.out_adapters[n].sliced(in_features=w_in)  # (H, w_in), (H,)
