@@ -328,3 +328,20 @@ def test_report_refuses_bad_input_and_writes_nothing(run, glue_dir, tmp_path, ex
 def test_report_on_a_directory_that_is_not_a_run(tmp_path, glue_dir):
     done = _report(tmp_path, tmp_path / "report", glue_dir)
     assert done.returncode == 1 and "not a run directory" in done.stderr
+
+
+def test_baselines_command_writes_and_times_every_chosen_model(run, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(run.parent / "cache")}
+    out = tmp_path / "baselines"
+    done = subprocess.run(_nasbert() + ["baselines", str(run), "--out", str(out), "--layerdrop", "bottom",
+                                        "--no-progress"], check=False, capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    models = json.loads((out / "models.json").read_text())
+    assert models["rows"][0]["kind"] == "teacher" and models["teacher_latency_ms"] > 0
+    for row in models["rows"]:
+        assert (out / row["path"] / "config.json").is_file() and row["latency_ms"] > 0
+        if row["kind"] != "teacher":
+            assert row["name"] in done.stdout
+    assert {r["kind"] for r in models["rows"]} <= {"teacher", "searched", "layerdrop", "uniform"}
+    assert set(models["baselines"]) == {r["budget"] for r in models["rows"] if r["budget"]}
