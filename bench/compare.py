@@ -36,21 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("compare")
 
 
-def uniform_archs(space):
-    """Every uniform model: L = 1..(all slots / 2) layers of MHA + FFN at one width, blocks filled evenly."""
-    from nasbert import Arch, BlockArch
-
-    k, n = space.slots_per_block, space.num_blocks
-    per_block_max = k // 2
-    out = []
-    for width in space.hidden_choices:
-        for layers in range(1, n * per_block_max + 1):
-            counts = [layers // n + (1 if b < layers % n else 0) for b in range(n)]
-            blocks = [BlockArch(width, ("mha", "ffn") * c + ("identity",) * (k - 2 * c)) for c in counts]
-            out.append((f"uniform-L{layers}-H{width}", Arch(tuple(blocks))))
-    return out
-
-
 def run_pipeline(config: str, run: Path) -> None:
     if (run / "family" / "family.json").is_file():
         return
@@ -71,6 +56,7 @@ def choose_models(run: Path, work: Path, repeats: int) -> dict:
     from nasbert import Arch, Family, SearchSpace, SuperNet, load_teacher
     from nasbert.export.selection import measure_models
     from nasbert.io import atomic_write_json
+    from nasbert.quality import uniform_baselines
 
     path = work / "models.json"
     if path.is_file():
@@ -80,7 +66,8 @@ def choose_models(run: Path, work: Path, repeats: int) -> dict:
     space: SearchSpace = supernet.space
     teacher, _, _ = load_teacher(run_config(run).teacher)
     candidates = {m.name: Arch.from_dict(m.arch) for m in family.models}
-    baselines = dict(uniform_archs(space))
+    # every uniform model of the space (L layers of MHA + FFN at one width, spread over the blocks)
+    baselines = {b.name: b.arch for b in uniform_baselines(space)}
     models = {name: supernet.extract(arch) for name, arch in {**candidates, **baselines}.items()}
     d = family.device
     logger.info("timing %d models and the teacher together (%s, %d thread(s), batch %d, %d tokens)", len(models),

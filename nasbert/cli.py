@@ -314,30 +314,26 @@ def cmd_distill(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ quality
 
 
-def _report_config(args: argparse.Namespace, **overrides):
+def _report_config(args: argparse.Namespace):
+    """A ReportConfig from the options a command has (``baselines`` has no fine-tuning options)."""
+    import dataclasses
+
     from .quality.report import ReportConfig, parse_max_train
 
-    tasks = tuple(getattr(args, "tasks", None) or ReportConfig.tasks)
-    values = {"tasks": tasks, "data_dir": getattr(args, "data_dir", None), "seeds": getattr(args, "seeds", 3),
-              "lrs": tuple(getattr(args, "lrs", None) or ReportConfig.lrs),
-              "lr_select": getattr(args, "lr_select", "all"), "epochs": getattr(args, "epochs", 3.0),
-              "batch_size": getattr(args, "batch_size", 32), "max_seq_len": getattr(args, "max_seq_len", 128),
-              "max_train_examples": parse_max_train(getattr(args, "max_train_examples", None), tasks),
-              "budgets": tuple(args.budgets) if args.budgets else None, "distill_steps": args.distill_steps,
-              "layerdrop": tuple(args.layerdrop), "threads": args.threads, "sampled": args.sampled}
-    return ReportConfig(**{**values, **overrides})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ReportConfig)
+              if getattr(args, f.name, None) is not None and f.name != "max_train_examples"}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    tasks = values.get("tasks", ReportConfig.tasks)
+    return ReportConfig(**values, max_train_examples=parse_max_train(getattr(args, "max_train_examples", None), tasks))
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     """``nasbert baselines``: the layer-dropped teachers and uniform models each budget allows, written and timed."""
-    from .quality.report import _check_settings, _load_run, _settings, _budgets, _distill_steps, prepare_models
+    from .quality.report import build_baselines
 
-    config = _report_config(args)
-    run = _load_run(Path(args.run), Path(args.family) if args.family else None)
     out = Path(args.out) if args.out else Path(args.run) / "baselines"
-    budgets = _budgets(run, config)
-    _check_settings(out, _settings(run, config, budgets, _distill_steps(run, config)), args.force)
-    models = prepare_models(run, out, config, progress=not args.no_progress)
+    models = build_baselines(args.run, out=out, config=_report_config(args), family=args.family, force=args.force,
+                             progress=not args.no_progress)
     print(f"teacher {models['teacher_latency_ms']:.2f} ms ({models['device'].get('key', '')})")
     for row in models["rows"][1:]:
         print(f"  {row['budget'] or '-':>6}  {row['kind']:<9}  {row['name']:<28} {row['params'] / 1e6:6.2f} M  "

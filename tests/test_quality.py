@@ -20,7 +20,6 @@ from nasbert.modeling import NasBertModel
 from nasbert.quality import choose_baselines, kept_layers, layer_counts, layerdrop_baselines, uniform_baselines
 from nasbert.quality.baselines import build_raw
 from nasbert.search import parse_budgets
-from nasbert.space import Arch
 
 from test_pipeline import TINY, _nasbert
 

@@ -31,6 +31,7 @@ Everything lands in ``OUT`` (default ``RUN/report``), step by step, so a stopped
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -48,7 +49,7 @@ from ..io import atomic_dir, atomic_write_json, atomic_write_text
 from .baselines import KINDS, LAYERDROP_MODES, Baseline, build_raw, choose_baselines, layerdrop_baselines, \
     uniform_baselines
 
-__all__ = ["ReportConfig", "ReportError", "build_report", "summarize"]
+__all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +131,28 @@ class _Run:
     teacher_source: str
     family: Any
     family_dir: Path
+    #: the latency profile of the run's configured device (RUN/latency/<device-key>/)
+    profile: Path
     device: dict
 
     @property
     def space(self):
         return self.supernet.space
+
+    @functools.cached_property
+    def teacher_supernet(self):
+        """The supernet of the teacher in its own unit order (``reorder=False``): layer-dropped teachers' source."""
+        from ..supernet import SuperNet
+
+        return SuperNet.from_teacher(self.space, self.teacher, reorder=False).eval()
+
+    @functools.cached_property
+    def corpus(self):
+        """The run's tokenised training corpus (from the cache)."""
+        from ..data import load_corpus
+        from ..pipeline import cache_dir
+
+        return load_corpus(self.config.corpus, self.tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
 
 
 def _load_run(run: Path, family_dir: Path | None) -> _Run:
@@ -150,14 +168,16 @@ def _load_run(run: Path, family_dir: Path | None) -> _Run:
     if not (family_dir / "family.json").is_file():
         raise ReportError(f"{family_dir} has no family.json: finish the run first (`nasbert run --out {run}`), or "
                           "pass --family")
-    config = RunDir.load(run).config
+    rundir = RunDir.load(run)
+    config = rundir.config
     family = Family.load(family_dir)
     supernet = SuperNet.from_pretrained(run / "supernet")
     teacher, tokenizer, source = load_teacher(config.teacher if config.teacher is not None
                                               else supernet.space.teacher.name)
-    device_file = _profile_dir(RunDir.load(run), config) / "device.json"
+    profile = _profile_dir(rundir, config)
+    device_file = profile / "device.json"
     device = json.loads(device_file.read_text()) if device_file.is_file() else dict(family.device)
-    return _Run(run, config, supernet, teacher, tokenizer, source, family, family_dir, device)
+    return _Run(run, config, supernet, teacher, tokenizer, source, family, family_dir, profile, device)
 
 
 def _measure(run: _Run, models: dict[str, Any], seed: int) -> tuple[dict[str, float], float]:
@@ -173,9 +193,11 @@ def _measure(run: _Run, models: dict[str, Any], seed: int) -> tuple[dict[str, fl
 # ------------------------------------------------------------------------------------------------ models
 
 
-def _settings(run: _Run, config: ReportConfig, budgets, distill_steps: int) -> dict:
-    return {"run": str(run.path.resolve()), "family": str(run.family_dir.resolve()), "budgets": [b.name for b in budgets],
-            "distill_steps": distill_steps, "layerdrop": list(config.layerdrop), "sampled": config.sampled}
+def _settings(run: _Run, config: ReportConfig) -> dict:
+    """What fixes the models of a report or baselines directory (a rerun must ask the same)."""
+    return {"run": str(run.path.resolve()), "family": str(run.family_dir.resolve()),
+            "budgets": [b.name for b in _budgets(run, config)], "distill_steps": _distill_steps(run, config),
+            "layerdrop": list(config.layerdrop), "sampled": config.sampled}
 
 
 def sampled_archs(run: _Run, n: int) -> list:
@@ -183,19 +205,16 @@ def sampled_archs(run: _Run, n: int) -> list:
     profile's predictor), drawn with the run's seed."""
     from ..latency import LatencyPredictor
     from ..latency.profile import sample_archs
-    from ..pipeline import _profile_dir
-    from ..run import RunDir
     from ..space import SearchSpace
 
     if n == 0:
         return []
     space = SearchSpace.load(run.path / "space.yaml")
     pool = sample_archs(space, 20 * n, np.random.default_rng(run.config.seed + 4242))
-    profile = _profile_dir(RunDir.load(run.path), run.config)
-    if not (profile / "predictor.json").is_file():
-        raise ReportError(f"--sampled needs the run's latency profile ({profile}): run `nasbert latency --run "
+    if not (run.profile / "predictor.json").is_file():
+        raise ReportError(f"--sampled needs the run's latency profile ({run.profile}): run `nasbert latency --run "
                           f"{run.path}`")
-    predicted = LatencyPredictor.load(profile).predict_many(pool)
+    predicted = LatencyPredictor.load(run.profile).predict_many(pool)
     order = np.argsort(predicted)
     picks = sorted({int(order[round(i * (len(pool) - 1) / max(1, n - 1))]) for i in range(n)})
     return [pool[i] for i in picks]
@@ -226,12 +245,9 @@ def _budgets(run: _Run, config: ReportConfig):
 def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool = True) -> dict:
     """Choose the baselines, write every model of the report to ``OUT/models/``, time them all with the teacher.
     Returns (and writes) ``models.json``. Each model directory is written atomically and kept on a rerun."""
-    from ..data import load_corpus
     from ..export.hf import write_hf_files
     from ..modeling import NasBertModel
-    from ..pipeline import cache_dir
     from ..space import Arch
-    from ..supernet import SuperNet
     from ..training.distill import distill_arch
 
     models_file = out / "models.json"
@@ -241,11 +257,10 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
     budgets = _budgets(run, config)
     distill_steps = _distill_steps(run, config)
     family_distilled = any(m.distill_steps for m in run.family.models)
-    teacher_supernet = SuperNet.from_teacher(space, run.teacher, reorder=False).eval()
+    teacher_supernet = run.teacher_supernet
 
     # 1. Every candidate, timed once with the family and the teacher: the baselines each budget allows.
     candidates = [*layerdrop_baselines(space, config.layerdrop), *uniform_baselines(space)]
-    by_name = {b.name: b for b in candidates}
     cand_file = out / "candidates.json"
     if cand_file.is_file():
         timed = json.loads(cand_file.read_text())
@@ -266,15 +281,10 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
                          "distill_steps": 0}]
     builders: dict[str, Any] = {TEACHER: lambda: teacher_supernet.extract(space.teacher_arch(),
                                                                             drop_identity_adapters=True)}
-    corpus = None
 
     def distilled(supernet, arch: Arch, *, freeze: bool):
-        nonlocal corpus
-        if corpus is None:
-            corpus = load_corpus(run.config.corpus, run.tokenizer, cache_dir=cache_dir() / "corpus",
-                                 show_progress=False)
         distill = dataclasses.replace(run.config.export.distill, steps=distill_steps, threads=config.threads)
-        return distill_arch(supernet, arch, run.teacher, corpus, run.tokenizer, config=distill, seed=seed,
+        return distill_arch(supernet, arch, run.teacher, run.corpus, run.tokenizer, config=distill, seed=seed,
                             progress=progress, freeze_adapters=freeze).model
 
     for budget in budgets:
@@ -346,22 +356,17 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
     """
     import torch
 
-    from ..data import load_corpus
     from ..export.selection import validation_batches
     from ..modeling import NasBertModel
-    from ..pipeline import cache_dir
     from ..space import Arch
-    from ..supernet import SuperNet
     from ..training.blockwise import block_batches, score_paths
 
     path = out / "proxies.json"
     if path.is_file():
         return json.loads(path.read_text())
     space, cfg = run.space, run.config
-    corpus = load_corpus(cfg.corpus, run.tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
-    batches = validation_batches(corpus.valid, run.tokenizer, batch_size=cfg.train.batch_size,
+    batches = validation_batches(run.corpus.valid, run.tokenizer, batch_size=cfg.train.batch_size,
                                  n_batches=cfg.export.eval_batches, seed=cfg.seed)
-    teacher_supernet = SuperNet.from_teacher(space, run.teacher, reorder=False).eval()
     with torch.no_grad():
         targets = [run.teacher(**b).last_hidden_state for b in batches]
         per_block = [block_batches(run.teacher, space, b["input_ids"], b["attention_mask"], b["token_type_ids"])
@@ -381,7 +386,7 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
                 losses.append(float(torch.nn.functional.mse_loss(got[keep], target[keep])))
         # distilled weights are no longer a supernet path: no block-wise proxy for them
         supernet = None if row["distill_steps"] else \
-            run.supernet if row["kind"] in ("searched", "uniform", "sampled") else teacher_supernet
+            run.supernet if row["kind"] in ("searched", "uniform", "sampled") else run.teacher_supernet
         block_proxy = None
         if supernet is not None:
             block_proxy = sum(score_paths(supernet, n, [block], [pb[n] for pb in per_block])[0]
@@ -609,6 +614,17 @@ def _check_settings(out: Path, settings: dict, force: bool) -> None:
     atomic_write_json(path, settings)
 
 
+def build_baselines(run: str | Path, *, out: str | Path | None = None, config: ReportConfig = ReportConfig(),
+                    family: str | Path | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Write and time the models of ``run``'s report without fine-tuning them (``nasbert baselines``; default
+    ``RUN/baselines``); returns :func:`prepare_models`' ``models.json``."""
+    run_path = Path(run)
+    out = Path(out) if out is not None else run_path / "baselines"
+    ctx = _load_run(run_path, Path(family) if family is not None else None)
+    _check_settings(out, _settings(ctx, config), force)
+    return prepare_models(ctx, out, config, progress=progress)
+
+
 def build_report(run: str | Path, *, out: str | Path | None = None, config: ReportConfig = ReportConfig(),
                  family: str | Path | None = None, force: bool = False, progress: bool = True) -> dict:
     """Make (or finish) the quality report of ``run``; returns :func:`summarize`'s results."""
@@ -617,8 +633,7 @@ def build_report(run: str | Path, *, out: str | Path | None = None, config: Repo
     run_path = Path(run)
     out = Path(out) if out is not None else run_path / "report"
     ctx = _load_run(run_path, Path(family) if family is not None else None)
-    budgets = _budgets(ctx, config)
-    settings = {"config": config.to_dict(), **_settings(ctx, config, budgets, _distill_steps(ctx, config))}
+    settings = {"config": config.to_dict(), **_settings(ctx, config)}
     tasks = {t: load_task(t, data_dir=config.data_dir, max_train_examples=config.max_train_examples.get(t))
              for t in config.tasks}  # before anything is written: a bad task or data dir fails first
     names = {t: data.task.name for t, data in tasks.items()}
