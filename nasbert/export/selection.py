@@ -21,6 +21,7 @@ from ..data import mask_tokens
 from ..latency.measure import OnnxRuntimeEngine, TorchEngine, measure_interleaved
 from ..space import Arch
 from ..supernet import SuperNet
+from ..utils import torch_threads
 from .onnx import export_onnx
 
 __all__ = ["Measured", "measure_models", "whole_model_loss"]
@@ -81,7 +82,8 @@ def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module,
             export_onnx(model, path, check=False)
             engines[name] = OnnxRuntimeEngine(path, {k: v.numpy() for k, v in feeds.items()}, threads=threads,
                                               device=device)
-        timings = measure_interleaved(engines, warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
+        with torch_threads(threads if engine == "torch" else None):  # held, so that no timed call switches it
+            timings = measure_interleaved(engines, warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
     teacher_ms = timings.pop("__teacher__").median_ms
     return Measured({name: t.median_ms for name, t in timings.items()}, teacher_ms)
 

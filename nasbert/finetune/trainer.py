@@ -34,6 +34,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, from_mapping, to_mapping
-from ..io import atomic_dir, atomic_write_json
+from ..io import atomic_dir, atomic_write_json, fault_point, truncate_jsonl
+from ..utils import torch_threads
 from .metrics import compute_metrics
 from .tasks import Example, TaskData, TaskSpec
 
@@ -354,7 +357,7 @@ def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, 
 
     path = out / TEACHER_LOGITS
     if path.is_file():
-        return torch.load(path)
+        return _load(path)
     source = _resolve_model_dir(kd_teacher)
     teacher = AutoModelForSequenceClassification.from_pretrained(source)
     if teacher.config.num_labels != task.task.num_labels:
@@ -378,7 +381,7 @@ def _neighbours(pool, task: TaskData, tokenizer, out: Path, progress: bool) -> d
     similarities; computed once and cached in ``OUT/neighbours.pt``."""
     path = out / NEIGHBOURS
     if path.is_file():
-        cached = torch.load(path, weights_only=False)
+        cached = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in _load(path).items()}
         if cached.get("pool_sha256") == pool.meta.get("sha256") and len(cached["train"]) == len(task.train) \
                 and len(cached["dev"]) == len(task.dev):
             return cached
@@ -396,16 +399,30 @@ def _neighbours(pool, task: TaskData, tokenizer, out: Path, progress: bool) -> d
                                   exclude=np.full(len(rows), -1) if training else None)
             indices[rows], scores[rows] = found.indices, found.scores
         result[split], result[f"{split}_similarity"] = indices, scores
-    torch.save(result, path.with_suffix(".tmp"))
+    torch.save({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in result.items()},
+               path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
     logger.info("reference samples: mean TF-IDF similarity %.3f (train, self excluded), %.3f (dev)",
                 result["train_similarity"].mean(), result["dev_similarity"].mean())
     return result
 
 
+def _load(path: Path) -> Any:
+    """A file this module wrote: tensors, lists, dicts, numbers and strings only. Run directories are shared
+    between machines, and unpickling anything else can run code, so such a file is refused, not loaded."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise FinetuneError(f"{path} holds {found.group(1) if found else 'objects'} besides tensors and numbers, and "
+                            "is not loaded, since unpickling that can run code: delete it (it is computed again; "
+                            "for checkpoint.pt the run starts again) or rerun with --force") from None
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
+    fault_point("finetune.checkpoint")  # written, not yet in place
     os.replace(tmp, path)
 
 
@@ -446,6 +463,12 @@ def finetune(
     ``stop_after`` ends the call after that many optimiser steps in total, leaving a checkpoint to resume
     from (for tests and time-sliced jobs); the call then returns ``None``.
     """
+    with torch_threads(config.threads):  # process-wide: the caller's count comes back afterwards
+        return _finetune(model, task, out=out, config=config, kd_teacher=kd_teacher, references=references,
+                         onnx=onnx, force=force, progress=progress, stop_after=stop_after)
+
+
+def _finetune(model, task, *, out, config, kd_teacher, references, onnx, force, progress, stop_after):
     out = Path(out)
     spec = task.task
     if not task.train or not task.dev:
@@ -466,8 +489,6 @@ def finetune(
         logger.info("%s is a finished fine-tuning run; nothing to do", out)
         return FinetuneResult(out, out / "model", metrics["dev"], metrics["best"], metrics["seconds"],
                               metrics["steps"], resumed=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
 
     net, tokenizer, _ = load_classifier(source, spec, seed=config.seed, pooling=config.pooling,
                                         reference_size=None if pool is None else pool.hidden_size)
@@ -493,13 +514,14 @@ def finetune(
     step, seconds, best, history = 0, 0.0, None, []
     resumed = (out / CHECKPOINT).is_file()
     if resumed:
-        state = torch.load(out / CHECKPOINT, weights_only=False)
+        state = _load(out / CHECKPOINT)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"])
         step, seconds, best, history = state["step"], state["seconds"], state["best"], state["history"]
         logger.info("resuming %s at step %d of %d", out, step, total_steps)
+    truncate_jsonl(out / "log.jsonl", step if resumed else -1)  # lines a killed attempt wrote after its checkpoint
     logger.info("fine-tuning %s on %s: %d training / %d dev examples, %d steps (%d per epoch), batch %d, lr %.1e%s%s",
                 source, spec.name, len(train), len(dev), total_steps, steps_per_epoch, config.batch_size, config.lr,
                 f", KD from {kd_teacher} (lambda {config.kd_lambda})" if kd_teacher else "",
@@ -550,6 +572,7 @@ def finetune(
                             ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 net.train()
             log.flush()
+            fault_point("finetune.step")
             if step % config.checkpoint_every == 0 or end_of_epoch or (stop_after is not None and step >= stop_after):
                 _save_checkpoint(out / CHECKPOINT, {
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),

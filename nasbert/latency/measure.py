@@ -7,6 +7,7 @@ candidates alike instead of one of them.
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import re
@@ -16,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from ..utils import torch_threads
 
 __all__ = ["DeviceInfo", "OnnxRuntimeEngine", "Timing", "TorchEngine", "device_info", "measure_interleaved",
            "summarize"]
@@ -114,6 +117,13 @@ class OnnxRuntimeEngine:
         else:
             providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            # onnxruntime falls back to the CPU with only a warning when the CUDA provider fails to start.
+            raise RuntimeError(
+                "device cuda asked for, but the CUDAExecutionProvider is not active in this session (it runs on "
+                f"{', '.join(self.session.get_providers())}): the CUDA or cuDNN libraries that onnxruntime-gpu "
+                "needs are missing or do not match it; see onnxruntime's CUDA requirements, or use device cpu"
+            )
         self.threads = threads
         known = {i.name for i in self.session.get_inputs()}
         self.feeds = {k: v for k, v in feeds.items() if k in known}
@@ -124,21 +134,25 @@ class OnnxRuntimeEngine:
 
 class TorchEngine:
     """A PyTorch module run under ``torch.inference_mode`` with ``torch.set_num_threads(threads)``; on CUDA every
-    call synchronises, so that the time is the kernel's, not the launch's."""
+    call synchronises, so that the time is the kernel's, not the launch's.
+
+    The engine runs its own copy of ``module`` (moved to ``device``, in eval mode): the caller's module keeps its
+    device and mode, so that, say, an ONNX export of it afterwards still sees CPU weights. Each call gives the
+    caller's thread count back; hold it around a whole measurement (:func:`~nasbert.utils.torch_threads`) so that
+    the calls themselves do not switch it.
+    """
 
     name = "torch"
 
     def __init__(self, module: torch.nn.Module, feeds: Mapping[str, torch.Tensor], *, threads: int = 1,
                  device: str = "cpu"):
         self.device = torch.device(device)
-        self.module = module.to(self.device).eval()
+        self.module = copy.deepcopy(module).to(self.device).eval()
         self.feeds = {k: v.to(self.device) for k, v in feeds.items()}
         self.threads = threads
 
     def __call__(self) -> object:
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             out = self.module(**self.feeds)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -30,9 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError
-from ..io import atomic_dir
+from ..io import atomic_dir, fault_point
 from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
+from ..utils import torch_threads
 from .measure import OnnxRuntimeEngine, TorchEngine, device_info, measure_interleaved
 from .predictor import LatencyPredictor, accuracy
 from .table import build_table, table_keys
@@ -149,11 +150,15 @@ def profile_device(
     show_progress: bool = True,
 ) -> dict:
     """Profile this machine for ``space`` and write the profile to ``out`` (atomically). Returns accuracy.json."""
+    # The torch engine times under config.threads; the count is process-wide, so the caller's comes back after.
+    with torch_threads(config.threads if config.engine == "torch" else None):
+        return _profile_device(space, out, config=config, teacher=teacher, seed=seed, show_progress=show_progress)
+
+
+def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict:
     start = time.perf_counter()
     info = device_info(engine=config.engine, device=config.device, threads=config.threads, batch=config.batch,
                        seq_len=config.seq_len)
-    if config.engine == "torch":
-        torch.set_num_threads(config.threads)
     rng = np.random.default_rng(seed)
     archs = sample_archs(space, config.archs, rng)
     if len(archs) < 4:
@@ -187,6 +192,7 @@ def profile_device(
                              "group": g, "group_teacher_ms": group_teacher, "raw_median_ms": t.median_ms,
                              **t.to_dict()})
             bar.update(len(group))
+            fault_point("latency.group")
             del engines
     bar.close()
 

@@ -20,6 +20,7 @@ from torch import nn
 from ..modeling import NasBertConfig
 from ..modeling.modeling_nasbert import NasBertEmbeddings, additive_attention_mask, build_layer
 from ..space import Arch, SearchSpace
+from ..utils import torch_threads
 from .measure import OnnxRuntimeEngine, TorchEngine, measure_interleaved
 
 __all__ = ["LatencyTable", "arch_entries", "build_table", "table_keys"]
@@ -77,6 +78,13 @@ class LatencyTable:
         return cls(dict(data["entries"]), dict(data.get("device", {})))
 
 
+class _Linear(nn.Linear):
+    """``nn.Linear`` whose input is called ``hidden``: TorchEngine feeds a module its inputs by name."""
+
+    def forward(self, hidden):
+        return super().forward(hidden)
+
+
 class _Layer(nn.Module):
     def __init__(self, layer: nn.Module):
         super().__init__()
@@ -93,10 +101,10 @@ def _op_module(key: str, space: SearchSpace, batch: int, seq_len: int) -> tuple[
     g = torch.Generator().manual_seed(0)
     if name == "adapter":
         a, b = (int(x) for x in size.split("->"))
-        return nn.Linear(a, b), {"hidden": torch.randn(batch, seq_len, a, generator=g)}
+        return _Linear(a, b), {"hidden": torch.randn(batch, seq_len, a, generator=g)}
     width = int(size)
     if name == "output":
-        return nn.Linear(width, t.hidden_size), {"hidden": torch.randn(batch, seq_len, width, generator=g)}
+        return _Linear(width, t.hidden_size), {"hidden": torch.randn(batch, seq_len, width, generator=g)}
     config = NasBertConfig(blocks=[{"width": width, "ops": ["identity"]}], vocab_size=t.vocab_size,
                            hidden_size=t.hidden_size, head_size=space.head_size, ffn_ratio=space.ffn_ratio,
                            max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
@@ -131,7 +139,9 @@ def build_table(space: SearchSpace, *, engine: str = "onnxruntime", device: str 
     """Measure every entry of ``space``'s table. Entries are timed in interleaved groups of one kind."""
     keys = table_keys(space)
     timings = {}
-    with tempfile.TemporaryDirectory(prefix="nasbert-table-") as tmp:
+    # One thread count for the whole table, so that no timed call switches it (the caller's comes back after).
+    with tempfile.TemporaryDirectory(prefix="nasbert-table-") as tmp, \
+            torch_threads(threads if engine == "torch" else None):
         engines = dict(_engines(keys, space, engine=engine, device=device, threads=threads, batch=batch,
                                 seq_len=seq_len, workdir=Path(tmp)))
         groups: dict[str, list[str]] = {}

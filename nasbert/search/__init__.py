@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from .budgets import DEFAULT_BUDGETS, Budget, parse_budget, parse_budgets
 from .objective import Evaluation, Objective, load_block_losses
-from .optuna_search import SAMPLERS, Candidate, SearchResult, TrialRecord, pareto_front, run_search
+from .optuna_search import SAMPLERS, Candidate, SearchError, SearchResult, TrialRecord, pareto_front, run_search
 
-__all__ = ["DEFAULT_BUDGETS", "SAMPLERS", "Budget", "Candidate", "Evaluation", "Objective", "SearchResult",
+__all__ = ["DEFAULT_BUDGETS", "SAMPLERS", "Budget", "Candidate", "Evaluation", "Objective", "SearchError", "SearchResult",
            "TrialRecord", "load_block_losses", "pareto_front", "parse_budget", "parse_budgets", "run_ray_search",
            "run_search"]
 

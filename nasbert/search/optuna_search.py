@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,13 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, fault_point
+from ..redact import redact_url
 from ..space import Arch
 from .budgets import DEFAULT_BUDGETS, Budget, any_budget_violation, parse_budgets
 from .objective import Evaluation, Objective
 
-__all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchResult", "TrialRecord", "pareto_front",
+__all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchError", "SearchResult", "TrialRecord", "pareto_front",
            "run_search", "select_per_budget", "suggest_arch", "summarize"]
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,8 @@ def _evaluation_of(trial, objective: Objective) -> Evaluation:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _resolve_storage(storage, out_dir: Path | None):
+def resolve_storage(storage, out_dir: Path | None):
+    """The Optuna storage object and its description for logs and files (the URL, password hidden)."""
     import optuna
 
     if isinstance(storage, optuna.storages.BaseStorage):
@@ -144,9 +147,45 @@ def _resolve_storage(storage, out_dir: Path | None):
     if storage is None or storage in ("memory", ":memory:"):
         return optuna.storages.InMemoryStorage(), "memory"
     if not isinstance(storage, str) or "://" not in storage:
-        raise ValueError(f"storage {storage!r} is not an Optuna RDB URL: give e.g. 'sqlite:///RUN/search/study.db' "
-                         "or 'postgresql://user@host/db', 'memory', or None for out_dir/study.db")
-    return storage, storage
+        shown = redact_url(storage) if isinstance(storage, str) else repr(storage)
+        raise SearchError(f"storage {shown!r} is not an Optuna RDB URL: give e.g. 'sqlite:///RUN/search/study.db' "
+                          "or 'postgresql://user@host/db', 'memory', or None for out_dir/study.db")
+    return open_storage(storage), redact_url(storage)
+
+
+class SearchError(ValueError):
+    """A search that cannot start: a storage URL that is not one, a database that cannot be reached, a missing
+    driver. The message says which, with the URL's password hidden, and what to do."""
+
+
+def open_storage(url: str):
+    """Connect to an Optuna RDB storage; a failure is one clear line (no traceback, no password)."""
+    import optuna
+    import sqlalchemy.exc
+
+    shown = redact_url(url)
+    try:
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Two processes that open a new database at once both create Optuna's tables, and the slower one's
+                # CREATE fails; once the faster one is done, the tables are there.
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    except ImportError as e:  # optuna: "Failed to import DB access module"; SQLAlchemy: the driver module
+        driver = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "its driver"
+        raise SearchError(f"storage {shown}: the database driver ({driver}) is not installed: "
+                          "pip install 'psycopg[binary]' for postgresql://, pymysql for mysql+pymysql://") from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise SearchError(f"storage {shown}: SQLAlchemy knows no database of this kind; give a sqlite:///, "
+                          "postgresql:// or mysql+pymysql:// URL") from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        lines = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise SearchError(f"storage {shown}: cannot open the database ({redact_url(lines[0]) if lines else e}); "
+                          "check that the server runs and that the host, port, user, password and database "
+                          "are right") from None
 
 
 def _make_sampler(kind: str, *, seed: int, population_size: int):
@@ -209,7 +248,7 @@ def run_search(
     for b in budgets:
         b.latency_limit_ms(teacher_ms)  # a speed-up budget without a teacher latency fails here, before any trial
     out = Path(out_dir) if out_dir is not None else None
-    storage_obj, storage_desc = _resolve_storage(storage, out)
+    storage_obj, storage_desc = resolve_storage(storage, out)
 
     if sampler == "tpe":
         plan = [(f"{study_name}-{b.name}", (b,), False) for b in budgets]
@@ -242,7 +281,7 @@ def run_search(
                           unit="trial") as bar:
                     study.optimize(trial_fn, n_trials=missing, gc_after_trial=False,
                                    callbacks=[optuna.study.MaxTrialsCallback(trials, states=complete),
-                                              lambda study, trial: bar.update(1)])
+                                              lambda study, trial: (bar.update(1), fault_point("search.trial"))])
             for t in study.get_trials(deepcopy=False, states=complete):
                 records.append(TrialRecord(t.number, objective.arch_from_params(t.params),
                                            _evaluation_of(t, objective), study=name))

@@ -29,10 +29,12 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..data import BatchIterator, TokenizedCorpus, mask_tokens
+from ..io import fault_point
 from ..export.selection import validation_batches, whole_model_loss
 from ..modeling import NasBertModel
 from ..space import Arch
 from ..supernet import SuperNet
+from ..utils import torch_threads
 from .blockwise import block_batches, make_optimizer, masked_mse
 from .config import DistillConfig, TrainConfig
 
@@ -147,17 +149,11 @@ def distill_in_place(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCo
         return
     student.space.validate(arch, allow_teacher=True)
     _check_corpus(corpus, config)
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        # Dropout draws from torch's global generator: seed it for this run, and give the caller's state back.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _train(student, arch, teacher, corpus, tokenizer, config, seed=seed, progress=progress,
-                   freeze_adapters=freeze_adapters)
-    finally:
-        torch.set_num_threads(threads)
+    # Dropout draws from torch's global generator: seed it for this run, and give the caller's state back.
+    with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _train(student, arch, teacher, corpus, tokenizer, config, seed=seed, progress=progress,
+               freeze_adapters=freeze_adapters)
 
 
 def _train(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCorpus, tokenizer, config: DistillConfig, *,
@@ -195,5 +191,6 @@ def _train(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCorpus, toke
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
+        fault_point("distill.step")
     bar.close()
     student.eval()

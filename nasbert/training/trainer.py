@@ -24,9 +24,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import BatchIterator, TokenizedCorpus, mask_tokens
-from ..io import atomic_dir, atomic_write_json, atomic_write_text
+from ..io import atomic_dir, atomic_write_json, fault_point, recover_dir, truncate_jsonl
 from ..space import Arch, BlockArch
 from ..supernet import SuperNet
+from ..utils import torch_threads
 from .blockwise import BlockBatch, BlockLearner, block_batches, sandwich_paths, score_paths
 from .config import TrainConfig
 from .progressive import ProgressiveSchedule, stage_loss, teacher_targets, whole_model_loss
@@ -61,8 +62,6 @@ class BlockwiseTrainer:
         block_runner=None,
         block_latency=None,
     ):
-        if config.threads:
-            torch.set_num_threads(config.threads)
         self.device = torch.device(config.device)
         self.supernet = supernet.to(self.device)
         self.teacher = teacher.to(self.device).eval()
@@ -266,12 +265,15 @@ class BlockwiseTrainer:
                 "candidates": [c.to_dict() for c in self.candidates],
                 "config": _jsonable(self.config),
             }
+            fault_point("train.checkpoint")  # inside the write: the weights are there, state.json is not
             (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
 
     def load_checkpoint(self) -> bool:
         """Resume from ``workdir/checkpoint`` if present. Returns whether a checkpoint was loaded."""
         path = self.checkpoint_dir
+        recover_dir(path)  # a kill inside a checkpoint swap leaves the old or the new version beside it
         if not (path / "state.json").is_file():
+            truncate_jsonl(self.metrics_path, -1)  # every line of an attempt killed before its first checkpoint
             return False
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if meta.get("version") != STATE_VERSION:
@@ -282,7 +284,7 @@ class BlockwiseTrainer:
                 "or with --force to start training again"
             )
         self.supernet.load_state_dict(load_file(path / "supernet.safetensors", device=str(self.device)))
-        extra = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+        extra = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
         for learner, state in zip(self.learners, extra["learners"]):
             learner.load_state_dict(state)
         self.mask_generator.set_state(extra["mask_generator"])
@@ -291,7 +293,7 @@ class BlockwiseTrainer:
         self.rng.bit_generator.state = meta["rng"]
         self.batches.load_state_dict(meta["batches"])
         self.candidates = [BlockCandidates.from_dict(c) for c in meta["candidates"]]
-        _truncate_metrics(self.metrics_path, self.step)
+        truncate_jsonl(self.metrics_path, self.step)
         logger.info("resumed from %s at step %d", path, self.step)
         return True
 
@@ -312,6 +314,10 @@ class BlockwiseTrainer:
         ``stop_after``: checkpoint and return None after this step, as an interrupted run would (the next call
         resumes from there).
         """
+        with torch_threads(self.config.threads):  # process-wide: the caller's count comes back afterwards
+            return self._train(stop_after)
+
+    def _train(self, stop_after: int | None) -> dict[str, Any] | None:
         start = time.perf_counter()
         self.workdir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)  # dropout draws from the global generator; a resume restores its state
@@ -335,6 +341,7 @@ class BlockwiseTrainer:
             if self.schedule is not None:
                 record["stage"] = "whole" if stage is None else stage
             self._log(record)
+            fault_point("train.step")
             bar.update(1)
             bar.set_postfix({f"b{n}": f"{r:.4f}" for n, r in enumerate(running) if not math.isnan(r)})
             if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < total:
@@ -378,18 +385,3 @@ def _jsonable(config: TrainConfig) -> dict:
     from ..config import to_mapping
 
     return json.loads(json.dumps(to_mapping(config)))
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint being resumed (they will be written again)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
