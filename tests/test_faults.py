@@ -6,8 +6,10 @@ Every case runs the real CLI in a subprocess with ``NASBERT_FAULT`` naming a kil
 The same command without the variable must then finish, and where the interrupted stage is deterministic its
 outputs must equal those of a run that was never interrupted. The space is a small one (three ops, two widths)
 so that a whole ``nasbert run`` takes seconds, and the budgets are parameter counts, so that the family does not
-depend on timing noise. The default suite tries kill points inside training, search and export and one in the
-first stages; the ``slow`` variant tries more in each.
+depend on timing noise. The default suite tries a kill inside a training checkpoint write, one inside the search
+and one inside fine-tuning; the ``slow`` variant (``pytest -m slow tests/test_faults.py``) tries 20 points in all: in
+every stage of ``nasbert run`` (supernet 2, latency 2, train 7, search 4, export 2), in ``nasbert finetune`` (2)
+and in ``nasbert distill`` (1).
 """
 
 from __future__ import annotations
@@ -139,12 +141,15 @@ def _same_training(run: Path, reference: Path) -> None:
     assert [(t["number"], t["arch"]) for t in _trials(run)] == [(t["number"], t["arch"]) for t in _trials(reference)]
 
 
-TRAINING = ["train.step@3", "train.checkpoint@2"]
-LATER = ["search.trial@15", "swap:family"]
-SLOW_TRAINING = ["train.step@1", "train.checkpoint@1", "swap:checkpoint@2", "swap:supernet", "mark.train.done"]
-SLOW_LATER = ["search.trial@1", "search.trial@39", "mark.search.done", "mark.export.done"]
-EARLY = ["swap:supernet", "latency.group@1"]
-SLOW_EARLY = ["mark.supernet.done", "mark.latency.done"]
+# The default suite: a kill inside a checkpoint write and one inside the search (whose resumed run is checked
+# against the reference through training as well). The slow variant: every other point below.
+TRAINING = ["train.checkpoint@2"]
+LATER = ["search.trial@15"]
+SLOW_TRAINING = ["train.step@1", "train.step@3", "train.checkpoint@1", "swap:checkpoint@2", "swap:supernet",
+                 "mark.train.done"]
+SLOW_LATER = ["search.trial@1", "search.trial@39", "mark.search.done", "swap:family", "mark.export.done"]
+EARLY: list[str] = []
+SLOW_EARLY = ["swap:supernet", "latency.group@1", "mark.supernet.done", "mark.latency.done"]
 
 
 def _params(points: list[str], slow: list[str]) -> list:
@@ -214,3 +219,58 @@ def test_recovery_leaves_a_running_writers_directory_alone(tmp_path):
     mine.mkdir()
     recover_dir(target)
     assert mine.is_dir()
+
+
+def _finetune_command(model: str, data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "nasbert.cli", "finetune", model, "--task", "sst2", "--data-dir", str(data),
+            "--epochs", "2", "--lr", "3e-3", "--batch-size", "16", "--max-seq-len", "16",
+            "--out", str(out), "--no-progress", "--no-onnx"]
+
+
+@pytest.mark.parametrize("fault", ["finetune.step@7", pytest.param("finetune.checkpoint@2", marks=pytest.mark.slow)])
+def test_killed_finetuning_resumes_to_the_same_model(micro, fault, tmp_path):
+    from test_finetune import _sentences
+
+    data = tmp_path / "glue"
+    (data / "SST-2").mkdir(parents=True)
+    for split, n, seed in (("train", 96, 0), ("dev", 32, 1)):
+        rows = "".join(f"{s}\t{y}\n" for s, y in _sentences(n, seed))
+        (data / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    env = _env(micro["root"] / "cache")
+    reference = _run(_finetune_command(micro["teacher"], data, tmp_path / "reference"), env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    command = _finetune_command(micro["teacher"], data, tmp_path / "ft")
+    killed = _run(command, _env(micro["root"] / "cache", fault))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    done = _run(command, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr
+    log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    want = [json.loads(line) for line in (tmp_path / "reference" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], "dev" in r) for r in log] == [(r["step"], "dev" in r) for r in want]  # each line once
+    assert [r.get("dev") for r in log] == [r.get("dev") for r in want]
+    got = load_file(tmp_path / "ft" / "model" / "model.safetensors")
+    ref = load_file(tmp_path / "reference" / "model" / "model.safetensors")
+    assert all(got[k].equal(ref[k]) for k in ref)
+    assert not _leftovers(tmp_path) and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_killed_distillation_reruns_to_the_same_model(micro, tmp_path):
+    """``nasbert distill`` writes its model at the end, atomically: a kill leaves nothing, the rerun starts
+    over with the same seed and ends with the same weights."""
+    arch = json.loads((micro["reference"] / "family" / "family.json").read_text())["models"][0]["arch"]
+    def command(out):
+        return [sys.executable, "-m", "nasbert.cli", "distill", "--run", str(micro["reference"]), "--arch",
+                json.dumps(arch), "--steps", "8", "--batch-size", "4", "--out", str(out), "--no-progress"]
+    env = _env(micro["root"] / "cache")
+    reference = _run(command(tmp_path / "reference"), env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = _run(command(tmp_path / "model"), _env(micro["root"] / "cache", "distill.step@5"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "model").exists() and not _leftovers(tmp_path)
+    done = _run(command(tmp_path / "model"), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = load_file(tmp_path / "model" / "model.safetensors")
+    ref = load_file(tmp_path / "reference" / "model.safetensors")
+    assert got.keys() == ref.keys() and all(got[k].equal(ref[k]) for k in ref)

@@ -30,19 +30,21 @@ class _BlockWorker:
                  threads: int, seed: int):
         from ..space import SearchSpace
 
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(max(1, threads))  # this actor's own process
         torch.manual_seed(seed + 1000 * (block + 1))  # dropout stream of this block
+        self.device = torch.device(config.device)
         self.supernet = SuperNet(SearchSpace.from_dict(space_dict), **hparams)
         self.supernet.load_state_dict(supernet_state)
-        self.learner = BlockLearner(self.supernet, block, config)
+        self.supernet.to(self.device)
+        self.learner = BlockLearner(self.supernet, block, config)  # its optimiser holds the parameters on device
         self.block = block
 
     def step(self, batch: BlockBatch, paths: Sequence[str]) -> float:
-        return self.learner.step(batch, [Arch.parse(p).blocks[0] for p in paths])
+        return self.learner.step(_on(batch, self.device), [Arch.parse(p).blocks[0] for p in paths])
 
     def pull(self) -> tuple[dict, dict]:
         weights = {name: p.detach().cpu() for name, p in self.supernet.block_parameters(self.block)}
-        return weights, self.learner.state_dict()
+        return weights, _state_on_cpu(self.learner.state_dict())
 
     def push(self, weights: dict, learner_state: dict | None) -> None:
         with torch.no_grad():
@@ -77,7 +79,14 @@ class RayBlockRunner:
         n_blocks = supernet.space.num_blocks
         cpus = ray.available_resources().get("CPU", 1.0)
         per_actor = max(0.01, min(1.0, cpus / n_blocks))
-        worker = ray.remote(num_cpus=per_actor)(_BlockWorker)
+        gpus = 0.0
+        if torch.device(config.device).type == "cuda":  # each actor trains its block on a GPU of the cluster
+            available = ray.available_resources().get("GPU", 0.0)
+            if available <= 0:
+                raise RuntimeError(f"train.device is {config.device!r} but the Ray cluster has no GPU: set "
+                                   "train.device: cpu, or join a cluster with GPUs (--ray-address)")
+            gpus = min(1.0, available / n_blocks)
+        worker = ray.remote(num_cpus=per_actor, num_gpus=gpus)(_BlockWorker)
         state = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
         state_ref = ray.put(state)
         self.actors = [
@@ -118,5 +127,21 @@ class RayBlockRunner:
             self._ray.shutdown()
 
 
+def _on(batch: BlockBatch, device: torch.device | str) -> BlockBatch:
+    return BlockBatch(batch.inputs.to(device), batch.target.to(device), batch.attention_mask.to(device),
+                      batch.token_type_ids.to(device))
+
+
 def _cpu(batch: BlockBatch) -> BlockBatch:
-    return BlockBatch(batch.inputs.cpu(), batch.target.cpu(), batch.attention_mask.cpu(), batch.token_type_ids.cpu())
+    return _on(batch, "cpu")
+
+
+def _state_on_cpu(state):
+    """An optimiser / scheduler state with every tensor on the CPU, to travel between processes."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _state_on_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_state_on_cpu(v) for v in state)
+    return state

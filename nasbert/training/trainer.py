@@ -255,7 +255,10 @@ class BlockwiseTrainer:
             save_file(state, tmp / "supernet.safetensors")
             torch.save({"learners": [learner.state_dict() for learner in self.learners],
                         "mask_generator": self.mask_generator.get_state(),
-                        "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+                        "torch_rng": torch.get_rng_state(),
+                        # dropout on a GPU draws from the device's own generator
+                        "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                        else torch.empty(0, dtype=torch.uint8)}, tmp / "optimizer.pt")
             meta = {
                 "version": STATE_VERSION,
                 "step": self.step,
@@ -284,11 +287,14 @@ class BlockwiseTrainer:
                 "or with --force to start training again"
             )
         self.supernet.load_state_dict(load_file(path / "supernet.safetensors", device=str(self.device)))
-        extra = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
+        # On the CPU: generator states must stay there, and the optimisers move their state to their parameters.
+        extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         for learner, state in zip(self.learners, extra["learners"]):
             learner.load_state_dict(state)
         self.mask_generator.set_state(extra["mask_generator"])
         torch.set_rng_state(extra["torch_rng"])
+        if self.device.type == "cuda" and extra.get("cuda_rng") is not None and extra["cuda_rng"].numel():
+            torch.cuda.set_rng_state(extra["cuda_rng"], self.device)
         self.step, self.rounds_done = meta["step"], meta["rounds_done"]
         self.rng.bit_generator.state = meta["rng"]
         self.batches.load_state_dict(meta["batches"])
