@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,17 @@ def student_dir(tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_factory):
     return str(path)
 
 
+def _dev_accuracy(model_dir, tsv, *, max_seq_len: int) -> float:
+    """Accuracy of a saved classifier on a GLUE-layout single-sentence TSV, one sentence at a time (no padding)."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = [line.split("\t") for line in Path(tsv).read_text().splitlines()[1:]]
+    with torch.no_grad():
+        right = sum(int(model(**tok(sentence, truncation=True, max_length=max_seq_len, return_tensors="pt")).logits
+                        .argmax(-1)) == int(label) for sentence, label in rows)
+    return right / len(rows)
+
+
 FAST = {"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "max_seq_len": 16, "checkpoint_every": 5,
         "log_every": 4}
 
@@ -98,17 +110,21 @@ def test_nasbert_model_learns_sst2_from_local_tsv(glue_dir, student_dir, tmp_pat
 
 
 def test_hf_bert_finetunes_with_the_same_command(glue_dir, tiny_teacher_dir, tmp_path, capsys):
-    code = main(["finetune", tiny_teacher_dir, "--task", "SST-2", "--data-dir", str(glue_dir), "--epochs", "1",
+    code = main(["finetune", tiny_teacher_dir, "--task", "SST-2", "--data-dir", str(glue_dir), "--epochs", "4",
                  "--lr", "3e-3", "--batch-size", "16", "--max-seq-len", "16", "--out", str(tmp_path / "t"),
                  "--no-progress", "--no-onnx", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["dev"]) == {"accuracy"} and 0.0 <= out["dev"]["accuracy"] <= 1.0
+    assert set(out["dev"]) == {"accuracy"} and out["dev"]["accuracy"] >= 0.85  # learnt: chance is 0.5
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["dev"] == out["dev"]
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t" / "model")
     assert type(model).__name__ == "BertForSequenceClassification"
+    # The accuracy reported is the saved model's on the dev set, recomputed here sentence by sentence.
+    expected = _dev_accuracy(tmp_path / "t" / "model", glue_dir / "SST-2" / "dev.tsv", max_seq_len=16)
+    assert out["dev"]["accuracy"] == pytest.approx(expected, abs=1e-9)
     # A second identical call finds the finished run and does not train again.
     mtime = (tmp_path / "t" / "metrics.json").stat().st_mtime_ns
-    assert main(["finetune", tiny_teacher_dir, "--task", "sst2", "--data-dir", str(glue_dir), "--epochs", "1",
+    assert main(["finetune", tiny_teacher_dir, "--task", "sst2", "--data-dir", str(glue_dir), "--epochs", "4",
                  "--lr", "3e-3", "--batch-size", "16", "--max-seq-len", "16", "--out", str(tmp_path / "t"),
                  "--no-progress", "--no-onnx"]) == 0
     assert (tmp_path / "t" / "metrics.json").stat().st_mtime_ns == mtime

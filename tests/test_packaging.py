@@ -18,6 +18,25 @@ def test_every_subpackage_is_listed_in_pyproject():
     assert on_disk | {"nasbert.search_spaces"} == listed
 
 
+def test_dependency_floors_provide_the_apis_the_code_calls():
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    python = SpecifierSet(project["requires-python"])
+    assert "3.10" not in python and "3.11" in python  # tomllib (these tests) is 3.11+
+    requirements = {r.name: r for r in map(Requirement, project["dependencies"])}
+    floors = {name: max((Version(s.version) for s in r.specifier if s.operator == ">="), default=None)
+              for name, r in requirements.items()}
+    assert floors["optuna"] >= Version("5.0")  # Trial.set_constraint (search/optuna_search.py)
+    assert floors["ray"] >= Version("2.41")  # ray.tune.report(dict), ray.tune.RunConfig (search/ray_search.py)
+    for name in ("optuna", "ray"):  # what is installed here meets the range
+        assert requirements[name].specifier.contains(version(name), prereleases=True), name
+
+
 def test_public_names_are_exported():
     for name in nasbert.__all__:
         assert hasattr(nasbert, name), name

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nasbert import Arch, BlockArch, SearchSpace, SpaceError, SuperNet, TeacherError
-from nasbert.supernet.importance import head_order, neuron_order
+from nasbert.supernet.importance import head_order, hidden_order, neuron_order, reorder_bert, split_bert_state
 
 N_ARCHS = 30
 
@@ -119,20 +121,118 @@ def test_prefix_slicing_trains_only_the_slice(tiny_space, tiny_teacher):
     assert supernet.out_adapters[0].weight.grad[:, 16:].abs().sum() == 0
 
 
-def test_units_are_ordered_by_importance(supernet, tiny_space):
-    for slot in supernet.slots:
-        layer = {
-            "attention.self.value.weight": slot.mha.value.weight, "attention.output.dense.weight": slot.mha.dense.weight,
-            "intermediate.dense.weight": slot.ffn.intermediate.weight, "output.dense.weight": slot.ffn.output.weight,
-        }
-        # Already sorted, so the importance order of the reordered weights is the identity.
-        n_heads = tiny_space.teacher.num_attention_heads
-        assert head_order(layer, tiny_space.head_size).tolist() == list(range(n_heads))
-        assert neuron_order(layer).tolist() == list(range(tiny_space.teacher.intermediate_size))
-    importance = supernet.embeddings.LayerNorm.weight.abs()
-    for slot in supernet.slots[::2]:
-        importance = importance + slot.mha.LayerNorm.weight.abs() + slot.ffn.LayerNorm.weight.abs()
-    assert torch.all(importance[:-1] >= importance[1:])
+def _scrambled_teacher(teacher, head_size: int):
+    """A copy of ``teacher`` whose heads, FFN neurons and hidden channels have a known importance, out of order.
+
+    Each head's value rows and output columns are given norms ``a`` and ``b``, so its score
+    ``||W_o[:, h]|| * ||W_v[h, :]||`` is exactly ``a * b``, and neither factor alone orders the heads as the
+    product does; FFN neurons likewise; every LayerNorm's ``|gamma|`` is the channel's score (the embedding
+    LayerNorm's with alternating signs). Every bias is random, so a bias left out of a permutation shows. Returns
+    the copy and the scores: per layer (heads, neurons), and the hidden channels'.
+    """
+    model = copy.deepcopy(teacher)
+    config = model.config
+    g = torch.Generator().manual_seed(7)
+    n_heads, inner, hidden = config.num_attention_heads, config.intermediate_size, config.hidden_size
+
+    def unsorted(order):
+        identity = torch.arange(len(order))
+        return not (torch.equal(order, identity) or torch.equal(order, identity.flip(0)))
+
+    def scores(n):  # distinct, well apart, in a random order that is not already sorted
+        order = torch.randperm(n, generator=g)
+        while not unsorted(order):
+            order = torch.randperm(n, generator=g)
+        return 1.0 + order.double() / n
+
+    def factors(n):  # (a, b): a * b are unsorted scores, ordered unlike a and unlike b
+        while True:
+            product = scores(n)
+            a = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+            rank = torch.argsort(product, descending=True)
+            if not any(torch.equal(rank, torch.argsort(x, descending=True)) for x in (a, product / a)):
+                return a, product / a
+
+    hidden_scores = scores(hidden)
+    layer_scores = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        signs = torch.ones(hidden)
+        signs[1::2] = -1
+        model.embeddings.LayerNorm.weight.copy_(hidden_scores * signs)
+        for layer in model.encoder.layer:
+            (va, ob), (ia, ob2) = factors(n_heads), factors(inner)
+            v = layer.attention.self.value.weight.view(n_heads, head_size, hidden)
+            v.div_(v.pow(2).sum(dim=(1, 2), keepdim=True).sqrt()).mul_(va.float().view(-1, 1, 1))
+            o = layer.attention.output.dense.weight.view(hidden, n_heads, head_size)
+            o.div_(o.pow(2).sum(dim=(0, 2), keepdim=True).sqrt()).mul_(ob.float().view(1, -1, 1))
+            w_in, w_out = layer.intermediate.dense.weight, layer.output.dense.weight
+            w_in.div_(w_in.norm(dim=1, keepdim=True)).mul_(ia.float().view(-1, 1))
+            w_out.div_(w_out.norm(dim=0, keepdim=True)).mul_(ob2.float().view(1, -1))
+            layer.attention.output.LayerNorm.weight.copy_(hidden_scores)
+            layer.output.LayerNorm.weight.copy_(hidden_scores)
+            layer_scores.append((va * ob, ia * ob2))
+    return model.eval(), layer_scores, hidden_scores
+
+
+def test_reordering_sorts_units_given_out_of_order_and_keeps_the_function(tiny_space, tiny_teacher, batch):
+    head_size, hidden = tiny_space.head_size, tiny_space.teacher.hidden_size
+    teacher, layer_scores, hidden_scores = _scrambled_teacher(tiny_teacher, head_size)
+    state = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    embeddings, layers = split_bert_state(state, teacher.config.num_hidden_layers)
+    expected_perm = torch.argsort(hidden_scores, descending=True)
+    assert expected_perm.tolist() != list(range(hidden))
+    for layer, (heads, neurons) in zip(layers, layer_scores):  # the criteria read the scores given
+        assert head_order(layer, head_size).tolist() == torch.argsort(heads, descending=True).tolist()
+        assert neuron_order(layer).tolist() == torch.argsort(neurons, descending=True).tolist()
+        assert head_order(layer, head_size).tolist() != list(range(len(heads)))
+    assert hidden_order(embeddings, layers).tolist() == expected_perm.tolist()
+
+    new_embeddings, new_layers, perm = reorder_bert(embeddings, layers, head_size)
+    assert perm.tolist() == expected_perm.tolist()
+    assert torch.equal(new_embeddings["word_embeddings.weight"], embeddings["word_embeddings.weight"][:, perm])
+    assert torch.equal(new_embeddings["LayerNorm.weight"], embeddings["LayerNorm.weight"][perm])
+    for old, new, (heads, neurons) in zip(layers, new_layers, layer_scores):
+        head_rank = torch.argsort(heads, descending=True)
+        rows = (head_rank[:, None] * head_size + torch.arange(head_size)[None, :]).reshape(-1)
+        units = torch.argsort(neurons, descending=True)
+        for name in ("query", "key", "value"):
+            w = f"attention.self.{name}.weight"
+            assert torch.equal(new[w], old[w][rows][:, perm]), name
+        assert torch.equal(new["attention.output.dense.weight"], old["attention.output.dense.weight"][perm][:, rows])
+        assert torch.equal(new["intermediate.dense.weight"], old["intermediate.dense.weight"][units][:, perm])
+        assert torch.equal(new["output.dense.weight"], old["output.dense.weight"][perm][:, units])
+        assert head_order(new, head_size).tolist() == list(range(len(heads)))  # now most important first
+        assert neuron_order(new).tolist() == list(range(len(neurons)))
+
+    # A BERT holding the reordered weights computes the teacher's hidden states with channels permuted by perm.
+    reordered = copy.deepcopy(teacher)
+    new_state = dict(state)
+    new_state.update({f"embeddings.{k}": v for k, v in new_embeddings.items()})
+    for i, layer in enumerate(new_layers):
+        new_state.update({f"encoder.layer.{i}.{k}": v for k, v in layer.items()})
+    reordered.load_state_dict(new_state)
+    ids, mask, types = batch
+    keep = mask.bool()
+    with torch.no_grad():
+        expected = teacher(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                           output_hidden_states=True).hidden_states
+        got = reordered(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                        output_hidden_states=True).hidden_states
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a[keep], b[keep][:, perm], atol=1e-5, rtol=0)
+
+    # The supernet takes the reordered units and still reproduces the teacher.
+    net = SuperNet.from_teacher(tiny_space, teacher).eval()
+    for s, slot in enumerate(net.slots):
+        assert torch.equal(slot.mha.value.weight, new_layers[s // 2]["attention.self.value.weight"])
+        assert torch.equal(slot.ffn.intermediate.weight, new_layers[s // 2]["intermediate.dense.weight"])
+    with torch.no_grad():
+        out = net(ids, mask, types, arch=tiny_space.teacher_arch())
+        target = teacher(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    torch.testing.assert_close(out[keep], target[keep], atol=1e-4, rtol=0)
 
 
 def test_teacher_init_beats_random_init_on_a_narrow_path(tiny_space, tiny_teacher, supernet, batch):

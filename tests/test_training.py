@@ -16,7 +16,7 @@ from nasbert.training import (
     BlockCandidates, BlockwiseTrainer, ShrinkConfig, TrainConfig, block_batches, block_loss, score_paths,
     shrink_round,
 )
-from nasbert.training.shrinking import bin_of
+from nasbert.training.shrinking import bin_of, block_cost
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,13 @@ def test_bins_group_paths_of_similar_cost():
     params = np.array([1, 2, 3, 4, 100, 200, 300, 400])
     latency = np.array([1, 2, 3, 4, 100, 200, 300, 400])
     assert bin_of(params, latency, 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert bin_of(params, latency[::-1], 2).tolist() == [0, 0, 0, 1, 1, 0, 1, 1] or True  # mixed ranks
-    assert set(bin_of(params, latency, 3).tolist()) == {0, 1, 2}
+    # opposite orders: every joint rank is 3.5, so the tie keeps the paths' own order
+    assert bin_of(params, latency[::-1], 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    # mixed ranks: latency ranks 4 0 6 1 7 2 5 3, joint ranks 2 .5 4 2 5.5 3.5 5.5 5
+    mixed = np.array([5, 1, 7, 2, 8, 3, 6, 4])
+    assert bin_of(params, mixed, 2).tolist() == [0, 0, 1, 0, 1, 0, 1, 1]
+    assert bin_of(params, mixed, 4).tolist() == [0, 0, 2, 1, 3, 1, 3, 2]
+    assert bin_of(params, latency, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
 
 
 def test_shrink_round_drops_the_worse_half_of_what_it_scores(tiny_space):
@@ -113,7 +118,10 @@ def test_training_lowers_the_validation_loss_and_writes_its_outputs(tiny_space, 
     assert [r["step"] for r in records if r["event"] == "shrink"] == [4, 7]
     candidates = json.loads((tmp_path / "candidates.json").read_text())
     assert [len(b) for b in candidates["blocks"]] == result["surviving_paths"]
-    assert all(entry["valid_loss"] is not None and entry["params"] >= 0 for b in candidates["blocks"] for entry in b)
+    for entry in (entry for b in candidates["blocks"] for entry in b):  # each path with its own cost
+        path = Arch.parse(entry["path"]).blocks[0]
+        assert entry["valid_loss"] is not None
+        assert (entry["params"], entry["flops"]) == block_cost(tiny_space, path, candidates["seq_len"]), entry
 
 
 def test_uniform_sampling_trains_too(tiny_space, tiny_teacher, tokenizer, corpus, tmp_path):
