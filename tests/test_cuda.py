@@ -11,24 +11,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from nasbert import SuperNet
-from nasbert.data import CorpusConfig, load_corpus
 from nasbert.training import BlockwiseTrainer, ShrinkConfig, TrainConfig
 
+from test_training import corpus, tokenizer  # noqa: F401 (the same tiny corpus fixtures)
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: these tests need a GPU")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_teacher_dir):
-    return AutoTokenizer.from_pretrained(tiny_teacher_dir)
-
-
-@pytest.fixture(scope="module")
-def corpus(tokenizer, tmp_path_factory):
-    return load_corpus(CorpusConfig(seq_len=32, max_documents=12), tokenizer,
-                       cache_dir=tmp_path_factory.mktemp("cache"), show_progress=False)
 
 
 @pytest.fixture

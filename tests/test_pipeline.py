@@ -104,6 +104,7 @@ def test_search_resumes_from_its_storage(run):
     assert json.loads((run / "manifest.json").read_text())["stages"]["search"]["trials"] == 75
 
 
+@pytest.mark.slow  # Ray in the default suite: tests/test_search.py (Tune) and tests/test_training.py (actors)
 def test_export_reevaluates_candidates_as_ray_tasks(run, tmp_path):
     pytest.importorskip("ray")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(run.parent / "cache")}

@@ -178,6 +178,7 @@ TINY_TRAIN = ["corpus.seq_len=32", "corpus.max_documents=12", "train.batch_size=
               "train.shrink.max_rounds=2", "train.shrink.eval_batches=1", "train.warmup_steps=2"]
 
 
+@pytest.mark.slow  # the default suite kills `nasbert run` inside training in tests/test_faults.py
 def test_killed_training_resumes_with_the_same_command(tiny_teacher_dir, tmp_path):
     """kill -9 in the middle of training, then the same command again: it continues from the last checkpoint."""
     import os
