@@ -31,12 +31,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fuse(path: Path, out: Path) -> dict[str, int]:
+def fuse(path: Path, out: Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
     """The BERT graph optimiser's fused graph at ``out``; returns the count of each fused operator."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     with contextlib.redirect_stdout(io.StringIO()):
-        model = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0)
+        model = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     model.save_model_to_file(str(out))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
@@ -72,9 +72,16 @@ def main() -> int:
     args = parser.parse_args()
     family = Family.load(args.family)
     directory = Path(args.family)
-    # num_heads / hidden_size 0: the optimiser reads them from each attention's graph (members mix head counts)
+    # The optimiser cannot read the head count from nasbert's graphs: it is given where every attention of a
+    # model has the same width (the teacher; members whose attention blocks share one width), else 0 (no fusion).
     models = {"teacher": directory / "teacher.onnx", **{m.name: directory / m.path / "model.onnx"
                                                        for m in family.models}}
+    first = json.loads((directory / family.models[0].path / "config.json").read_text())
+    shapes = {"teacher": (first["hidden_size"] // first["head_size"], first["hidden_size"])}
+    for m in family.models:
+        config = json.loads((directory / m.path / "config.json").read_text())
+        widths = sorted({b["width"] for b in config["blocks"] if "mha" in b["ops"]})
+        shapes[m.name] = (widths[0] // config["head_size"], widths[0]) if len(widths) == 1 else (0, 0)
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 20000, (1, 128))
     time_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
@@ -86,7 +93,7 @@ def main() -> int:
         for name, path in models.items():
             fused, int8 = Path(tmp) / f"{name}.fused.onnx", Path(tmp) / f"{name}.int8.onnx"
             int8_fused = Path(tmp) / f"{name}.int8-fused.onnx"
-            fusions = fuse(path, fused)
+            fusions = fuse(path, fused, *shapes[name])
             quantize(path, int8)
             quantize(fused, int8_fused)
             reference = last_hidden(path, check_feeds)
