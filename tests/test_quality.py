@@ -211,21 +211,26 @@ def test_proxy_correlation_is_kendalls_tau_of_each_proxy_against_the_panel():
     rows = [{"name": "A", "budget": "1.5x", "panel_mean": 80.0}, {"name": "B", "budget": "1.5x", "panel_mean": 70.0},
             {"name": "C", "budget": "2x", "panel_mean": 60.0}, {"name": "D", "budget": "2x", "panel_mean": 50.0},
             {"name": "A", "budget": "2x", "panel_mean": 80.0}, {"name": "E", "budget": None, "panel_mean": 65.0}]
-    proxies = {name: dict(zip(("valid_loss", "block_proxy", "params", "flops"), values)) for name, values in {
-        "A": (0.1, 1.0, 400, 4000), "B": (0.3, None, 300, 1000), "C": (0.2, 3.0, 200, 3000),
-        "D": (0.4, 2.0, 100, 2000), "E": (0.5, 4.0, 100, 5000)}.items()}
+    proxies = {name: dict(zip(("valid_loss", "block_proxy", "cosine", "params", "flops"), values))
+               for name, values in {"A": (0.1, 1.0, 0.9, 400, 4000), "B": (0.3, None, 0.7, 300, 1000),
+                                    "C": (0.2, 3.0, 0.8, 200, 3000), "D": (0.4, 2.0, 0.6, 100, 2000),
+                                    "E": (0.5, 4.0, 0.5, 100, 5000)}.items()}
     corr = proxy_correlation(rows, proxies)
     # all five models once (A is in two budgets): by -loss A C B D E vs panel A B E C D: 7 pairs agree, 3 do not;
-    # B has no block proxy: 3 agree, 3 do not; params tie D and E: 8 agree, 1 does not, over 9 x 10 untied pairs
+    # B has no block proxy: 3 agree, 3 do not; params tie D and E: 8 agree, 1 does not, over 9 x 10 untied pairs;
+    # the cosine (higher is better) orders them as -loss does
     assert corr["all"] == {"n": 5, "valid_loss": pytest.approx(0.4), "n_valid_loss": 5, "block_proxy": 0.0,
-                           "n_block_proxy": 4, "params": pytest.approx(7 / np.sqrt(90)), "n_params": 5,
+                           "n_block_proxy": 4, "cosine": pytest.approx(0.4), "n_cosine": 5,
+                           "params": pytest.approx(7 / np.sqrt(90)), "n_params": 5,
                            "flops": pytest.approx(0.2), "n_flops": 5}
     assert list(corr["by_budget"]) == ["1.5x", "2x"]  # a model with no budget is in no budget's group
     assert corr["by_budget"]["1.5x"] == {"n": 2, "valid_loss": None, "n_valid_loss": 2, "block_proxy": None,
-                                         "n_block_proxy": 1, "params": None, "n_params": 2, "flops": None,
+                                         "n_block_proxy": 1, "cosine": None, "n_cosine": 2, "params": None,
+                                         "n_params": 2, "flops": None,
                                          "n_flops": 2}  # fewer than 3 models: no tau
     assert corr["by_budget"]["2x"] == {"n": 3, "valid_loss": 1.0, "n_valid_loss": 3,
-                                       "block_proxy": pytest.approx(1 / 3), "n_block_proxy": 3, "params": 1.0,
+                                       "block_proxy": pytest.approx(1 / 3), "n_block_proxy": 3, "cosine": 1.0,
+                                       "n_cosine": 3, "params": 1.0,
                                        "n_params": 3, "flops": 1.0, "n_flops": 3}
 
 
@@ -300,6 +305,8 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     proxies = json.loads((out / "proxies.json").read_text())
     assert proxies["teacher"]["valid_loss"] < 1e-9 and proxies["teacher"]["block_proxy"] < 1e-9
     assert all(r["proxies"]["block_proxy"] > 0 and r["proxies"]["valid_loss"] > 0 for r in results["rows"])
+    assert proxies["teacher"]["cosine"] == pytest.approx(1.0) and all(r["proxies"]["cosine"] < 1 - 1e-6
+                                                                      for r in results["rows"])
     corr = results["proxy_correlation"]
     assert corr["all"]["n"] == len({r["name"] for r in results["rows"]}) == len(os.listdir(out / "models")) - 1
     assert corr == proxy_correlation(results["rows"], proxies)  # over the report's own rows and proxies

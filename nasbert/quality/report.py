@@ -20,7 +20,7 @@ Everything lands in ``OUT`` (default ``RUN/report``), step by step, so a stopped
     OUT/candidates.json        every baseline candidate's measured latency (chooses the baselines)
     OUT/models/<name>/         every model of the report as a Hugging Face directory
     OUT/models.json            the rows: budget, kind, model, params, measured latency and speed-up
-    OUT/proxies.json           per model: whole-model loss, block-wise proxy, params, FLOPs (proxy_scores)
+    OUT/proxies.json           per model: whole-model loss, block-wise proxy, cosine, params, FLOPs (proxy_scores)
     OUT/ft/<model>/<task>/lr<lr>-seed<s>/   one fine-tuning run each (nasbert finetune's output)
     OUT/quality_results.json   the scores per seed, the chosen learning rates, % of the teacher (written after
                                each task of the panel; ``complete`` says whether every task is in)
@@ -352,6 +352,9 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
       end when it reads the teacher's state at its start, on the same batches; for models whose weights are a
       supernet path (searched and uniform models before ``+kd``; layer-dropped teachers on the unreordered
       teacher supernet), else null;
+    * ``cosine``: the mean per-token cosine similarity of the same final states to the teacher's (blind to
+      scale, so a layer-dropped teacher whose states are good but not the last layer's is not punished the way
+      MSE punishes it; it ranked best of the task-free proxies measured, docs/benchmarks.md);
     * ``params`` and ``flops`` (at the latency profile's sequence length).
     """
     import torch
@@ -379,11 +382,12 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
         arch = Arch.parse(row["arch"])
         model = NasBertModel.from_pretrained(out / row["path"]).eval()
         with torch.no_grad():
-            losses = []
+            losses, cosines = [], []
             for b, target in zip(batches, targets):
                 keep = b["attention_mask"].bool()
                 got = model(**b).last_hidden_state
                 losses.append(float(torch.nn.functional.mse_loss(got[keep], target[keep])))
+                cosines.append(float(torch.nn.functional.cosine_similarity(got[keep], target[keep], dim=-1).mean()))
         # distilled weights are no longer a supernet path: no block-wise proxy for them
         supernet = None if row["distill_steps"] else \
             run.supernet if row["kind"] in ("searched", "uniform", "sampled") else run.teacher_supernet
@@ -392,7 +396,8 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
             block_proxy = sum(score_paths(supernet, n, [block], [pb[n] for pb in per_block])[0]
                               for n, block in enumerate(arch.blocks))
         result[name] = {"valid_loss": float(np.mean(losses)), "block_proxy": block_proxy,
-                        "params": row["params"], "flops": space.flops(arch, run.device["seq_len"])}
+                        "cosine": float(np.mean(cosines)), "params": row["params"],
+                        "flops": space.flops(arch, run.device["seq_len"])}
     atomic_write_json(path, result)
     return result
 
@@ -403,7 +408,7 @@ def proxy_correlation(rows: list[dict], proxies: dict[str, dict]) -> dict:
     better", so a useful proxy has a positive tau."""
     from ..latency import kendall_tau
 
-    signs = {"valid_loss": -1.0, "block_proxy": -1.0, "params": 1.0, "flops": 1.0}
+    signs = {"valid_loss": -1.0, "block_proxy": -1.0, "cosine": 1.0, "params": 1.0, "flops": 1.0}
 
     def taus(group: list[dict]) -> dict:
         out: dict[str, Any] = {"n": len(group)}
@@ -545,14 +550,16 @@ def markdown_table(results: dict) -> str:
     if corr:
         lines += ["", "Kendall tau between each proxy and the panel score (a useful proxy is positive; losses "
                   "count lower = better):", "",
-                  "| models | n | whole-model loss | block-wise proxy (n) | params | FLOPs |", "|---|---|---|---|---|---|"]
+                  "| models | n | whole-model loss | block-wise proxy (n) | cosine | params | FLOPs |",
+                  "|---|---|---|---|---|---|---|"]
 
         def cell(value):
             return "-" if value is None else f"{value:+.2f}"
 
         for label, t in [("all", corr["all"]), *((f"budget {b}", t) for b, t in corr["by_budget"].items())]:
             lines.append(f"| {label} | {t['n']} | {cell(t['valid_loss'])} | {cell(t['block_proxy'])} "
-                         f"({t['n_block_proxy']}) | {cell(t['params'])} | {cell(t['flops'])} |")
+                         f"({t['n_block_proxy']}) | {cell(t.get('cosine'))} | {cell(t['params'])} | "
+                         f"{cell(t['flops'])} |")
     c = results["config"]
     note = (f"\nScores: main dev metric x 100 (accuracy; CoLA: Matthews correlation), mean ± std over {c['seeds']} "
             f"seeds at the learning rate of the grid {c['lrs']} with the best mean ({c['lr_select']}); panel = "
