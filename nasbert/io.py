@@ -164,8 +164,9 @@ def fault_point(name: str) -> None:
     ``NASBERT_FAULT=NAME`` kills at the first time the point is reached, ``NAME@N`` at the N-th time. The points:
     ``swap:DIR`` (inside :func:`atomic_dir`'s swap of the directory DIR), ``train.step``, ``train.checkpoint``
     (inside a checkpoint write), ``latency.group``, ``search.trial``, ``mark.STAGE.STATUS`` (a stage's files are
-    written, the manifest does not say so yet), ``finetune.epoch``, ``distill.step``. The kill-and-resume tests
-    use them to stop a real command anywhere; unset, the call costs one lookup.
+    written, the manifest does not say so yet), ``finetune.step``, ``finetune.checkpoint`` (written, not yet in
+    place), ``distill.step``. The kill-and-resume tests use them to stop a real command anywhere; unset, the
+    call costs one lookup.
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:

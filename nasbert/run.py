@@ -27,8 +27,8 @@ from .config import ConfigError, from_mapping, to_mapping
 from .data import CorpusConfig
 from .export.config import ExportConfig, SearchConfig
 from .io import atomic_write_json, fault_point
-from .redact import strip_password
 from .latency.profile import LatencyConfig
+from .redact import strip_password
 from .training.config import RayConfig, TrainConfig
 
 __all__ = ["STAGES", "ConfigError", "RunConfig", "RunDir"]

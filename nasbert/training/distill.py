@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..data import BatchIterator, TokenizedCorpus, mask_tokens
-from ..io import fault_point
 from ..export.selection import validation_batches, whole_model_loss
+from ..io import fault_point
 from ..modeling import NasBertModel
 from ..space import Arch
 from ..supernet import SuperNet
