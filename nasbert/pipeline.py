@@ -247,6 +247,32 @@ def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
     return str(path) if (path / "predictor.json").is_file() else None
 
 
+def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, teacher):
+    """The teacher cuts each budget's export considers (the ``top_k`` slowest that the latency predictor puts
+    under the budget's share of the teacher's predicted time), and the supernet of the teacher's own weights they
+    are cut from; ``({}, None)`` when ``export.teacher_cuts`` is off or the space cannot express cuts."""
+    from .export.cuts import teacher_cuts
+    from .latency import LatencyPredictor
+
+    if not config.export.teacher_cuts:
+        return {}, None
+    try:
+        cuts = teacher_cuts(space)
+    except ValueError as e:
+        logger.info("no teacher cuts among the export's candidates: %s", e)
+        return {}, None
+    predictor = LatencyPredictor.load(profile)
+    teacher_ms = predictor.predict(space.teacher_arch())
+    predicted = dict(zip((name for name, _ in cuts), predictor.predict_many([a for _, a in cuts])))
+    chosen = {}
+    for budget in budgets:
+        fits = [(name, arch, predicted[name]) for name, arch in cuts
+                if budget.allows(predicted[name], space.num_params(arch), teacher_ms)]
+        chosen[budget.name] = sorted(fits, key=lambda c: -c[2])[: config.search.top_k]
+        logger.info("budget %s: teacher cuts %s", budget.name, ", ".join(c[0] for c in chosen[budget.name]) or "none")
+    return chosen, SuperNet.from_teacher(space, teacher, reorder=False).eval()
+
+
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
                  latency_profile: str | None = None, ray_address: str | None = None) -> None:
     """Export the family: per budget, the best of the search's top candidates on whole-model loss and
@@ -254,7 +280,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     import json
 
     from .export.family_export import export_family
-    from .export.selection import validation_batches
+    from .export.selection import plain_batches, validation_batches
     from .search import Candidate, Evaluation, parse_budgets
     from .space import Arch
 
@@ -277,6 +303,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                                  n_batches=config.export.eval_batches, seed=config.seed)
     profile = Path(latency_profile) if latency_profile else _profile_dir(run, config)
     device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
+    cuts, teacher_supernet = _cuts_for(config, space, budgets, profile, teacher)
     evaluate = None
     if ray_address is not None:
         from .search.ray_search import ray_whole_model_losses
@@ -289,7 +316,10 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                            space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
                            device=device, out=target, top_k=config.search.top_k,
                            write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate,
-                           distill=config.export.distill, corpus=corpus)
+                           distill=config.export.distill, corpus=corpus, cuts=cuts,
+                           teacher_supernet=teacher_supernet,
+                           proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
+                                                       n_batches=config.export.eval_batches))
     if out is None:
         run.mark("export", "done", family=str(target.relative_to(run.path)), members=len(family.models),
                  teacher_latency_ms=family.teacher_latency_ms, distill_steps=config.export.distill.steps)

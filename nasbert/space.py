@@ -625,11 +625,12 @@ class SearchSpace:
 
     # ---------------------------------------------------------------- costs
 
-    def num_params(self, arch: Arch) -> int:
+    def num_params(self, arch: Arch, *, adapters: bool = True) -> int:
         """Exact parameter count of the model :meth:`SuperNet.extract` builds for ``arch``.
 
         Embeddings at the first block's width, every layer, a linear adapter at each block boundary and one
-        from the last block to the teacher's width (the output every family member shares).
+        from the last block to the teacher's width (the output every family member shares). ``adapters=False``:
+        the model extracted with no adapters (``drop_identity_adapters``: a teacher cut, a layer-dropped teacher).
         """
         t, w = self.teacher, arch.widths
         params = (t.max_position_embeddings + t.type_vocab_size) * w[0] + 2 * w[0]
@@ -637,11 +638,14 @@ class SearchSpace:
         params += t.vocab_size * e + 3 * e * w[0] + w[0] if e else t.vocab_size * w[0]
         for block in arch.blocks:
             params += sum(op_params(op, block.width, ffn_ratio=self.ffn_ratio) for op in block.layers)
+        if not adapters:
+            return params
         params += sum(_linear_params(a, b) for a, b in zip(w[:-1], w[1:]))
         return params + _linear_params(w[-1], t.hidden_size)
 
-    def flops(self, arch: Arch, seq_len: int) -> int:
-        """FLOPs (2 x multiply-accumulates) of the extracted model on one sequence of ``seq_len`` tokens."""
+    def flops(self, arch: Arch, seq_len: int, *, adapters: bool = True) -> int:
+        """FLOPs (2 x multiply-accumulates) of the extracted model on one sequence of ``seq_len`` tokens
+        (``adapters=False``: extracted with no adapters, as :meth:`num_params`)."""
         if not _is_int(seq_len) or seq_len <= 0:
             raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
         w = arch.widths
@@ -649,6 +653,8 @@ class SearchSpace:
         flops = 2 * seq_len * 3 * e * w[0] if e else 0  # the factorised embedding's kernel-3 convolution
         for block in arch.blocks:
             flops += sum(op_flops(op, block.width, seq_len, ffn_ratio=self.ffn_ratio) for op in block.layers)
+        if not adapters:
+            return flops
         flops += sum(2 * seq_len * a * b for a, b in zip(w[:-1], w[1:]))
         return flops + 2 * seq_len * w[-1] * self.teacher.hidden_size
 

@@ -62,11 +62,15 @@ def model_card(member: FamilyMember, family: Family, *, space_summary: str | Non
         FRONT_MATTER,
         f"# {member.name}",
         "",
-        (f"A compressed, task-agnostic BERT found by nasbert for the budget "
-         f"**{member.budget}**: distilled from the teacher `{family.teacher}` through a weight-sharing supernet "
-         "(NAS-BERT, Xu et al. 2021) and picked by a latency-aware search. Its output is the teacher's hidden size, "
+        (f"A compressed, task-agnostic BERT found by nasbert for the budget **{member.budget}**: "
+         + (f"sub-layers of the teacher `{family.teacher}`, kept as they are (a teacher cut)"
+            if member.source == "teacher" else
+            f"distilled from the teacher `{family.teacher}` through a weight-sharing supernet (NAS-BERT, Xu et al. "
+            "2021)")
+         + ", picked among the search's candidates on measured latency. Its output is the teacher's hidden size, "
          "so it replaces the teacher as a feature extractor or as the body of a fine-tuned model."),
         "",
+        *([f"Why this model: {member.choice}.", ""] if member.choice else []),
         *_distill_note(member),
         "## Numbers",
         "",
@@ -81,7 +85,9 @@ def model_card(member: FamilyMember, family: Family, *, space_summary: str | Non
         f"| latency, predicted | {_ms(member.predicted_latency_ms)} |",
         f"| teacher latency, measured | {_ms(family.teacher_latency_ms)} |",
         f"| speed-up over the teacher | {member.speedup:.2f}x |",
+        f"| weights | {'the teacher' if member.source == 'teacher' else 'the trained supernet'} |",
         f"| proxy loss (block-wise distillation) | {_loss(member.proxy_loss)} |",
+        f"| cosine to the teacher's final states (the export's ranking) | {_loss(member.cosine)} |",
         *([f"| validation loss before whole-model distillation | {_loss(member.valid_loss_before_distill)} |"]
           if member.distill_steps else []),
         f"| validation loss | {_loss(member.valid_loss)} |",

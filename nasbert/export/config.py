@@ -41,6 +41,9 @@ class ExportConfig:
     eval_batches: int = 4
     #: also write model.onnx (checked against PyTorch at atol 1e-4)
     onnx: bool = True
+    #: add the teacher's own bottom sub-layers ("teacher cuts", nasbert.export.cuts) to every budget's
+    #: candidates, where the space can express them
+    teacher_cuts: bool = True
     #: whole-model distillation of every chosen member before it is written (steps 0 = none)
     distill: DistillConfig = field(default_factory=DistillConfig)
 

@@ -109,6 +109,13 @@ class FamilyMember:
     distill_steps: int = 0
     #: the whole-model validation loss before that distillation (null when there was none)
     valid_loss_before_distill: float | None = None
+    #: where the weights come from: "supernet" (a path of the trained supernet) or "teacher" (the teacher's own
+    #: sub-layers, kept as they are: a teacher cut, :mod:`nasbert.export.cuts`)
+    source: str = "supernet"
+    #: the proxy the export ranks on: mean per-token cosine of the final hidden states to the teacher's
+    cosine: float | None = None
+    #: why this model was chosen for its budget, in words (the rule, the runner-up, the candidates' count)
+    choice: str | None = None
     #: keys beyond the schema, written back unchanged
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -156,6 +163,9 @@ class FamilyMember:
             distill_steps=_int(source, k("distill_steps"), data.get("distill_steps", 0)),
             valid_loss_before_distill=_float(source, k("valid_loss_before_distill"),
                                              data.get("valid_loss_before_distill"), nullable=True),
+            source=_str(source, k("source"), data.get("source", "supernet")),
+            cosine=_float(source, k("cosine"), data.get("cosine"), nullable=True),
+            choice=_str(source, k("choice"), data.get("choice"), nullable=True),
             extra={name: v for name, v in data.items() if name not in known},
         )
 

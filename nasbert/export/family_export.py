@@ -1,4 +1,4 @@
-"""Exporting the family: one model per budget, chosen on whole-model loss and measured latency.
+"""Exporting the family: one model per budget, chosen on a proxy of quality and measured latency.
 
 ::
 
@@ -8,9 +8,17 @@
       <member>/                a Hugging Face model directory: config.json, model.safetensors, tokenizer,
                                modeling code, model.onnx, README.md (model card with the measured numbers)
 
+The candidates of a budget are the search's top ones and, where the space allows, the teacher cuts that the
+latency predictor puts under the budget (:mod:`nasbert.export.cuts`: the teacher's bottom sub-layers, kept as
+they are). All are timed with the teacher in one interleaved run; per budget the export takes, among those that
+meet it on *measured* latency, the one whose final hidden states have the highest mean per-token cosine to the
+teacher's. The cosine replaced the whole-model MSE as the ranking: on the fine-tuned scores of the quality report
+it ranked +0.21 (SST-2) and +0.64 (SICK) in Kendall tau, the MSE -0.07 and -0.64 (docs/benchmarks.md, proxy
+study). Each member's ``choice`` in family.json says why it won and what came second.
+
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
 teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
-the supernet's losses and the measured latency, and ``valid_loss`` is then the distilled model's.
+the cosine before distillation and the measured latency, and ``valid_loss`` is then the distilled model's.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import TokenizedCorpus
@@ -30,7 +39,7 @@ from .card import write_model_card
 from .family import Family, FamilyMember
 from .hf import write_hf_files
 from .onnx import export_onnx
-from .selection import measure_models, speedup, whole_model_loss
+from .selection import measure_models, speedup, state_cosine, whole_model_loss
 
 __all__ = ["export_family"]
 
@@ -39,6 +48,36 @@ logger = logging.getLogger(__name__)
 
 def _member_name(budget_name: str, params: int) -> str:
     return f"nasbert-{budget_name}-{params / 1e6:.1f}M".replace("/", "-")
+
+
+@dataclass
+class _Candidate:
+    """One model the export may choose: an architecture and the supernet its weights come from."""
+
+    arch: Arch
+    source: str  # "supernet" (the trained supernet) or "teacher" (the teacher's own sub-layers)
+    label: str  # the search's rank or the teacher cut's name, for the log and the choice record
+    predicted_ms: float | None
+    proxy_loss: float | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.arch}"
+
+
+def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float) -> str:
+    cos, ms, cand = chosen
+    rest = sorted((f for f in feasible if f[2].key != cand.key), key=lambda f: -f[0])
+    text = (f"highest cosine to the teacher ({cos:.4f}) of {len(feasible)} candidates that meet {budget.name} on "
+            f"measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
+    if rest:
+        r_cos, r_ms, r = rest[0]
+        text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
+    slowest = max(feasible, key=lambda f: f[1])
+    if slowest[2].key != cand.key:
+        text += (f"; a slower candidate that meets the budget ({slowest[2].label}, "
+                 f"{speedup(teacher_ms, slowest[1]):.2f}x) ranks lower on the proxy, so the faster model is chosen")
+    return text
 
 
 def export_family(
@@ -59,30 +98,59 @@ def export_family(
     evaluate=None,
     distill: DistillConfig | None = None,
     corpus: TokenizedCorpus | None = None,
+    cuts: dict[str, list[tuple[str, Arch, float | None]]] | None = None,
+    teacher_supernet: SuperNet | None = None,
+    proxy_batches: list[dict] | None = None,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
-    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``evaluate({name: arch}) -> {name: loss}``
-    replaces the in-process whole-model evaluation (e.g. Ray tasks). With ``distill.steps > 0`` every chosen
-    model is distilled as a whole on ``corpus`` (the training corpus) before it is written."""
+    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``cuts[budget.name]`` adds teacher cuts
+    (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is a candidate with the
+    weights of ``teacher_supernet`` (built with ``reorder=False``) or of the trained supernet, whichever is
+    closer to the teacher. The best candidate is the one with the highest per-token cosine of its final hidden
+    states to the teacher's, over ``proxy_batches`` (unmasked validation sequences; default ``valid_batches``).
+    ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
+    computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
+    ``distill.steps > 0`` every chosen model is distilled as a whole on ``corpus`` (the training corpus) before
+    it is written."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
     if distilling and corpus is None:
         raise ValueError("export with distill.steps > 0 needs the training corpus: pass corpus=")
+    if cuts and teacher_supernet is None:
+        raise ValueError("teacher cuts need teacher_supernet=SuperNet.from_teacher(space, teacher, reorder=False)")
+    proxy_batches = proxy_batches or valid_batches
+    sources = {"supernet": supernet, "teacher": teacher_supernet}
 
-    shortlist: dict[str, list[tuple[Arch, object]]] = {b.name: list(candidates.get(b.name, []))[:top_k]
-                                                       for b in budgets}
-    unique: dict[str, Arch] = {str(a): a for ranked in shortlist.values() for a, _ in ranked}
+    shortlist: dict[str, list[_Candidate]] = {
+        b.name: [_Candidate(arch, "supernet", f"search #{i + 1}", float(ev.latency_ms), float(ev.proxy_loss))
+                 for i, (arch, ev) in enumerate(list(candidates.get(b.name, []))[:top_k])] for b in budgets}
+    cosine: dict[str, float] = {}
+
+    def cos_of(c: _Candidate) -> float:
+        if c.key not in cosine:
+            cosine[c.key] = state_cosine(sources[c.source], teacher, c.arch, proxy_batches)
+        return cosine[c.key]
+
+    for b in budgets:
+        for name, arch, predicted in (cuts or {}).get(b.name, []):
+            versions = [_Candidate(arch, src, name, predicted, None) for src in ("teacher", "supernet")]
+            shortlist[b.name].append(max(versions, key=cos_of))  # ties: the teacher's own weights
+    unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
                          "(e.g. --budgets 1.5x) or run more trials")
     logger.info("re-evaluating %d candidate models as whole models", len(unique))
-    if evaluate is not None:
-        losses = evaluate(unique)
-    else:
-        losses = {name: whole_model_loss(supernet, teacher, arch, valid_batches) for name, arch in unique.items()}
-    models = {name: supernet.extract(arch) for name, arch in unique.items()}
+    on_supernet = {str(c.arch): c.arch for c in unique.values() if c.source == "supernet"}
+    losses = {f"supernet:{a}": v for a, v in (evaluate(on_supernet) if evaluate is not None and on_supernet
+                                                else {}).items()}
+    for key, c in unique.items():
+        cos_of(c)
+        if key not in losses:
+            losses[key] = whole_model_loss(sources[c.source], teacher, c.arch, valid_batches)
+    models = {key: sources[c.source].extract(c.arch, drop_identity_adapters=c.source == "teacher")
+              for key, c in unique.items()}
     measured = measure_models(models, teacher, engine=device["engine"], device=device["device"],
                               threads=device["threads"], batch=device["batch"], seq_len=device["seq_len"],
                               vocab_size=space.teacher.vocab_size, seed=seed)
@@ -91,43 +159,48 @@ def export_family(
     members: list[FamilyMember] = []
     chosen: dict[str, tuple] = {}
     taken: set[str] = set()
-    distilled: dict[str, DistillResult] = {}  # arch name -> DistillResult (two budgets may choose one model)
+    distilled: dict[str, DistillResult] = {}  # candidate key -> DistillResult (two budgets may choose one model)
     # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
         # Every re-evaluated candidate is eligible: one shortlisted for a tighter budget may win a looser one.
-        feasible = []
-        for arch, evaluation in (c for ranked in shortlist.values() for c in ranked):
-            name, params = str(arch), space.num_params(arch)
-            if name not in [f[2] for f in feasible] and budget.allows(measured.latency_ms[name], params, teacher_ms):
-                feasible.append((losses[name], measured.latency_ms[name], name, arch, evaluation))
+        feasible = [(cosine[key], measured.latency_ms[key], c) for key, c in unique.items()
+                    if budget.allows(measured.latency_ms[key], sum(p.numel() for p in models[key].parameters()),
+                                     teacher_ms)]
         if not feasible:
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
-        fresh = [f for f in feasible if f[2] not in taken] or feasible
-        loss, latency, name, arch, evaluation = min(fresh, key=lambda x: (x[0], x[1]))
-        taken.add(name)
-        member_dir = _member_name(budget.name, space.num_params(arch))
-        model, loss_before = models[name], None
+        fresh = [f for f in feasible if f[2].key not in taken] or feasible
+        best = max(fresh, key=lambda f: (f[0], -f[1]))
+        cos, latency, cand = best
+        taken.add(cand.key)
+        arch, loss, loss_before = cand.arch, losses[cand.key], None
+        model = models[cand.key]
+        params = space.num_params(arch, adapters=model.config.adapters)
+        member_dir = _member_name(budget.name, params)
         if distilling:
-            if name not in distilled:
-                distilled[name] = distill_arch(supernet, arch, teacher, corpus, tokenizer, config=distill,
-                                               seed=seed, progress=False, valid_batches=valid_batches)
-            result = distilled[name]
+            if cand.key not in distilled:
+                distilled[cand.key] = distill_arch(sources[cand.source], arch, teacher, corpus, tokenizer,
+                                                   config=distill, seed=seed, progress=False,
+                                                   valid_batches=valid_batches,
+                                                   freeze_adapters=cand.source == "teacher")
+            result = distilled[cand.key]
             model, loss_before, loss = result.model, result.valid_loss_before, result.valid_loss_after
         members.append(FamilyMember(
-            name=member_dir, path=member_dir, arch=arch.to_dict(), params=space.num_params(arch),
-            flops=space.flops(arch, device["seq_len"]), latency_ms=latency,
-            predicted_latency_ms=float(evaluation.latency_ms), speedup=speedup(teacher_ms, latency),
-            proxy_loss=float(evaluation.proxy_loss), valid_loss=loss, budget=budget.name,
+            name=member_dir, path=member_dir, arch=arch.to_dict(), params=params,
+            flops=space.flops(arch, device["seq_len"], adapters=model.config.adapters), latency_ms=latency,
+            predicted_latency_ms=cand.predicted_ms, speedup=speedup(teacher_ms, latency),
+            proxy_loss=cand.proxy_loss, valid_loss=loss, budget=budget.name,
             onnx=f"{member_dir}/model.onnx" if write_onnx else None,
             distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
+            source=cand.source, cosine=cos, choice=_choice_text(budget, best, feasible, teacher_ms),
         ))
         chosen[member_dir] = (arch, model)
-        logger.info("budget %s: %s, %.2f ms measured (%.2fx), whole-model loss %.4f%s", budget.name, arch, latency,
-                    speedup(teacher_ms, latency), loss,
-                    f" after {distill.steps} distillation steps (before {loss_before:.4f})" if distilling else "")
+        logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "
+                    "%.4f%s", budget.name, arch, cand.label, cand.source, latency, speedup(teacher_ms, latency), cos,
+                    loss, f" after {distill.steps} distillation steps (before {loss_before:.4f})" if distilling
+                    else "")
     members.sort(key=lambda m: -m.latency_ms)  # slowest (loosest budget) first, as the budgets were given
     if not members:
         raise ValueError("no candidate meets its budget on the measured latency: loosen the budgets or profile "

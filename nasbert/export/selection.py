@@ -24,22 +24,43 @@ from ..supernet import SuperNet
 from ..utils import torch_threads
 from .onnx import export_onnx
 
-__all__ = ["Measured", "measure_models", "whole_model_loss"]
+__all__ = ["Measured", "measure_models", "plain_batches", "state_cosine", "validation_batches", "whole_model_loss"]
 
 logger = logging.getLogger(__name__)
+
+
+def _final_states(supernet: SuperNet, teacher, arch: Arch, batches: Sequence[dict]):
+    """Per batch: the stitched sub-network's final hidden states and the teacher's, at the real tokens."""
+    supernet.eval()
+    for batch in batches:
+        target = teacher(**batch).last_hidden_state
+        out = supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch)
+        keep = batch["attention_mask"].bool()
+        yield out[keep], target[keep]
 
 
 @torch.no_grad()
 def whole_model_loss(supernet: SuperNet, teacher, arch: Arch, batches: Sequence[dict]) -> float:
     """MSE between the stitched sub-network's final hidden states and the teacher's, over real tokens."""
-    supernet.eval()
-    total = 0.0
-    for batch in batches:
-        target = teacher(**batch).last_hidden_state
-        out = supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch)
-        keep = batch["attention_mask"].bool()
-        total += float(torch.nn.functional.mse_loss(out[keep], target[keep]))
-    return total / len(batches)
+    losses = [float(torch.nn.functional.mse_loss(out, target))
+              for out, target in _final_states(supernet, teacher, arch, batches)]
+    return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def state_cosine(supernet: SuperNet, teacher, arch: Arch, batches: Sequence[dict]) -> float:
+    """Mean per-token cosine similarity between the stitched sub-network's final hidden states and the teacher's,
+    over real tokens: the export's ranking proxy (blind to the scale of the states, which MSE is not)."""
+    cosines = [float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean())
+               for out, target in _final_states(supernet, teacher, arch, batches)]
+    return sum(cosines) / len(cosines)
+
+
+def plain_batches(valid: torch.Tensor, *, batch_size: int, n_batches: int) -> list[dict]:
+    """The first validation sequences as they are (no masking): what the cosine proxy is computed on."""
+    ids = valid[: batch_size * n_batches]
+    return [{"input_ids": ids[i : i + batch_size], "attention_mask": torch.ones_like(ids[i : i + batch_size]),
+             "token_type_ids": torch.zeros_like(ids[i : i + batch_size])} for i in range(0, len(ids), batch_size)]
 
 
 def validation_batches(valid: torch.Tensor, tokenizer, *, batch_size: int, n_batches: int, seed: int,

@@ -1,0 +1,89 @@
+"""Teacher cuts: the teacher's own bottom sub-layers, kept as they are, as export candidates.
+
+A layer-dropped teacher (keep the bottom k layers) is the free baseline every family member must beat, and at
+this project's training budgets the supernet's newly trained ops do not beat the teacher's own sub-layers
+(docs/benchmarks.md). The budgets rarely fall on whole layers, though: on the built-in teacher the bottom 3
+layers run at 1.98x and the bottom 2 at 2.94-2.98x, so at "2x" a user keeps 2 layers and at "3x" one. A cut
+works at the granularity of the search space's slots, one MHA or FFN sub-layer each: the bottom 2 layers plus
+layer 2's FFN, or the bottom 3 layers without one attention, fill a 2x budget with more of the teacher than any
+layer-dropped model that meets it.
+
+Sub-layer ``j`` of the teacher is the MHA (even ``j``) or the FFN (odd ``j``) of layer ``j // 2``; the
+supernet's global slot ``s`` starts from teacher layer ``s // 2`` (:meth:`SuperNet.from_teacher`), and a block's
+kept ops sit in its first slots (identity ops last). A set of kept sub-layers is a cut when each lands on a slot
+that holds its own layer's weights, so that the extracted model computes exactly those teacher sub-layers in
+order (from a supernet built with ``reorder=False``, with no adapters; from the trained supernet, the same path
+after training).
+
+>>> from nasbert.space import SearchSpace
+>>> space = SearchSpace.load("search_spaces/minilm_l6.yaml")
+>>> [name for name, _ in teacher_cuts(space)][:4]
+['teacher-L0+mha0', 'teacher-L1-mha0', 'teacher-L1', 'teacher-L1+mha1']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..space import Arch, BlockArch, SearchSpace
+
+__all__ = ["cut_arch", "cut_name", "teacher_cuts"]
+
+
+def _sublayer(j: int) -> str:
+    return f"{'mha' if j % 2 == 0 else 'ffn'}{j // 2}"
+
+
+def cut_name(kept: Iterable[int]) -> str:
+    """``teacher-L{k}`` for the bottom k layers, ``+mha{k}`` when layer k's attention is kept too, then
+    ``-{sub-layer}`` for a dropped one below the top (``teacher-L3-mha1``: layers 0-2 without layer 1's MHA)."""
+    kept = set(kept)
+    top = max(kept)
+    name = f"teacher-L{(top + 1) // 2}" + (f"+{_sublayer(top)}" if top % 2 == 0 else "")
+    return name + "".join(f"-{_sublayer(j)}" for j in range(top) if j not in kept)
+
+
+def cut_arch(space: SearchSpace, kept: Iterable[int]) -> Arch | None:
+    """The architecture that computes exactly the teacher sub-layers ``kept`` (in order), or None where the
+    space cannot place them on slots that hold their own layer's weights."""
+    kept = set(kept)
+    k, width = space.slots_per_block, space.teacher.hidden_size
+    blocks = []
+    for b in range(space.num_blocks):
+        mine = sorted(j for j in kept if j // k == b)
+        ops = []
+        for i, j in enumerate(mine):
+            if (b * k + i) // 2 != j // 2:  # the slot holds another layer's weights
+                return None
+            ops.append("mha" if j % 2 == 0 else "ffn")
+        blocks.append(BlockArch(width, tuple(ops) + ("identity",) * (k - len(ops))))
+    return Arch(tuple(blocks))
+
+
+def teacher_cuts(space: SearchSpace) -> list[tuple[str, Arch]]:
+    """Every cut of the teacher that keeps its bottom sub-layers with at most one gap: the bottom ``m``
+    sub-layers for m = 1 .. 2L - 1, and each of them with one sub-layer below the top removed, where the space
+    can express it. Ordered by the number of kept sub-layers, then by name; the full teacher is left out.
+
+    Needs a space whose slots follow the teacher's sub-layers (2 per layer, ``num_blocks x slots_per_block =
+    2L``), with the teacher's width and the ops mha, ffn and identity."""
+    n = 2 * space.teacher.num_hidden_layers
+    missing = [op for op in ("mha", "ffn", "identity") if op not in space.ops]
+    if space.num_blocks * space.slots_per_block != n or missing or \
+            space.teacher.hidden_size not in space.hidden_choices:
+        raise ValueError(f"space {space.name!r}: teacher cuts need one slot per teacher sub-layer ({n}), the "
+                         f"teacher's width {space.teacher.hidden_size} among hidden_choices and the ops mha, ffn, "
+                         f"identity (missing: {', '.join(missing) or 'none'}); set export.teacher_cuts: false")
+    seen: set[Arch] = set()
+    out: list[tuple[int, str, Arch]] = []
+    for top in range(n):
+        prefix = set(range(top + 1))
+        for hole in (None, *range(top)):
+            kept = prefix - {hole}
+            if len(kept) == n:
+                continue
+            arch = cut_arch(space, kept)
+            if arch is not None and arch not in seen:
+                seen.add(arch)
+                out.append((len(kept), cut_name(kept), arch))
+    return [(name, arch) for _, name, arch in sorted(out, key=lambda t: (t[0], t[1]))]

@@ -1,0 +1,139 @@
+"""Teacher cuts: each computes exactly the teacher sub-layers it names, and the export chooses among them and the
+search's candidates on the cosine proxy, recording why."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from nasbert import Arch, Family, SearchSpace, SuperNet
+from nasbert.data import CorpusConfig, load_corpus
+from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts
+from nasbert.export.family_export import export_family
+from nasbert.export.selection import plain_batches, state_cosine, validation_batches, whole_model_loss
+from nasbert.search import Evaluation, parse_budgets
+
+
+def _sublayers(name: str) -> set[int]:
+    """The kept sub-layers a cut's name describes (the inverse of cut_name)."""
+    head, *rest = name.removeprefix("teacher-").replace("-", " -").replace("+", " +").split()
+    top = 2 * int(head.removeprefix("L")) - 1
+    kept = set(range(top + 1))
+    for part in rest:
+        j = 2 * int(part[4:]) + (part[1:4] == "ffn")
+        kept = kept | {j} if part[0] == "+" else kept - {j}
+    return kept
+
+
+def _teacher_sublayers(teacher, ids, kept: set[int]) -> torch.Tensor:
+    """The teacher's embeddings, then its sub-layers ``kept`` in order, straight from the Hugging Face modules."""
+    h = teacher.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+    for j in sorted(kept):
+        layer = teacher.encoder.layer[j // 2]
+        h = layer.attention(h)[0] if j % 2 == 0 else layer.output(layer.intermediate(h), h)
+    return h
+
+
+def test_every_cut_computes_the_teacher_sublayers_it_names(tiny_space, tiny_teacher):
+    teacher_net = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder=False).eval()
+    ids = torch.randint(5, tiny_space.teacher.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    cuts = teacher_cuts(tiny_space)
+    n = 2 * tiny_space.teacher.num_hidden_layers
+    assert len({name for name, _ in cuts}) == len(cuts) == len({a for _, a in cuts})
+    assert tiny_space.teacher_arch() not in {a for _, a in cuts}
+    for name, arch in cuts:
+        kept = _sublayers(name)
+        assert cut_name(kept) == name and cut_arch(tiny_space, kept) == arch
+        model = teacher_net.extract(arch, drop_identity_adapters=True)
+        assert not model.config.adapters  # a plain stack of teacher sub-layers
+        assert sum(p.numel() for p in model.parameters()) == tiny_space.num_params(arch, adapters=False)
+        with torch.no_grad():
+            got = model(input_ids=ids).last_hidden_state
+            want = _teacher_sublayers(tiny_teacher, ids, kept)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # every bottom prefix of sub-layers is a cut (the layer-dropped teachers among them)
+    prefixes = {cut_name(range(m)) for m in range(1, n)}
+    assert prefixes <= {name for name, _ in cuts}
+    assert {"teacher-L1", "teacher-L2", "teacher-L3"} <= prefixes
+
+
+def test_cuts_are_exactly_the_expressible_bottom_sets_with_at_most_one_gap(tiny_space):
+    n = 2 * tiny_space.teacher.num_hidden_layers
+    expected = set()
+    for size in range(1, n):
+        for kept in itertools.combinations(range(n), size):
+            gaps = [j for j in range(max(kept)) if j not in kept]
+            if len(gaps) <= 1 and cut_arch(tiny_space, kept) is not None:
+                expected.add(cut_arch(tiny_space, kept))
+    assert {a for _, a in teacher_cuts(tiny_space)} == expected
+    # a kept sub-layer that would land on a slot of another layer is not expressible
+    assert cut_arch(tiny_space, {1, 2}) is None  # layer 0's FFN, then layer 1's MHA on slot 1 (layer 0's weights)
+    assert cut_arch(tiny_space, {0, 1, 3}) == Arch.parse("32:mha,ffn,ffn,identity|32:identity,identity,identity,"
+                                                         "identity")
+
+
+def test_a_space_without_identity_has_no_cuts():
+    data = SearchSpace.load("tiny").to_dict()
+    data["ops"] = ["mha", "ffn", "sepconv3"]
+    with pytest.raises(ValueError, match=r"teacher cuts need .*\(missing: identity\).*export.teacher_cuts: false"):
+        teacher_cuts(SearchSpace.from_dict(data))
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_factory):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    corpus = load_corpus(CorpusConfig(seq_len=32, max_documents=12), tokenizer, show_progress=False)
+    supernet = SuperNet.from_teacher(tiny_space, tiny_teacher).eval()
+    teacher_net = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder=False).eval()
+    searched = [Arch.parse("24:sepconv5,mha,ffn,identity|16:ffn,sepconv3,mha,sepconv7"),
+                Arch.parse("16:mha,ffn,identity,identity|16:ffn,identity,identity,identity")]
+    evaluation = {str(a): Evaluation(0.5, 1.0, tiny_space.num_params(a), tiny_space.flops(a, 16)) for a in searched}
+    budgets = parse_budgets(["1M", "60k"])  # parameter budgets: every candidate fits, no timing decides
+    candidates = {b.name: [(a, evaluation[str(a)]) for a in searched] for b in budgets}
+    cuts = {b.name: [(name, arch, 1.0) for name, arch in teacher_cuts(tiny_space)
+                     if name in ("teacher-L1", "teacher-L2-mha1", "teacher-L3")] for b in budgets}
+    batches = validation_batches(corpus.valid, tokenizer, batch_size=8, n_batches=1, seed=0)
+    plain = plain_batches(corpus.valid, batch_size=8, n_batches=1)
+    device = {"key": "test-cpu", "engine": "torch", "device": "cpu", "threads": 1, "batch": 1, "seq_len": 16}
+    out = tmp_path_factory.mktemp("cuts-export") / "family"
+    export_family(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
+                  space=tiny_space, budgets=budgets, candidates=candidates, valid_batches=batches, device=device,
+                  out=out, top_k=2, write_onnx=False, cuts=cuts, teacher_supernet=teacher_net, proxy_batches=plain)
+    nets = {"supernet": supernet, "teacher": teacher_net}
+    cosines = {("supernet", str(a)): state_cosine(supernet, tiny_teacher, a, plain) for a in searched}
+    for _, arch, _ in cuts["1M"]:  # a cut competes with the better of its two versions (ties: the teacher's)
+        versions = {s: state_cosine(nets[s], tiny_teacher, arch, plain) for s in ("teacher", "supernet")}
+        source = max(versions, key=versions.get)
+        cosines[(source, str(arch))] = versions[source]
+    return Family.load(out), nets, cosines, batches, plain
+
+
+def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher):
+    family, nets, cosines, batches, plain = exported
+    raw = json.loads((family.directory / "family.json").read_text())["models"]
+    assert sorted(m["budget"] for m in raw) == ["1M", "60k"] and len({m["path"] for m in raw}) == 2
+    ranked = sorted(cosines, key=lambda key: -cosines[key])
+    budgets = {b.name: b for b in parse_budgets(["1M", "60k"])}
+    taken = []
+    for member in sorted(family.models, key=lambda m: m.budget != "60k"):  # the tighter budget chooses first
+        arch = Arch.from_dict(member.arch)
+        budget = budgets[member.budget]
+        feasible = [key for key in ranked
+                    if key not in taken and budget.allows(1.0, nets[key[0]].space.num_params(Arch.parse(key[1])), 1.0)]
+        assert len(feasible) >= 2 and (member.source, str(arch)) == feasible[0]
+        taken.append(feasible[0])
+        assert member.cosine == pytest.approx(state_cosine(nets[member.source], tiny_teacher, arch, plain))
+        assert member.valid_loss == pytest.approx(whole_model_loss(nets[member.source], tiny_teacher, arch, batches))
+        assert member.choice.startswith(f"highest cosine to the teacher ({member.cosine:.4f})")
+        assert "runner-up" in member.choice
+    # a teacher-sourced member is the teacher's own sub-layers: a plain stack, no adapters
+    for member in family.models:
+        config = json.loads((family.member_dir(member) / "config.json").read_text())
+        assert config["adapters"] == (member.source == "supernet")
