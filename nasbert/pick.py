@@ -1,4 +1,5 @@
-"""Pick the family member that fits a budget: the lowest loss among the members that meet it.
+"""Pick the family member that fits a budget: the best among the members that meet it (the highest cosine to the
+teacher, as the export ranks; the lowest loss for members that have no cosine).
 
 A budget is one of: a latency in ms on the family's device, a speed-up over the teacher on that device, or a
 parameter count. With ``measure=True`` every member (and the teacher, where the family has ``teacher.onnx``) is
@@ -127,9 +128,12 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
 # ---------------------------------------------------------------------------------------------------- picking
 
 
-def _rank(m: FamilyMember) -> tuple[float, float, str]:
+def _rank(m: FamilyMember) -> tuple[float, float, float, str]:
+    """Best first: the highest cosine to the teacher (the export's ranking; members of older families have none),
+    then the lowest loss, then the faster member."""
     loss = m.loss
-    return (math.inf if loss is None else loss, m.latency_ms, m.name)
+    return (-m.cosine if m.cosine is not None else math.inf, math.inf if loss is None else loss, m.latency_ms,
+            m.name)
 
 
 def _no_fit(family: Family, latency_ms, speedup, max_params) -> NoFit:
@@ -160,8 +164,8 @@ def pick(
     measure: bool = False,
     threads: int | None = None,
 ) -> FamilyMember:
-    """The member with the lowest validation loss (proxy loss where it has none) among those that meet the one
-    budget given: ``latency_ms`` (at most, on the family's device), ``speedup`` (at least, over the teacher on
+    """The best member (highest cosine to the teacher; where members have none, lowest validation loss, or proxy
+    loss) among those that meet the one budget given: ``latency_ms`` (at most, on the family's device), ``speedup`` (at least, over the teacher on
     the same device) or ``max_params`` (an int or ``"10M"``). Ties go to the faster member.
 
     With ``measure``, latencies are measured again on this machine first (see :func:`measure_family`); the
@@ -232,7 +236,7 @@ def build_pick_parser(parser: argparse.ArgumentParser | None = None) -> argparse
     return parser
 
 
-_CLI_DESCRIPTION = ("Print the path of the family member with the lowest loss that meets one budget "
+_CLI_DESCRIPTION = ("Print the path of the best family member (highest cosine to the teacher) that meets one budget "
                     "(--latency-ms, --speedup or --max-params). Exit 2 when none does.")
 
 

@@ -302,3 +302,17 @@ def test_model_card_holds_front_matter_and_the_members_exact_numbers(onnx_family
     no_onnx = write_model_card(dataclass_replace(m, onnx=None, valid_loss=None), family, tmp_path / "plain")
     plain = no_onnx.read_text()
     assert "InferenceSession" not in plain and "| validation loss | n/a |" in plain
+
+
+def test_pick_ranks_on_the_cosine_where_members_have_one(tmp_path):
+    """The export's ranking: the member closest to the teacher wins over one with a lower loss."""
+    make_family(tmp_path, [
+        dataclass_replace(member("close", 4.0, valid_loss=3.0), cosine=0.40, source="teacher"),
+        dataclass_replace(member("low-loss", 5.0, valid_loss=1.0), cosine=0.30),
+        dataclass_replace(member("fastest", 1.0, valid_loss=0.5), cosine=0.20),
+    ])
+    assert pick(tmp_path, latency_ms=6.0).name == "close"
+    assert pick(tmp_path, latency_ms=3.0).name == "fastest"
+    loaded = Family.load(tmp_path)
+    assert [(m.source, m.cosine) for m in loaded.models] == [("teacher", 0.40), ("supernet", 0.30),
+                                                             ("supernet", 0.20)]

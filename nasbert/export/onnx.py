@@ -8,6 +8,7 @@ onnx; ONNX Runtime is imported here and in the latency engines.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import warnings
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["INPUT_NAMES", "REFERENCE_INPUT_NAMES", "OnnxParityError", "export_module", "export_onnx", "onnx_parity"]
+__all__ = ["INPUT_NAMES", "INT8_MAX_ERROR", "REFERENCE_INPUT_NAMES", "OnnxParityError", "export_int8", "export_module",
+           "export_onnx", "int8_error", "onnx_parity"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: the extra inputs of a model with RefBERT references (``config.reference_size``): (B, R, H) float, (B, R) int64
@@ -152,3 +154,53 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, atol: float = 1e-4
                                   f"(> atol {atol:.0e}); the file was removed")
         report["max_abs_diff"] = diff
     return report
+
+
+#: the largest relative error an int8 graph may have and still be written: ||int8 - fp32|| / ||fp32|| of the
+#: output over the real tokens of a padded random batch (docs/benchmarks.md, int8 section, has the measured errors)
+INT8_MAX_ERROR = 0.15
+
+
+def _run_onnx(path: str | os.PathLike, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v.numpy() for k, v in inputs.items() if k in names})[0]
+
+
+def int8_error(model: nn.Module, fp32_path: str | os.PathLike, int8_path: str | os.PathLike, *, batch: int = 4,
+               seq_len: int = 32) -> float:
+    """||int8 - fp32|| / ||fp32|| of the two graphs' outputs (over real tokens for per-token outputs), on a padded
+    random batch of ``model``'s vocabulary."""
+    inputs = _example_inputs(model, batch, seq_len, pad=True, seed=2, references=6)
+    want, got = _run_onnx(fp32_path, inputs), _run_onnx(int8_path, inputs)
+    if want.ndim == 3:
+        keep = inputs["attention_mask"].bool().numpy()
+        want, got = want[keep], got[keep]
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
+
+
+def export_int8(model: nn.Module, fp32_path: str | os.PathLike, int8_path: str | os.PathLike, *,
+                max_error: float = INT8_MAX_ERROR) -> dict:
+    """ONNX Runtime's dynamic quantisation of the exported fp32 graph at ``fp32_path`` (int8 weights of every
+    MatMul and Gemm, activations quantised at run time): written to ``int8_path`` (atomically) only when its
+    relative output error (:func:`int8_error`) is at most ``max_error``; otherwise raises
+    :class:`OnnxParityError` and writes nothing. Returns ``{"error": ..., "bytes": ...}``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_path = Path(int8_path)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=".int8-", dir=int8_path.parent)
+    os.close(fd)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_dynamic(str(fp32_path), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        error = int8_error(model, fp32_path, tmp)
+        if not error <= max_error:
+            raise OnnxParityError(f"the int8 graph of {type(model).__name__} is {error:.3f} off its fp32 graph "
+                                  f"(relative error, bound {max_error}); not written")
+        os.replace(tmp, int8_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"error": error, "bytes": int8_path.stat().st_size}
