@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 TEACHER_ONNX = "teacher.onnx"
 _TEACHER_KEY = "\0teacher"  # cannot collide with a member's name in measure_interleaved's mapping
+_INT8_KEY = "\0int8"
+PRECISIONS = ("fp32", "int8", "any")
 
 
 class NoFit(ValueError):
@@ -99,6 +101,8 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
         raise ValueError(f"threads must be >= 1, got {threads}")
     batch, seq_len = int(family.device["batch"]), int(family.device["seq_len"])
     paths = {m.name: _onnx_of(family, m) for m in family.models}
+    paths.update({m.name + _INT8_KEY: family._root() / m.int8_onnx for m in family.models
+                  if m.int8_onnx and (family._root() / m.int8_onnx).is_file()})
     teacher_onnx = family._root() / TEACHER_ONNX
     if teacher_onnx.is_file():
         paths[_TEACHER_KEY] = teacher_onnx
@@ -118,7 +122,10 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
     models = []
     for m in family.models:
         ms = timings[m.name].median_ms
-        models.append(dataclasses.replace(m, latency_ms=ms, speedup=teacher_ms / ms))
+        int8 = timings.get(m.name + _INT8_KEY)
+        models.append(dataclasses.replace(m, latency_ms=ms, speedup=teacher_ms / ms,
+                                          **({"int8_latency_ms": int8.median_ms,
+                                              "int8_speedup": teacher_ms / int8.median_ms} if int8 else {})))
     here = device_info(engine="onnxruntime", device="cpu", threads=threads, batch=batch, seq_len=seq_len).to_dict()
     return dataclasses.replace(family, models=models, teacher_latency_ms=teacher_ms, device=here,
                                extra={**family.extra, "measured_here": True,
@@ -155,6 +162,23 @@ def _no_fit(family: Family, latency_ms, speedup, max_params) -> NoFit:
                  f"has {_fmt_params(smallest.params)}; ask for at least {smallest.params}")
 
 
+def _views(family: Family, precision: str) -> list[FamilyMember]:
+    """The (member, precision) pairs ``precision`` allows, each as a member whose ``latency_ms``, ``speedup`` and
+    ``onnx`` are that precision's (``extra["precision"]`` says which), best first: members in :func:`_rank`
+    order, a member's fp32 graph before its int8 one (int8 trades a little accuracy for speed)."""
+    out = []
+    for m in sorted(family.models, key=_rank):
+        if precision in ("fp32", "any"):
+            out.append(dataclasses.replace(m, extra={**m.extra, "precision": "fp32"}))
+        if precision in ("int8", "any") and m.int8_onnx and m.int8_latency_ms and m.int8_speedup:
+            out.append(dataclasses.replace(m, latency_ms=m.int8_latency_ms, speedup=m.int8_speedup,
+                                           onnx=m.int8_onnx, extra={**m.extra, "precision": "int8"}))
+    if not out:
+        raise FamilyError(f"family {str(family.directory)!r} has no timed int8 graph: export it with "
+                          "`export.int8: true` (`nasbert export --run RUN --force`), or pick --precision fp32")
+    return out
+
+
 def pick(
     family: Family | str | os.PathLike,
     *,
@@ -163,6 +187,7 @@ def pick(
     max_params: int | str | None = None,
     measure: bool = False,
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> FamilyMember:
     """The best member (highest cosine to the teacher; where members have none, lowest validation loss, or proxy
     loss) among those that meet the one budget given: ``latency_ms`` (at most, on the family's device), ``speedup`` (at least, over the teacher on
@@ -175,7 +200,7 @@ def pick(
     'x8'
     """
     return pick_with_family(family, latency_ms=latency_ms, speedup=speedup, max_params=max_params,
-                            measure=measure, threads=threads)[0]
+                            measure=measure, threads=threads, precision=precision)[0]
 
 
 def pick_with_family(
@@ -186,6 +211,7 @@ def pick_with_family(
     max_params: int | str | None = None,
     measure: bool = False,
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> tuple[FamilyMember, Family]:
     """:func:`pick`, also returning the family its numbers come from (re-measured with ``measure``)."""
     given = {k: v for k, v in (("latency_ms", latency_ms), ("speedup", speedup), ("max_params", max_params))
@@ -200,6 +226,8 @@ def pick_with_family(
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise ValueError(f"{key} must be a positive number, got {value!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not isinstance(family, Family):
         family = Family.load(family)
     if not family.models:
@@ -207,15 +235,17 @@ def pick_with_family(
     if measure:
         family = measure_family(family, threads=threads)
 
+    views = _views(family, precision)
     if latency_ms is not None:
-        fits = [m for m in family.models if m.latency_ms <= latency_ms]
-    elif speedup is not None:  # latency <= teacher / speedup, without the division's rounding
-        fits = [m for m in family.models if m.latency_ms * speedup <= family.teacher_latency_ms]
+        fits = [m for m in views if m.latency_ms <= latency_ms]
+    elif speedup is not None:  # fp32: latency <= teacher / speedup, without the division's rounding
+        fits = [m for m in views if (m.latency_ms * speedup <= family.teacher_latency_ms
+                                     if m.extra["precision"] == "fp32" else m.speedup >= speedup)]
     else:
-        fits = [m for m in family.models if m.params <= max_params]
+        fits = [m for m in views if m.params <= max_params]
     if not fits:
-        raise _no_fit(family, latency_ms, speedup, max_params)
-    return min(fits, key=_rank), family
+        raise _no_fit(dataclasses.replace(family, models=views), latency_ms, speedup, max_params)
+    return fits[0], family
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -232,6 +262,9 @@ def build_pick_parser(parser: argparse.ArgumentParser | None = None) -> argparse
     parser.add_argument("--measure", action="store_true",
                         help="measure every member (and teacher.onnx, if there) on this machine first")
     parser.add_argument("--threads", type=int, metavar="N", help="threads for --measure (default: the family's)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 graphs only (default), int8 graphs only, or any: the best member and precision "
+                             "that meet the budget (a member's fp32 graph before its int8 one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -257,6 +290,7 @@ def _table(member: FamilyMember, family: Family, measured: bool) -> str:
     where = "measured here" if measured else "from family.json"
     rows = [
         ("name", member.name),
+        ("precision", f"{member.extra.get('precision', 'fp32')} (load {member.onnx or 'the model directory'})"),
         ("budget", member.budget),
         ("params", _fmt_params(member.params)),
         ("flops", f"{member.flops:,} @ {family.device['seq_len']} tokens"),
@@ -282,7 +316,8 @@ def run_pick(args: argparse.Namespace) -> int:
         return 1
     try:
         member, family = pick_with_family(args.family, latency_ms=args.latency_ms, speedup=args.speedup,
-                                          max_params=args.max_params, measure=args.measure, threads=args.threads)
+                                          max_params=args.max_params, measure=args.measure, threads=args.threads,
+                                          precision=args.precision)
     except NoFit as e:
         print(f"nasbert pick: {e}", file=sys.stderr)
         return 2

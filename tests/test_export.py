@@ -157,3 +157,22 @@ def test_many_sampled_archs_survive_save_and_reload(supernet, tiny_space, batch,
         with torch.no_grad():
             torch.testing.assert_close(model(ids, mask, types).last_hidden_state,
                                        supernet(ids, mask, types, arch=arch), atol=1e-5, rtol=0)
+
+
+def test_int8_graph_is_written_within_its_bound_and_refused_beyond(tiny_space, tiny_teacher, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from nasbert.export.onnx import OnnxParityError, export_int8, export_onnx, int8_error
+
+    model = SuperNet.from_teacher(tiny_space, tiny_teacher).extract(tiny_space.teacher_arch())
+    export_onnx(model, tmp_path / "model.onnx")
+    report = export_int8(model, tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    assert 0 < report["error"] <= 0.25 and report["bytes"] == (tmp_path / "model.int8.onnx").stat().st_size
+    assert report["error"] == pytest.approx(int8_error(model, tmp_path / "model.onnx", tmp_path / "model.int8.onnx"))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "model.int8.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops  # it is an int8 graph
+    ort.InferenceSession(str(tmp_path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    with pytest.raises(OnnxParityError, match="not written"):
+        export_int8(model, tmp_path / "model.onnx", tmp_path / "strict.int8.onnx", max_error=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx"]

@@ -316,3 +316,39 @@ def test_pick_ranks_on_the_cosine_where_members_have_one(tmp_path):
     loaded = Family.load(tmp_path)
     assert [(m.source, m.cosine) for m in loaded.models] == [("teacher", 0.40), ("supernet", 0.30),
                                                              ("supernet", 0.20)]
+
+
+def _int8_family(tmp_path):
+    big = dataclasses_replace_int8(member("big", 6.0, valid_loss=1.0), 2.5, "members/big/model.int8.onnx")
+    small = member("small", 3.0, valid_loss=2.0)
+    return make_family(tmp_path, [big, small])
+
+
+def dataclasses_replace_int8(m: FamilyMember, int8_ms: float, path: str) -> FamilyMember:
+    return dataclass_replace(m, int8_onnx=path, int8_latency_ms=int8_ms, int8_speedup=10.0 / int8_ms, int8_error=0.1)
+
+
+def test_pick_chooses_across_precisions(tmp_path, capsys):
+    _int8_family(tmp_path)
+    # fp32 only: the small member; any: the big member's int8 graph fits and the big member ranks first
+    assert pick(tmp_path, latency_ms=4.0).name == "small"
+    chosen = pick(tmp_path, latency_ms=4.0, precision="any")
+    assert (chosen.name, chosen.extra["precision"], chosen.latency_ms) == ("big", "int8", 2.5)
+    assert chosen.onnx == "members/big/model.int8.onnx"
+    # its fp32 graph before its int8 one where both fit
+    assert pick(tmp_path, latency_ms=7.0, precision="any").extra["precision"] == "fp32"
+    assert pick(tmp_path, speedup=3.5, precision="any").extra["precision"] == "int8"  # 10 / 2.5 = 4x
+    with pytest.raises(NoFit, match="2.5"):
+        pick(tmp_path, latency_ms=2.0, precision="int8")
+    assert pick_main([str(tmp_path), "--latency-ms", "4", "--precision", "any", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["precision"] == "int8" and out["onnx"].endswith("members/big/model.int8.onnx")
+
+
+def test_pick_int8_refuses_a_family_without_int8_graphs(family_dir, capsys):
+    with pytest.raises(FamilyError, match="no timed int8 graph.*export.int8: true"):
+        pick(family_dir, latency_ms=9.0, precision="int8")
+    assert pick_main([str(family_dir), "--latency-ms", "9", "--precision", "int8"]) == 1
+    assert "no timed int8 graph" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="precision must be one of fp32, int8, any"):
+        pick(family_dir, latency_ms=9.0, precision="fp16")

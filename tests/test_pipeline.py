@@ -81,6 +81,9 @@ def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space, 
                                       "token_type_ids": np.zeros_like(ids.numpy())})[0]
         keep = mask.bool().numpy()
         np.testing.assert_allclose(onnx_out[keep], expected.numpy()[keep], atol=1e-4)
+        # the int8 graph: written within its error bound, timed with the teacher
+        assert member.int8_onnx == f"{member.path}/model.int8.onnx" and (run / "family" / member.int8_onnx).is_file()
+        assert 0 < member.int8_error <= 0.25 and member.int8_latency_ms > 0 and member.int8_speedup > 0
         card = (directory / "README.md").read_text()
         assert f"{member.params:,}" in card and member.budget in card
 

@@ -85,6 +85,9 @@ def model_card(member: FamilyMember, family: Family, *, space_summary: str | Non
         f"| latency, predicted | {_ms(member.predicted_latency_ms)} |",
         f"| teacher latency, measured | {_ms(family.teacher_latency_ms)} |",
         f"| speed-up over the teacher | {member.speedup:.2f}x |",
+        *([f"| int8 graph (`model.int8.onnx`), measured | {_ms(member.int8_latency_ms)}"
+           + (f", {member.int8_speedup:.2f}x over the fp32 teacher" if member.int8_speedup else "")
+           + f"; relative output error {member.int8_error:.3f} |"] if member.int8_onnx else []),
         f"| weights | {'the teacher' if member.source == 'teacher' else 'the trained supernet'} |",
         f"| proxy loss (block-wise distillation) | {_loss(member.proxy_loss)} |",
         f"| cosine to the teacher's final states (the export's ranking) | {_loss(member.cosine)} |",

@@ -44,6 +44,8 @@ class ExportConfig:
     #: add the teacher's own bottom sub-layers ("teacher cuts", nasbert.export.cuts) to every budget's
     #: candidates, where the space can express them
     teacher_cuts: bool = True
+    #: also write model.int8.onnx (ONNX Runtime dynamic quantisation, within a relative-error bound) and time it
+    int8: bool = True
     #: whole-model distillation of every chosen member before it is written (steps 0 = none)
     distill: DistillConfig = field(default_factory=DistillConfig)
 

@@ -116,6 +116,13 @@ class FamilyMember:
     cosine: float | None = None
     #: why this model was chosen for its budget, in words (the rule, the runner-up, the candidates' count)
     choice: str | None = None
+    #: the int8 graph (ONNX Runtime dynamic quantisation, relative to the family directory), its latency and
+    #: speed-up over the fp32 teacher (measured in one run with the teacher and the fp32 members), and its
+    #: relative output error to the fp32 graph
+    int8_onnx: str | None = None
+    int8_latency_ms: float | None = None
+    int8_speedup: float | None = None
+    int8_error: float | None = None
     #: keys beyond the schema, written back unchanged
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -166,6 +173,11 @@ class FamilyMember:
             source=_str(source, k("source"), data.get("source", "supernet")),
             cosine=_float(source, k("cosine"), data.get("cosine"), nullable=True),
             choice=_str(source, k("choice"), data.get("choice"), nullable=True),
+            int8_onnx=(None if data.get("int8_onnx") is None
+                       else _relative(source, k("int8_onnx"), _str(source, k("int8_onnx"), data["int8_onnx"]))),
+            int8_latency_ms=_float(source, k("int8_latency_ms"), data.get("int8_latency_ms"), nullable=True),
+            int8_speedup=_float(source, k("int8_speedup"), data.get("int8_speedup"), nullable=True),
+            int8_error=_float(source, k("int8_error"), data.get("int8_error"), nullable=True),
             extra={name: v for name, v in data.items() if name not in known},
         )
 

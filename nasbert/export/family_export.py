@@ -23,6 +23,7 @@ the cosine before distillation and the measured latency, and ``valid_loss`` is t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from ..training.distill import DistillResult, distill_arch
 from .card import write_model_card
 from .family import Family, FamilyMember
 from .hf import write_hf_files
-from .onnx import export_onnx
+from .onnx import OnnxParityError, export_int8, export_onnx
 from .selection import measure_models, speedup, state_cosine, whole_model_loss
 
 __all__ = ["export_family"]
@@ -101,6 +102,7 @@ def export_family(
     cuts: dict[str, list[tuple[str, Arch, float | None]]] | None = None,
     teacher_supernet: SuperNet | None = None,
     proxy_batches: list[dict] | None = None,
+    write_int8: bool = False,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
@@ -112,7 +114,8 @@ def export_family(
     ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
     computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
     ``distill.steps > 0`` every chosen model is distilled as a whole on ``corpus`` (the training corpus) before
-    it is written."""
+    it is written. With ``write_int8`` (and ``write_onnx``) every member also gets ``model.int8.onnx``, timed
+    with the teacher (``int8_latency_ms``, ``int8_speedup``)."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
@@ -213,12 +216,51 @@ def export_family(
     with atomic_dir(out) as tmp:
         for member in members:
             arch, model = chosen[member.path]
-            directory = tmp / member.path
-            write_hf_files(model, directory, tokenizer=tokenizer)
+            write_hf_files(model, tmp / member.path, tokenizer=tokenizer)
             if write_onnx:
-                export_onnx(model, directory / "model.onnx")  # raises if ONNX and PyTorch differ by > 1e-4
-            write_model_card(member, family, directory, space_summary=space.summary())
+                export_onnx(model, tmp / member.onnx)  # raises if ONNX and PyTorch differ by > 1e-4
         if write_onnx:
             export_onnx(teacher, tmp / "teacher.onnx")
+        if write_onnx and write_int8:
+            family = dataclasses.replace(family, models=_with_int8(tmp, family.models, chosen, teacher, device,
+                                                                   vocab_size=space.teacher.vocab_size, seed=seed))
+        for member in family.models:
+            write_model_card(member, family, tmp / member.path, space_summary=space.summary())
         family.save(tmp)
     return family
+
+
+def _with_int8(root: Path, members: list[FamilyMember], chosen: dict, teacher, device: dict, *, vocab_size: int,
+               seed: int) -> list[FamilyMember]:
+    """Write every member's int8 graph next to its fp32 one (:func:`~nasbert.export.onnx.export_int8`, within
+    its error bound) and time the int8 graphs with the fp32 members and the teacher in one run."""
+    int8: dict[str, dict] = {}
+    for m in members:
+        try:
+            int8[m.path] = export_int8(chosen[m.path][1], root / m.onnx, root / m.path / "model.int8.onnx")
+        except OnnxParityError as e:
+            logger.warning("%s: no int8 graph: %s", m.name, e)
+    if not int8 or device["engine"] != "onnxruntime" or device["device"] != "cpu":
+        if int8:
+            logger.info("int8 graphs written, not timed: they run on ONNX Runtime's CPU provider, the family's "
+                        "device is %s on %s", device["engine"], device["device"])
+        return [dataclasses.replace(m, int8_onnx=f"{m.path}/model.int8.onnx", int8_error=int8[m.path]["error"])
+                if m.path in int8 else m for m in members]
+    graphs = {f"{m.path}/fp32": root / m.onnx for m in members if m.path in int8}
+    graphs.update({f"{m.path}/int8": root / m.path / "model.int8.onnx" for m in members if m.path in int8})
+    measured = measure_models({}, teacher, engine="onnxruntime", device="cpu", threads=device["threads"],
+                              batch=device["batch"], seq_len=device["seq_len"], vocab_size=vocab_size,
+                              seed=seed + 1, graphs=graphs)
+    out = []
+    for m in members:
+        if m.path not in int8:
+            out.append(m)
+            continue
+        fp32_ms, int8_ms = measured.latency_ms[f"{m.path}/fp32"], measured.latency_ms[f"{m.path}/int8"]
+        logger.info("%s int8: %.2f ms (%.2fx its fp32 graph in the same run, %.2fx the teacher), relative error "
+                    "%.3f, %.1f MB", m.name, int8_ms, fp32_ms / int8_ms, measured.teacher_latency_ms / int8_ms,
+                    int8[m.path]["error"], int8[m.path]["bytes"] / 2**20)
+        out.append(dataclasses.replace(m, int8_onnx=f"{m.path}/model.int8.onnx", int8_latency_ms=int8_ms,
+                                       int8_speedup=measured.teacher_latency_ms / int8_ms,
+                                       int8_error=int8[m.path]["error"]))
+    return out

@@ -88,12 +88,15 @@ class Measured:
 
 def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module, *, engine: str, device: str,
                    threads: int, batch: int, seq_len: int, vocab_size: int, repeats: int = 20, rounds: int = 4,
-                   warmup: int = 3, seed: int = 0) -> Measured:
-    """Time every model and the teacher with the profiled engine and settings, interleaved."""
+                   warmup: int = 3, seed: int = 0, graphs: dict[str, Path] | None = None) -> Measured:
+    """Time every model and the teacher with the profiled engine and settings, interleaved. ``graphs`` adds
+    ONNX files timed in the same run (e.g. int8 graphs; ONNX Runtime engine only)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab_size, (batch, seq_len), generator=g)
     feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     engines = {}
+    if graphs and engine != "onnxruntime":
+        raise ValueError(f"ONNX graphs are timed with the onnxruntime engine, not {engine!r}")
     with tempfile.TemporaryDirectory(prefix="nasbert-export-") as tmp:
         for i, (name, model) in enumerate({**models, "__teacher__": teacher}.items()):
             if engine == "torch":
@@ -101,6 +104,9 @@ def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module,
                 continue
             path = Path(tmp) / f"m{i}.onnx"
             export_onnx(model, path, check=False)
+            engines[name] = OnnxRuntimeEngine(path, {k: v.numpy() for k, v in feeds.items()}, threads=threads,
+                                              device=device)
+        for name, path in (graphs or {}).items():
             engines[name] = OnnxRuntimeEngine(path, {k: v.numpy() for k, v in feeds.items()}, threads=threads,
                                               device=device)
         with torch_threads(threads if engine == "torch" else None):  # held, so that no timed call switches it

@@ -343,6 +343,12 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
 # ------------------------------------------------------------------------------------------------ proxies
 
 
+def _real_tokens(model, batch: dict, target):
+    """The model's final states and the teacher's ``target`` at the batch's real tokens."""
+    keep = batch["attention_mask"].bool()
+    return model(**batch).last_hidden_state[keep], target[keep]
+
+
 def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
     """What could predict a row's fine-tuned score without fine-tuning, per model (``OUT/proxies.json``):
 
@@ -352,14 +358,15 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
       end when it reads the teacher's state at its start, on the same batches; for models whose weights are a
       supernet path (searched and uniform models before ``+kd``; layer-dropped teachers on the unreordered
       teacher supernet), else null;
-    * ``cosine``: the mean per-token cosine similarity of the same final states to the teacher's (blind to
-      scale, so a layer-dropped teacher whose states are good but not the last layer's is not punished the way
-      MSE punishes it; it ranked best of the task-free proxies measured, docs/benchmarks.md);
+    * ``cosine``: the export's ranking: the mean per-token cosine similarity of the final states to the
+      teacher's on the first validation sequences as they are (no masking; blind to scale, so a layer-dropped
+      teacher whose states are good but not the last layer's is not punished the way MSE punishes it; it ranked
+      best of the task-free proxies measured, docs/benchmarks.md);
     * ``params`` and ``flops`` (at the latency profile's sequence length).
     """
     import torch
 
-    from ..export.selection import validation_batches
+    from ..export.selection import plain_batches, validation_batches
     from ..modeling import NasBertModel
     from ..space import Arch
     from ..training.blockwise import block_batches, score_paths
@@ -370,8 +377,10 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
     space, cfg = run.space, run.config
     batches = validation_batches(run.corpus.valid, run.tokenizer, batch_size=cfg.train.batch_size,
                                  n_batches=cfg.export.eval_batches, seed=cfg.seed)
+    plain = plain_batches(run.corpus.valid, batch_size=cfg.train.batch_size, n_batches=cfg.export.eval_batches)
     with torch.no_grad():
         targets = [run.teacher(**b).last_hidden_state for b in batches]
+        plain_targets = [run.teacher(**b).last_hidden_state for b in plain]
         per_block = [block_batches(run.teacher, space, b["input_ids"], b["attention_mask"], b["token_type_ids"])
                      for b in batches]
     result: dict[str, dict] = {}
@@ -382,12 +391,10 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
         arch = Arch.parse(row["arch"])
         model = NasBertModel.from_pretrained(out / row["path"]).eval()
         with torch.no_grad():
-            losses, cosines = [], []
-            for b, target in zip(batches, targets):
-                keep = b["attention_mask"].bool()
-                got = model(**b).last_hidden_state
-                losses.append(float(torch.nn.functional.mse_loss(got[keep], target[keep])))
-                cosines.append(float(torch.nn.functional.cosine_similarity(got[keep], target[keep], dim=-1).mean()))
+            losses = [float(torch.nn.functional.mse_loss(*_real_tokens(model, b, target)))
+                      for b, target in zip(batches, targets)]
+            cosines = [float(torch.nn.functional.cosine_similarity(*_real_tokens(model, b, target), dim=-1).mean())
+                       for b, target in zip(plain, plain_targets)]
         # distilled weights are no longer a supernet path: no block-wise proxy for them
         supernet = None if row["distill_steps"] else \
             run.supernet if row["kind"] in ("searched", "uniform", "sampled") else run.teacher_supernet
