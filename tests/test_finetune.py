@@ -107,6 +107,16 @@ def test_nasbert_model_learns_sst2_from_local_tsv(glue_dir, student_dir, tmp_pat
     assert got.shape == (2, 2)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert metrics["onnx_max_abs_diff"] < 1e-4
+    # the int8 graph: written, and scored on the dev set next to the fp32 graph (which scores as PyTorch does)
+    int8 = metrics["int8"]
+    assert (tmp_path / "ft" / "model" / "model.int8.onnx").stat().st_size == int8["bytes"]
+    assert int8["dev_fp32_onnx"]["accuracy"] == pytest.approx(metrics["dev"]["accuracy"])
+    assert 0 < int8["error"] and int8["dev"]["accuracy"] >= 0.5
+    from nasbert.finetune.trainer import encode_examples, predict_onnx
+
+    dev = encode_examples(task.dev, tok, max_seq_len=FAST.get("max_seq_len", 128), regression=False)
+    logits = predict_onnx(tmp_path / "ft" / "model" / "model.int8.onnx", dev, batch_size=4, pad_id=0)
+    assert int8["dev"]["accuracy"] == pytest.approx(float((logits.argmax(-1) == np.array(dev.labels)).mean()))
 
 
 def test_hf_bert_finetunes_with_the_same_command(glue_dir, tiny_teacher_dir, tmp_path, capsys):

@@ -68,7 +68,9 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
                      help="a reference pool (nasbert references build): the model's first mha layer also attends "
                           "over the teacher's pre-computed states of each input's most similar pool sample; "
                           "OUT/model/references/ gets a copy of the pool (nasbert models only)")
-    p.add_argument("--no-onnx", action="store_true", help="do not write model/model.onnx")
+    p.add_argument("--no-onnx", action="store_true", help="do not write model/model.onnx (nor its int8 graph)")
+    p.add_argument("--no-int8", action="store_true",
+                   help="do not write model/model.int8.onnx (ONNX Runtime dynamic int8, scored on the dev set)")
     p.add_argument("--force", action="store_true", help="start again in an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
@@ -96,10 +98,12 @@ def run_finetune(args: argparse.Namespace) -> int:
         task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
                          seed=0)  # one fixed subset for every --seed
     result = finetune(args.model, task, out=args.out, config=config, kd_teacher=args.kd_teacher,
-                      references=args.references, onnx=not args.no_onnx, force=args.force,
+                      references=args.references, onnx=not args.no_onnx, int8_graph=not args.no_int8, force=args.force,
                       progress=not args.no_progress)
     if args.json:
-        print(json.dumps({"out": str(result.out), "dev": result.metrics, "best": result.best}, indent=2))
+        int8 = json.loads((result.out / "metrics.json").read_text()).get("int8")
+        print(json.dumps({"out": str(result.out), "dev": result.metrics, "best": result.best,
+                          "int8_dev": None if int8 is None else int8["dev"]}, indent=2))
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"{task.task.name}: {metrics} ({result.steps} steps, {result.seconds:.0f} s); model in {result.model_dir}")

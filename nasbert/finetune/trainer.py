@@ -8,7 +8,8 @@ The output directory::
     OUT/checkpoint.pt       while training: model, optimizer, schedule, data order and RNG states (resume)
     OUT/teacher_logits.pt   with --kd-teacher: the teacher's predictions on the training set, computed once
     OUT/neighbours.pt       with --references: the reference sample of every training and dev example, computed once
-    OUT/model/              the fine-tuned model: HF directory (+ model.onnx with logits output; with --references
+    OUT/model/              the fine-tuned model: HF directory (+ model.onnx with logits output and its int8 graph
+                            model.int8.onnx, scored on the dev set in metrics.json's "int8"; with --references
                             also references/, a copy of the pool, and model.onnx takes the reference inputs)
     OUT/metrics.json        dev metrics at the end (and the best evaluation), written last
 
@@ -287,6 +288,44 @@ def predict(model, data: Encoded, *, batch_size: int, pad_id: int, progress: boo
     return out
 
 
+def predict_onnx(path: str | os.PathLike, data: Encoded, *, batch_size: int, pad_id: int, threads: int = 0,
+                 desc: str = "predict onnx", progress: bool = False) -> np.ndarray:
+    """:func:`predict` with an exported classifier graph (``model.onnx`` or ``model.int8.onnx``, logits output)
+    in ONNX Runtime on the CPU; ``threads`` 0 = ONNX Runtime's default."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    order = np.argsort([len(x) for x in data.input_ids], kind="stable")
+    out = None
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+        rows = order[start : start + batch_size]
+        feeds = {k: v.numpy() for k, v in _collate(data, rows, pad_id).items() if k in names}
+        logits = session.run(None, feeds)[0]
+        if out is None:
+            out = np.zeros((len(data), logits.shape[-1]), dtype=np.float32)
+        out[rows] = logits
+    return out
+
+
+def int8_classifier(model, directory: Path, spec, dev: Encoded, *, batch_size: int, pad_id: int,
+                    threads: int = 0) -> dict:
+    """Write ``directory/model.int8.onnx`` from its ``model.onnx`` (:func:`~nasbert.export.onnx.export_int8`) and
+    score both graphs on ``dev``: ``{"error": relative logit error, "dev": int8 metrics, "dev_fp32_onnx": ...}``.
+    The bound that matters for a classifier is its score, so the graph is written whatever its logit error; the
+    scores are recorded side by side."""
+    from ..export.onnx import export_int8
+
+    report = export_int8(model, directory / "model.onnx", directory / "model.int8.onnx", max_error=math.inf)
+    scores = {}
+    for key, name in (("dev_fp32_onnx", "model.onnx"), ("dev", "model.int8.onnx")):
+        logits = predict_onnx(directory / name, dev, batch_size=batch_size, pad_id=pad_id, threads=threads)
+        scores[key] = compute_metrics(spec, logits, dev.labels)
+    return {"error": report["error"], "bytes": report["bytes"], **scores}
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 
@@ -452,6 +491,7 @@ def finetune(
     kd_teacher: str | os.PathLike | None = None,
     references: str | os.PathLike | None = None,
     onnx: bool = True,
+    int8_graph: bool = True,
     force: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
@@ -461,14 +501,16 @@ def finetune(
     ``references`` is a reference pool folder (``nasbert references build``): the model is fine-tuned with
     RefBERT's reference samples, and ``OUT/model/references/`` holds a copy of the pool.
     ``stop_after`` ends the call after that many optimiser steps in total, leaving a checkpoint to resume
-    from (for tests and time-sliced jobs); the call then returns ``None``.
+    from (for tests and time-sliced jobs); the call then returns ``None``. With ``onnx`` and ``int8_graph``
+    (and no references), ``model/model.int8.onnx`` is written too and ``metrics.json``'s ``int8`` has its dev
+    score next to the fp32 graph's.
     """
     with torch_threads(config.threads):  # process-wide: the caller's count comes back afterwards
         return _finetune(model, task, out=out, config=config, kd_teacher=kd_teacher, references=references,
-                         onnx=onnx, force=force, progress=progress, stop_after=stop_after)
+                         onnx=onnx, int8_graph=int8_graph, force=force, progress=progress, stop_after=stop_after)
 
 
-def _finetune(model, task, *, out, config, kd_teacher, references, onnx, force, progress, stop_after):
+def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_graph, force, progress, stop_after):
     out = Path(out)
     spec = task.task
     if not task.train or not task.dev:
@@ -589,12 +631,19 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, force, 
     final = history[-1]["dev"]
     report = _write_model(net, tokenizer, out / "model", onnx=onnx,
                           references=None if references is None else Path(references))
+    int8 = None
+    if onnx and int8_graph and pool is None:  # ONNX Runtime's int8 graph of the classifier, scored next to fp32's
+        int8 = int8_classifier(net, out / "model", spec, dev, batch_size=config.eval_batch_size, pad_id=pad_id,
+                               threads=config.threads)
+        logger.info("int8 classifier (model/model.int8.onnx): dev %s (fp32 graph %s), relative logit error %.3f",
+                    ", ".join(f"{k} {v:.4f}" for k, v in int8["dev"].items()),
+                    ", ".join(f"{k} {v:.4f}" for k, v in int8["dev_fp32_onnx"].items()), int8["error"])
     metrics = {"task": spec.name, "model": source, "dev": final, "main_metric": spec.main_metric, "best": best,
                "history": history, "steps": step, "epochs": config.epochs, "seconds": round(seconds, 1),
                "train_examples": len(train), "dev_examples": len(dev),
                "params": sum(p.numel() for p in net.parameters()),
                "kd_teacher": None if kd_teacher is None else str(kd_teacher), "seed": config.seed,
-               "references": pool_record, "onnx_max_abs_diff": report.get("max_abs_diff")}
+               "references": pool_record, "onnx_max_abs_diff": report.get("max_abs_diff"), "int8": int8}
     atomic_write_json(out / "metrics.json", metrics)
     (out / CHECKPOINT).unlink(missing_ok=True)
     logger.info("done in %.0f s: dev %s; model in %s", seconds, ", ".join(f"{k} {v:.4f}" for k, v in final.items()),
