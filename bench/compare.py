@@ -105,7 +105,7 @@ def distill_models(run: Path, work: Path, chosen: dict, *, steps: int, batch_siz
     from nasbert.data.corpus import load_corpus
     from nasbert.export.hf import save_hf_model
     from nasbert.io import atomic_write_json
-    from nasbert.pipeline import cache_dir
+    from nasbert.utils import cache_dir
     from nasbert.training.distill import DistillConfig, distill_arch
 
     todo = {m["name"]: m["arch"] for b in chosen["budgets"].values() for m in b.values()}

@@ -25,7 +25,7 @@ import torch
 
 from nasbert import SearchSpace, SuperNet, load_teacher
 from nasbert.data import CorpusConfig, load_corpus
-from nasbert.pipeline import cache_dir
+from nasbert.utils import cache_dir
 from nasbert.training import BlockwiseTrainer, ShrinkConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

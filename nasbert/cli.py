@@ -263,7 +263,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .data import load_corpus
     from .export.hf import write_hf_files
     from .io import atomic_dir, atomic_write_json
-    from .pipeline import cache_dir
+    from .utils import cache_dir
     from .run import RunDir
     from .space import Arch
     from .supernet import SuperNet

@@ -27,17 +27,13 @@ from .space import SearchSpace
 from .supernet import SuperNet
 from .supernet.parity import check_teacher_parity, teacher_parity
 from .teacher import load_teacher
+from .utils import cache_dir
 
 __all__ = ["STAGES", "cache_dir", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
            "teacher_parity"]
 
 logger = logging.getLogger(__name__)
 
-
-
-def cache_dir() -> Path:
-    """Where tokenised corpora are cached: ``$NASBERT_CACHE``, else ``~/.cache/nasbert``."""
-    return Path(os.environ.get("NASBERT_CACHE", Path.home() / ".cache" / "nasbert"))
 
 
 def _teacher_for(config: RunConfig, space: SearchSpace):
@@ -97,7 +93,7 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     try:
         trainer = BlockwiseTrainer(supernet, teacher, corpus, config.train, tokenizer=tokenizer, workdir=workdir,
                                    seed=config.seed, show_progress=show_progress, block_runner=runner,
-                                   block_latency=block_latency)
+                                   block_latency=block_latency, cache_root=cache_dir() / "teacher-states")
         result = trainer.train()
     finally:
         if runner is not None:

@@ -1,13 +1,20 @@
-"""Process-wide torch settings, set for one call and given back after."""
+"""Process-wide settings: torch's thread count, set for one call and given back after; the cache directory."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
-__all__ = ["torch_threads"]
+__all__ = ["cache_dir", "torch_threads"]
+
+
+def cache_dir() -> Path:
+    """Where tokenised corpora and teacher states are cached: ``$NASBERT_CACHE``, else ``~/.cache/nasbert``."""
+    return Path(os.environ.get("NASBERT_CACHE", Path.home() / ".cache" / "nasbert"))
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, from_mapping, to_mapping
-from ..io import atomic_dir, atomic_write_json, fault_point, truncate_jsonl
+from ..io import atomic_dir, atomic_write_bytes, atomic_write_json, fault_point, truncate_jsonl
 from ..utils import torch_threads
 from .metrics import compute_metrics
 from .tasks import Example, TaskData, TaskSpec
@@ -410,8 +411,7 @@ def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, 
     logger.info("KD teacher %s: predicting the %d training examples once", source, len(train))
     logits = torch.from_numpy(predict(teacher, train, batch_size=config.eval_batch_size,
                                       pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="teacher"))
-    torch.save(logits, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    _save(logits, path)
     return logits
 
 
@@ -438,9 +438,7 @@ def _neighbours(pool, task: TaskData, tokenizer, out: Path, progress: bool) -> d
                                   exclude=np.full(len(rows), -1) if training else None)
             indices[rows], scores[rows] = found.indices, found.scores
         result[split], result[f"{split}_similarity"] = indices, scores
-    torch.save({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in result.items()},
-               path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    _save({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in result.items()}, path)
     logger.info("reference samples: mean TF-IDF similarity %.3f (train, self excluded), %.3f (dev)",
                 result["train_similarity"].mean(), result["dev_similarity"].mean())
     return result
@@ -456,6 +454,13 @@ def _load(path: Path) -> Any:
         raise FinetuneError(f"{path} holds {found.group(1) if found else 'objects'} besides tensors and numbers, and "
                             "is not loaded, since unpickling that can run code: delete it (it is computed again; "
                             "for checkpoint.pt the run starts again) or rerun with --force") from None
+
+
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically (readers see the old file or the new one)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

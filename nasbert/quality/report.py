@@ -150,7 +150,7 @@ class _Run:
     def corpus(self):
         """The run's tokenised training corpus (from the cache)."""
         from ..data import load_corpus
-        from ..pipeline import cache_dir
+        from ..utils import cache_dir
 
         return load_corpus(self.config.corpus, self.tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
 

@@ -84,6 +84,10 @@ class TrainConfig:
     progressive_final_fraction: float = 0.25
     #: progressive mode: weight of the attention-distribution KL next to the feature MSE (0 = MSE only)
     attention_kl_weight: float = 1.0
+    #: block-wise mode: mask every training sequence once and keep the teacher's states at the block boundaries
+    #: on disk (fp16, memory-mapped, shared by later epochs and runs on the same corpus and teacher;
+    #: training/teacher_cache.py). Off: a new masking at every visit and a teacher forward at every step.
+    teacher_cache: bool = False
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
 
     def __post_init__(self) -> None:

@@ -61,6 +61,7 @@ class BlockwiseTrainer:
         show_progress: bool = True,
         block_runner=None,
         block_latency=None,
+        cache_root: str | Path | None = None,
     ):
         self.device = torch.device(config.device)
         self.supernet = supernet.to(self.device)
@@ -102,6 +103,16 @@ class BlockwiseTrainer:
         self.eval_paths = [self._eval_paths(n, eval_rng) for n in range(self.space.num_blocks)]
         #: runs the blocks' steps elsewhere (``RayBlockRunner``); None runs them in this process
         self.block_runner = block_runner
+        #: the teacher's states of the masked training sequences, kept on disk (``train.teacher_cache``)
+        self.teacher_cache = None
+        if config.teacher_cache and self.schedule is None:
+            from ..utils import cache_dir
+            from .teacher_cache import TeacherStateCache
+
+            self.teacher_cache = TeacherStateCache(
+                cache_root if cache_root is not None else cache_dir() / "teacher-states", self.teacher, self.space,
+                corpus.train, mlm_probability=config.mlm_probability, seed=seed, mask_token_id=self.mask_token_id,
+                special_ids=self.special_ids, vocab_size=self.vocab_size, device=self.device)
 
     def _sync(self) -> None:
         """Bring the blocks' weights and optimiser states back from the runner, if blocks train elsewhere."""
@@ -165,8 +176,11 @@ class BlockwiseTrainer:
         progressive stage does not train)."""
         if self.schedule is not None:
             return self._progressive_step()
-        ids = self.corpus.train[self.batches.next_indices()]
-        per_block = self._teacher_batch(ids, self.mask_generator)
+        indices = self.batches.next_indices()
+        if self.teacher_cache is not None:
+            per_block = self.teacher_cache.batches(indices)
+        else:
+            per_block = self._teacher_batch(self.corpus.train[indices], self.mask_generator)
         paths = [self._paths_for_step(n) for n in range(self.space.num_blocks)]
         if self.block_runner is not None:
             losses = self.block_runner.step(per_block, paths)
@@ -377,6 +391,9 @@ class BlockwiseTrainer:
             "valid_loss": final["mean"], "valid_loss_per_block": [b["mean"] for b in final["blocks"]],
             "surviving_paths": [len(c.paths) for c in self.candidates],
             "seconds": round(time.perf_counter() - start, 1),
+            "teacher_cache": None if self.teacher_cache is None else {
+                "path": str(self.teacher_cache.path), "hits": self.teacher_cache.hits,
+                "misses": self.teacher_cache.misses},
         }
 
     def write_candidates(self) -> Path:
