@@ -3,6 +3,7 @@
     python bench/train_bench.py init       # teacher-initialised vs randomly initialised supernet, same steps
     python bench/train_bench.py sampling   # sandwich vs uniform single-path sampling, same wall time
     python bench/train_bench.py overhead   # tokens/s of a sampled path in the supernet vs the extracted model
+    python bench/train_bench.py cache      # tokens/s of block-wise training without / with the teacher-state cache
 
 Corpus: the Wikipedia sample in ../shared/data/wikipedia-en-sample when it is there (else the built-in corpus,
 which the output says). Teacher: the built-in MiniLM-L6-H384, space minilm_l6. Every result is printed as JSON
@@ -143,6 +144,40 @@ def cmd_overhead(args) -> None:
             "archs": results, "median_overhead": statistics.median(r["overhead"] for r in results)})
 
 
+def cmd_cache(args) -> None:
+    """Training throughput of the default settings (built-in corpus and teacher, batch 16, 128 tokens, sandwich
+    sampling) without the teacher-state cache, with a cold cache (every row computed once, as in a first epoch)
+    and with a warm one (the same steps again: every row read from disk): tokens/s per step, the median over the
+    steps after the first two. The three runs draw the same batches (same seed)."""
+    torch.set_num_threads(args.threads)
+    space = SearchSpace.load("minilm_l6")
+    teacher, tokenizer, _ = load_teacher()
+    corpus = load_corpus(CorpusConfig(seq_len=128), tokenizer, cache_dir=cache_dir() / "corpus")
+    runs = {}
+    with tempfile.TemporaryDirectory() as root:
+        for name, cached in (("no cache", False), ("cold cache", True), ("warm cache", True)):
+            config = TrainConfig(steps=args.steps, eval_every=0, eval_batches=1, eval_paths=2,
+                                 checkpoint_every=10_000, teacher_cache=cached, shrink=ShrinkConfig(enabled=False))
+            trainer = BlockwiseTrainer(SuperNet.from_teacher(space, teacher), teacher, corpus, config,
+                                       tokenizer=tokenizer, workdir=Path(root) / name, show_progress=False,
+                                       cache_root=Path(root) / "cache")
+            times = []
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                trainer.train_step()
+                times.append(time.perf_counter() - t0)
+            tokens = config.batch_size * corpus.train.shape[1]
+            runs[name] = {"tokens_per_s": tokens / statistics.median(times[2:]), "step_s": times}
+            print(name, f"{runs[name]['tokens_per_s']:.0f} tokens/s", flush=True)
+        size = sum(p.stat().st_blocks * 512 for p in Path(root, "cache").rglob("*") if p.is_file())
+    base = runs["no cache"]["tokens_per_s"]
+    record({"bench": "teacher_cache", "threads": args.threads, "steps": args.steps, "corpus": "built-in",
+            "sequences": int(corpus.train.shape[0]), "cache_bytes_on_disk_after_steps": size,
+            "cache_bytes_full": int(corpus.train.numel() * len(space.teacher_boundaries) * space.teacher.hidden_size * 2),
+            "runs": runs, "speedup_cold": runs["cold cache"]["tokens_per_s"] / base,
+            "speedup_warm": runs["warm cache"]["tokens_per_s"] / base})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +192,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_overhead)
+    p = sub.add_parser("cache")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_cache)
     args = parser.parse_args()
     args.func(args)
 
