@@ -6,6 +6,7 @@ Skipped where torch sees no GPU (the default CI machine); run them on a GPU mach
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -98,3 +99,31 @@ def test_distillation_on_cuda_leaves_the_supernet_as_it_was(tiny_space, tiny_tea
     assert result.valid_loss_after <= result.valid_loss_before * 1.5
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     tiny_teacher.cpu()
+
+
+def test_teacher_cache_on_cuda_gives_the_teachers_states_and_trains(tiny_space, tiny_teacher, corpus, tokenizer,
+                                                                    tmp_path, deterministic):
+    from nasbert.training.blockwise import block_batches
+    from nasbert.training.teacher_cache import TeacherStateCache
+
+    teacher = tiny_teacher.to("cuda").eval()
+    try:
+        cache = TeacherStateCache(tmp_path / "cache", teacher, tiny_space, corpus.train, mlm_probability=0.15,
+                                  seed=0, mask_token_id=tokenizer.mask_token_id,
+                                  special_ids=tokenizer.all_special_ids, vocab_size=tiny_space.teacher.vocab_size,
+                                  device="cuda")
+        got = cache.batches([4, 1])
+        ids = cache.ids[[4, 1]].to("cuda")
+        want = block_batches(teacher, tiny_space, ids, torch.ones_like(ids))
+        for g, w in zip(got, want):
+            assert g.target.device.type == "cuda"
+            torch.testing.assert_close(g.target, w.target, atol=2e-3, rtol=2e-3)
+        config = dataclasses.replace(_config(), teacher_cache=True)
+        trainer = BlockwiseTrainer(SuperNet.from_teacher(tiny_space, tiny_teacher), tiny_teacher, corpus, config,
+                                   tokenizer=tokenizer, workdir=tmp_path / "run", show_progress=False,
+                                   cache_root=tmp_path / "cache")
+        result = trainer.train()
+        assert result["teacher_cache"]["hits"] + result["teacher_cache"]["misses"] == 10 * 4
+        assert np.isfinite(result["valid_loss"])
+    finally:
+        tiny_teacher.to("cpu")
