@@ -9,13 +9,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from nasbert import SuperNet
-from nasbert.data import CorpusConfig, load_corpus
 from nasbert.training import BlockwiseTrainer, ShrinkConfig, TrainConfig
 from nasbert.training.blockwise import block_batches
 from nasbert.training.teacher_cache import TeacherStateCache
+
+from test_training import corpus, tokenizer  # noqa: F401 (the same tiny corpus fixtures)
 
 
 class Counting(torch.nn.Module):
@@ -28,16 +28,6 @@ class Counting(torch.nn.Module):
     def forward(self, **kwargs):
         self.sequences += kwargs["input_ids"].shape[0]
         return self.teacher(**kwargs)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_teacher_dir):
-    return AutoTokenizer.from_pretrained(tiny_teacher_dir)
-
-
-@pytest.fixture(scope="module")
-def corpus(tokenizer):
-    return load_corpus(CorpusConfig(seq_len=16, max_documents=12), tokenizer, show_progress=False)
 
 
 def _cache(root, teacher, space, train, tokenizer, **overrides):
@@ -79,7 +69,7 @@ def test_a_change_of_teacher_corpus_length_or_masking_is_another_cache(tiny_teac
     paths = {
         "teacher": _cache(tmp_path, other, tiny_space, corpus.train, tokenizer).path,
         "corpus": _cache(tmp_path, tiny_teacher, tiny_space, corpus.train.flip(0), tokenizer).path,
-        "length": _cache(tmp_path, tiny_teacher, tiny_space, corpus.train[:, :12], tokenizer).path,
+        "length": _cache(tmp_path, tiny_teacher, tiny_space, corpus.train[:, :24], tokenizer).path,
         "masking": _cache(tmp_path, tiny_teacher, tiny_space, corpus.train, tokenizer, mlm_probability=0.3).path,
         "seed": _cache(tmp_path, tiny_teacher, tiny_space, corpus.train, tokenizer, seed=1).path,
     }
