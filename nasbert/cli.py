@@ -186,7 +186,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
     run = RunDir.load(args.run)
     data = run.config.to_dict()
-    for key in ("device", "engine", "threads", "batch", "seq_len", "archs"):
+    for key in ("device", "engine", "threads", "batch", "seq_len", "archs", "precision"):
         value = getattr(args, key)
         if value is not None:
             data["latency"][key] = value
@@ -468,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="batch size (default 1)")
     p.add_argument("--seq-len", dest="seq_len", type=int, help="sequence length (default 128)")
     p.add_argument("--archs", type=int, help="whole models to measure (default 60)")
+    p.add_argument("--precision", choices=["fp32", "int8"],
+                   help="int8: time ONNX Runtime's dynamic int8 graphs (a profile of its own, RUN/latency/<key>-int8; "
+                        "search with --latency-profile it, or set latency.precision: int8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="profile again")
     p.set_defaults(func=cmd_latency)

@@ -111,7 +111,8 @@ def _profile_dir(run: RunDir, config: RunConfig) -> Path:
     from .latency import device_info
 
     c = config.latency
-    key = device_info(engine=c.engine, device=c.device, threads=c.threads, batch=c.batch, seq_len=c.seq_len).key
+    key = device_info(engine=c.engine, device=c.device, threads=c.threads, batch=c.batch, seq_len=c.seq_len,
+                      precision=c.precision).key
     return run.path / "latency" / key
 
 

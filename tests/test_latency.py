@@ -226,3 +226,33 @@ def test_profile_writes_a_complete_portable_profile(tiny_space, tiny_teacher, tm
     predictor = LatencyPredictor.load(tmp_path / "profile")
     assert predictor.predict(Arch.parse(rows[0]["arch"])) == pytest.approx(float(rows[0]["predicted_ms"]))
     assert not list(itertools.chain((tmp_path).glob(".profile*")))
+
+
+def test_int8_profile_times_int8_graphs_and_keeps_the_teacher_fp32(tiny_space, tiny_teacher, tmp_path, monkeypatch):
+    import onnx
+
+    import nasbert.latency.profile as profile_module
+    import nasbert.latency.table as table_module
+
+    graphs = []
+
+    class Recording(profile_module.OnnxRuntimeEngine):
+        def __init__(self, path, feeds, **kwargs):
+            ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+            graphs.append(("input_ids" in feeds and len(feeds) >= 3, "MatMul" in ops, "MatMulInteger" in ops))
+            super().__init__(path, feeds, **kwargs)
+
+    monkeypatch.setattr(profile_module, "OnnxRuntimeEngine", Recording)
+    monkeypatch.setattr(table_module, "OnnxRuntimeEngine", Recording)
+    config = LatencyConfig(archs=4, seq_len=16, repeats=2, rounds=1, warmup=1, table_repeats=2, group_size=4,
+                           precision="int8")
+    profile_device(tiny_space, tmp_path / "profile", config=config, teacher=tiny_teacher, show_progress=False)
+    device = json.loads((tmp_path / "profile" / "device.json").read_text())
+    assert device["precision"] == "int8" and device["key"].endswith("-int8")
+    whole = [g for g in graphs if g[0]]
+    assert len(whole) == 4 + 1  # the models and the teacher
+    assert sum(1 for g in whole if g[1] and not g[2]) == 1  # the teacher (drift reference): fp32
+    assert all(g[2] for g in whole if not (g[1] and not g[2]))  # every model: int8 MatMuls
+    assert any(g[2] for g in graphs if not g[0])  # table entries too
+    with pytest.raises(ConfigError, match="latency.precision: int8 .* onnxruntime"):
+        LatencyConfig(precision="int8", engine="torch")

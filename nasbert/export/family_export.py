@@ -156,7 +156,8 @@ def export_family(
               for key, c in unique.items()}
     measured = measure_models(models, teacher, engine=device["engine"], device=device["device"],
                               threads=device["threads"], batch=device["batch"], seq_len=device["seq_len"],
-                              vocab_size=space.teacher.vocab_size, seed=seed)
+                              vocab_size=space.teacher.vocab_size, seed=seed,
+                              precision=device.get("precision", "fp32"))
     teacher_ms = measured.teacher_latency_ms
 
     members: list[FamilyMember] = []

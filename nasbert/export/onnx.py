@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 __all__ = ["INPUT_NAMES", "INT8_MAX_ERROR", "REFERENCE_INPUT_NAMES", "OnnxParityError", "export_int8", "export_module",
-           "export_onnx", "int8_error", "onnx_parity"]
+           "export_onnx", "int8_error", "onnx_parity", "quantize_int8"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: the extra inputs of a model with RefBERT references (``config.reference_size``): (B, R, H) float, (B, R) int64
@@ -181,21 +181,27 @@ def int8_error(model: nn.Module, fp32_path: str | os.PathLike, int8_path: str | 
     return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
 
 
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike) -> None:
+    """ONNX Runtime's dynamic quantisation, as every int8 graph of nasbert is made: int8 weights of every MatMul
+    and Gemm, per output channel; activations quantised at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"], per_channel=True)
+
+
 def export_int8(model: nn.Module, fp32_path: str | os.PathLike, int8_path: str | os.PathLike, *,
                 max_error: float = INT8_MAX_ERROR) -> dict:
     """ONNX Runtime's dynamic quantisation of the exported fp32 graph at ``fp32_path`` (int8 weights of every
     MatMul and Gemm, per output channel; activations quantised at run time): written to ``int8_path`` (atomically) only when its
     relative output error (:func:`int8_error`) is at most ``max_error``; otherwise raises
     :class:`OnnxParityError` and writes nothing. Returns ``{"error": ..., "bytes": ...}``."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     int8_path = Path(int8_path)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=".int8-", dir=int8_path.parent)
     os.close(fd)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_dynamic(str(fp32_path), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                             per_channel=True)
+        quantize_int8(fp32_path, tmp)
         error = int8_error(model, fp32_path, tmp)
         if not error <= max_error:
             raise OnnxParityError(f"the int8 graph of {type(model).__name__} is {error:.3f} off its fp32 graph "

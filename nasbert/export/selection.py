@@ -22,7 +22,7 @@ from ..latency.measure import OnnxRuntimeEngine, TorchEngine, measure_interleave
 from ..space import Arch
 from ..supernet import SuperNet
 from ..utils import torch_threads
-from .onnx import export_onnx
+from .onnx import export_onnx, quantize_int8
 
 __all__ = ["Measured", "measure_models", "plain_batches", "state_cosine", "validation_batches", "whole_model_loss"]
 
@@ -88,15 +88,17 @@ class Measured:
 
 def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module, *, engine: str, device: str,
                    threads: int, batch: int, seq_len: int, vocab_size: int, repeats: int = 20, rounds: int = 4,
-                   warmup: int = 3, seed: int = 0, graphs: dict[str, Path] | None = None) -> Measured:
-    """Time every model and the teacher with the profiled engine and settings, interleaved. ``graphs`` adds
-    ONNX files timed in the same run (e.g. int8 graphs; ONNX Runtime engine only)."""
+                   warmup: int = 3, seed: int = 0, graphs: dict[str, Path] | None = None,
+                   precision: str = "fp32") -> Measured:
+    """Time every model and the teacher with the profiled engine and settings, interleaved. With ``precision
+    "int8"`` the models (not the teacher) run as ONNX Runtime's dynamic int8 graphs. ``graphs`` adds ONNX files
+    timed in the same run (e.g. int8 graphs; ONNX Runtime engine only)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab_size, (batch, seq_len), generator=g)
     feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     engines = {}
-    if graphs and engine != "onnxruntime":
-        raise ValueError(f"ONNX graphs are timed with the onnxruntime engine, not {engine!r}")
+    if (graphs or precision != "fp32") and engine != "onnxruntime":
+        raise ValueError(f"ONNX graphs and int8 are timed with the onnxruntime engine, not {engine!r}")
     with tempfile.TemporaryDirectory(prefix="nasbert-export-") as tmp:
         for i, (name, model) in enumerate({**models, "__teacher__": teacher}.items()):
             if engine == "torch":
@@ -104,6 +106,8 @@ def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module,
                 continue
             path = Path(tmp) / f"m{i}.onnx"
             export_onnx(model, path, check=False)
+            if precision == "int8" and name != "__teacher__":
+                quantize_int8(path, path)
             engines[name] = OnnxRuntimeEngine(path, {k: v.numpy() for k, v in feeds.items()}, threads=threads,
                                               device=device)
         for name, path in (graphs or {}).items():

@@ -173,11 +173,14 @@ class DeviceInfo:
     threads: int
     batch: int
     seq_len: int
+    #: "fp32", or "int8": every timed graph is ONNX Runtime's dynamic int8 of the exported one
+    precision: str = "fp32"
 
     @property
     def key(self) -> str:
         proc = re.sub(r"[^a-z0-9]+", "-", self.processor.lower()).strip("-")[:40] or "unknown"
-        return f"{proc}-{self.device}-{self.engine}-t{self.threads}-b{self.batch}-s{self.seq_len}"
+        key = f"{proc}-{self.device}-{self.engine}-t{self.threads}-b{self.batch}-s{self.seq_len}"
+        return key if self.precision == "fp32" else f"{key}-{self.precision}"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "key": self.key, "python": platform.python_version(), "torch": torch.__version__}
@@ -194,7 +197,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
-def device_info(*, engine: str, device: str, threads: int, batch: int, seq_len: int) -> DeviceInfo:
+def device_info(*, engine: str, device: str, threads: int, batch: int, seq_len: int,
+                precision: str = "fp32") -> DeviceInfo:
     if engine == "onnxruntime":
         import onnxruntime as ort
 
@@ -211,4 +215,4 @@ def device_info(*, engine: str, device: str, threads: int, batch: int, seq_len: 
         processor = _cpu_name()
     else:
         raise ValueError(f"unknown device {device!r}: use cpu or cuda")
-    return DeviceInfo(processor, engine, version, device, threads, batch, seq_len)
+    return DeviceInfo(processor, engine, version, device, threads, batch, seq_len, precision)

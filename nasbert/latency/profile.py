@@ -64,8 +64,17 @@ class LatencyConfig:
     #: models measured together (interleaved with the teacher as a reference) before the next group
     group_size: int = 8
     table_repeats: int = 30
+    #: "fp32", or "int8": ops and whole models are timed as ONNX Runtime's dynamic int8 graphs (the teacher,
+    #: the drift reference and the base of speed-ups, stays fp32), so the search can target int8 budgets
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "int8"):
+            raise ConfigError(f"latency.precision must be fp32 or int8, got {self.precision!r}")
+        if self.precision == "int8" and (self.engine, self.device) != ("onnxruntime", "cpu"):
+            raise ConfigError("latency.precision: int8 times ONNX Runtime's int8 graphs on the CPU: set "
+                              f"latency.engine: onnxruntime and latency.device: cpu (got {self.engine} on "
+                              f"{self.device})")
         if self.engine not in ("onnxruntime", "torch"):
             raise ConfigError(f"latency.engine must be onnxruntime or torch, got {self.engine!r}")
         if self.device not in ("cpu", "cuda"):
@@ -124,16 +133,19 @@ class _Models:
         self.feeds = _feeds(supernet.space.teacher.vocab_size, config.batch, config.seq_len)
         self.count = 0
 
-    def engine(self, model: torch.nn.Module):
-        """An engine for ``model``; its ONNX file (if any) is deleted once the session holds the graph."""
+    def engine(self, model: torch.nn.Module, *, precision: str | None = None):
+        """An engine for ``model`` at ``precision`` (default the profile's); its ONNX file (if any) is deleted once
+        the session holds the graph."""
         c = self.config
         if c.engine == "torch":
             return TorchEngine(model, self.feeds, threads=c.threads, device=c.device)
-        from ..export.onnx import export_onnx
+        from ..export.onnx import export_onnx, quantize_int8
 
         self.count += 1
         path = self.workdir / f"model{self.count}.onnx"
         export_onnx(model, path, check=False)
+        if (precision or c.precision) == "int8":
+            quantize_int8(path, path)
         engine = OnnxRuntimeEngine(path, {k: v.numpy() for k, v in self.feeds.items()}, threads=c.threads,
                                    device=c.device)
         path.unlink()
@@ -158,7 +170,7 @@ def profile_device(
 def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict:
     start = time.perf_counter()
     info = device_info(engine=config.engine, device=config.device, threads=config.threads, batch=config.batch,
-                       seq_len=config.seq_len)
+                       seq_len=config.seq_len, precision=config.precision)
     rng = np.random.default_rng(seed)
     archs = sample_archs(space, config.archs, rng)
     if len(archs) < 4:
@@ -169,13 +181,13 @@ def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict
 
     table, table_timings = build_table(space, engine=config.engine, device=config.device, threads=config.threads,
                                        batch=config.batch, seq_len=config.seq_len, repeats=config.table_repeats,
-                                       seed=seed, progress=bar.update)
+                                       seed=seed, progress=bar.update, precision=config.precision)
     table.device = info.to_dict()
 
     rows, teacher_ms = [], []
     with tempfile.TemporaryDirectory(prefix="nasbert-latency-") as tmp:
         models = _Models(supernet, teacher, config, Path(tmp))
-        reference = models.engine(teacher) if teacher is not None else None
+        reference = models.engine(teacher, precision="fp32") if teacher is not None else None
         for g, first in enumerate(range(0, len(archs), config.group_size)):
             group = archs[first : first + config.group_size]
             engines = {str(a): models.engine(supernet.extract(a)) for a in group}

@@ -119,8 +119,8 @@ def _op_module(key: str, space: SearchSpace, batch: int, seq_len: int) -> tuple[
 
 
 def _engines(keys, space, *, engine: str, device: str, threads: int, batch: int, seq_len: int,
-             workdir: Path) -> Iterator[tuple[str, object]]:
-    from ..export.onnx import export_module
+             workdir: Path, precision: str = "fp32") -> Iterator[tuple[str, object]]:
+    from ..export.onnx import export_module, quantize_int8
 
     for key in keys:
         module, inputs = _op_module(key, space, batch, seq_len)
@@ -129,21 +129,24 @@ def _engines(keys, space, *, engine: str, device: str, threads: int, batch: int,
             continue
         path = workdir / (key.replace("@", "_").replace("->", "_") + ".onnx")
         export_module(module, inputs, path)
+        if precision == "int8":
+            quantize_int8(path, path)
         yield key, OnnxRuntimeEngine(path, {k: v.numpy() for k, v in inputs.items()}, threads=threads,
                                      device=device)
 
 
 def build_table(space: SearchSpace, *, engine: str = "onnxruntime", device: str = "cpu", threads: int = 1,
                 batch: int = 1, seq_len: int = 128, warmup: int = 5, repeats: int = 30, rounds: int = 3,
-                seed: int = 0, progress=None) -> tuple[LatencyTable, dict]:
-    """Measure every entry of ``space``'s table. Entries are timed in interleaved groups of one kind."""
+                seed: int = 0, progress=None, precision: str = "fp32") -> tuple[LatencyTable, dict]:
+    """Measure every entry of ``space``'s table (as int8 graphs with ``precision="int8"``). Entries are timed in
+    interleaved groups of one kind."""
     keys = table_keys(space)
     timings = {}
     # One thread count for the whole table, so that no timed call switches it (the caller's comes back after).
     with tempfile.TemporaryDirectory(prefix="nasbert-table-") as tmp, \
             torch_threads(threads if engine == "torch" else None):
         engines = dict(_engines(keys, space, engine=engine, device=device, threads=threads, batch=batch,
-                                seq_len=seq_len, workdir=Path(tmp)))
+                                seq_len=seq_len, workdir=Path(tmp), precision=precision))
         groups: dict[str, list[str]] = {}
         for key in keys:
             groups.setdefault(key.partition("@")[0], []).append(key)
