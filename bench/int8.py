@@ -7,8 +7,9 @@ For each model (``model.onnx`` of every member, and ``teacher.onnx``), three gra
 - ``fp32``: the graph as exported;
 - ``fused``: ``onnxruntime.transformers.optimizer.optimize_model(model_type="bert")`` (Attention, SkipLayerNorm,
   BiasGelu, EmbedLayerNorm fusions where the patterns match); the fusions it found are listed;
-- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, dynamic int8 activations) of the
-  exported graph, and ``int8-fused``: the same of the fused graph.
+- ``int8``: nasbert's int8 recipe (``nasbert.export.onnx.quantize_int8``: ONNX Runtime's ``quantize_dynamic``,
+  int8 weights of every MatMul and Gemm per output channel, dynamic int8 activations) of the exported graph,
+  and ``int8-fused``: the same of the fused graph.
 
 All graphs of all models are timed in one interleaved run (ONNX Runtime, 1 thread, batch 1, 128 tokens; the
 median of rounds), so ratios between them are measured under the same conditions. The error is the largest
@@ -42,12 +43,11 @@ def fuse(path: Path, out: Path, num_heads: int = 0, hidden_size: int = 0) -> dic
 
 
 def quantize(path: Path, out: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """nasbert's int8 recipe (:func:`nasbert.export.onnx.quantize_int8`: int8 weights of every MatMul and Gemm, per
+    output channel, dynamic int8 activations)."""
+    from nasbert.export.onnx import quantize_int8
 
-    # the fused graph has com.microsoft operators that ONNX shape inference does not type: their outputs are fp32
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_int8(path, out)
 
 
 def last_hidden(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:

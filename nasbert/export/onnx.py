@@ -184,11 +184,14 @@ def int8_error(model: nn.Module, fp32_path: str | os.PathLike, int8_path: str | 
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike) -> None:
     """ONNX Runtime's dynamic quantisation, as every int8 graph of nasbert is made: int8 weights of every MatMul
     and Gemm, per output channel; activations quantised at run time."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with contextlib.redirect_stdout(io.StringIO()):
+        # a graph fused by ONNX Runtime's optimiser has operators shape inference cannot type: their outputs are fp32
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"], per_channel=True)
+                         op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def export_int8(model: nn.Module, fp32_path: str | os.PathLike, int8_path: str | os.PathLike, *,
