@@ -301,6 +301,15 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     profile = Path(latency_profile) if latency_profile else _profile_dir(run, config)
     device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
     cuts, teacher_supernet = _cuts_for(config, space, budgets, profile, teacher)
+    teacher_cache = None
+    if config.train.teacher_cache and config.export.distill.steps:  # the training's cache, where settings agree
+        from .training.teacher_cache import TeacherStateCache
+
+        teacher_cache = TeacherStateCache(cache_dir() / "teacher-states", teacher, space, corpus.train,
+                                          mlm_probability=config.export.distill.mlm_probability, seed=config.seed,
+                                          mask_token_id=tokenizer.mask_token_id,
+                                          special_ids=tokenizer.all_special_ids,
+                                          vocab_size=space.teacher.vocab_size)
     evaluate = None
     if ray_address is not None:
         from .search.ray_search import ray_whole_model_losses
@@ -315,6 +324,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                            write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate,
                            distill=config.export.distill, corpus=corpus, cuts=cuts,
                            teacher_supernet=teacher_supernet, write_int8=config.export.int8,
+                           teacher_cache=teacher_cache,
                            proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
                                                        n_batches=config.export.eval_batches))
     if out is None:

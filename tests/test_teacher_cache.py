@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasbert import SuperNet
+from nasbert import Arch, SuperNet
 from nasbert.training import BlockwiseTrainer, ShrinkConfig, TrainConfig
 from nasbert.training.blockwise import block_batches
 from nasbert.training.teacher_cache import TeacherStateCache
@@ -119,3 +119,20 @@ def test_training_with_the_cache_skips_the_teacher_after_the_first_epoch(tiny_te
     assert second_calls == 0 and second["teacher_cache"] == {**first["teacher_cache"], "hits": 48, "misses": 0}
     for key in first_state:  # the same training either way
         assert torch.equal(first_state[key], second_state[key]), key
+
+
+def test_distillation_reads_the_cache(tiny_teacher, tiny_space, corpus, tokenizer, tmp_path):
+    from nasbert.training.distill import DistillConfig, distill_arch
+
+    teacher = Counting(tiny_teacher).eval()
+    cache = _cache(tmp_path, teacher, tiny_space, corpus.train, tokenizer)
+    cache.batches(list(range(corpus.train.shape[0])))  # every row cached, as after training
+    supernet = SuperNet.from_teacher(tiny_space, tiny_teacher).eval()
+    arch = Arch.parse("24:sepconv5,mha,ffn,identity|16:ffn,sepconv3,mha,sepconv7")
+    config = DistillConfig(steps=6, batch_size=4, lr=1e-3, warmup_steps=1, eval_batches=1, threads=1)
+    calls = teacher.sequences
+    result = distill_arch(supernet, arch, teacher, corpus, tokenizer, config=config, seed=0, progress=False,
+                          teacher_cache=cache)
+    # only the validation batches ran the teacher (before and after); the 6 training batches came from disk
+    assert teacher.sequences - calls == 2 * 4 and cache.hits >= 6 * 4
+    assert result.valid_loss_after < result.valid_loss_before

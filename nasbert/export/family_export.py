@@ -103,6 +103,7 @@ def export_family(
     teacher_supernet: SuperNet | None = None,
     proxy_batches: list[dict] | None = None,
     write_int8: bool = False,
+    teacher_cache=None,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
@@ -115,7 +116,8 @@ def export_family(
     computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
     ``distill.steps > 0`` every chosen model is distilled as a whole on ``corpus`` (the training corpus) before
     it is written. With ``write_int8`` (and ``write_onnx``) every member also gets ``model.int8.onnx``, timed
-    with the teacher (``int8_latency_ms``, ``int8_speedup``)."""
+    with the teacher (``int8_latency_ms``, ``int8_speedup``). ``teacher_cache`` (a
+    :class:`~nasbert.training.teacher_cache.TeacherStateCache` of ``corpus.train``) feeds the distillation."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
@@ -188,7 +190,8 @@ def export_family(
                 distilled[cand.key] = distill_arch(sources[cand.source], arch, teacher, corpus, tokenizer,
                                                    config=distill, seed=seed, progress=False,
                                                    valid_batches=valid_batches,
-                                                   freeze_adapters=cand.source == "teacher")
+                                                   freeze_adapters=cand.source == "teacher",
+                                                   teacher_cache=teacher_cache)
             result = distilled[cand.key]
             model, loss_before, loss = result.model, result.valid_loss_before, result.valid_loss_after
         members.append(FamilyMember(

@@ -57,10 +57,13 @@ class DistillResult:
 
 
 def distill_loss(student: SuperNet, arch: Arch, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 token_type_ids: torch.Tensor | None = None, *, targets=None) -> torch.Tensor:
     """Mean over blocks of the masked MSE between the chained sub-network's block outputs (at the teacher's
-    width) and the teacher's hidden states at the block boundaries (the targets of block-wise training)."""
-    targets = block_batches(teacher, student.space, input_ids, attention_mask, token_type_ids)  # no grad
+    width) and the teacher's hidden states at the block boundaries (the targets of block-wise training;
+    ``targets``: those :class:`~nasbert.training.blockwise.BlockBatch` es when they are already known, e.g. from
+    the teacher-state cache)."""
+    if targets is None:
+        targets = block_batches(teacher, student.space, input_ids, attention_mask, token_type_ids)  # no grad
     _, states = student(input_ids, attention_mask, targets[0].token_type_ids, arch=arch, output_block_states=True)
     losses = [masked_mse(state, t.target, attention_mask) for state, t in zip(states, targets)]
     return torch.stack(losses).mean()
@@ -97,6 +100,7 @@ def distill_arch(
     progress: bool = True,
     valid_batches: list[dict] | None = None,
     freeze_adapters: bool = False,
+    teacher_cache=None,
 ) -> DistillResult:
     """Train the sub-network ``arch`` of (a copy of) ``supernet`` end to end against ``teacher``.
 
@@ -128,7 +132,7 @@ def distill_arch(
     before = whole_model_loss(student, teacher, arch, valid_batches)
     logger.info("distilling %s for %d steps; whole-model valid loss before %.4f", arch, config.steps, before)
     distill_in_place(student, arch, teacher, corpus, tokenizer, config=config, seed=seed, progress=progress,
-                     freeze_adapters=freeze_adapters)
+                     freeze_adapters=freeze_adapters, teacher_cache=teacher_cache)
     after = whole_model_loss(student, teacher, arch, valid_batches) if config.steps else before
     seconds = time.perf_counter() - start
     logger.info("distilled %s: whole-model valid loss %.4f -> %.4f (%d steps, %.1f s)", arch, before, after,
@@ -141,9 +145,10 @@ def distill_arch(
 
 def distill_in_place(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCorpus, tokenizer, *,
                      config: DistillConfig, seed: int = 0, progress: bool = True,
-                     freeze_adapters: bool = False) -> None:
+                     freeze_adapters: bool = False, teacher_cache=None) -> None:
     """The training loop of :func:`distill_arch`, on ``student`` itself (its weights change; it ends in eval
-    mode). Equal students, arguments and seeds give equal weights: torch's global generator (dropout) is seeded
+    mode). ``teacher_cache`` (a :class:`~nasbert.training.teacher_cache.TeacherStateCache` of ``corpus.train``)
+    supplies each batch's masked input and teacher states instead of the mask generator and the teacher. Equal students, arguments and seeds give equal weights: torch's global generator (dropout) is seeded
     with ``seed`` inside and given back to the caller afterwards, as is the thread count."""
     if not config.steps:
         return
@@ -153,11 +158,11 @@ def distill_in_place(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCo
     with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         _train(student, arch, teacher, corpus, tokenizer, config, seed=seed, progress=progress,
-               freeze_adapters=freeze_adapters)
+               freeze_adapters=freeze_adapters, teacher_cache=teacher_cache)
 
 
 def _train(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCorpus, tokenizer, config: DistillConfig, *,
-           seed: int, progress: bool, freeze_adapters: bool) -> None:
+           seed: int, progress: bool, freeze_adapters: bool, teacher_cache=None) -> None:
     device = next(student.parameters()).device
     teacher.eval()
     # Every trained parameter goes to the optimiser: the ones ``arch`` does not use never get a gradient, and
@@ -177,12 +182,17 @@ def _train(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCorpus, toke
     running = None
     bar = tqdm(total=config.steps, desc="distill", unit="step", disable=not progress, dynamic_ncols=True)
     for _ in range(config.steps):
-        ids = corpus.train[batches.next_indices()]
-        corrupted, _ = mask_tokens(ids, vocab_size=student.space.teacher.vocab_size,
-                                   mask_token_id=tokenizer.mask_token_id, special_ids=special_ids,
-                                   generator=generator, mlm_probability=config.mlm_probability)
-        corrupted = corrupted.to(device)
-        loss = distill_loss(student, arch, teacher, corrupted, torch.ones_like(corrupted))
+        indices = batches.next_indices()
+        targets = None
+        if teacher_cache is not None:  # the masked input and the teacher's states, read from disk
+            targets = teacher_cache.batches(indices)
+            corrupted = targets[0].inputs
+        else:
+            corrupted, _ = mask_tokens(corpus.train[indices], vocab_size=student.space.teacher.vocab_size,
+                                       mask_token_id=tokenizer.mask_token_id, special_ids=special_ids,
+                                       generator=generator, mlm_probability=config.mlm_probability)
+            corrupted = corrupted.to(device)
+        loss = distill_loss(student, arch, teacher, corrupted, torch.ones_like(corrupted), targets=targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
