@@ -54,7 +54,7 @@ def run_config(run: Path):
 def choose_models(run: Path, work: Path, repeats: int) -> dict:
     """The searched member and the hand-designed baseline of every budget, timed together with the teacher."""
     from nasbert import Arch, Family, SearchSpace, SuperNet, load_teacher
-    from nasbert.export.selection import measure_models
+    from nasbert.latency.models import measure_models
     from nasbert.io import atomic_write_json
     from nasbert.quality import uniform_baselines
 

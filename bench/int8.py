@@ -7,7 +7,7 @@ For each model (``model.onnx`` of every member, and ``teacher.onnx``), three gra
 - ``fp32``: the graph as exported;
 - ``fused``: ``onnxruntime.transformers.optimizer.optimize_model(model_type="bert")`` (Attention, SkipLayerNorm,
   BiasGelu, EmbedLayerNorm fusions where the patterns match); the fusions it found are listed;
-- ``int8``: nasbert's int8 recipe (``nasbert.export.onnx.quantize_int8``: ONNX Runtime's ``quantize_dynamic``,
+- ``int8``: nasbert's int8 recipe (``nasbert.onnxio.quantize_int8``: ONNX Runtime's ``quantize_dynamic``,
   int8 weights of every MatMul and Gemm per output channel, dynamic int8 activations) of the exported graph,
   and ``int8-fused``: the same of the fused graph.
 
@@ -43,9 +43,9 @@ def fuse(path: Path, out: Path, num_heads: int = 0, hidden_size: int = 0) -> dic
 
 
 def quantize(path: Path, out: Path) -> None:
-    """nasbert's int8 recipe (:func:`nasbert.export.onnx.quantize_int8`: int8 weights of every MatMul and Gemm, per
+    """nasbert's int8 recipe (:func:`nasbert.onnxio.quantize_int8`: int8 weights of every MatMul and Gemm, per
     output channel, dynamic int8 activations)."""
-    from nasbert.export.onnx import quantize_int8
+    from nasbert.onnxio import quantize_int8
 
     quantize_int8(path, out)
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from nasbert.export.onnx import export_onnx
+    from nasbert.onnxio import export_onnx
     from nasbert.finetune import load_task
     from nasbert.finetune.trainer import encode_examples, int8_classifier
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nasbert import Arch, NasBertConfig, NasBertModel, SearchSpace, SuperNet  # noqa: E402
-from nasbert.export.onnx import export_onnx  # noqa: E402
+from nasbert.onnxio import export_onnx  # noqa: E402
 from nasbert.latency.measure import OnnxRuntimeEngine, measure_interleaved  # noqa: E402
 from nasbert.space import op_params  # noqa: E402
 
@@ -136,7 +136,7 @@ def _fixed_archs(space: SearchSpace) -> dict[str, Arch]:
 
 def train(args) -> None:
     from nasbert.data import CorpusConfig, load_corpus
-    from nasbert.export.selection import validation_batches, whole_model_loss
+    from nasbert.training.evaluation import validation_batches, whole_model_loss
     from nasbert.teacher import load_teacher
     from nasbert.training import BlockwiseTrainer, ShrinkConfig, TrainConfig
 

@@ -300,7 +300,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     with atomic_dir(out) as tmp:
         write_hf_files(result.model, tmp, tokenizer=tokenizer)
         if not args.no_onnx:
-            from .export.onnx import export_onnx
+            from .onnxio import export_onnx
 
             report = export_onnx(result.model, tmp / "model.onnx")  # raises if ONNX and PyTorch differ by > 1e-4
             record.update(onnx="model.onnx", onnx_max_abs_diff=report["max_abs_diff"])

@@ -277,7 +277,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     import json
 
     from .export.family_export import export_family
-    from .export.selection import plain_batches, validation_batches
+    from .training.evaluation import plain_batches, validation_batches
     from .search import Candidate, Evaluation, parse_budgets
     from .space import Arch
 

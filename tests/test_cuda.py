@@ -72,7 +72,7 @@ def test_timing_on_cuda_leaves_the_callers_module_on_the_cpu(tiny_space, tiny_te
 
 
 def test_onnx_runtime_on_cuda_runs_there_or_says_why(tiny_space, tiny_teacher, tmp_path):
-    from nasbert.export.onnx import export_onnx
+    from nasbert.onnxio import export_onnx
     from nasbert.latency.measure import OnnxRuntimeEngine
 
     model = SuperNet.from_teacher(tiny_space, tiny_teacher).extract(tiny_space.teacher_arch()).eval()

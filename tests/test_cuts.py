@@ -14,7 +14,7 @@ from nasbert import Arch, Family, SearchSpace, SuperNet
 from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts
 from nasbert.export.family_export import export_family
-from nasbert.export.selection import plain_batches, state_cosine, validation_batches, whole_model_loss
+from nasbert.training.evaluation import plain_batches, state_cosine, validation_batches, whole_model_loss
 from nasbert.search import Evaluation, parse_budgets
 
 

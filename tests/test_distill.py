@@ -21,7 +21,7 @@ from nasbert.cli import main
 from nasbert.config import ConfigError
 from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.family_export import export_family
-from nasbert.export.selection import validation_batches, whole_model_loss
+from nasbert.training.evaluation import validation_batches, whole_model_loss
 from nasbert.run import RunConfig
 from nasbert.search import Evaluation, parse_budgets
 from nasbert.training.distill import DistillConfig, distill_arch, distill_in_place

@@ -163,7 +163,7 @@ def test_int8_graph_is_written_within_its_bound_and_refused_beyond(tiny_space, t
     import onnx
     import onnxruntime as ort
 
-    from nasbert.export.onnx import OnnxParityError, export_int8, export_onnx, int8_error
+    from nasbert.onnxio import OnnxParityError, export_int8, export_onnx, int8_error
 
     model = SuperNet.from_teacher(tiny_space, tiny_teacher).extract(tiny_space.teacher_arch())
     export_onnx(model, tmp_path / "model.onnx")

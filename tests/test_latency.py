@@ -11,7 +11,7 @@ import torch
 
 from nasbert import Arch, SuperNet
 from nasbert.config import ConfigError
-from nasbert.export.onnx import OnnxParityError, export_onnx, onnx_parity
+from nasbert.onnxio import OnnxParityError, export_onnx, onnx_parity
 from nasbert.latency import (
     LatencyConfig, LatencyPredictor, LatencyTable, OnnxRuntimeEngine, TorchEngine, accuracy, arch_entries,
     build_table, features, kendall_tau, measure_interleaved, profile_device, summarize,
@@ -80,7 +80,7 @@ def test_onnx_export_matches_pytorch(supernet, tiny_space, tmp_path):
 
 
 def test_onnx_parity_failure_removes_the_file(supernet, tiny_space, tmp_path, monkeypatch):
-    import nasbert.export.onnx as onnx_module
+    import nasbert.onnxio as onnx_module
 
     model = supernet.extract(tiny_space.largest_arch())
     monkeypatch.setattr(onnx_module, "onnx_parity", lambda *a, **k: 0.5)

@@ -10,7 +10,7 @@ from transformers import AutoModel, MobileBertConfig, MobileBertModel
 
 from nasbert import Arch, NasBertConfig, NasBertModel, SearchSpace, SuperNet
 from nasbert.export import save_hf_model
-from nasbert.export.onnx import export_onnx
+from nasbert.onnxio import export_onnx
 from nasbert.space import SpaceError, op_flops, op_params
 
 OFFICIAL_BLOCK = "512:" + ",".join(["bottleneck128x4"] * 6)

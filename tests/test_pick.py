@@ -223,7 +223,7 @@ def test_pick_main_exit_codes(family_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def onnx_family(tmp_path_factory):
     """Two real tiny members with ONNX files and a teacher.onnx (the largest architecture stands in for it)."""
-    from nasbert.export.onnx import export_onnx
+    from nasbert.onnxio import export_onnx
 
     root = tmp_path_factory.mktemp("onnx-family")
     space = SearchSpace.load("tiny")

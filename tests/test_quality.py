@@ -140,7 +140,7 @@ def test_choose_baselines_takes_the_slowest_that_meets_each_budget(tiny_space):
 
 def test_measured_latency_orders_the_layerdrop_baselines(tmp_path):
     """Timed for real: keeping 1 layer of a 4-layer BERT runs well under half the time of keeping 3."""
-    from nasbert.export.selection import measure_models
+    from nasbert.latency.models import measure_models
 
     space = SearchSpace.from_dict({
         "name": "timing", "teacher": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,

@@ -39,8 +39,9 @@ from ..training.distill import DistillResult, distill_arch
 from .card import write_model_card
 from .family import Family, FamilyMember
 from .hf import write_hf_files
-from .onnx import OnnxParityError, export_int8, export_onnx
-from .selection import measure_models, speedup, state_cosine, whole_model_loss
+from ..onnxio import OnnxParityError, export_int8, export_onnx
+from ..latency.models import measure_models, speedup
+from ..training.evaluation import state_cosine, whole_model_loss
 
 __all__ = ["export_family"]
 
@@ -236,7 +237,7 @@ def export_family(
 
 def _with_int8(root: Path, members: list[FamilyMember], chosen: dict, teacher, device: dict, *, vocab_size: int,
                seed: int) -> list[FamilyMember]:
-    """Write every member's int8 graph next to its fp32 one (:func:`~nasbert.export.onnx.export_int8`, within
+    """Write every member's int8 graph next to its fp32 one (:func:`~nasbert.onnxio.export_int8`, within
     its error bound) and time the int8 graphs with the fp32 members and the teacher in one run."""
     int8: dict[str, dict] = {}
     for m in members:

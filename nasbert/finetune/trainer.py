@@ -313,11 +313,11 @@ def predict_onnx(path: str | os.PathLike, data: Encoded, *, batch_size: int, pad
 
 def int8_classifier(model, directory: Path, spec, dev: Encoded, *, batch_size: int, pad_id: int,
                     threads: int = 0) -> dict:
-    """Write ``directory/model.int8.onnx`` from its ``model.onnx`` (:func:`~nasbert.export.onnx.export_int8`) and
+    """Write ``directory/model.int8.onnx`` from its ``model.onnx`` (:func:`~nasbert.onnxio.export_int8`) and
     score both graphs on ``dev``: ``{"error": relative logit error, "dev": int8 metrics, "dev_fp32_onnx": ...}``.
     The bound that matters for a classifier is its score, so the graph is written whatever its logit error; the
     scores are recorded side by side."""
-    from ..export.onnx import export_int8
+    from ..onnxio import export_int8
 
     report = export_int8(model, directory / "model.onnx", directory / "model.int8.onnx", max_error=math.inf)
     scores = {}
@@ -481,7 +481,7 @@ def _write_model(model, tokenizer, directory: Path, *, onnx: bool, references: P
 
             copy_pool(references, tmp / "references")
         if onnx:
-            from ..export.onnx import export_onnx
+            from ..onnxio import export_onnx
 
             report = export_onnx(model, tmp / "model.onnx", output="logits")
     return report

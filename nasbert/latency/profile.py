@@ -139,7 +139,7 @@ class _Models:
         c = self.config
         if c.engine == "torch":
             return TorchEngine(model, self.feeds, threads=c.threads, device=c.device)
-        from ..export.onnx import export_onnx, quantize_int8
+        from ..onnxio import export_onnx, quantize_int8
 
         self.count += 1
         path = self.workdir / f"model{self.count}.onnx"

@@ -120,7 +120,7 @@ def _op_module(key: str, space: SearchSpace, batch: int, seq_len: int) -> tuple[
 
 def _engines(keys, space, *, engine: str, device: str, threads: int, batch: int, seq_len: int,
              workdir: Path, precision: str = "fp32") -> Iterator[tuple[str, object]]:
-    from ..export.onnx import export_module, quantize_int8
+    from ..onnxio import export_module, quantize_int8
 
     for key in keys:
         module, inputs = _op_module(key, space, batch, seq_len)

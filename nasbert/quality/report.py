@@ -181,7 +181,7 @@ def _load_run(run: Path, family_dir: Path | None) -> _Run:
 
 
 def _measure(run: _Run, models: dict[str, Any], seed: int) -> tuple[dict[str, float], float]:
-    from ..export.selection import measure_models
+    from ..latency.models import measure_models
 
     d = run.device
     measured = measure_models(models, run.teacher, engine=d["engine"], device=d.get("device", "cpu"),
@@ -366,7 +366,7 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
     """
     import torch
 
-    from ..export.selection import plain_batches, validation_batches
+    from ..training.evaluation import plain_batches, validation_batches
     from ..modeling import NasBertModel
     from ..space import Arch
     from ..training.blockwise import block_batches, score_paths

@@ -161,7 +161,7 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
 
 def _whole_model_losses(supernet_dir: str, teacher: str, archs: list[str], batches: list) -> dict[str, float]:
     """Runs in a Ray task: load the supernet and the teacher, evaluate ``archs`` as whole models."""
-    from ..export.selection import whole_model_loss
+    from ..training.evaluation import whole_model_loss
     from ..space import Arch
     from ..supernet import SuperNet
     from ..teacher import load_teacher

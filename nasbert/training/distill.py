@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..data import BatchIterator, TokenizedCorpus, mask_tokens
-from ..export.selection import validation_batches, whole_model_loss
+from ..training.evaluation import validation_batches, whole_model_loss
 from ..io import fault_point
 from ..modeling import NasBertModel
 from ..space import Arch
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DistillResult:
-    """What :func:`distill_arch` returns. Losses are :func:`~nasbert.export.selection.whole_model_loss`: MSE
+    """What :func:`distill_arch` returns. Losses are :func:`~nasbert.training.evaluation.whole_model_loss`: MSE
     between the model's final hidden states and the teacher's, over the real tokens of the validation batches."""
 
     #: the extracted, distilled model (eval mode)
