@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAULT_ENV", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fault_point", "recover_dir",
-           "truncate_jsonl"]
+__all__ = ["FAULT_ENV", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fault_point",
+           "recover_dir", "truncate_jsonl"]
 
 
 def _umask() -> int:

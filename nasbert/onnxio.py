@@ -196,9 +196,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike) ->
 
 def export_int8(model: nn.Module, fp32_path: str | os.PathLike, int8_path: str | os.PathLike, *,
                 max_error: float = INT8_MAX_ERROR) -> dict:
-    """ONNX Runtime's dynamic quantisation of the exported fp32 graph at ``fp32_path`` (int8 weights of every
-    MatMul and Gemm, per output channel; activations quantised at run time): written to ``int8_path`` (atomically) only when its
-    relative output error (:func:`int8_error`) is at most ``max_error``; otherwise raises
+    """:func:`quantize_int8` of the exported fp32 graph at ``fp32_path``, written to ``int8_path`` (atomically)
+    only when its relative output error (:func:`int8_error`) is at most ``max_error``; otherwise raises
     :class:`OnnxParityError` and writes nothing. Returns ``{"error": ..., "bytes": ...}``."""
     int8_path = Path(int8_path)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=".int8-", dir=int8_path.parent)

@@ -190,8 +190,9 @@ def pick(
     precision: str = "fp32",
 ) -> FamilyMember:
     """The best member (highest cosine to the teacher; where members have none, lowest validation loss, or proxy
-    loss) among those that meet the one budget given: ``latency_ms`` (at most, on the family's device), ``speedup`` (at least, over the teacher on
-    the same device) or ``max_params`` (an int or ``"10M"``). Ties go to the faster member.
+    loss) among those that meet the one budget given: ``latency_ms`` (at most, on the family's device),
+    ``speedup`` (at least, over the teacher on the same device) or ``max_params`` (an int or ``"10M"``). Ties go
+    to the faster member. ``precision``: ``"fp32"`` graphs, ``"int8"`` graphs or ``"any"`` (see :func:`_views`).
 
     With ``measure``, latencies are measured again on this machine first (see :func:`measure_family`); the
     member returned carries the new ``latency_ms`` and ``speedup``. Raises :class:`NoFit` when none fits.

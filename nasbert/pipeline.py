@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -33,7 +32,6 @@ __all__ = ["STAGES", "cache_dir", "stage_export", "stage_latency", "stage_search
            "teacher_parity"]
 
 logger = logging.getLogger(__name__)
-
 
 
 def _teacher_for(config: RunConfig, space: SearchSpace):
@@ -272,8 +270,9 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
 
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
                  latency_profile: str | None = None, ray_address: str | None = None) -> None:
-    """Export the family: per budget, the best of the search's top candidates on whole-model loss and
-    measured latency, as Hugging Face directories with ONNX and model cards, plus family.json."""
+    """Export the family: per budget, the best of the search's top candidates and the teacher cuts (highest
+    cosine to the teacher) that meets the budget on measured latency, as Hugging Face directories with ONNX (fp32
+    and int8) and model cards, plus family.json."""
     import json
 
     from .export.family_export import export_family

@@ -38,12 +38,12 @@ from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
 from ..training.config import DistillConfig
 from ..training.distill import DistillResult, distill_arch
+from ..latency.models import measure_models, speedup
+from ..onnxio import OnnxParityError, export_int8, export_onnx
+from ..training.evaluation import state_cosine, whole_model_loss
 from .card import write_model_card
 from .family import Family, FamilyMember
 from .hf import write_hf_files
-from ..onnxio import OnnxParityError, export_int8, export_onnx
-from ..latency.models import measure_models, speedup
-from ..training.evaluation import state_cosine, whole_model_loss
 
 __all__ = ["export_family"]
 
@@ -151,14 +151,16 @@ def export_family(
                          "(e.g. --budgets 1.5x) or run more trials")
     logger.info("re-evaluating %d candidate models as whole models", len(unique))
     on_supernet = {str(c.arch): c.arch for c in unique.values() if c.source == "supernet"}
-    losses = {f"supernet:{a}": v for a, v in (evaluate(on_supernet) if evaluate is not None and on_supernet
-                                                else {}).items()}
+    remote = evaluate(on_supernet) if evaluate is not None and on_supernet else {}
+    losses = {f"supernet:{a}": v for a, v in remote.items()}
     for key, c in unique.items():
         cos_of(c)
         if key not in losses:
             losses[key] = whole_model_loss(sources[c.source], teacher, c.arch, valid_batches)
     models = {key: sources[c.source].extract(c.arch, drop_identity_adapters=c.source == "teacher")
               for key, c in unique.items()}
+    # exact, and without adapters where the extraction dropped them (a teacher cut from the teacher's weights)
+    params = {key: space.num_params(c.arch, adapters=models[key].config.adapters) for key, c in unique.items()}
     measured = measure_models(models, teacher, engine=device["engine"], device=device["device"],
                               threads=device["threads"], batch=device["batch"], seq_len=device["seq_len"],
                               vocab_size=space.teacher.vocab_size, seed=seed,
@@ -174,8 +176,7 @@ def export_family(
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
         # Every re-evaluated candidate is eligible: one shortlisted for a tighter budget may win a looser one.
         feasible = [(cosine[key], measured.latency_ms[key], c) for key, c in unique.items()
-                    if budget.allows(measured.latency_ms[key], sum(p.numel() for p in models[key].parameters()),
-                                     teacher_ms)]
+                    if budget.allows(measured.latency_ms[key], params[key], teacher_ms)]
         if not feasible:
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
@@ -186,8 +187,7 @@ def export_family(
         taken.add(cand.key)
         arch, loss, loss_before = cand.arch, losses[cand.key], None
         model = models[cand.key]
-        params = space.num_params(arch, adapters=model.config.adapters)
-        member_dir = _member_name(budget.name, params)
+        member_dir = _member_name(budget.name, params[cand.key])
         if distilling:
             if cand.key not in distilled:
                 distilled[cand.key] = distill_arch(sources[cand.source], arch, teacher, corpus, tokenizer,
@@ -198,7 +198,7 @@ def export_family(
             result = distilled[cand.key]
             model, loss_before, loss = result.model, result.valid_loss_before, result.valid_loss_after
         members.append(FamilyMember(
-            name=member_dir, path=member_dir, arch=arch.to_dict(), params=params,
+            name=member_dir, path=member_dir, arch=arch.to_dict(), params=params[cand.key],
             flops=space.flops(arch, device["seq_len"], adapters=model.config.adapters), latency_ms=latency,
             predicted_latency_ms=cand.predicted_ms, speedup=speedup(teacher_ms, latency),
             proxy_loss=cand.proxy_loss, valid_loss=loss, budget=budget.name,

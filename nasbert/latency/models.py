@@ -14,7 +14,7 @@ from ..onnxio import export_onnx, quantize_int8
 from ..utils import torch_threads
 from .measure import OnnxRuntimeEngine, TorchEngine, measure_interleaved
 
-__all__ = ["Measured", "measure_models", "rank_by_loss", "speedup"]
+__all__ = ["Measured", "measure_models", "speedup"]
 
 
 @dataclass
@@ -35,6 +35,7 @@ def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module,
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab_size, (batch, seq_len), generator=g)
     feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    arrays = {k: v.numpy() for k, v in feeds.items()}
     engines = {}
     if (graphs or precision != "fp32") and engine != "onnxruntime":
         raise ValueError(f"ONNX graphs and int8 are timed with the onnxruntime engine, not {engine!r}")
@@ -47,19 +48,13 @@ def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module,
             export_onnx(model, path, check=False)
             if precision == "int8" and name != "__teacher__":
                 quantize_int8(path, path)
-            engines[name] = OnnxRuntimeEngine(path, {k: v.numpy() for k, v in feeds.items()}, threads=threads,
-                                              device=device)
+            engines[name] = OnnxRuntimeEngine(path, arrays, threads=threads, device=device)
         for name, path in (graphs or {}).items():
-            engines[name] = OnnxRuntimeEngine(path, {k: v.numpy() for k, v in feeds.items()}, threads=threads,
-                                              device=device)
+            engines[name] = OnnxRuntimeEngine(path, arrays, threads=threads, device=device)
         with torch_threads(threads if engine == "torch" else None):  # held, so that no timed call switches it
             timings = measure_interleaved(engines, warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
     teacher_ms = timings.pop("__teacher__").median_ms
     return Measured({name: t.median_ms for name, t in timings.items()}, teacher_ms)
-
-
-def rank_by_loss(losses: dict[str, float]) -> list[str]:
-    return sorted(losses, key=lambda name: (losses[name], name))
 
 
 def speedup(teacher_ms: float, model_ms: float) -> float:

@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..data import BatchIterator, TokenizedCorpus, mask_tokens
-from ..training.evaluation import validation_batches, whole_model_loss
 from ..io import fault_point
 from ..modeling import NasBertModel
 from ..space import Arch
@@ -37,6 +36,7 @@ from ..supernet import SuperNet
 from ..utils import torch_threads
 from .blockwise import block_batches, make_optimizer, masked_mse
 from .config import DistillConfig, TrainConfig
+from .evaluation import validation_batches, whole_model_loss
 
 __all__ = ["DistillConfig", "DistillResult", "distill_arch", "distill_in_place", "distill_loss"]
 
@@ -148,8 +148,9 @@ def distill_in_place(student: SuperNet, arch: Arch, teacher, corpus: TokenizedCo
                      freeze_adapters: bool = False, teacher_cache=None) -> None:
     """The training loop of :func:`distill_arch`, on ``student`` itself (its weights change; it ends in eval
     mode). ``teacher_cache`` (a :class:`~nasbert.training.teacher_cache.TeacherStateCache` of ``corpus.train``)
-    supplies each batch's masked input and teacher states instead of the mask generator and the teacher. Equal students, arguments and seeds give equal weights: torch's global generator (dropout) is seeded
-    with ``seed`` inside and given back to the caller afterwards, as is the thread count."""
+    supplies each batch's masked input and teacher states instead of the mask generator and the teacher. Equal
+    students, arguments and seeds give equal weights: torch's global generator (dropout) is seeded with ``seed``
+    inside and given back to the caller afterwards, as is the thread count."""
     if not config.steps:
         return
     student.space.validate(arch, allow_teacher=True)

@@ -137,4 +137,3 @@ class TeacherStateCache:
             out.append(BlockBatch(inputs, states[:, n], mask, types))
             inputs = states[:, n]
         return out
-
