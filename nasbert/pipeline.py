@@ -262,7 +262,7 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
     chosen = {}
     for budget in budgets:
         fits = [(name, arch, predicted[name]) for name, arch in cuts
-                if budget.allows(predicted[name], space.num_params(arch), teacher_ms)]
+                if budget.allows(predicted[name], space.num_params(arch, adapters=False), teacher_ms)]
         chosen[budget.name] = sorted(fits, key=lambda c: -c[2])[: config.search.top_k]
         logger.info("budget %s: teacher cuts %s", budget.name, ", ".join(c[0] for c in chosen[budget.name]) or "none")
     return chosen, SuperNet.from_teacher(space, teacher, reorder=False).eval()

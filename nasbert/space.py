@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .modeling.configuration_nasbert import BOTTLENECK_ACTS, NORMS, bottleneck_shape
+from .modeling.configuration_nasbert import BOTTLENECK_ACTS, NORMS, adapter_shapes, bottleneck_shape
 
 __all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec", "op_params", "op_flops"]
 
@@ -89,6 +89,17 @@ class Arch:
     @property
     def num_layers(self) -> int:
         return sum(len(b.layers) for b in self.blocks)
+
+    @property
+    def adapters(self) -> bool | list[bool]:
+        """The linear maps the extracted model keeps (``NasBertConfig.adapters``): the one into a block with no
+        layers is folded into the next, so a run of empty blocks costs one map, not one per boundary.
+
+        >>> Arch.parse("32:mha,ffn|16:identity,identity").adapters, Arch.parse("32:mha|16:ffn").adapters
+        ([False, True], True)
+        """
+        keep = [bool(b.layers) for b in self.blocks[1:]] + [True]
+        return True if all(keep) else keep
 
     def to_dict(self) -> dict[str, Any]:
         return {"blocks": [{"width": b.width, "ops": list(b.ops)} for b in self.blocks]}
@@ -625,12 +636,13 @@ class SearchSpace:
 
     # ---------------------------------------------------------------- costs
 
-    def num_params(self, arch: Arch, *, adapters: bool = True) -> int:
+    def num_params(self, arch: Arch, *, adapters: bool | list[bool] | None = None) -> int:
         """Exact parameter count of the model :meth:`SuperNet.extract` builds for ``arch``.
 
-        Embeddings at the first block's width, every layer, a linear adapter at each block boundary and one
-        from the last block to the teacher's width (the output every family member shares). ``adapters=False``:
-        the model extracted with no adapters (``drop_identity_adapters``: a teacher cut, a layer-dropped teacher).
+        Embeddings at the first block's width, every layer, and the linear maps between blocks and to the
+        teacher's width (the output every family member shares). ``adapters``: which maps the model has
+        (``NasBertConfig.adapters``); None: those the extraction keeps (:attr:`Arch.adapters`); False: none
+        (``drop_identity_adapters``: a teacher cut, a layer-dropped teacher).
         """
         t, w = self.teacher, arch.widths
         params = (t.max_position_embeddings + t.type_vocab_size) * w[0] + 2 * w[0]
@@ -638,25 +650,24 @@ class SearchSpace:
         params += t.vocab_size * e + 3 * e * w[0] + w[0] if e else t.vocab_size * w[0]
         for block in arch.blocks:
             params += sum(op_params(op, block.width, ffn_ratio=self.ffn_ratio) for op in block.layers)
-        if not adapters:
-            return params
-        params += sum(_linear_params(a, b) for a, b in zip(w[:-1], w[1:]))
-        return params + _linear_params(w[-1], t.hidden_size)
+        return params + sum(_linear_params(a, b) for a, b in self.adapter_shapes(arch, adapters))
 
-    def flops(self, arch: Arch, seq_len: int, *, adapters: bool = True) -> int:
+    def flops(self, arch: Arch, seq_len: int, *, adapters: bool | list[bool] | None = None) -> int:
         """FLOPs (2 x multiply-accumulates) of the extracted model on one sequence of ``seq_len`` tokens
-        (``adapters=False``: extracted with no adapters, as :meth:`num_params`)."""
+        (``adapters`` as :meth:`num_params`)."""
         if not _is_int(seq_len) or seq_len <= 0:
             raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-        w = arch.widths
         e = self.factorized_embedding_size
-        flops = 2 * seq_len * 3 * e * w[0] if e else 0  # the factorised embedding's kernel-3 convolution
+        flops = 2 * seq_len * 3 * e * arch.widths[0] if e else 0  # the factorised embedding's kernel-3 convolution
         for block in arch.blocks:
             flops += sum(op_flops(op, block.width, seq_len, ffn_ratio=self.ffn_ratio) for op in block.layers)
-        if not adapters:
-            return flops
-        flops += sum(2 * seq_len * a * b for a, b in zip(w[:-1], w[1:]))
-        return flops + 2 * seq_len * w[-1] * self.teacher.hidden_size
+        return flops + sum(2 * seq_len * a * b for a, b in self.adapter_shapes(arch, adapters))
+
+    def adapter_shapes(self, arch: Arch, adapters: bool | list[bool] | None = None) -> list[tuple[int, int]]:
+        """``(in, out)`` of every linear map between blocks and to the teacher's width that the model has
+        (``adapters`` as :meth:`num_params`)."""
+        keep = arch.adapters if adapters is None else adapters
+        return [s for s in adapter_shapes(arch.to_dict()["blocks"], self.teacher.hidden_size, keep) if s]
 
     def summary(self) -> str:
         """A human-readable description: structure, path counts and the cost range."""

@@ -66,7 +66,7 @@ def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space, 
         assert member.latency_ms * limit <= family.teacher_latency_ms + 1e-9
         assert member.speedup == pytest.approx(family.teacher_latency_ms / member.latency_ms)
         # a teacher cut is the teacher's own sub-layers (no adapters); any other member a supernet path
-        assert member.params == tiny_space.num_params(arch, adapters=member.source == "supernet")
+        assert member.params == tiny_space.num_params(arch, adapters=None if member.source == "supernet" else False)
         directory = run / "family" / member.path
         model = AutoModel.from_pretrained(directory)
         assert sum(p.numel() for p in model.parameters()) == member.params
@@ -150,9 +150,9 @@ def test_export_with_whole_model_distillation_records_it(run, tmp_path, monkeypa
         assert member.valid_loss_before_distill is not None and member.valid_loss != member.valid_loss_before_distill
         assert "before whole-model distillation" in (tmp_path / "family" / member.path / "README.md").read_text()
     # "before" is the loss the undistilled export chose on (same batches); measured latency may pick other models
-    plain = {str(Arch.from_dict(m.arch)): m.valid_loss for m in Family.load(run / "family").models}
+    plain = {(m.source, str(Arch.from_dict(m.arch))): m.valid_loss for m in Family.load(run / "family").models}
     for member in family.models:
-        if str(Arch.from_dict(member.arch)) in plain:
-            assert member.valid_loss_before_distill == pytest.approx(plain[str(Arch.from_dict(member.arch))],
-                                                                     rel=1e-5)
+        key = (member.source, str(Arch.from_dict(member.arch)))
+        if key in plain:
+            assert member.valid_loss_before_distill == pytest.approx(plain[key], rel=1e-5)
     assert all(m.distill_steps == 0 for m in Family.load(run / "family").models)

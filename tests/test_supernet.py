@@ -81,6 +81,23 @@ def test_extracted_parameter_count_is_exact(supernet, tiny_space, archs):
         assert len(model.encoder.layer) == arch.num_layers
 
 
+def test_extraction_folds_the_maps_around_a_block_with_no_layers(supernet, tiny_space, batch):
+    """A block with no layers costs no linear map: the map into it and the one out of it become one layer."""
+    ids, mask, types = batch
+    arch = Arch.parse("24:mha,ffn,identity,identity|16:identity,identity,identity,identity")
+    assert arch.adapters == [False, True]
+    model = supernet.extract(arch)
+    assert isinstance(model.encoder.adapters[0], torch.nn.Identity)
+    assert tuple(model.encoder.output_adapter.weight.shape) == (32, 24)  # 24 -> 32, not 24 -> 16 -> 32
+    assert sum(p.numel() for p in model.parameters()) == tiny_space.num_params(arch)
+    assert tiny_space.num_params(arch) == tiny_space.num_params(arch, adapters=True) - (24 * 16 + 16) - (16 * 32 + 32) \
+        + (24 * 32 + 32)
+    with torch.no_grad():
+        expected = supernet(ids, mask, types, arch=arch)
+        got = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
 def test_flops_match_torch_flop_counter(supernet, tiny_space, archs):
     seq_len = 11
     ids = torch.randint(5, 99, (1, seq_len))

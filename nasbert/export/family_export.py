@@ -50,6 +50,10 @@ __all__ = ["export_family"]
 logger = logging.getLogger(__name__)
 
 
+#: cosines closer than this are a tie, which the faster candidate wins
+COSINE_TIE = 1e-5
+
+
 def _member_name(budget_name: str, params: int) -> str:
     return f"nasbert-{budget_name}-{params / 1e6:.1f}M".replace("/", "-")
 
@@ -111,9 +115,9 @@ def export_family(
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
     whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``cuts[budget.name]`` adds teacher cuts
-    (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is a candidate with the
-    weights of ``teacher_supernet`` (built with ``reorder=False``) or of the trained supernet, whichever is
-    closer to the teacher. The best candidate is the one with the highest per-token cosine of its final hidden
+    (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is two candidates, with the
+    weights of ``teacher_supernet`` (built with ``reorder=False``, extracted with no adapters, so the faster one)
+    and of the trained supernet. The best candidate is the one with the highest per-token cosine of its final hidden
     states to the teacher's, over ``proxy_batches`` (unmasked validation sequences; default ``valid_batches``).
     ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
     computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
@@ -141,10 +145,9 @@ def export_family(
             cosine[c.key] = state_cosine(sources[c.source], teacher, c.arch, proxy_batches)
         return cosine[c.key]
 
-    for b in budgets:
+    for b in budgets:  # both versions of a cut: the trained one is usually closer, the teacher's one faster
         for name, arch, predicted in (cuts or {}).get(b.name, []):
-            versions = [_Candidate(arch, src, name, predicted, None) for src in ("teacher", "supernet")]
-            shortlist[b.name].append(max(versions, key=cos_of))  # ties: the teacher's own weights
+            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None) for src in ("teacher", "supernet")]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
@@ -182,7 +185,8 @@ def export_family(
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
         fresh = [f for f in feasible if f[2].key not in taken] or feasible
-        best = max(fresh, key=lambda f: (f[0], -f[1]))
+        top = max(f[0] for f in fresh)  # ties (within COSINE_TIE, e.g. a cut's two versions untrained): the faster
+        best = min((f for f in fresh if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
         cos, latency, cand = best
         taken.add(cand.key)
         arch, loss, loss_before = cand.arch, losses[cand.key], None

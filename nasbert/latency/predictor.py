@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io import atomic_write_json
 from ..space import Arch
-from .table import LatencyTable
+from .table import LatencyTable, arch_adapters
 
 __all__ = ["FEATURE_NAMES", "LatencyPredictor", "accuracy", "features", "kendall_tau"]
 
@@ -35,7 +35,7 @@ def features(arch: Arch, table: LatencyTable) -> np.ndarray:
         kind = key.partition("@")[0]
         kind = "sepconv" if kind.startswith("sepconv") else kind
         by_kind[kind if kind in by_kind else "other"] += ms
-    adapters = len(arch.blocks) - 1
+    adapters = len(arch_adapters(arch)) - 1  # the maps between blocks that the extracted model keeps
     return np.array([by_kind["mha"], by_kind["ffn"], by_kind["sepconv"], by_kind["other"], arch.num_layers,
                      adapters], dtype=float)
 

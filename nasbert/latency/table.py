@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from ..modeling import NasBertConfig
+from ..modeling.configuration_nasbert import adapter_shapes
 from ..modeling.modeling_nasbert import NasBertEmbeddings, additive_attention_mask, build_layer
 from ..space import Arch, SearchSpace
 from ..utils import torch_threads
 from .measure import OnnxRuntimeEngine, TorchEngine, measure_interleaved
 
-__all__ = ["LatencyTable", "arch_entries", "build_table", "table_keys"]
+__all__ = ["LatencyTable", "arch_adapters", "arch_entries", "build_table", "table_keys"]
 
 
 def arch_entries(arch: Arch) -> list[str]:
@@ -32,9 +33,16 @@ def arch_entries(arch: Arch) -> list[str]:
     keys = [f"embeddings@{widths[0]}"]
     for block in arch.blocks:
         keys += [f"{op}@{block.width}" for op in block.layers]
-    keys += [f"adapter@{a}->{b}" for a, b in zip(widths[:-1], widths[1:])]
-    keys.append(f"output@{widths[-1]}")
+    *between, (last, _) = arch_adapters(arch)
+    keys += [f"adapter@{a}->{b}" for a, b in between]
+    keys.append(f"output@{last}")
     return keys
+
+
+def arch_adapters(arch: Arch) -> list[tuple[int, int]]:
+    """``(in, out)`` of the linear maps the extracted model keeps (:attr:`Arch.adapters`), the output map last
+    (its ``out`` is 0 here: the output's width does not enter the table)."""
+    return [s for s in adapter_shapes(arch.to_dict()["blocks"], 0, arch.adapters) if s]
 
 
 def table_keys(space: SearchSpace) -> list[str]:

@@ -26,6 +26,33 @@ def is_layer_op(op: str) -> bool:
     return op in LAYER_OPS or bottleneck_shape(op) is not None
 
 
+def adapter_shapes(blocks: list[dict], hidden_size: int, adapters) -> list[tuple[int, int] | None]:
+    """The encoder's linear maps: one before each block after the first, and one to the output width
+    (``len(blocks)`` entries), each ``(in, out)`` or None where the model has none.
+
+    ``adapters``: True (every map), False (none) or one bool per map. A map that is left out is folded into the
+    next one, so a map reads the width of the last map before it (or of the embeddings): an extracted model
+    leaves out the map into a block with no layers, and the maps around it become one.
+
+    >>> adapter_shapes([{"width": 256, "ops": ["mha"]}, {"width": 128, "ops": ["identity"]}], 384, [False, True])
+    [None, (256, 384)]
+    """
+    widths = [b["width"] for b in blocks]
+    present = [adapters] * len(blocks) if isinstance(adapters, bool) else list(adapters)
+    shapes, width = [], widths[0] if widths else hidden_size
+    for n, keep in enumerate(present):
+        target = widths[n + 1] if n + 1 < len(widths) else hidden_size
+        shapes.append((width, target) if keep else None)
+        width = target if keep else width
+        has_layers = n + 1 < len(blocks) and any(op != "identity" for op in blocks[n + 1]["ops"])
+        if (has_layers or n + 1 == len(blocks)) and width != target:
+            raise ValueError(f"adapters: {adapters!r} leaves a {width}-wide state where "
+                             f"{'block ' + str(n + 1) if n + 1 < len(blocks) else 'the output'} needs {target}: "
+                             "keep the adapter before every block with layers whose width changes, and the output "
+                             "adapter unless the last width is hidden_size")
+    return shapes
+
+
 class NasBertConfig(PretrainedConfig):
     r"""Configuration of a :class:`NasBertModel`: a BERT whose layers are chosen per position.
 
@@ -76,7 +103,7 @@ class NasBertConfig(PretrainedConfig):
         factorized_embedding_size: int | None = None,
         embedding_norm: str = "layernorm",
         reference_size: int | None = None,
-        adapters: bool = True,
+        adapters: bool | list[bool] = True,
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -125,13 +152,21 @@ class NasBertConfig(PretrainedConfig):
                                  "the first mha layer's keys and values) and this model has none: use a model "
                                  "with an mha layer, or fine-tune without references")
         self.reference_size = reference_size
-        if not isinstance(adapters, bool):
-            raise ValueError(f"adapters must be true or false, got {adapters!r}")
-        if not adapters and any(b["width"] != hidden_size for b in self.blocks):
+        if not isinstance(adapters, bool) and not (
+                isinstance(adapters, (list, tuple)) and len(adapters) == len(self.blocks)
+                and all(isinstance(a, bool) for a in adapters)):
+            raise ValueError(f"adapters must be true, false or one true/false per block ({len(self.blocks)}), "
+                             f"got {adapters!r}")
+        if adapters is False and any(b["width"] != hidden_size for b in self.blocks):
             raise ValueError(f"adapters: false needs every block at the output width ({hidden_size}); widths "
                              f"{[b['width'] for b in self.blocks]} need the adapters between them")
-        #: False: no linear maps between blocks nor to the output (every block is ``hidden_size`` wide), as in a
-        #: plain BERT; a layer-dropped teacher is such a model
+        if not isinstance(adapters, bool):
+            adapters = list(adapters)
+            adapters = adapters[0] if len(set(adapters)) == 1 else adapters
+        adapter_shapes(self.blocks, hidden_size, adapters)  # raises where a left-out map breaks the widths
+        #: the linear maps between blocks and to the output (:func:`adapter_shapes`): True (all), False (none, as
+        #: in a plain BERT: a layer-dropped teacher), or one bool per map (an extracted model leaves out the maps
+        #: into blocks with no layers)
         self.adapters = adapters
 
     @property

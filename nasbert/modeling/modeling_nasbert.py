@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-from .configuration_nasbert import NasBertConfig, bottleneck_shape
+from .configuration_nasbert import NasBertConfig, adapter_shapes, bottleneck_shape
 
 SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
 
@@ -391,12 +391,10 @@ class NasBertEncoder(nn.Module):
             build_layer(config, op, b["width"]) for b in config.blocks for op in b["ops"] if op != "identity"
         )
         self.layers_per_block = [sum(op != "identity" for op in b["ops"]) for b in config.blocks]
-        if getattr(config, "adapters", True):
-            self.adapters = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-            self.output_adapter = nn.Linear(widths[-1], config.hidden_size)
-        else:  # every block at the output width, nothing between them (a plain BERT's layers)
-            self.adapters = nn.ModuleList(nn.Identity() for _ in widths[:-1])
-            self.output_adapter = nn.Identity()
+        shapes = adapter_shapes(config.blocks, config.hidden_size, getattr(config, "adapters", True))
+        maps = [nn.Linear(*shape) if shape else nn.Identity() for shape in shapes]
+        self.adapters = nn.ModuleList(maps[:-1])  # into blocks 1.. (Identity: none, as in a plain BERT)
+        self.output_adapter = maps[-1]
         ops = [op for b in config.blocks for op in b["ops"] if op != "identity"]
         # RefBERT: the first mha layer also attends over the reference states (None: no references)
         self.reference_layer = ops.index("mha") if getattr(config, "reference_size", None) else None

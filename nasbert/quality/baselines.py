@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..space import Arch, BlockArch, SearchSpace
 
-__all__ = ["KINDS", "LAYERDROP_MODES", "Baseline", "build_raw", "choose_baselines", "kept_layers",
+__all__ = ["KINDS", "LAYERDROP_MODES", "Baseline", "baseline_params", "build_raw", "choose_baselines", "kept_layers",
            "layer_counts", "layerdrop_baselines", "uniform_baselines"]
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,12 @@ def _rank(baseline: Baseline, latency_ms: float, space: SearchSpace) -> float:
     """What makes a baseline the one to take: the most teacher layers for a layer-dropped teacher (of two with
     as many layers, the first listed: bottom before spread, which kept more of the teacher's quality where it
     was measured); the most measured time for a uniform model."""
-    return space.num_params(baseline.arch) if baseline.kind == "layerdrop" else latency_ms
+    return baseline_params(baseline, space) if baseline.kind == "layerdrop" else latency_ms
+
+
+def baseline_params(baseline: Baseline, space: SearchSpace) -> int:
+    """The baseline model's parameters: a layer-dropped teacher has no adapters."""
+    return space.num_params(baseline.arch, adapters=False if baseline.kind == "layerdrop" else None)
 
 
 def choose_baselines(candidates: Sequence[Baseline], latency_ms: dict[str, float], teacher_latency_ms: float,
@@ -142,7 +147,7 @@ def choose_baselines(candidates: Sequence[Baseline], latency_ms: dict[str, float
         per_kind: dict[str, Baseline] = {}
         for b in candidates:
             ms = latency_ms[b.name]
-            if not budget.allows(ms, space.num_params(b.arch), teacher_latency_ms):
+            if not budget.allows(ms, baseline_params(b, space), teacher_latency_ms):
                 continue
             best = per_kind.get(b.kind)
             if best is None or _rank(b, ms, space) > _rank(best, latency_ms[best.name], space):

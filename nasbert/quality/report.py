@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..io import atomic_dir, atomic_write_json, atomic_write_text
-from .baselines import KINDS, LAYERDROP_MODES, Baseline, build_raw, choose_baselines, layerdrop_baselines, \
-    uniform_baselines
+from .baselines import KINDS, LAYERDROP_MODES, Baseline, baseline_params, build_raw, choose_baselines, \
+    layerdrop_baselines, uniform_baselines
 
 __all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "summarize"]
 
@@ -270,7 +270,7 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
                for b in candidates}
         latency, teacher_ms = _measure(run, raw, seed)
         timed = {"teacher_latency_ms": teacher_ms,
-                 "candidates": [{**b.to_dict(), "params": space.num_params(b.arch), "latency_ms": latency[b.name],
+                 "candidates": [{**b.to_dict(), "params": baseline_params(b, space), "latency_ms": latency[b.name],
                                  "speedup": teacher_ms / latency[b.name]} for b in candidates]}
         atomic_write_json(cand_file, timed)
     latency = {c["name"]: c["latency_ms"] for c in timed["candidates"]}

@@ -302,25 +302,35 @@ class SuperNet(nn.Module):
         """
         self.space.validate(arch, allow_teacher=True)
         config = self.extract_config(arch)
-        config.adapters = not (drop_identity_adapters and self._identity_adapters(arch))
+        config.adapters = False if drop_identity_adapters and self._identity_adapters(arch) else arch.adapters
         model = NasBertModel(config)
         model.embeddings.load_state_dict(self.embeddings.sliced(arch.blocks[0].width))
         layers = iter(model.encoder.layer)
         for n, block in enumerate(arch.blocks):
             for slot, op in zip(self.space.block_slots(n), block.layers):
                 next(layers).load_state_dict(self.slots[slot].sliced(op, block.width))
-        if not config.adapters:
+        if config.adapters is False:
             return model.eval()
-        for n, adapter in enumerate(model.encoder.adapters):
-            w_in, w_out = arch.blocks[n].width, arch.blocks[n + 1].width
-            out_w, out_b = self.out_adapters[n].sliced(in_features=w_in)  # (H, w_in), (H,)
-            in_w, in_b = self.in_adapters[n].sliced(out_features=w_out)  # (w_out, H), (w_out,)
-            adapter.weight.copy_((in_w.double() @ out_w.double()).float())
-            adapter.bias.copy_((in_w.double() @ out_b.double() + in_b.double()).float())
-        last = arch.blocks[-1].width
-        weight, bias = self.out_adapters[-1].sliced(in_features=last)
-        model.encoder.output_adapter.weight.copy_(weight)
-        model.encoder.output_adapter.bias.copy_(bias)
+        # The supernet's map at each boundary (out_adapter n, then in_adapter n + 1) and its output adapter, in
+        # float64; the model keeps one linear layer per run of maps that ends at a block with layers or the output.
+        maps = []
+        for n in range(len(arch.blocks) - 1):
+            out_w, out_b = self.out_adapters[n].sliced(in_features=arch.blocks[n].width)  # (H, w_n), (H,)
+            in_w, in_b = self.in_adapters[n].sliced(out_features=arch.blocks[n + 1].width)  # (w_n+1, H), (w_n+1,)
+            maps.append((in_w.double() @ out_w.double(), in_w.double() @ out_b.double() + in_b.double()))
+        weight, bias = self.out_adapters[-1].sliced(in_features=arch.widths[-1])
+        maps.append((weight.double(), bias.double()))
+        modules = [*model.encoder.adapters, model.encoder.output_adapter]
+        pending = None
+        for (weight, bias), module in zip(maps, modules):
+            if pending is not None:  # the maps folded into this one, since the last layer
+                weight, bias = weight @ pending[0], weight @ pending[1] + bias
+            if isinstance(module, nn.Identity):
+                pending = (weight, bias)
+                continue
+            module.weight.copy_(weight.float())
+            module.bias.copy_(bias.float())
+            pending = None
         return model.eval()
 
     @torch.no_grad()
