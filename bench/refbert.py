@@ -7,7 +7,7 @@ The student is ``runs/compare/family/nasbert-2x-10.8M`` (the searched 2x member 
 its first layer is an mha layer, where the references enter). The references come from the built-in teacher
 (MiniLM-L6-H384, the student's own teacher, same tokenizer); data from ``../shared/data/glue``.
 
-1. Pools (``nasbert.refbert.ReferencePool``): SST-2 from the same fixed 4,000 training sentences that
+1. Pools (``nasbert.finetune.refbert.ReferencePool``): SST-2 from the same fixed 4,000 training sentences that
    ``bench/compare.py`` fine-tunes on (the seed-0 subset), CoLA from all 8,551 training sentences. Build time,
    size on disk and in memory are recorded.
 2. Fine-tuning with ``bench/compare.py``'s recipe (2 epochs, lr 1e-4, batch 32, 64 tokens, mean pooling), seeds
@@ -53,7 +53,7 @@ def load_data(task_name: str, args, train_examples: int | None):
 
 def build_pools(args, work: Path, tasks: dict) -> dict[str, Path]:
     """One pool per task from its fine-tuning training set; a pool already there is reused if it matches."""
-    from nasbert.refbert import ReferencePool
+    from nasbert.finetune.refbert import ReferencePool
 
     dirs = {}
     for name, task in tasks.items():
@@ -105,7 +105,7 @@ def measure_latency(args, work: Path, runs: dict, pools: dict[str, Path], tasks:
 
     from nasbert.io import atomic_write_json
     from nasbert.latency.measure import OnnxRuntimeEngine, measure_interleaved
-    from nasbert.refbert import ReferencePool
+    from nasbert.finetune.refbert import ReferencePool
 
     path = work / "latency.json"
     if path.is_file():
@@ -151,7 +151,7 @@ def measure_latency(args, work: Path, runs: dict, pools: dict[str, Path], tasks:
 def memory(pools: dict[str, Path], runs: dict) -> dict:
     from safetensors import safe_open
 
-    from nasbert.refbert import ReferencePool
+    from nasbert.finetune.refbert import ReferencePool
 
     out = {}
     for name, path in pools.items():

@@ -16,8 +16,8 @@ from .modeling import (
     NasBertForSequenceClassification,
     NasBertModel,
 )
-from .pick import NoFit, pick
-from .refbert import ReferencePool
+from .export.pick import NoFit, pick
+from .finetune.refbert import ReferencePool
 from .space import Arch, BlockArch, SearchSpace, SpaceError, TeacherSpec
 from .supernet import SuperNet
 from .teacher import TeacherError, load_teacher

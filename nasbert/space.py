@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .modeling.configuration_nasbert import BOTTLENECK_ACTS, NORMS, adapter_shapes, bottleneck_shape
+from .modeling.configuration_nasbert import BOTTLENECK_ACTS, LAYER_OPS, NORMS, SEPCONV_KERNELS, OpSpec, adapter_shapes, \
+    bottleneck_shape, op_spec
 
 __all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec", "op_params", "op_flops"]
 
 #: The ops of a NAS-BERT slot (a space's default). ``sepconvK`` is a depthwise convolution of kernel K followed by
 #: a pointwise one. A space may also list MobileBERT bottleneck ops, ``bottleneck{B}x{N}``: a layer that keeps the
 #: block's width w on its residual and computes inside a B-wide bottleneck with N stacked FFNs (N = 1..4).
-OPS = ("mha", "ffn", "sepconv3", "sepconv5", "sepconv7", "identity")
-SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
+OPS = (*LAYER_OPS, "identity")
 MAX_KERNEL = max(SEPCONV_KERNELS.values())
 
 
@@ -164,25 +164,30 @@ def _known_op(op: str) -> bool:
     return op in OPS or bottleneck_shape(op) is not None
 
 
+def _spec(op: str) -> OpSpec:
+    try:
+        return op_spec(op)
+    except ValueError:
+        raise SpaceError(f"unknown op {op!r}; known ops: {', '.join(OPS)}") from None
+
+
 def op_params(op: str, width: int, *, ffn_ratio: int) -> int:
     """Parameters of one layer (op + its LayerNorm) at ``width``."""
-    layer_norm = 2 * width
-    if op == "identity":
+    spec, layer_norm = _spec(op), 2 * width
+    if spec.kind == "identity":
         return 0
-    shape = bottleneck_shape(op)
-    if shape is not None:  # input and shared q/k bottlenecks, q, k, v, attention output, N FFNs, output; norms
-        b, n = shape
+    if spec.kind == "bottleneck":  # input and shared q/k bottlenecks, q, k, v, attention output, N FFNs, output; norms
+        b, n = spec.intra, spec.num_ffn
         ffn = _linear_params(b, ffn_ratio * b) + _linear_params(ffn_ratio * b, b) + 2 * b
         return (2 * (_linear_params(width, b) + 2 * b) + 2 * _linear_params(b, b) + _linear_params(width, b)
                 + _linear_params(b, b) + 2 * b + n * ffn + _linear_params(b, width) + 2 * width)
-    if op == "mha":  # query, key, value, output dense
+    if spec.kind == "mha":  # query, key, value, output dense
         return 4 * _linear_params(width, width) + layer_norm
-    if op == "ffn":
+    if spec.kind == "ffn":
         inner = ffn_ratio * width
         return _linear_params(width, inner) + _linear_params(inner, width) + layer_norm
-    if op in SEPCONV_KERNELS:  # depthwise (width x 1 x k, bias) + pointwise
-        return width * SEPCONV_KERNELS[op] + width + _linear_params(width, width) + layer_norm
-    raise SpaceError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    # sepconv: depthwise (width x 1 x k, bias) + pointwise
+    return width * spec.kernel + width + _linear_params(width, width) + layer_norm
 
 
 def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int) -> int:
@@ -191,20 +196,17 @@ def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int) -> int:
     Counts matrix products (linear layers, attention scores and context) and convolutions; element-wise work
     (softmax, LayerNorm, activations, bias adds) is not counted, as in ``torch.utils.flop_counter``.
     """
-    t, w = seq_len, width
-    if op == "identity":
+    spec, t, w = _spec(op), seq_len, width
+    if spec.kind == "identity":
         return 0
-    shape = bottleneck_shape(op)
-    if shape is not None:  # 3 (T x w x b) in, q, k, out: 3 (T x b x b), N FFNs, (T x b x w) out, attention at b
-        b, n = shape
+    if spec.kind == "bottleneck":  # 3 (T x w x b) in, q, k, out: 3 (T x b x b), N FFNs, (T x b x w) out, attention
+        b, n = spec.intra, spec.num_ffn
         return 2 * (4 * t * w * b + 3 * t * b * b + n * 2 * t * b * ffn_ratio * b + 2 * t * t * b)
-    if op == "mha":  # q, k, v, out: 4 (T x w x w); scores and context: 2 (T x T x w)
+    if spec.kind == "mha":  # q, k, v, out: 4 (T x w x w); scores and context: 2 (T x T x w)
         return 2 * (4 * t * w * w + 2 * t * t * w)
-    if op == "ffn":
+    if spec.kind == "ffn":
         return 2 * (2 * t * w * ffn_ratio * w)
-    if op in SEPCONV_KERNELS:
-        return 2 * (t * w * SEPCONV_KERNELS[op] + t * w * w)
-    raise SpaceError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    return 2 * (t * w * spec.kernel + t * w * w)  # sepconv
 
 
 # --------------------------------------------------------------------------------------------------------------

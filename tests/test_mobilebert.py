@@ -243,7 +243,7 @@ def test_teacher_parity_checks_the_blocks_after_a_factorised_embedding(mobile_sp
     so the later blocks are checked alone, on the teacher's states (and a broken block is still caught)."""
     from transformers import AutoTokenizer
 
-    from nasbert.pipeline import teacher_parity
+    from nasbert.run import teacher_parity
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     net = SuperNet.from_teacher(mobile_space, tiny_teacher).eval()

@@ -92,7 +92,7 @@ def test_nasbert_run_refuses_a_supernet_that_is_not_the_teacher(case, tiny_space
                                                                 monkeypatch):
     """The supernet stage of ``nasbert run`` holds the bound: an error between 1e-4 and 1e-3 fails it, and so does
     a broken block in a one-block space after MobileBERT's embedding; nothing is saved."""
-    from nasbert.pipeline import stage_supernet
+    from nasbert.run import stage_supernet
     from nasbert.run import RunConfig, RunDir
 
     if case == "over 1e-4":

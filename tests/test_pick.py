@@ -11,7 +11,8 @@ import pytest
 from nasbert import Arch, SearchSpace, SuperNet
 from nasbert.export.card import write_model_card
 from nasbert.export.family import Family, FamilyError, FamilyMember
-from nasbert.pick import NoFit, parse_params, pick, pick_main
+from nasbert.cli.pick import pick_main
+from nasbert.export.pick import NoFit, parse_params, pick
 
 ARCH = Arch.parse("16:mha,ffn,identity,identity|16:sepconv3,ffn,identity,identity")
 DEVICE = {"key": "test-cpu-onnxruntime-t1-b1-s16", "engine": "onnxruntime", "threads": 1, "batch": 1, "seq_len": 16}

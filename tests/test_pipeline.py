@@ -133,7 +133,7 @@ def test_export_with_whole_model_distillation_records_it(run, tmp_path, monkeypa
     """export.distill.steps > 0: every member is distilled on the run's corpus before it is written."""
     import dataclasses
 
-    from nasbert.pipeline import stage_export
+    from nasbert.run import stage_export
     from nasbert.run import RunDir
     from nasbert.training import DistillConfig
 

@@ -18,7 +18,7 @@ from nasbert.finetune import load_task
 from nasbert.finetune.trainer import FinetuneError, finetune
 from nasbert.modeling import NasBertConfig, NasBertForSequenceClassification, NasBertModel
 from nasbert.modeling.modeling_nasbert import additive_attention_mask, attention
-from nasbert.refbert import ReferencePool, ReferencePoolError
+from nasbert.finetune.refbert import ReferencePool, ReferencePoolError
 
 POOL_TEXTS = ["the function return value", "a class object", "list of module name", "the class statement",
               "a class object"]

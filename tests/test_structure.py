@@ -14,7 +14,7 @@ ROOT = Path(nasbert.__file__).parent
 
 def _unit(module: str) -> str:
     """The layer a module belongs to: its subpackage (``nasbert.training.distill`` -> ``training``), or the
-    top-level module itself (``nasbert.pipeline`` -> ``pipeline``); ``nasbert`` is the package's ``__init__``."""
+    top-level module itself (``nasbert.budgets`` -> ``budgets``); ``nasbert`` is the package's ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "nasbert"
 

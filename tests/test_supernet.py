@@ -98,6 +98,21 @@ def test_extraction_folds_the_maps_around_a_block_with_no_layers(supernet, tiny_
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+def test_config_checks_the_maps_it_leaves_out():
+    from nasbert import NasBertConfig
+
+    blocks = [{"width": 24, "ops": ["mha"]}, {"width": 16, "ops": ["ffn"]}]
+    with pytest.raises(ValueError, match="one true/false per block"):
+        NasBertConfig(blocks=blocks, hidden_size=32, head_size=8, adapters=[True])
+    with pytest.raises(ValueError, match="leaves a 24-wide state where block 1 needs 16"):
+        NasBertConfig(blocks=blocks, hidden_size=32, head_size=8, adapters=[False, True])
+    with pytest.raises(ValueError, match="leaves a 16-wide state where the output needs 32"):
+        NasBertConfig(blocks=blocks, hidden_size=32, head_size=8, adapters=[True, False])
+    assert NasBertConfig(blocks=blocks, hidden_size=32, head_size=8, adapters=[True, True]).adapters is True
+    empty = [{"width": 24, "ops": ["mha"]}, {"width": 16, "ops": ["identity"]}]
+    assert NasBertConfig(blocks=empty, hidden_size=32, head_size=8, adapters=[False, True]).adapters == [False, True]
+
+
 def test_flops_match_torch_flop_counter(supernet, tiny_space, archs):
     seq_len = 11
     ids = torch.randint(5, 99, (1, seq_len))

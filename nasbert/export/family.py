@@ -22,7 +22,7 @@ from typing import Any
 from ..io import atomic_write_json
 from ..space import Arch, SpaceError
 
-__all__ = ["FAMILY_FILE", "Family", "FamilyError", "FamilyMember"]
+__all__ = ["FAMILY_FILE", "Family", "FamilyError", "FamilyMember", "member_arch"]
 
 FAMILY_FILE = "family.json"
 
@@ -307,3 +307,16 @@ class Family:
         Family.from_dict(data, source=str(file), directory=directory, check_paths=check_paths)
         atomic_write_json(file, data)
         return file
+
+
+def member_arch(spec: str) -> Arch:
+    """``FAMILY_DIR/NAME`` -> that member's architecture; a :class:`FamilyError` naming the problem otherwise."""
+    family_dir, _, name = spec.rstrip("/").rpartition("/")
+    if not family_dir or not name:
+        raise FamilyError(f"--member {spec!r} is not of the form FAMILY_DIR/NAME "
+                          "(e.g. runs/default/family/nasbert-4x-5.1M)")
+    family = Family.load(family_dir, check_paths=False)
+    try:
+        return Arch.from_dict(family.member(name).arch)
+    except KeyError as e:
+        raise FamilyError(f"family {family_dir!r} has {e.args[0]}") from None

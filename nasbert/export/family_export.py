@@ -238,7 +238,7 @@ def export_family(
         for member in family.models:
             write_model_card(member, family, tmp / member.path, space_summary=space.summary())
         family.save(tmp)
-    return family
+    return dataclasses.replace(family, directory=out)
 
 
 def _with_int8(root: Path, members: list[FamilyMember], chosen: dict, teacher, device: dict, *, vocab_size: int,

@@ -16,7 +16,7 @@ The output directory::
 A run stopped at any point resumes from its last checkpoint when the same command is given again; a finished
 run is not trained again.
 
-With ``references`` (a :class:`~nasbert.refbert.ReferencePool` folder; RefBERT, arXiv 2106.08898) a nasbert model
+With ``references`` (a :class:`~nasbert.ReferencePool` folder; RefBERT, arXiv 2106.08898) a nasbert model
 is fine-tuned with ``config.reference_size`` set: its first mha layer also attends over the teacher's
 pre-computed states of each example's reference sample. Training examples retrieve from the pool with
 self-exclusion (never their own row nor an identical token sequence), dev examples retrieve normally; both are
@@ -477,7 +477,7 @@ def _write_model(model, tokenizer, directory: Path, *, onnx: bool, references: P
     with atomic_dir(directory) as tmp:
         write_hf_files(model, tmp, tokenizer=tokenizer)
         if references is not None:  # the model cannot run without its pool: it travels with it
-            from ..refbert import copy_pool
+            from .refbert import copy_pool
 
             copy_pool(references, tmp / "references")
         if onnx:
@@ -526,7 +526,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
     source = _resolve_model_dir(model)
     pool = pool_record = None
     if references is not None:
-        from ..refbert import ReferencePool
+        from .refbert import ReferencePool
 
         pool = ReferencePool.load(references)
         pool_record = {"path": str(references), "sha256": pool.meta.get("sha256"), "samples": pool.num_samples}

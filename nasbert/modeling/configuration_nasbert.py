@@ -6,10 +6,13 @@ This file is copied into every exported model directory and must import nothing 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from transformers import PretrainedConfig
 
 LAYER_OPS = ("mha", "ffn", "sepconv3", "sepconv5", "sepconv7")
+#: the kernel of each depthwise-separable convolution op
+SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
 #: ``bottleneck{B}x{N}``: a MobileBERT layer with an intra-block width of B and N stacked FFNs (1 to 4)
 BOTTLENECK_OP = re.compile(r"bottleneck([1-9][0-9]*)x([1-4])")
 NORMS = ("layernorm", "nonorm")
@@ -24,6 +27,32 @@ def bottleneck_shape(op: str) -> tuple[int, int] | None:
 
 def is_layer_op(op: str) -> bool:
     return op in LAYER_OPS or bottleneck_shape(op) is not None
+
+
+class OpSpec(NamedTuple):
+    """An op name read once: its kind (``identity``, ``mha``, ``ffn``, ``sepconv``, ``bottleneck``) and the numbers
+    its name carries. Every place that acts on an op (costs, layers, supernet slots) dispatches on ``kind``."""
+
+    kind: str
+    kernel: int = 0  # sepconv: the depthwise kernel
+    intra: int = 0  # bottleneck: the intra-block width
+    num_ffn: int = 0  # bottleneck: stacked FFNs
+
+
+def op_spec(op: str) -> OpSpec:
+    """The :class:`OpSpec` of an op name; ValueError for a name that is no op.
+
+    >>> op_spec("sepconv5"), op_spec("bottleneck128x4").num_ffn
+    (OpSpec(kind='sepconv', kernel=5, intra=0, num_ffn=0), 4)
+    """
+    if op in ("identity", "mha", "ffn"):
+        return OpSpec(op)
+    if op in SEPCONV_KERNELS:
+        return OpSpec("sepconv", kernel=SEPCONV_KERNELS[op])
+    shape = bottleneck_shape(op)
+    if shape is not None:
+        return OpSpec("bottleneck", intra=shape[0], num_ffn=shape[1])
+    raise ValueError(f"unknown op {op!r}; known: {', '.join(LAYER_OPS)}, bottleneck{{B}}x{{N}} (N = 1..4), identity")
 
 
 def adapter_shapes(blocks: list[dict], hidden_size: int, adapters) -> list[tuple[int, int] | None]:
@@ -135,7 +164,8 @@ class NasBertConfig(PretrainedConfig):
         if classifier_pooling not in ("cls", "mean"):
             raise ValueError(f"classifier_pooling must be 'cls' or 'mean', got {classifier_pooling!r}")
         self.classifier_pooling = classifier_pooling
-        for key, value, allowed in (("bottleneck_norm", bottleneck_norm, NORMS), ("embedding_norm", embedding_norm, NORMS),
+        for key, value, allowed in (("bottleneck_norm", bottleneck_norm, NORMS),
+                                    ("embedding_norm", embedding_norm, NORMS),
                                     ("bottleneck_act", bottleneck_act, BOTTLENECK_ACTS)):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")

@@ -17,9 +17,8 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-from .configuration_nasbert import NasBertConfig, adapter_shapes, bottleneck_shape
+from .configuration_nasbert import NasBertConfig, adapter_shapes, op_spec
 
-SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -135,10 +134,19 @@ def multi_head_attention(
     (S = T, or more with RefBERT's memory)."""
     B, T, width = q.shape
     nh = width // head_size
-    q, k, v = (t.reshape(B, -1, nh, head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T or S, hs)
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, S)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
+    v = v.reshape(B, -1, nh, head_size).transpose(1, 2)  # (B, nh, S, hs)
+    probs = F.dropout(attention_probs(q, k, additive_mask, head_size=head_size), p=dropout, training=training)
     return torch.matmul(probs, v).transpose(1, 2).reshape(B, T, width)  # (B, T, width)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, additive_mask: torch.Tensor, *, head_size: int) -> torch.Tensor:
+    """The attention distributions (B, heads, T, S) of already-projected queries (B, T, width) over keys
+    (B, S, width): the one softmax of every attention op (progressive transfer matches them to the teacher's)."""
+    B, T, width = q.shape
+    nh = width // head_size
+    q, k = (t.reshape(B, -1, nh, head_size).transpose(1, 2) for t in (q, k))  # (B, nh, T or S, hs)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask  # (B, nh, T, S)
+    return scores.softmax(dim=-1)
 
 
 def bottleneck(
@@ -369,16 +377,16 @@ class NasBertBottleneck(nn.Module):
 
 
 def build_layer(config: NasBertConfig, op: str, width: int) -> nn.Module:
-    if op == "mha":
+    spec = op_spec(op)
+    if spec.kind == "mha":
         return NasBertAttention(config, width)
-    if op == "ffn":
+    if spec.kind == "ffn":
         return NasBertFeedForward(config, width)
-    if op in SEPCONV_KERNELS:
-        return NasBertSepConv(config, width, SEPCONV_KERNELS[op])
-    shape = bottleneck_shape(op)
-    if shape is not None:
-        return NasBertBottleneck(config, width, *shape)
-    raise ValueError(f"unknown op {op!r}")
+    if spec.kind == "sepconv":
+        return NasBertSepConv(config, width, spec.kernel)
+    if spec.kind == "bottleneck":
+        return NasBertBottleneck(config, width, spec.intra, spec.num_ffn)
+    raise ValueError(f"{op!r} is no layer")
 
 
 class NasBertEncoder(nn.Module):
@@ -386,7 +394,6 @@ class NasBertEncoder(nn.Module):
 
     def __init__(self, config: NasBertConfig):
         super().__init__()
-        widths = [b["width"] for b in config.blocks]
         self.layer = nn.ModuleList(
             build_layer(config, op, b["width"]) for b in config.blocks for op in b["ops"] if op != "identity"
         )
@@ -429,7 +436,7 @@ class NasBertModel(NasBertPreTrainedModel):
     Returns ``last_hidden_state`` of shape (B, T, ``config.hidden_size``).
 
     With ``config.reference_size`` (RefBERT), ``forward`` needs ``reference_states`` (B, R, reference_size):
-    a teacher's pre-computed states of a reference sample per input (``nasbert.refbert.ReferencePool.lookup``),
+    a teacher's pre-computed states of a reference sample per input (``nasbert.ReferencePool.lookup``),
     and ``reference_mask`` (B, R) (1 = real, 0 = padding; default all real). ``reference_proj`` maps them to the
     width of the first ``mha`` layer, whose keys and values they join.
     """
@@ -483,7 +490,7 @@ class NasBertModel(NasBertPreTrainedModel):
         if states is None:
             raise ValueError(f"this model was trained with reference samples (config.reference_size={size}): pass "
                              "reference_states (B, R, reference_size) and reference_mask (B, R), e.g. from "
-                             "nasbert.refbert.ReferencePool.load(model_dir / 'references').lookup(input_ids, "
+                             "nasbert.ReferencePool.load(model_dir / 'references').lookup(input_ids, "
                              "attention_mask)")
         if states.dim() != 3 or states.shape[-1] != size or states.shape[0] != batch:
             raise ValueError(f"reference_states must be (batch={batch}, references, {size}), got "
@@ -495,17 +502,20 @@ class NasBertModel(NasBertPreTrainedModel):
 
 
 def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if config.problem_type is None:
+    """The loss of ``config.problem_type``; where it is not set, inferred from the labels (as transformers does)
+    without writing it into the config."""
+    problem_type = config.problem_type
+    if problem_type is None:
         if config.num_labels == 1:
-            config.problem_type = "regression"
+            problem_type = "regression"
         elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
+            problem_type = "single_label_classification"
         else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1)) if config.num_labels == 1 \
             else F.mse_loss(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification":
+    if problem_type == "single_label_classification":
         return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 

@@ -124,6 +124,7 @@ class _Run:
     """What the report reads from a run directory."""
 
     path: Path
+    rundir: Any  # nasbert.run.RunDir: the run's layout
     config: Any
     supernet: Any
     teacher: Any
@@ -157,27 +158,26 @@ class _Run:
 
 def _load_run(run: Path, family_dir: Path | None) -> _Run:
     from ..export.family import Family
-    from ..pipeline import _profile_dir
-    from ..run import RunDir
+    from ..run import MANIFEST, RunDir
     from ..supernet import SuperNet
     from ..teacher import load_teacher
 
-    if not (run / "manifest.json").is_file():
+    if not (run / MANIFEST).is_file():
         raise ReportError(f"{run} is not a run directory (no manifest.json): pass the --out of a `nasbert run`")
-    family_dir = family_dir or run / "family"
+    rundir = RunDir.load(run)
+    family_dir = family_dir or rundir.family_dir
     if not (family_dir / "family.json").is_file():
         raise ReportError(f"{family_dir} has no family.json: finish the run first (`nasbert run --out {run}`), or "
                           "pass --family")
-    rundir = RunDir.load(run)
     config = rundir.config
     family = Family.load(family_dir)
-    supernet = SuperNet.from_pretrained(run / "supernet")
+    supernet = SuperNet.from_pretrained(rundir.supernet_dir)
     teacher, tokenizer, source = load_teacher(config.teacher if config.teacher is not None
                                               else supernet.space.teacher.name)
-    profile = _profile_dir(rundir, config)
+    profile = rundir.profile_dir(config.latency)
     device_file = profile / "device.json"
     device = json.loads(device_file.read_text()) if device_file.is_file() else dict(family.device)
-    return _Run(run, config, supernet, teacher, tokenizer, source, family, family_dir, profile, device)
+    return _Run(run, rundir, config, supernet, teacher, tokenizer, source, family, family_dir, profile, device)
 
 
 def _measure(run: _Run, models: dict[str, Any], seed: int) -> tuple[dict[str, float], float]:
@@ -209,7 +209,7 @@ def sampled_archs(run: _Run, n: int) -> list:
 
     if n == 0:
         return []
-    space = SearchSpace.load(run.path / "space.yaml")
+    space = SearchSpace.load(run.rundir.space_file)
     pool = sample_archs(space, 20 * n, np.random.default_rng(run.config.seed + 4242))
     if not (run.profile / "predictor.json").is_file():
         raise ReportError(f"--sampled needs the run's latency profile ({run.profile}): run `nasbert latency --run "

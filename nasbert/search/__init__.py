@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-from .budgets import DEFAULT_BUDGETS, Budget, parse_budget, parse_budgets
+from ..budgets import DEFAULT_BUDGETS, Budget, parse_budget, parse_budgets
 from .objective import Evaluation, Objective, load_block_losses
-from .optuna_search import SAMPLERS, Candidate, SearchError, SearchResult, TrialRecord, pareto_front, run_search
+from .optuna_search import SAMPLERS, Candidate, SearchError, SearchResult, TrialRecord, load_pareto, pareto_front, \
+    run_search
 
 __all__ = ["DEFAULT_BUDGETS", "SAMPLERS", "Budget", "Candidate", "Evaluation", "Objective", "SearchError",
-           "SearchResult", "TrialRecord", "load_block_losses", "pareto_front", "parse_budget", "parse_budgets",
-           "run_ray_search", "run_search"]
+           "SearchResult", "TrialRecord", "load_block_losses", "load_pareto", "pareto_front", "parse_budget",
+           "parse_budgets", "run_ray_search", "run_search"]
 
 
 def run_ray_search(*args, **kwargs):

@@ -61,7 +61,7 @@ def load_block_losses(space_yaml: str | os.PathLike) -> list[dict[str, float]]:
     candidates = data.get("candidates") if isinstance(data, Mapping) else None
     if not isinstance(candidates, list):
         raise SpaceError(f"{path}: no 'candidates': the search needs the surviving paths of a trained run "
-                         "(run `nasbert train --run RUN` first)")
+                         "(run `nasbert train --out RUN` first)")
     losses = []
     for n, entries in enumerate(candidates):
         block: dict[str, float] = {}
@@ -116,7 +116,7 @@ class Objective:
         space_file = run / "space.yaml"
         if not space_file.is_file():
             raise FileNotFoundError(f"{space_file} does not exist: train the supernet first "
-                                    f"(`nasbert train --run {run}`)")
+                                    f"(`nasbert train --out {run}`)")
         if latency_profile is None:
             latency_dir = run / "latency"
             profiles = sorted(p for p in latency_dir.iterdir() if (p / "predictor.json").is_file()) \

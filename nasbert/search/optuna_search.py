@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,14 +30,14 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from ..io import atomic_write_json, atomic_write_text, fault_point
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point
 from ..redact import redact_url
 from ..space import Arch
-from .budgets import DEFAULT_BUDGETS, Budget, any_budget_violation, parse_budgets
+from ..budgets import DEFAULT_BUDGETS, Budget, any_budget_violation, parse_budgets
 from .objective import Evaluation, Objective
 
-__all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchError", "SearchResult", "TrialRecord", "pareto_front",
-           "run_search", "select_per_budget", "suggest_arch", "summarize"]
+__all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchError", "SearchResult", "TrialRecord", "load_pareto",
+           "pareto_front", "run_search", "select_per_budget", "suggest_arch", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -409,19 +409,18 @@ def _write_pareto_json(path: Path, records, front, chosen, budgets, teacher_late
     atomic_write_json(path, data)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def load_pareto(path: str | os.PathLike, *, run: str | os.PathLike | None = None
+                ) -> tuple[tuple[Budget, ...], dict[str, list[Candidate]]]:
+    """What a search wrote to ``pareto.json``: its budgets, and each budget's ranked candidates (best first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the search first (`nasbert search --run "
+                                f"{run if run is not None else path.parent.parent}`)")
+    pareto = json.loads(path.read_text(encoding="utf-8"))
+    budgets = parse_budgets([b["budget"] for b in pareto["budgets"]])
+    candidates = {b["budget"]: [Candidate(Arch.parse(c["arch"]), Evaluation.from_mapping(c)) for c in b["best"]]
+                  for b in pareto["budgets"]}
+    return budgets, candidates
 
 
 def _plot_pareto(path: Path, records, front, chosen, budgets, teacher_latency_ms) -> None:
@@ -461,4 +460,4 @@ def _plot_pareto(path: Path, records, front, chosen, budgets, teacher_latency_ms
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .budgets import DEFAULT_BUDGETS, Budget, parse_budgets
+from ..budgets import DEFAULT_BUDGETS, Budget, parse_budgets
 from .objective import Evaluation, Objective
 from .optuna_search import (
     EVALUATION_FIELDS, BudgetConstraint, SearchResult, TrialRecord, _quiet_optuna, suggest_arch, summarize,

@@ -68,6 +68,7 @@ class SuperNet(nn.Module):
         pad_token_id: int = 0,
         initializer_range: float = 0.02,
         seed: int = 0,
+        teacher_source: str | None = None,
     ):
         super().__init__()
         self.space = space
@@ -76,7 +77,8 @@ class SuperNet(nn.Module):
             attention_probs_dropout_prob=attention_probs_dropout_prob, pad_token_id=pad_token_id,
             initializer_range=initializer_range,
         )
-        self.teacher_source: str | None = None
+        #: where the teacher came from (a path or hub id), saved with the supernet
+        self.teacher_source = teacher_source
         t, act = space.teacher, ACT2FN[hidden_act]
         H = t.hidden_size
         self.embeddings = ElasticEmbeddings(t.vocab_size, t.max_position_embeddings, t.type_vocab_size, H,
@@ -164,8 +166,8 @@ class SuperNet(nn.Module):
             pad_token_id=config.pad_token_id if config.pad_token_id is not None else 0,
             initializer_range=config.initializer_range,
             seed=seed,
+            teacher_source=source,
         )
-        supernet.teacher_source = source
         if init == "random":
             return supernet
         state = {k: v.detach().float().cpu() for k, v in bert.state_dict().items()}
@@ -368,9 +370,8 @@ class SuperNet(nn.Module):
             )
         meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
         space = SearchSpace.from_dict(meta["space"], source=str(directory / CONFIG_NAME))
-        supernet = cls(space, **meta["hparams"])
+        supernet = cls(space, **meta["hparams"], teacher_source=meta.get("teacher"))
         supernet.load_state_dict(load_file(directory / WEIGHTS_NAME))
-        supernet.teacher_source = meta.get("teacher")
         return supernet.eval()
 
 

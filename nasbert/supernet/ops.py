@@ -7,16 +7,15 @@ on that slice and extraction copies that slice, so the two cannot drift apart.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.configuration_nasbert import NasBertConfig, bottleneck_shape
-from ..modeling.modeling_nasbert import (NasBertBottleneck, attention, embed, feed_forward, normalize, residual_norm,
-                                         sepconv)
-from ..space import MAX_KERNEL, SEPCONV_KERNELS
+from ..modeling.configuration_nasbert import NasBertConfig, op_spec
+from ..modeling.modeling_nasbert import (NasBertBottleneck, attention, attention_probs, embed, feed_forward,
+                                         normalize, residual_norm, sepconv)
+from ..space import MAX_KERNEL
 
 Tensors = dict[str, torch.Tensor]
 
@@ -222,22 +221,22 @@ class Slot(nn.Module):
                                                 hidden_dropout=hidden_dropout, **bottleneck)
 
     def sliced(self, op: str, width: int) -> Tensors:
-        if op in SEPCONV_KERNELS:
-            return self.sepconv.sliced(width, SEPCONV_KERNELS[op])
-        shape = bottleneck_shape(op)
-        if shape is not None:
-            return self.bottleneck.sliced(width, *shape)
-        return getattr(self, op).sliced(width)
+        spec = op_spec(op)
+        if spec.kind == "sepconv":
+            return self.sepconv.sliced(width, spec.kernel)
+        if spec.kind == "bottleneck":
+            return self.bottleneck.sliced(width, spec.intra, spec.num_ffn)
+        return getattr(self, spec.kind).sliced(width)
 
     def attention_probs(self, x: torch.Tensor, op: str, additive_mask: torch.Tensor) -> torch.Tensor | None:
         """The attention distributions (B, heads, T, T) that ``op`` computes on ``x``; None for ops without
         attention. (Recomputed from the same sliced weights; progressive transfer matches them to the teacher's.)"""
-        width = x.shape[-1]
-        if op == "mha":
+        width, kind = x.shape[-1], op_spec(op).kind
+        if kind == "mha":
             p, head_size = self.mha.sliced(width), self.mha.head_size
             q = F.linear(x, p["self.query.weight"], p["self.query.bias"])
             k = F.linear(x, p["self.key.weight"], p["self.key.bias"])
-        elif bottleneck_shape(op) is not None:
+        elif kind == "bottleneck":
             layer = self.bottleneck.layer
             p, head_size = self.sliced(op, width), layer.head_size
             shared = F.linear(x, p["bottleneck.attention.dense.weight"], p["bottleneck.attention.dense.bias"])
@@ -247,20 +246,17 @@ class Slot(nn.Module):
             k = F.linear(shared, p["attention.self.key.weight"], p["attention.self.key.bias"])
         else:
             return None
-        B, T, inner = q.shape
-        q, k = (t.view(B, T, inner // head_size, head_size).transpose(1, 2) for t in (q, k))  # (B, h, T, hs)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + additive_mask
-        return scores.softmax(dim=-1)  # (B, h, T, T)
+        return attention_probs(q, k, additive_mask, head_size=head_size)  # (B, h, T, T)
 
     def forward(self, x: torch.Tensor, op: str, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        if op == "identity":
+        spec = op_spec(op)
+        if spec.kind == "identity":
             return x
-        if op in SEPCONV_KERNELS:
-            return self.sepconv(x, additive_mask, keep, SEPCONV_KERNELS[op])
-        shape = bottleneck_shape(op)
-        if shape is not None:
-            return self.bottleneck(x, additive_mask, keep, *shape)
-        return getattr(self, op)(x, additive_mask, keep)
+        if spec.kind == "sepconv":
+            return self.sepconv(x, additive_mask, keep, spec.kernel)
+        if spec.kind == "bottleneck":
+            return self.bottleneck(x, additive_mask, keep, spec.intra, spec.num_ffn)
+        return getattr(self, spec.kind)(x, additive_mask, keep)
 
 
 class ElasticLinear(nn.Linear):

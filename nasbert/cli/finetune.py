@@ -24,7 +24,7 @@ logger = logging.getLogger("nasbert")
 
 
 def build_finetune_parser(p: argparse.ArgumentParser) -> None:
-    from .trainer import FinetuneConfig
+    from ..finetune.trainer import FinetuneConfig
 
     d = FinetuneConfig()
     p.add_argument("model", help="model directory (a family member, an HF BERT), 'builtin' (the built-in teacher) "
@@ -79,8 +79,8 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     """Bad input (task data, model, settings) raises TaskError / FinetuneError / ConfigError: the CLI prints the
     message and exits 1."""
-    from .tasks import TaskError, load_generic_task, load_task
-    from .trainer import FinetuneConfig, finetune
+    from ..finetune.tasks import TaskError, load_generic_task, load_task
+    from ..finetune.trainer import FinetuneConfig, finetune
 
     config = FinetuneConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,

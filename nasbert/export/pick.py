@@ -5,7 +5,7 @@ A budget is one of: a latency in ms on the family's device, a speed-up over the 
 parameter count. With ``measure=True`` every member (and the teacher, where the family has ``teacher.onnx``) is
 timed again on this machine first, so that the pick is made for where the model will run.
 
->>> from nasbert.pick import pick
+>>> from nasbert import pick
 >>> member = pick("runs/minilm/family", speedup=4)  # doctest: +SKIP
 >>> member.name, member.latency_ms  # doctest: +SKIP
 ('x4', 4.3)
@@ -13,22 +13,19 @@ timed again on this machine first, so that the pick is made for where the model 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
-import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .export.family import Family, FamilyError, FamilyMember
+from ..budgets import Budget, parse_params
+from .family import Family, FamilyError, FamilyMember
 
-__all__ = ["NoFit", "build_pick_parser", "measure_family", "parse_params", "pick", "pick_main",
-           "pick_with_family", "run_pick"]
+__all__ = ["PRECISIONS", "NoFit", "format_params", "measure_family", "parse_params", "pick", "pick_with_family"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,30 +39,7 @@ class NoFit(ValueError):
     """No member of the family meets the budget; the message names the tightest budget that can be met."""
 
 
-_PARAMS = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kKmMbB]?)\s*$")
-_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
-
-
-def parse_params(text: str | int) -> int:
-    """A parameter count: ``"10M"`` -> 10_000_000; also ``"500k"``, ``"1.5M"``, ``"12000000"``, ``"2B"``.
-
-    >>> parse_params("1.5M"), parse_params("500k"), parse_params("12000000")
-    (1500000, 500000, 12000000)
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        match = _PARAMS.match(str(text)) if isinstance(text, str) else None
-        if match is None:
-            raise ValueError(f"parameter count {text!r} not understood: write a number, optionally with k, M or B "
-                             "(e.g. 10M, 500k, 1.5M, 12000000)")
-        value = round(float(match.group(1)) * _SCALE[match.group(2).lower()])
-    if value <= 0:
-        raise ValueError(f"parameter count must be positive, got {text!r}")
-    return value
-
-
-def _fmt_params(n: int) -> str:
+def format_params(n: int) -> str:
     return f"{n:,} ({n / 1e6:.2f}M)"
 
 
@@ -94,7 +68,7 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
     too when the family directory holds ``teacher.onnx``; otherwise its recorded latency is kept. Nothing is
     written to disk. The copy's ``device`` describes this machine.
     """
-    from .latency.measure import OnnxRuntimeEngine, device_info, measure_interleaved
+    from ..latency.measure import OnnxRuntimeEngine, device_info, measure_interleaved
 
     threads = int(family.device["threads"] if threads is None else threads)
     if threads < 1:
@@ -158,8 +132,8 @@ def _no_fit(family: Family, latency_ms, speedup, max_params) -> NoFit:
                      f"than the teacher ({fastest.latency_ms:.3f} ms vs {teacher:.3f} ms on "
                      f"{family.device['key']}); ask for at most {best}x")
     smallest = min(family.models, key=lambda m: (m.params, m.name))
-    return NoFit(f"no model fits {_fmt_params(max_params)} parameters: the smallest member, {smallest.name!r}, "
-                 f"has {_fmt_params(smallest.params)}; ask for at least {smallest.params}")
+    return NoFit(f"no model fits {format_params(max_params)} parameters: the smallest member, {smallest.name!r}, "
+                 f"has {format_params(smallest.params)}; ask for at least {smallest.params}")
 
 
 def _views(family: Family, precision: str) -> list[FamilyMember]:
@@ -237,107 +211,12 @@ def pick_with_family(
         family = measure_family(family, threads=threads)
 
     views = _views(family, precision)
-    if latency_ms is not None:
-        fits = [m for m in views if m.latency_ms <= latency_ms]
-    elif speedup is not None:  # fp32: latency <= teacher / speedup, without the division's rounding
-        fits = [m for m in views if (m.latency_ms * speedup <= family.teacher_latency_ms
-                                     if m.extra["precision"] == "fp32" else m.speedup >= speedup)]
-    else:
-        fits = [m for m in views if m.params <= max_params]
+    budget = (Budget("latency_ms", float(latency_ms), f"{latency_ms}ms") if latency_ms is not None else
+              Budget("speedup", float(speedup), f"{speedup}x") if speedup is not None else
+              Budget("params", float(max_params), str(max_params)))
+    # a speed-up is over the teacher timed in the same run as the graph (an int8 graph's own run)
+    fits = [m for m in views if budget.allows(m.latency_ms, m.params, m.latency_ms * m.speedup
+                                              if m.extra["precision"] == "int8" else family.teacher_latency_ms)]
     if not fits:
         raise _no_fit(dataclasses.replace(family, models=views), latency_ms, speedup, max_params)
     return fits[0], family
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def build_pick_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Add ``nasbert pick``'s arguments to ``parser`` (a sub-command's parser), or build a parser."""
-    if parser is None:
-        parser = argparse.ArgumentParser(prog="nasbert pick", description=_CLI_DESCRIPTION)
-    parser.add_argument("family", help="family directory (holding family.json) or a family.json path")
-    parser.add_argument("--latency-ms", type=float, metavar="X", help="at most X ms on the family's device")
-    parser.add_argument("--speedup", type=float, metavar="S", help="at least S times faster than the teacher")
-    parser.add_argument("--max-params", metavar="P", help="at most P parameters (10M, 500k, 12000000)")
-    parser.add_argument("--measure", action="store_true",
-                        help="measure every member (and teacher.onnx, if there) on this machine first")
-    parser.add_argument("--threads", type=int, metavar="N", help="threads for --measure (default: the family's)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 graphs only (default), int8 graphs only, or any: the best member and precision "
-                             "that meet the budget (a member's fp32 graph before its int8 one)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return parser
-
-
-_CLI_DESCRIPTION = ("Print the path of the best family member (highest cosine to the teacher) that meets one budget "
-                    "(--latency-ms, --speedup or --max-params). Exit 2 when none does.")
-
-
-def _report(member: FamilyMember, family: Family, measured: bool) -> dict:
-    onnx = family.onnx_path(member)
-    return {
-        **member.to_dict(),
-        "path": str(family.member_dir(member)),
-        "onnx": None if onnx is None else str(onnx),
-        "family": str(family._root()),
-        "teacher_latency_ms": family.teacher_latency_ms,
-        "device": family.device,
-        "measured": measured,
-    }
-
-
-def _table(member: FamilyMember, family: Family, measured: bool) -> str:
-    where = "measured here" if measured else "from family.json"
-    rows = [
-        ("name", member.name),
-        ("precision", f"{member.extra.get('precision', 'fp32')} (load {member.onnx or 'the model directory'})"),
-        ("budget", member.budget),
-        ("params", _fmt_params(member.params)),
-        ("flops", f"{member.flops:,} @ {family.device['seq_len']} tokens"),
-        ("latency", f"{member.latency_ms:.3f} ms ({where}, {family.device['key']})"),
-        ("predicted", "n/a" if member.predicted_latency_ms is None else f"{member.predicted_latency_ms:.3f} ms"),
-        ("speed-up", f"{member.speedup:.2f}x over the teacher ({family.teacher_latency_ms:.3f} ms)"),
-        ("valid loss", "n/a" if member.valid_loss is None else f"{member.valid_loss:.4f}"),
-        ("proxy loss", "n/a" if member.proxy_loss is None else f"{member.proxy_loss:.4f}"),
-    ]
-    return "\n".join(f"  {k:<11} {v}" for k, v in rows)
-
-
-def run_pick(args: argparse.Namespace) -> int:
-    """``nasbert pick`` on parsed arguments: 0 picked, 1 bad input, 2 nothing fits."""
-    given = [flag for flag, v in (("--latency-ms", args.latency_ms), ("--speedup", args.speedup),
-                                  ("--max-params", args.max_params)) if v is not None]
-    if len(given) != 1:
-        print("nasbert pick: error: give exactly one budget: --latency-ms X, --speedup S or --max-params P"
-              + (f" (got {', '.join(given)})" if given else ""), file=sys.stderr)
-        return 1
-    if args.threads is not None and args.threads < 1:
-        print(f"nasbert pick: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return 1
-    try:
-        member, family = pick_with_family(args.family, latency_ms=args.latency_ms, speedup=args.speedup,
-                                          max_params=args.max_params, measure=args.measure, threads=args.threads,
-                                          precision=args.precision)
-    except NoFit as e:
-        print(f"nasbert pick: {e}", file=sys.stderr)
-        return 2
-    except (FamilyError, ValueError, OSError) as e:
-        print(f"nasbert pick: error: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(_report(member, family, args.measure), indent=2))
-    else:
-        print(family.member_dir(member))
-        print(_table(member, family, args.measure))
-    return 0
-
-
-def pick_main(argv: list[str] | None = None) -> int:
-    """``nasbert pick FAMILY (--latency-ms X | --speedup S | --max-params P) [--measure] [--threads N] [--json]``."""
-    parser = build_pick_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # usage errors: argparse has printed the message; its convention is exit 2
-        return int(e.code or 0)
-    return run_pick(args)

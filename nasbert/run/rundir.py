@@ -1,11 +1,16 @@
 """The run directory: one folder that every stage reads and writes, with a manifest of what was done.
+:class:`RunDir` owns its layout: every stage asks it for a path, none writes one out.
 
 ::
 
     RUN/
-      manifest.json   config, package versions, seed, git sha, status of each stage
-      space.yaml      the search space
-      supernet/       supernet.safetensors, supernet.json, tokenizer files
+      manifest.json               config, package versions, seed, git sha, status of each stage
+      space.yaml                  the search space (after training: the surviving paths of each block)
+      supernet/                   supernet.safetensors, supernet.json, tokenizer files
+      train/                      checkpoint/ while training, candidates.json
+      latency/<device-key>/       the latency profile of one device: table, predictor, accuracy
+      search/                     trials.csv, pareto.json, pareto.png (and study.db)
+      family/                     the exported members and family.json
 """
 
 from __future__ import annotations
@@ -23,18 +28,20 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, from_mapping, to_mapping
-from .data import CorpusConfig
-from .export.config import ExportConfig, SearchConfig
-from .io import atomic_write_json, fault_point
-from .latency.profile import LatencyConfig
-from .redact import strip_password
-from .training.config import RayConfig, TrainConfig
+from ..config import ConfigError, from_mapping, to_mapping
+from ..data import CorpusConfig
+from ..export.config import ExportConfig, SearchConfig
+from ..io import atomic_write_json, fault_point
+from ..latency.profile import LatencyConfig
+from ..redact import strip_password
+from ..training.config import RayConfig, TrainConfig
 
-__all__ = ["STAGES", "ConfigError", "RunConfig", "RunDir"]
+__all__ = ["MANIFEST", "STAGES", "ConfigError", "RunConfig", "RunDir"]
 
 #: The stages of a run, in order (``nasbert run`` runs them all; see nasbert/pipeline.py).
 STAGES = ("supernet", "latency", "train", "search", "export")
+
+MANIFEST = "manifest.json"
 
 PACKAGES = ("nasbert", "torch", "transformers", "optuna", "ray", "datasets", "numpy", "onnxruntime", "onnx",
             "safetensors")
@@ -131,7 +138,7 @@ class RunDir:
         """Open (or create) a run directory for ``config``. An existing run made with another config is an
         error, so that two experiments never mix in one directory."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
+        manifest_path = path / MANIFEST
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             old = manifest.get("config", {})
@@ -162,17 +169,59 @@ class RunDir:
     @classmethod
     def load(cls, path: str | os.PathLike) -> RunDir:
         path = Path(path)
-        manifest_path = path / "manifest.json"
+        manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{str(path)!r} is not a nasbert run directory (no manifest.json); make one with `nasbert run`")
         return cls(path, json.loads(manifest_path.read_text(encoding="utf-8")))
 
     @property
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(self.manifest["config"], source=str(self.path / "manifest.json"))
+        return RunConfig.from_dict(self.manifest["config"], source=str(self.manifest_file))
 
     def save(self) -> None:
-        atomic_write_json(self.path / "manifest.json", self.manifest)
+        atomic_write_json(self.manifest_file, self.manifest)
+
+    # ---------------------------------------------------------------- the layout (one path per artefact)
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def space_file(self) -> Path:
+        return self.path / "space.yaml"
+
+    @property
+    def supernet_dir(self) -> Path:
+        return self.path / "supernet"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.path / "train"
+
+    @property
+    def latency_dir(self) -> Path:
+        return self.path / "latency"
+
+    def profile_dir(self, latency: LatencyConfig) -> Path:
+        """The latency profile of the device ``latency`` describes (``latency/<device-key>/``)."""
+        from ..latency import device_info
+
+        key = device_info(engine=latency.engine, device=latency.device, threads=latency.threads,
+                          batch=latency.batch, seq_len=latency.seq_len, precision=latency.precision).key
+        return self.latency_dir / key
+
+    @property
+    def search_dir(self) -> Path:
+        return self.path / "search"
+
+    @property
+    def pareto_file(self) -> Path:
+        return self.search_dir / "pareto.json"
+
+    @property
+    def family_dir(self) -> Path:
+        return self.path / "family"
 
     def stage_done(self, stage: str) -> bool:
         return self.manifest["stages"].get(stage, {}).get("status") == "done"

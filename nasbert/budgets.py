@@ -18,9 +18,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from .config import ConfigError
 
-__all__ = ["DEFAULT_BUDGETS", "Budget", "parse_budget", "parse_budgets", "budget_violation", "any_budget_violation"]
+__all__ = ["DEFAULT_BUDGETS", "Budget", "any_budget_violation", "budget_violation", "parse_budget", "parse_budgets",
+           "parse_params"]
 
 #: What ``nasbert search`` looks for when no budget is given: speed-ups over the teacher.
 DEFAULT_BUDGETS: tuple[str, ...] = ("2x", "3x", "4x")
@@ -139,10 +140,36 @@ def parse_budgets(texts: Iterable[str | Budget] | str) -> tuple[Budget, ...]:
 
 def budget_violation(budget: Budget, latency_ms: float, params: int, teacher_latency_ms: float | None) -> float:
     """How far over ``budget`` a model is, as a fraction of the limit (<= 0: within it)."""
+    if budget.kind == "speedup":  # (latency - teacher / s) / (teacher / s), without the division's rounding
+        budget.latency_limit_ms(teacher_latency_ms)  # raises without a teacher latency
+        return (float(latency_ms) * budget.value - teacher_latency_ms) / teacher_latency_ms
     latency_limit, params_limit = budget.latency_limit_ms(teacher_latency_ms), budget.params_limit()
     if latency_limit is not None:
         return (float(latency_ms) - latency_limit) / latency_limit
     return (float(params) - params_limit) / params_limit
+
+
+_PARAMS = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kKmMbB]?)\s*$")
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+
+
+def parse_params(text: str | int) -> int:
+    """A parameter count: ``"10M"`` -> 10_000_000; also ``"500k"``, ``"1.5M"``, ``"12000000"``, ``"2B"``.
+
+    >>> parse_params("1.5M"), parse_params("500k"), parse_params("12000000")
+    (1500000, 500000, 12000000)
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _PARAMS.match(str(text)) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"parameter count {text!r} not understood: write a number, optionally with k, M or B "
+                             "(e.g. 10M, 500k, 1.5M, 12000000)")
+        value = round(float(match.group(1)) * _SCALE[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"parameter count must be positive, got {text!r}")
+    return value
 
 
 def any_budget_violation(budgets: Sequence[Budget], latency_ms: float, params: int,

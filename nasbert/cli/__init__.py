@@ -43,7 +43,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    from .space import SearchSpace
+    from ..space import SearchSpace
 
     if args.list:
         for name in SearchSpace.shipped():
@@ -61,7 +61,7 @@ def _open_run(args: argparse.Namespace):
     again if the first stage fails, so a typo never leaves a half-made run behind."""
     import shutil
 
-    from .run import RunConfig, RunDir
+    from ..run import RunConfig, RunDir
 
     config = RunConfig.load(args.config) if args.config else RunConfig()
     data = config.to_dict()
@@ -85,7 +85,7 @@ def apply_override(data: dict, override: str) -> None:
     ``[a, b]``), never evaluated as code."""
     import yaml
 
-    from .config import ConfigError
+    from ..config import ConfigError
 
     key, sep, text = override.partition("=")
     if not sep or not key:
@@ -106,14 +106,14 @@ def apply_override(data: dict, override: str) -> None:
 def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     import shutil
 
-    from .pipeline import (
+    from ..run import (
         stage_export,
         stage_latency,
         stage_search,
         stage_supernet,
         stage_train,
     )
-    from .run import STAGES
+    from ..run import STAGES
 
     INPUT_ERRORS = _input_errors()
 
@@ -132,7 +132,11 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
             "export": lambda: stage_export(run, config, force=args.force, ray_address=args.ray_address),
         }
         for stage in stages:
-            steps[stage]()
+            result = steps[stage]()
+            if stage == "supernet" and result is not None:
+                print(result.summary())
+            elif stage == "export" and result is not None:
+                _print_family(result)
     except BaseException as e:
         # A directory this call made goes again if the input was bad (nothing to resume) or nothing finished.
         if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in STAGES)):
@@ -142,7 +146,7 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import STAGES
+    from ..run import STAGES
 
     done = _run_stages(args, list(STAGES))
     if "export" in done:
@@ -159,8 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .pipeline import stage_search
-    from .run import RunDir
+    from ..run import stage_search
+    from ..run import RunDir
 
     run = RunDir.load(args.run)
     stage_search(run, run.config, force=args.force, show_progress=not args.no_progress,
@@ -171,18 +175,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .pipeline import stage_export
-    from .run import RunDir
+    from ..run import stage_export
+    from ..run import RunDir
 
     run = RunDir.load(args.run)
-    stage_export(run, run.config, force=args.force, out=args.out, latency_profile=args.latency_profile,
-                 ray_address=args.ray_address)
+    family = stage_export(run, run.config, force=args.force, out=args.out, latency_profile=args.latency_profile,
+                          ray_address=args.ray_address)
+    if family is not None:
+        _print_family(family)
     return 0
+
+
+def _print_family(family) -> None:
+    print(f"family: {family.directory} ({len(family.models)} models); choose one with: nasbert pick "
+          f"{family.directory} --speedup 3")
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
     """``nasbert latency --run RUN``: profile this machine for an existing run (flags override latency.*)."""
-    from .run import RunDir
+    from ..run import RunDir
 
     run = RunDir.load(args.run)
     data = run.config.to_dict()
@@ -190,8 +201,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             data["latency"][key] = value
-    from .pipeline import stage_latency
-    from .run import RunConfig
+    from ..run import stage_latency
+    from ..run import RunConfig
 
     config = RunConfig.from_dict(data, source="command line")
     report = stage_latency(run, config, force=args.force, show_progress=not args.no_progress)
@@ -206,108 +217,44 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
+    from ..run import RunDir
+    from ..run.tools import extract_to
+    from ..space import Arch, SearchSpace
 
-    from .export import save_hf_model
-    from .space import Arch
-    from .supernet import SuperNet
-
-    supernet = SuperNet.from_pretrained(Path(args.run) / "supernet")
-    space = supernet.space
     if args.arch:
         arch = Arch.parse(args.arch)
     elif args.teacher_arch:
-        arch = space.teacher_arch()
+        arch = SearchSpace.teacher_arch
     elif args.largest:
-        arch = space.largest_arch()
+        arch = SearchSpace.largest_arch
     elif args.smallest:
-        arch = space.smallest_arch()
+        arch = SearchSpace.smallest_arch
     else:
-        arch = space.sample(np.random.default_rng(args.seed))
-    space.validate(arch, allow_teacher=True)
-    tokenizer = AutoTokenizer.from_pretrained(Path(args.run) / "supernet")
-    save_hf_model(supernet.extract(arch), args.out, tokenizer=tokenizer)
-    print(f"{args.out}: {arch}")
-    print(f"  {space.num_params(arch):,} parameters, {space.flops(arch, 128) / 1e9:.3f} GFLOPs at 128 tokens")
+        arch = lambda space: space.sample(np.random.default_rng(args.seed))  # noqa: E731
+    info = extract_to(RunDir(Path(args.run)), arch, args.out)
+    print(f"{args.out}: {info['arch']}")
+    print(f"  {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs at 128 tokens")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ distill
 
 
-def _member_arch(spec: str):
-    """``FAMILY_DIR/NAME`` -> the member's Arch; a ConfigError (exit 1) when there is no such member."""
-    from .config import ConfigError
-    from .export.family import Family, FamilyError
-    from .space import Arch
-
-    family_dir, _, name = spec.rstrip("/").rpartition("/")
-    if not family_dir or not name:
-        raise ConfigError(f"--member {spec!r} is not of the form FAMILY_DIR/NAME "
-                          "(e.g. runs/default/family/nasbert-4x-5.1M)")
-    try:
-        family = Family.load(family_dir, check_paths=False)
-        return Arch.from_dict(family.member(name).arch)
-    except FamilyError as e:
-        raise ConfigError(str(e)) from None
-    except KeyError as e:
-        raise ConfigError(f"family {family_dir!r} has {e.args[0]}") from None
-
-
 def cmd_distill(args: argparse.Namespace) -> int:
     """``nasbert distill``: whole-model distillation of one sub-network of a run, written as a model directory."""
-    import dataclasses
-    import json
+    from ..export.family import member_arch
+    from ..run import RunDir
+    from ..run.tools import distill_to
+    from ..space import Arch
 
-    from .config import ConfigError, to_mapping
-    from .data import load_corpus
-    from .export.hf import write_hf_files
-    from .io import atomic_dir, atomic_write_json
-    from .utils import cache_dir
-    from .run import RunDir
-    from .space import Arch
-    from .supernet import SuperNet
-    from .teacher import load_teacher
-    from .training.distill import distill_arch
-
-    out = Path(args.out)
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
     run = RunDir.load(args.run)
-    config = run.config
-    arch = _member_arch(args.member) if args.member else Arch.parse(args.arch)
-    supernet = SuperNet.from_pretrained(Path(args.run) / "supernet")
-    space = supernet.space
-    space.validate(arch, allow_teacher=True)
-    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size))
-                 if v is not None}
-    distill = dataclasses.replace(config.export.distill, **overrides)
-    seed = config.seed if args.seed is None else args.seed
-
-    teacher, tokenizer, source = load_teacher(config.teacher if config.teacher is not None else space.teacher.name)
-    corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=not args.no_progress)
-    result = distill_arch(supernet, arch, teacher, corpus, tokenizer, config=distill, seed=seed,
-                          progress=not args.no_progress)
-    record = {
-        "arch": arch.to_dict(), "arch_compact": str(arch), "params": space.num_params(arch),
-        "run": str(args.run), "member": args.member, "teacher": source, "corpus": corpus.fingerprint,
-        "seed": seed, "steps": result.steps, "valid_loss_before": result.valid_loss_before,
-        "valid_loss_after": result.valid_loss_after, "seconds": round(result.seconds, 2),
-        "config": to_mapping(distill), "onnx": None,
-    }
-    with atomic_dir(out) as tmp:
-        write_hf_files(result.model, tmp, tokenizer=tokenizer)
-        if not args.no_onnx:
-            from .onnxio import export_onnx
-
-            report = export_onnx(result.model, tmp / "model.onnx")  # raises if ONNX and PyTorch differ by > 1e-4
-            record.update(onnx="model.onnx", onnx_max_abs_diff=report["max_abs_diff"])
-        atomic_write_json(tmp / "distill.json", json.loads(json.dumps(record)))
-    print(f"{out}: {arch}")
-    print(f"  whole-model valid loss {result.valid_loss_before:.4f} -> {result.valid_loss_after:.4f} after "
-          f"{result.steps} steps ({result.seconds:.1f} s)")
+    arch = member_arch(args.member) if args.member else Arch.parse(args.arch)
+    record = distill_to(run, arch, args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                        seed=args.seed, member=args.member, onnx=not args.no_onnx, force=args.force,
+                        progress=not args.no_progress)
+    print(f"{args.out}: {arch}")
+    print(f"  whole-model valid loss {record['valid_loss_before']:.4f} -> {record['valid_loss_after']:.4f} after "
+          f"{record['steps']} steps ({record['seconds']:.1f} s)")
     return 0
 
 
@@ -318,7 +265,7 @@ def _report_config(args: argparse.Namespace):
     """A ReportConfig from the options a command has (``baselines`` has no fine-tuning options)."""
     import dataclasses
 
-    from .quality.report import ReportConfig, parse_max_train
+    from ..quality.report import ReportConfig, parse_max_train
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ReportConfig)
               if getattr(args, f.name, None) is not None and f.name != "max_train_examples"}
@@ -329,7 +276,7 @@ def _report_config(args: argparse.Namespace):
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     """``nasbert baselines``: the layer-dropped teachers and uniform models each budget allows, written and timed."""
-    from .quality.report import build_baselines
+    from ..quality.report import build_baselines
 
     out = Path(args.out) if args.out else Path(args.run) / "baselines"
     models = build_baselines(args.run, out=out, config=_report_config(args), family=args.family, force=args.force,
@@ -343,7 +290,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``nasbert report``: the family, the free baselines and the teacher, fine-tuned on a task panel."""
-    from .quality.report import build_report, markdown_table
+    from ..quality.report import build_report, markdown_table
 
     results = build_report(args.run, out=args.out, config=_report_config(args), family=args.family,
                            force=args.force, progress=not args.no_progress)
@@ -375,38 +322,14 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_references_build(args: argparse.Namespace) -> int:
-    """``nasbert references build``: a RefBERT reference pool (teacher states + TF-IDF index) from a task's
-    training texts or a text file, for ``nasbert finetune --references``."""
-    from .config import ConfigError
-    from .refbert import ReferencePool
+    """``nasbert references build``: a RefBERT reference pool for ``nasbert finetune --references``."""
+    from ..finetune.refbert import build_reference_pool
 
-    out = Path(args.out)
-    if (args.task is None) == (args.text_file is None):
-        raise ConfigError("name the pool's texts: --task TASK (its training set; --data-dir for local GLUE TSVs) "
-                          "or --text-file FILE (one text per line)")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise ConfigError(f"--max-examples must be at least 1, got {args.max_examples}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
-    if args.task is not None:
-        from .finetune import load_task
-
-        # seed 0: the same subset as `nasbert finetune --max-train-examples N`, so the pool is the training set
-        data = load_task(args.task, data_dir=args.data_dir, max_train_examples=args.max_examples, seed=0)
-        texts = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in data.train]
-        subset = " (the seed-0 subset of finetune --max-train-examples)" if args.max_examples else ""
-        corpus = f"{data.task.name} training set, {len(texts)} examples{subset}, from {data.source}"
-    else:
-        path = Path(args.text_file)
-        if not path.is_file():
-            raise ConfigError(f"--text-file {str(path)!r} does not exist: pass a UTF-8 file with one text per line")
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        texts = texts[: args.max_examples] if args.max_examples else texts
-        corpus = f"{path}, the first {len(texts)} non-empty lines"
-    pool = ReferencePool.build(texts, teacher=args.teacher, max_reference_tokens=args.max_reference_tokens,
-                               max_length=args.max_length, batch_size=args.batch_size, corpus=corpus,
-                               progress=not args.no_progress)
-    pool.save(out)
+    pool = build_reference_pool(args.out, task=args.task, text_file=args.text_file, data_dir=args.data_dir,
+                                max_examples=args.max_examples, teacher=args.teacher,
+                                max_reference_tokens=args.max_reference_tokens, max_length=args.max_length,
+                                batch_size=args.batch_size, force=args.force, progress=not args.no_progress)
+    out = args.out
     print(f"{out}: {pool.num_samples} reference samples of {pool.meta['teacher']} ({pool.hidden_size}-wide, up to "
           f"{pool.max_reference_tokens} tokens), {pool.meta['bytes'] / 1e6:.1f} MB, built in "
           f"{pool.meta['build_seconds']:.1f} s; use it with: nasbert finetune MODEL --references {out} ...")
@@ -435,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config overrides, e.g. train.steps=100 corpus.seq_len=64")
         if name == "run":
-            from .run import STAGES
+            from ..run import STAGES
 
             p.add_argument("--until", choices=STAGES, help="stop after this stage")
         p.set_defaults(func=func)
@@ -481,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_pick_parser(p)
     p.set_defaults(func=run_pick)
 
-    from .finetune.cli import build_finetune_parser, run_finetune
+    from .finetune import build_finetune_parser, run_finetune
 
     p = sub.add_parser("finetune", help="fine-tune a model (a family member or any HF BERT) on a GLUE or own task")
     build_finetune_parser(p)
@@ -571,17 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean the input (config, space, teacher, corpus, task data, paths) is wrong: a message, exit 1."""
-    from .config import ConfigError
-    from .finetune import FinetuneError, TaskError
-    from .refbert import ReferencePoolError
-    from .search import SearchError
-    from .space import SpaceError
-    from .teacher import TeacherError
+    from ..config import ConfigError
+    from ..export.family import FamilyError
+    from ..finetune import FinetuneError, TaskError
+    from ..finetune.refbert import ReferencePoolError
+    from ..search import SearchError
+    from ..space import SpaceError
+    from ..teacher import TeacherError
 
-    from .quality import ReportError
+    from ..quality import ReportError
 
     return (ConfigError, SpaceError, TeacherError, TaskError, FinetuneError, ReferencePoolError, ReportError,
-            SearchError, FileNotFoundError)
+            SearchError, FamilyError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,7 +516,3 @@ def main(argv: list[str] | None = None) -> int:
     except _input_errors() as e:
         print(f"nasbert: error: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

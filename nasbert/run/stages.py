@@ -18,18 +18,17 @@ import logging
 import time
 from pathlib import Path
 
-from .data import load_corpus
-from .io import atomic_write_text
-from .redact import redact_url
-from .run import STAGES, RunConfig, RunDir
-from .space import SearchSpace
-from .supernet import SuperNet
-from .supernet.parity import check_teacher_parity, teacher_parity
-from .teacher import load_teacher
-from .utils import cache_dir
+from ..data import load_corpus
+from ..io import atomic_write_text
+from ..redact import redact_url
+from .rundir import RunConfig, RunDir
+from ..space import SearchSpace
+from ..supernet import SuperNet
+from ..supernet.parity import check_teacher_parity, teacher_parity
+from ..teacher import load_teacher
+from ..utils import cache_dir
 
-__all__ = ["STAGES", "cache_dir", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
-           "teacher_parity"]
+__all__ = ["stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train", "teacher_parity"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,25 +37,27 @@ def _teacher_for(config: RunConfig, space: SearchSpace):
     return load_teacher(config.teacher if config.teacher is not None else space.teacher.name)
 
 
-def stage_supernet(run: RunDir, config: RunConfig, *, force: bool = False) -> None:
+def stage_supernet(run: RunDir, config: RunConfig, *, force: bool = False) -> SearchSpace | None:
+    """Build the supernet from the teacher, check that it reproduces the teacher, and save it with the space;
+    returns the space (None when the stage was already done)."""
     if run.stage_done("supernet") and not force:
-        logger.info("stage supernet: already done (%s); --force to redo", run.path / "supernet")
-        return
+        logger.info("stage supernet: already done (%s); --force to redo", run.supernet_dir)
+        return None
     start = time.perf_counter()
     space = SearchSpace.load(config.space)
-    print(space.summary())
     teacher, tokenizer, source = _teacher_for(config, space)
     logger.info("building the supernet from teacher %s", source)
     supernet = SuperNet.from_teacher(space, teacher).eval()
     error = check_teacher_parity(supernet, teacher, tokenizer)  # raises above PARITY_ATOL (1e-4)
     logger.info("supernet under the teacher's architecture vs the teacher: max |diff| = %.2e", error)
-    supernet.save_pretrained(run.path / "supernet", tokenizer=tokenizer)
-    atomic_write_text(run.path / "space.yaml", space.to_yaml())
+    supernet.save_pretrained(run.supernet_dir, tokenizer=tokenizer)
+    atomic_write_text(run.space_file, space.to_yaml())
     n_params = sum(p.numel() for p in supernet.parameters())
     run.mark("supernet", "done", teacher=source, teacher_parity_max_abs_diff=error, supernet_params=n_params,
              seconds=round(time.perf_counter() - start, 1))
     logger.info("stage supernet: done in %.1f s, %s parameters, saved to %s",
-                time.perf_counter() - start, f"{n_params:,}", run.path / "supernet")
+                time.perf_counter() - start, f"{n_params:,}", run.supernet_dir)
+    return space
 
 
 def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True,
@@ -64,12 +65,12 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     """Train the supernet block-wise; resumes from RUN/train/checkpoint after an interruption."""
     import shutil
 
-    from .training import BlockwiseTrainer
+    from ..training import BlockwiseTrainer
 
     if run.stage_done("train") and not force:
-        logger.info("stage train: already done (%s); --force to redo", run.path / "train")
+        logger.info("stage train: already done (%s); --force to redo", run.train_dir)
         return None
-    workdir = run.path / "train"
+    workdir = run.train_dir
     if force and workdir.exists():
         shutil.rmtree(workdir)
     space = SearchSpace.load(config.space)
@@ -77,12 +78,15 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=show_progress)
     logger.info("corpus: %d training and %d validation sequences of %d tokens", len(corpus.train),
                 len(corpus.valid), corpus.train.shape[1])
-    supernet = SuperNet.from_teacher(space, teacher, init=config.train.init, seed=config.seed)
+    if config.train.init == "teacher" and run.stage_done("supernet") and not run.stage_done("train"):
+        supernet = SuperNet.from_pretrained(run.supernet_dir)  # as stage supernet built, checked and saved it
+    else:  # random initialisation, or the saved supernet is a trained one (--force)
+        supernet = SuperNet.from_teacher(space, teacher, init=config.train.init, seed=config.seed)
     block_latency, binning = _block_latency(run, config)
     runner = None
     use_ray = config.ray.enabled or ray_address is not None  # "local" starts a local Ray instance
     if use_ray:
-        from .training.ray_blocks import RayBlockRunner
+        from ..training.ray_blocks import RayBlockRunner
 
         address = config.ray.address if ray_address in (None, "local") else ray_address
         runner = RayBlockRunner(supernet, config.train, address=address,
@@ -96,31 +100,22 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     finally:
         if runner is not None:
             runner.shutdown()
-    trainer.supernet.cpu().save_pretrained(run.path / "supernet", tokenizer=tokenizer)
+    trainer.supernet.cpu().save_pretrained(run.supernet_dir, tokenizer=tokenizer)
     shrunk = space.with_candidates([c.paths for c in trainer.candidates])
-    _write_space_yaml(run.path / "space.yaml", shrunk, trainer.candidates)
+    _write_space_yaml(run.space_file, shrunk, trainer.candidates)
     run.mark("train", "done", ray=use_ray, corpus=config.corpus.describe(), binning=binning, **result)
     logger.info("stage train: done in %.0f s; validation loss %.4f; surviving paths per block %s",
                 result["seconds"], result["valid_loss"], result["surviving_paths"])
     return result
 
 
-def _profile_dir(run: RunDir, config: RunConfig) -> Path:
-    from .latency import device_info
-
-    c = config.latency
-    key = device_info(engine=c.engine, device=c.device, threads=c.threads, batch=c.batch, seq_len=c.seq_len,
-                      precision=c.precision).key
-    return run.path / "latency" / key
-
-
 def _block_latency(run: RunDir, config: RunConfig):
     """``path -> ms`` from the run's latency table for shrinking's bins, or (None, "flops") without a profile."""
-    from .latency import LatencyTable
+    from ..latency import LatencyTable
 
-    table_file = _profile_dir(run, config) / "table.json"
+    table_file = run.profile_dir(config.latency) / "table.json"
     if not table_file.is_file():
-        logger.info("no latency profile in %s: shrinking bins paths by parameters and FLOPs", run.path / "latency")
+        logger.info("no latency profile in %s: shrinking bins paths by parameters and FLOPs", run.latency_dir)
         return None, "params+flops"
     table = LatencyTable.load(table_file)
 
@@ -142,17 +137,17 @@ def _write_space_yaml(path: Path, space: SearchSpace, candidates) -> None:
 
 def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True) -> dict | None:
     """Profile this machine for the run's (shrunk) space; the profile goes to RUN/latency/<device-key>/."""
-    from .latency import profile_device
-    from .latency.table import table_keys
+    from ..latency import profile_device
+    from ..latency.table import table_keys
 
     c = config.latency
-    out = _profile_dir(run, config)
+    out = run.profile_dir(config.latency)
     key = out.name
     done = run.manifest["stages"].get("latency", {})
     if run.stage_done("latency") and done.get("device_key") == key and not force:
         logger.info("stage latency: already done for %s (%s); --force to redo", key, out)
         return None
-    space_file = run.path / "space.yaml"
+    space_file = run.space_file
     space = SearchSpace.load(space_file) if space_file.is_file() else SearchSpace.load(config.space)
     teacher, _, _ = _teacher_for(config, space)
     logger.info("profiling %s: %d ops in the table, %d whole models", key, len(table_keys(space)), c.archs)
@@ -171,13 +166,13 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
                  ray_address: str | None = None, latency_profile: str | None = None, trials: int | None = None,
                  budgets: list[str] | None = None, sampler: str | None = None, storage: str | None = None):
     """Search the run's shrunk space under the budgets; resumes from the study's storage."""
-    from .search import Objective, SearchError, run_search
-    from .search.optuna_search import resolve_storage
+    from ..search import Objective, SearchError, run_search
+    from ..search.optuna_search import resolve_storage
 
     c = config.search
     asked = trials is not None or budgets is not None or sampler is not None or storage is not None
     if run.stage_done("search") and not force and not asked:
-        logger.info("stage search: already done (%s); --force to redo", run.path / "search")
+        logger.info("stage search: already done (%s); --force to redo", run.search_dir)
         return None
     storage = storage or c.storage
     if ray_address is not None and (storage is not None or (sampler or c.sampler) != "nsga2"):
@@ -188,7 +183,7 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
             "can share one study), or leave out --storage and --sampler to search on Ray")
     if storage is not None:
         resolve_storage(storage, None)  # a bad URL or an unreachable database fails here, before --force deletes
-    out = run.path / "search"
+    out = run.search_dir
     if force and out.exists():
         import shutil
 
@@ -198,7 +193,7 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
     kwargs = {"budgets": tuple(budgets or c.budgets), "trials": trials or c.trials, "seed": config.seed,
               "out_dir": out, "top_k": c.top_k, "show_progress": show_progress}
     if ray_address is not None:
-        from .search import run_ray_search
+        from ..search import run_ray_search
 
         address = None if ray_address == "local" else ray_address
         result = run_ray_search(objective, address=address, **kwargs)
@@ -238,7 +233,7 @@ def _study_name(run: RunDir, storage: str | None, force: bool) -> str:
 
 def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
     """The profile for the configured device if the run has it (so several profiles can coexist)."""
-    path = _profile_dir(run, config)
+    path = run.profile_dir(config.latency)
     return str(path) if (path / "predictor.json").is_file() else None
 
 
@@ -246,8 +241,8 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
     """The teacher cuts each budget's export considers (the ``top_k`` slowest that the latency predictor puts
     under the budget's share of the teacher's predicted time), and the supernet of the teacher's own weights they
     are cut from; ``({}, None)`` when ``export.teacher_cuts`` is off or the space cannot express cuts."""
-    from .export.cuts import teacher_cuts
-    from .latency import LatencyPredictor
+    from ..export.cuts import teacher_cuts
+    from ..latency import LatencyPredictor
 
     if not config.export.teacher_cuts:
         return {}, None
@@ -275,34 +270,27 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     and int8) and model cards, plus family.json."""
     import json
 
-    from .export.family_export import export_family
-    from .training.evaluation import plain_batches, validation_batches
-    from .search import Candidate, Evaluation, parse_budgets
-    from .space import Arch
+    from ..export.family_export import export_family
+    from ..training.evaluation import plain_batches, validation_batches
+    from ..search import load_pareto
 
-    target = Path(out) if out else run.path / "family"
+    target = Path(out) if out else run.family_dir
     if run.stage_done("export") and not force and out is None:
         logger.info("stage export: already done (%s); --force to redo", target)
         return None
-    pareto_file = run.path / "search" / "pareto.json"
-    if not pareto_file.is_file():
-        raise FileNotFoundError(f"{pareto_file} does not exist: run the search first (`nasbert search --run {run.path}`)")
-    pareto = json.loads(pareto_file.read_text(encoding="utf-8"))
-    budgets = parse_budgets([b["budget"] for b in pareto["budgets"]])
-    candidates = {b["budget"]: [Candidate(Arch.parse(c["arch"]), Evaluation.from_mapping(c)) for c in b["best"]]
-                  for b in pareto["budgets"]}
-    space = SearchSpace.load(run.path / "space.yaml")
+    budgets, candidates = load_pareto(run.pareto_file, run=run.path)
+    space = SearchSpace.load(run.space_file)
     teacher, tokenizer, source = _teacher_for(config, space)
-    supernet = SuperNet.from_pretrained(run.path / "supernet")
+    supernet = SuperNet.from_pretrained(run.supernet_dir)
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
     batches = validation_batches(corpus.valid, tokenizer, batch_size=config.train.batch_size,
                                  n_batches=config.export.eval_batches, seed=config.seed)
-    profile = Path(latency_profile) if latency_profile else _profile_dir(run, config)
+    profile = Path(latency_profile) if latency_profile else run.profile_dir(config.latency)
     device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
     cuts, teacher_supernet = _cuts_for(config, space, budgets, profile, teacher)
     teacher_cache = None
     if config.train.teacher_cache and config.export.distill.steps:  # the training's cache, where settings agree
-        from .training.teacher_cache import TeacherStateCache
+        from ..training.teacher_cache import TeacherStateCache
 
         teacher_cache = TeacherStateCache(cache_dir() / "teacher-states", teacher, space, corpus.train,
                                           mlm_probability=config.export.distill.mlm_probability, seed=config.seed,
@@ -311,11 +299,13 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                                           vocab_size=space.teacher.vocab_size)
     evaluate = None
     if ray_address is not None:
-        from .search.ray_search import ray_whole_model_losses
+        from ..search.ray_search import ray_whole_model_losses
 
-        def evaluate(archs):  # whole-model re-evaluation as Ray tasks
-            return ray_whole_model_losses(run.path / "supernet", source, list(archs), batches,
+        def ray_losses(archs):  # whole-model re-evaluation as Ray tasks
+            return ray_whole_model_losses(run.supernet_dir, source, list(archs), batches,
                                           address=None if ray_address == "local" else ray_address)
+
+        evaluate = ray_losses
 
     family = export_family(supernet=supernet, teacher=teacher, tokenizer=tokenizer, teacher_name=source,
                            space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
@@ -332,5 +322,4 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     for m in family.models:
         logger.info("%-24s %6.2f M params %6.2f ms (predicted %.2f) %5.2fx  valid loss %.4f  budget %s", m.name,
                     m.params / 1e6, m.latency_ms, m.predicted_latency_ms, m.speedup, m.valid_loss, m.budget)
-    print(f"family: {target} ({len(family.models)} models); choose one with: nasbert pick {target} --speedup 3")
     return family

@@ -55,9 +55,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .io import atomic_dir, atomic_write_json
+from ..io import atomic_dir, atomic_write_json
 
-__all__ = ["ReferencePool", "ReferencePoolError", "Retrieved", "copy_pool", "vocab_digest"]
+__all__ = ["ReferencePool", "ReferencePoolError", "Retrieved", "build_reference_pool", "copy_pool", "vocab_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ def _load_encoder(teacher: Any, tokenizer: Any):
             raise ReferencePoolError("a teacher passed as a module needs its tokenizer: pass tokenizer=")
         source = getattr(getattr(teacher, "config", None), "_name_or_path", "") or type(teacher).__name__
         return teacher, tokenizer, source
-    from .teacher import BUILTIN_TEACHER, load_teacher
+    from ..teacher import BUILTIN_TEACHER, load_teacher
 
     model, loaded, source = load_teacher(teacher)
     if teacher is None or str(teacher) == BUILTIN_TEACHER:
@@ -511,3 +511,40 @@ def copy_pool(source: str | os.PathLike, target: str | os.PathLike) -> Path:
         except OSError:
             shutil.copy2(source / name, target / name)
     return target
+
+
+def build_reference_pool(out: str | os.PathLike, *, task: str | None = None, text_file: str | os.PathLike | None = None,
+                         data_dir: str | os.PathLike | None = None, max_examples: int | None = None,
+                         teacher: Any = "builtin", max_reference_tokens: int = 32, max_length: int = 128,
+                         batch_size: int = 64, force: bool = False, progress: bool = True) -> ReferencePool:
+    """Build a pool from a task's training texts (``task``; ``data_dir`` for local GLUE TSVs) or a text file (one
+    text per line), with ``teacher``, and save it to ``out`` (``nasbert references build``)."""
+    from ..config import ConfigError
+
+    out = Path(out)
+    if (task is None) == (text_file is None):
+        raise ConfigError("name the pool's texts: --task TASK (its training set; --data-dir for local GLUE TSVs) "
+                          "or --text-file FILE (one text per line)")
+    if max_examples is not None and max_examples < 1:
+        raise ConfigError(f"--max-examples must be at least 1, got {max_examples}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
+    if task is not None:
+        from .tasks import load_task
+
+        # seed 0: the same subset as `nasbert finetune --max-train-examples N`, so the pool is the training set
+        data = load_task(task, data_dir=data_dir, max_train_examples=max_examples, seed=0)
+        texts = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in data.train]
+        subset = " (the seed-0 subset of finetune --max-train-examples)" if max_examples else ""
+        corpus = f"{data.task.name} training set, {len(texts)} examples{subset}, from {data.source}"
+    else:
+        path = Path(text_file)
+        if not path.is_file():
+            raise ConfigError(f"--text-file {str(path)!r} does not exist: pass a UTF-8 file with one text per line")
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = texts[:max_examples] if max_examples else texts
+        corpus = f"{path}, the first {len(texts)} non-empty lines"
+    pool = ReferencePool.build(texts, teacher=teacher, max_reference_tokens=max_reference_tokens,
+                               max_length=max_length, batch_size=batch_size, corpus=corpus, progress=progress)
+    pool.save(out)
+    return pool

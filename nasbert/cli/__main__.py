@@ -1,0 +1,7 @@
+"""``python -m nasbert.cli``: the ``nasbert`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,13 @@
+"""A run: its configuration, its directory (:class:`RunDir`, the one owner of every artefact's path) and the
+stages that read and write it, in order (``nasbert run`` runs them all).
+
+>>> from nasbert.run import STAGES
+>>> STAGES
+('supernet', 'latency', 'train', 'search', 'export')
+"""
+
+from .rundir import MANIFEST, STAGES, RunConfig, RunDir
+from .stages import stage_export, stage_latency, stage_search, stage_supernet, stage_train, teacher_parity
+
+__all__ = ["MANIFEST", "STAGES", "RunConfig", "RunDir", "stage_export", "stage_latency", "stage_search",
+           "stage_supernet", "stage_train", "teacher_parity"]
