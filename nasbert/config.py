@@ -12,7 +12,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "from_mapping", "to_mapping"]
+__all__ = ["ConfigError", "check_types", "from_mapping", "to_mapping"]
 
 T = TypeVar("T")
 
@@ -106,6 +106,15 @@ def from_mapping(cls: type[T], data: Any, *, prefix: str = "") -> T:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def check_types(obj: Any, prefix: str) -> None:
+    """Check every field of a dataclass built directly (not through :func:`from_mapping`) against its annotation,
+    with the same rules and messages; for a ``__post_init__`` before its range checks."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.init:
+            _convert(hints[f.name], getattr(obj, f.name), f"{prefix}.{f.name}")
 
 
 def to_mapping(obj: Any) -> Any:

@@ -76,6 +76,15 @@ def test_cuts_are_exactly_the_expressible_bottom_sets_with_at_most_one_gap(tiny_
                                                          "identity")
 
 
+def test_cuts_without_gaps_are_the_bottom_sublayers(tiny_space):
+    n = 2 * tiny_space.teacher.num_hidden_layers
+    prefixes = {cut_arch(tiny_space, range(m)) for m in range(1, n)} - {None}
+    assert {a for _, a in teacher_cuts(tiny_space, max_gaps=0)} == prefixes
+    assert prefixes < {a for _, a in teacher_cuts(tiny_space)}
+    with pytest.raises(ValueError, match="max_gaps must be 0 or 1"):
+        teacher_cuts(tiny_space, max_gaps=2)
+
+
 def test_a_space_without_identity_has_no_cuts():
     data = SearchSpace.load("tiny").to_dict()
     data["ops"] = ["mha", "ffn", "sepconv3"]
@@ -138,3 +147,15 @@ def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher):
     for member in family.models:
         config = json.loads((family.member_dir(member) / "config.json").read_text())
         assert (config["adapters"] is not False) == (member.source == "supernet")
+
+
+def test_family_json_lists_every_timed_candidate(exported):
+    family, nets, cosines, batches, plain = exported
+    rows = json.loads((family.directory / "family.json").read_text())["candidates"]
+    assert {(r["source"], r["arch"]) for r in rows} == set(cosines)  # both versions of each cut, the search's own
+    assert [r["latency_ms"] for r in rows] == sorted(r["latency_ms"] for r in rows)
+    for r in rows:
+        assert r["cosine"] == pytest.approx(cosines[(r["source"], r["arch"])])
+    for member in family.models:
+        (row,) = [r for r in rows if (r["source"], r["arch"]) == (member.source, str(Arch.from_dict(member.arch)))]
+        assert row["latency_ms"] == member.latency_ms and row["params"] == member.params

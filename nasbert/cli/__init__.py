@@ -106,14 +106,7 @@ def apply_override(data: dict, override: str) -> None:
 def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     import shutil
 
-    from ..run import (
-        stage_export,
-        stage_latency,
-        stage_search,
-        stage_supernet,
-        stage_train,
-    )
-    from ..run import STAGES
+    from ..run import STAGES, run_stage
 
     INPUT_ERRORS = _input_errors()
 
@@ -121,18 +114,9 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     try:
         if getattr(args, "until", None):
             stages = stages[: stages.index(args.until) + 1]
-        done = stages
-        steps = {
-            "supernet": lambda: stage_supernet(run, config, force=args.force),
-            "latency": lambda: stage_latency(run, config, force=args.force, show_progress=not args.no_progress),
-            "train": lambda: stage_train(run, config, force=args.force, ray_address=args.ray_address,
-                                         show_progress=not args.no_progress),
-            "search": lambda: stage_search(run, config, force=args.force, show_progress=not args.no_progress,
-                                           ray_address=args.ray_address),
-            "export": lambda: stage_export(run, config, force=args.force, ray_address=args.ray_address),
-        }
         for stage in stages:
-            result = steps[stage]()
+            result = run_stage(stage, run, config, force=args.force, ray_address=args.ray_address,
+                               show_progress=not args.no_progress)
             if stage == "supernet" and result is not None:
                 print(result.summary())
             elif stage == "export" and result is not None:
@@ -142,7 +126,7 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
         if created and (isinstance(e, INPUT_ERRORS) or not any(run.stage_done(s) for s in STAGES)):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
-    return done
+    return stages
 
 
 def cmd_run(args: argparse.Namespace) -> int:

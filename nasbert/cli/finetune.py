@@ -106,5 +106,6 @@ def run_finetune(args: argparse.Namespace) -> int:
                           "int8_dev": None if int8 is None else int8["dev"]}, indent=2))
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        print(f"{task.task.name}: {metrics} ({result.steps} steps, {result.seconds:.0f} s); model in {result.model_dir}")
+        print(f"{task.task.name}: {metrics} ({result.steps} steps, {result.seconds:.0f} s); "
+              f"model in {result.model_dir}")
     return 0

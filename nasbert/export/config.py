@@ -44,6 +44,10 @@ class ExportConfig:
     #: add the teacher's own bottom sub-layers ("teacher cuts", nasbert.export.cuts) to every budget's
     #: candidates, where the space can express them
     teacher_cuts: bool = True
+    #: gaps a teacher cut may have below its top sub-layer: 0 (the bottom sub-layers only, the default: a cut
+    #: that skips one, e.g. layer 2's FFN without its attention, fine-tuned 2.8 points below the gap-free cut of
+    #: the same size on SST-2, docs/benchmarks.md) or 1
+    teacher_cut_gaps: int = 0
     #: also write model.int8.onnx (ONNX Runtime dynamic quantisation, within a relative-error bound) and time it
     int8: bool = True
     #: whole-model distillation of every chosen member before it is written (steps 0 = none)
@@ -52,3 +56,5 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.eval_batches < 1:
             raise ConfigError(f"export.eval_batches must be at least 1, got {self.eval_batches}")
+        if self.teacher_cut_gaps not in (0, 1):
+            raise ConfigError(f"export.teacher_cut_gaps must be 0 or 1, got {self.teacher_cut_gaps}")

@@ -60,10 +60,11 @@ def cut_arch(space: SearchSpace, kept: Iterable[int]) -> Arch | None:
     return Arch(tuple(blocks))
 
 
-def teacher_cuts(space: SearchSpace) -> list[tuple[str, Arch]]:
-    """Every cut of the teacher that keeps its bottom sub-layers with at most one gap: the bottom ``m``
-    sub-layers for m = 1 .. 2L - 1, and each of them with one sub-layer below the top removed, where the space
-    can express it. Ordered by the number of kept sub-layers, then by name; the full teacher is left out.
+def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1) -> list[tuple[str, Arch]]:
+    """Every cut of the teacher that keeps its bottom sub-layers with at most ``max_gaps`` (0 or 1) gaps: the
+    bottom ``m`` sub-layers for m = 1 .. 2L - 1, and (``max_gaps=1``) each of them with one sub-layer below the
+    top removed, where the space can express it. Ordered by the number of kept sub-layers, then by name; the
+    full teacher is left out.
 
     Needs a space whose slots follow the teacher's sub-layers (2 per layer, ``num_blocks x slots_per_block =
     2L``), with the teacher's width and the ops mha, ffn and identity."""
@@ -74,11 +75,13 @@ def teacher_cuts(space: SearchSpace) -> list[tuple[str, Arch]]:
         raise ValueError(f"space {space.name!r}: teacher cuts need one slot per teacher sub-layer ({n}), the "
                          f"teacher's width {space.teacher.hidden_size} among hidden_choices and the ops mha, ffn, "
                          f"identity (missing: {', '.join(missing) or 'none'}); set export.teacher_cuts: false")
+    if max_gaps not in (0, 1):
+        raise ValueError(f"max_gaps must be 0 or 1, got {max_gaps!r}")
     seen: set[Arch] = set()
     out: list[tuple[int, str, Arch]] = []
     for top in range(n):
         prefix = set(range(top + 1))
-        for hole in (None, *range(top)):
+        for hole in (None, *range(top)) if max_gaps else (None,):
             kept = prefix - {hole}
             if len(kept) == n:
                 continue

@@ -220,9 +220,14 @@ def export_family(
         raise ValueError("no candidate meets its budget on the measured latency: loosen the budgets or profile "
                          "the device again (`nasbert latency --force`)")
 
+    # every candidate the export timed, so that a choice can be checked against all the others
+    timed = sorted(({"label": c.label, "source": c.source, "arch": str(c.arch), "params": params[key],
+                     "latency_ms": measured.latency_ms[key], "speedup": speedup(teacher_ms, measured.latency_ms[key]),
+                     "cosine": cosine[key], "valid_loss": losses[key]} for key, c in unique.items()),
+                   key=lambda row: row["latency_ms"])
     family = Family(teacher=teacher_name, device=dict(device), teacher_latency_ms=teacher_ms, models=members,
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    nasbert_version=__version__)
+                    nasbert_version=__version__, extra={"candidates": timed})
     out = Path(out)
     with atomic_dir(out) as tmp:
         for member in members:

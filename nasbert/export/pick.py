@@ -153,29 +153,21 @@ def _views(family: Family, precision: str) -> list[FamilyMember]:
     return out
 
 
-def pick(
-    family: Family | str | os.PathLike,
-    *,
-    latency_ms: float | None = None,
-    speedup: float | None = None,
-    max_params: int | str | None = None,
-    measure: bool = False,
-    threads: int | None = None,
-    precision: str = "fp32",
-) -> FamilyMember:
+def pick(family: Family | str | os.PathLike, **budget) -> FamilyMember:
     """The best member (highest cosine to the teacher; where members have none, lowest validation loss, or proxy
     loss) among those that meet the one budget given: ``latency_ms`` (at most, on the family's device),
     ``speedup`` (at least, over the teacher on the same device) or ``max_params`` (an int or ``"10M"``). Ties go
-    to the faster member. ``precision``: ``"fp32"`` graphs, ``"int8"`` graphs or ``"any"`` (see :func:`_views`).
+    to the faster member. ``precision``: ``"fp32"`` graphs (the default), ``"int8"`` graphs or ``"any"`` (see
+    :func:`_views`).
 
-    With ``measure``, latencies are measured again on this machine first (see :func:`measure_family`); the
-    member returned carries the new ``latency_ms`` and ``speedup``. Raises :class:`NoFit` when none fits.
+    With ``measure=True``, latencies are measured again on this machine first (``threads``: how many; see
+    :func:`measure_family`); the member returned carries the new ``latency_ms`` and ``speedup``. Raises
+    :class:`NoFit` when none fits.
 
     >>> pick("runs/minilm/family", max_params="10M").name  # doctest: +SKIP
     'x8'
     """
-    return pick_with_family(family, latency_ms=latency_ms, speedup=speedup, max_params=max_params,
-                            measure=measure, threads=threads, precision=precision)[0]
+    return pick_with_family(family, **budget)[0]
 
 
 def pick_with_family(
@@ -188,7 +180,8 @@ def pick_with_family(
     threads: int | None = None,
     precision: str = "fp32",
 ) -> tuple[FamilyMember, Family]:
-    """:func:`pick`, also returning the family its numbers come from (re-measured with ``measure``)."""
+    """:func:`pick` (the arguments are described there), also returning the family its numbers come from
+    (re-measured with ``measure``)."""
     given = {k: v for k, v in (("latency_ms", latency_ms), ("speedup", speedup), ("max_params", max_params))
              if v is not None}
     if len(given) != 1:

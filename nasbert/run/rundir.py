@@ -171,7 +171,8 @@ class RunDir:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a nasbert run directory (no manifest.json); make one with `nasbert run`")
+            raise FileNotFoundError(f"{str(path)!r} is not a nasbert run directory (no {MANIFEST}); make one with "
+                                    "`nasbert run`")
         return cls(path, json.loads(manifest_path.read_text(encoding="utf-8")))
 
     @property

@@ -21,14 +21,15 @@ from pathlib import Path
 from ..data import load_corpus
 from ..io import atomic_write_text
 from ..redact import redact_url
-from .rundir import RunConfig, RunDir
+from .rundir import STAGES, RunConfig, RunDir
 from ..space import SearchSpace
 from ..supernet import SuperNet
 from ..supernet.parity import check_teacher_parity, teacher_parity
 from ..teacher import load_teacher
 from ..utils import cache_dir
 
-__all__ = ["stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train", "teacher_parity"]
+__all__ = ["run_stage", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
+           "teacher_parity"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
     if not config.export.teacher_cuts:
         return {}, None
     try:
-        cuts = teacher_cuts(space)
+        cuts = teacher_cuts(space, max_gaps=config.export.teacher_cut_gaps)
     except ValueError as e:
         logger.info("no teacher cuts among the export's candidates: %s", e)
         return {}, None
@@ -323,3 +324,21 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
         logger.info("%-24s %6.2f M params %6.2f ms (predicted %.2f) %5.2fx  valid loss %.4f  budget %s", m.name,
                     m.params / 1e6, m.latency_ms, m.predicted_latency_ms, m.speedup, m.valid_loss, m.budget)
     return family
+
+
+def run_stage(stage: str, run: RunDir, config: RunConfig, *, force: bool = False, ray_address: str | None = None,
+              show_progress: bool = True):
+    """Run one stage of ``STAGES`` with the run's settings (``nasbert run`` and ``nasbert train``); returns what
+    the stage returns (None when it was already done)."""
+    if stage == "supernet":
+        return stage_supernet(run, config, force=force)
+    if stage == "latency":
+        return stage_latency(run, config, force=force, show_progress=show_progress)
+    if stage == "train":
+        return stage_train(run, config, force=force, ray_address=ray_address, show_progress=show_progress)
+    if stage == "search":
+        return stage_search(run, config, force=force, show_progress=show_progress, ray_address=ray_address)
+    if stage == "export":
+        return stage_export(run, config, force=force, ray_address=ray_address)
+    raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import ConfigError
+from ..config import ConfigError, check_types
 
 __all__ = ["DistillConfig", "RayConfig", "ShrinkConfig", "TrainConfig"]
 
@@ -153,14 +153,7 @@ class DistillConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "warmup_steps", "eval_batches", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"distill.{name} must be an integer, got {value!r}")
-        for name in ("lr", "weight_decay", "max_grad_norm", "mlm_probability"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"distill.{name} must be a number, got {value!r}")
+        check_types(self, "distill")
         for name in ("batch_size", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distill.{name} must be at least 1, got {getattr(self, name)}")
