@@ -11,9 +11,10 @@
 The candidates of a budget are the search's top ones and, where the space allows, the teacher cuts that the
 latency predictor puts under the budget (:mod:`nasbert.export.cuts`: the teacher's bottom sub-layers, kept as
 they are). All are timed with the teacher in one interleaved run; per budget the export takes, among those that
-meet it on *measured* latency, the one whose final hidden states have the highest mean per-token cosine to the
-teacher's. The cosine replaced the whole-model MSE as the ranking: on the fine-tuned scores of the quality report's
-models (teacher cuts, searched members, baselines) it ranked +0.21 (SST-2) and +0.64 / +0.74 (SICK) in Kendall
+meet it on *measured* latency (of the cuts only the largest, in either weight version), the one whose final
+hidden states have the highest mean per-token cosine to the teacher's. The cosine replaced the whole-model MSE
+as the ranking: on the fine-tuned scores of the quality report's models (teacher cuts, searched members,
+baselines) it ranked +0.21 (SST-2) and +0.64 / +0.74 (SICK) in Kendall
 tau, the MSE -0.07 and -0.64 / -0.63; over 24 architectures spread across the space it ranked at +0.03, below
 the parameter count's +0.39 (docs/benchmarks.md): it is validated for the comparisons the export makes, not as
 a general proxy. Each member's ``choice`` in family.json says why it won and what came second.
@@ -67,17 +68,36 @@ class _Candidate:
     label: str  # the search's rank or the teacher cut's name, for the log and the choice record
     predicted_ms: float | None
     proxy_loss: float | None
+    #: a teacher cut (its size is ``arch.num_layers``, the teacher sub-layers it keeps)
+    cut: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.source}:{self.arch}"
 
 
+def _contenders(feasible: list[tuple]) -> list[tuple]:
+    """The candidates that compete on the cosine: the search's, and of the teacher cuts only the largest that meets
+    the budget (both weight versions). Among cuts the cosine misranks: training raises every path's cosine, so a
+    trained smaller cut outscored the teacher's own larger one (0.3151 against 0.2885) that fine-tuned better, and
+    at every budget measured the gap-free cut with the most sub-layers was the best model (docs/benchmarks.md)."""
+    cuts = [f for f in feasible if f[2].cut]
+    if not cuts:
+        return feasible
+    most = max(f[2].arch.num_layers for f in cuts)
+    return [f for f in feasible if not f[2].cut or f[2].arch.num_layers == most]
+
+
 def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float) -> str:
     cos, ms, cand = chosen
-    rest = sorted((f for f in feasible if f[2].key != cand.key), key=lambda f: -f[0])
-    text = (f"highest cosine to the teacher ({cos:.4f}) of {len(feasible)} candidates that meet {budget.name} on "
+    contenders = _contenders(feasible)
+    rest = sorted((f for f in contenders if f[2].key != cand.key), key=lambda f: -f[0])
+    text = (f"highest cosine to the teacher ({cos:.4f}) of {len(contenders)} candidates that meet {budget.name} on "
             f"measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
+    if len(contenders) < len(feasible):
+        size = max(f[2].arch.num_layers for f in contenders if f[2].cut)
+        text += (f"; of the teacher cuts only the largest that meets it competes ({size} sub-layers; "
+                 f"{len(feasible) - len(contenders)} versions of smaller cuts left out)")
     if rest:
         r_cos, r_ms, r = rest[0]
         text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
@@ -147,7 +167,8 @@ def export_family(
 
     for b in budgets:  # both versions of a cut: the trained one is usually closer, the teacher's one faster
         for name, arch, predicted in (cuts or {}).get(b.name, []):
-            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None) for src in ("teacher", "supernet")]
+            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True)
+                                  for src in ("teacher", "supernet")]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
@@ -184,7 +205,7 @@ def export_family(
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
-        fresh = [f for f in feasible if f[2].key not in taken] or feasible
+        fresh = _contenders([f for f in feasible if f[2].key not in taken] or feasible)
         top = max(f[0] for f in fresh)  # ties (within COSINE_TIE, e.g. a cut's two versions untrained): the faster
         best = min((f for f in fresh if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
         cos, latency, cand = best
