@@ -38,7 +38,7 @@ from ..training.config import RayConfig, TrainConfig
 
 __all__ = ["MANIFEST", "STAGES", "ConfigError", "RunConfig", "RunDir"]
 
-#: The stages of a run, in order (``nasbert run`` runs them all; see nasbert/pipeline.py).
+#: The stages of a run, in order (``nasbert run`` runs them all; see nasbert/run/stages.py).
 STAGES = ("supernet", "latency", "train", "search", "export")
 
 MANIFEST = "manifest.json"
