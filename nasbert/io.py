@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["FAULT_ENV", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fault_point",
-           "recover_dir", "truncate_jsonl"]
+           "free_output", "recover_dir", "truncate_jsonl"]
+
+
+def free_output(out: str | os.PathLike, force: bool) -> Path:
+    """``out`` as a Path, after refusing (a ConfigError naming --out and --force) a path that exists and is not an
+    empty directory, unless ``force``: an output folder that a command replaces whole."""
+    from .config import ConfigError
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
+    return out
 
 
 def _umask() -> int:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .modeling.configuration_nasbert import BOTTLENECK_ACTS, LAYER_OPS, NORMS, SEPCONV_KERNELS, OpSpec, adapter_shapes, \
-    bottleneck_shape, op_spec
+from .modeling.configuration_nasbert import (BOTTLENECK_ACTS, LAYER_OPS, NORMS, SEPCONV_KERNELS, OpSpec,
+                                             adapter_shapes, bottleneck_shape, is_layer_op, op_spec)
 
 __all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec", "op_params", "op_flops"]
 
@@ -161,7 +161,7 @@ def _linear_params(n_in: int, n_out: int) -> int:
 
 
 def _known_op(op: str) -> bool:
-    return op in OPS or bottleneck_shape(op) is not None
+    return op == "identity" or is_layer_op(op)
 
 
 def _spec(op: str) -> OpSpec:

@@ -147,20 +147,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..run import stage_search
-    from ..run import RunDir
+    from ..run import RunDir, stage_search
 
     run = RunDir.load(args.run)
     stage_search(run, run.config, force=args.force, show_progress=not args.no_progress,
                  ray_address=args.ray_address, latency_profile=args.latency_profile, trials=args.trials,
                  budgets=args.budgets, sampler=args.sampler, storage=args.storage)
-    print(f"search: {Path(args.run) / 'search'} (trials.csv, pareto.json, pareto.png)")
+    print(f"search: {run.search_dir} (trials.csv, pareto.json, pareto.png)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..run import stage_export
-    from ..run import RunDir
+    from ..run import RunDir, stage_export
 
     run = RunDir.load(args.run)
     family = stage_export(run, run.config, force=args.force, out=args.out, latency_profile=args.latency_profile,
@@ -185,8 +183,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             data["latency"][key] = value
-    from ..run import stage_latency
-    from ..run import RunConfig
+    from ..run import RunConfig, stage_latency
 
     config = RunConfig.from_dict(data, source="command line")
     report = stage_latency(run, config, force=args.force, show_progress=not args.no_progress)

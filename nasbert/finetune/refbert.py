@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io import atomic_dir, atomic_write_json
+from ..io import atomic_dir, atomic_write_json, free_output
 
 __all__ = ["ReferencePool", "ReferencePoolError", "Retrieved", "build_reference_pool", "copy_pool", "vocab_digest"]
 
@@ -527,8 +527,7 @@ def build_reference_pool(out: str | os.PathLike, *, task: str | None = None, tex
                           "or --text-file FILE (one text per line)")
     if max_examples is not None and max_examples < 1:
         raise ConfigError(f"--max-examples must be at least 1, got {max_examples}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
+    free_output(out, force)
     if task is not None:
         from .tasks import load_task
 

@@ -157,7 +157,7 @@ class _Run:
 
 
 def _load_run(run: Path, family_dir: Path | None) -> _Run:
-    from ..export.family import Family
+    from ..export.family import FAMILY_FILE, Family
     from ..run import MANIFEST, RunDir
     from ..supernet import SuperNet
     from ..teacher import load_teacher
@@ -166,7 +166,7 @@ def _load_run(run: Path, family_dir: Path | None) -> _Run:
         raise ReportError(f"{run} is not a run directory (no manifest.json): pass the --out of a `nasbert run`")
     rundir = RunDir.load(run)
     family_dir = family_dir or rundir.family_dir
-    if not (family_dir / "family.json").is_file():
+    if not (family_dir / FAMILY_FILE).is_file():
         raise ReportError(f"{family_dir} has no family.json: finish the run first (`nasbert run --out {run}`), or "
                           "pass --family")
     config = rundir.config

@@ -7,13 +7,12 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from ..config import ConfigError, to_mapping
 from ..data import load_corpus
 from ..export import save_hf_model
 from ..export.hf import write_hf_files
-from ..io import atomic_dir, atomic_write_json
+from ..io import atomic_dir, atomic_write_json, free_output
 from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
 from ..teacher import load_teacher
@@ -22,11 +21,6 @@ from ..utils import cache_dir
 from .rundir import RunDir
 
 __all__ = ["distill_to", "extract_to"]
-
-
-def _free_output(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConfigError(f"{str(out)!r} exists and is not empty: pass another --out, or --force to replace it")
 
 
 def extract_to(run: RunDir, arch: Arch | Callable[[SearchSpace], Arch], out: str | os.PathLike) -> dict:
@@ -51,10 +45,9 @@ def distill_to(run: RunDir, arch: Arch, out: str | os.PathLike, *, steps: int, l
     (:func:`~nasbert.training.distill.distill_arch`, the run's ``export.distill`` settings with these overrides)
     and write it to ``out``: the model, ``model.onnx`` (checked against PyTorch) and ``distill.json``, which is
     also returned."""
-    out = Path(out)
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
-    _free_output(out, force)
+    out = free_output(out, force)
     config = run.config
     supernet = SuperNet.from_pretrained(run.supernet_dir)
     space = supernet.space
