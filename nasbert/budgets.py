@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from .config import ConfigError
 
-__all__ = ["DEFAULT_BUDGETS", "Budget", "any_budget_violation", "budget_violation", "parse_budget", "parse_budgets",
-           "parse_params"]
+__all__ = ["DEFAULT_BUDGETS", "Budget", "any_budget_violation", "budget_violation", "latency_limits", "parse_budget",
+           "parse_budgets", "parse_params"]
 
 #: What ``nasbert search`` looks for when no budget is given: speed-ups over the teacher.
 DEFAULT_BUDGETS: tuple[str, ...] = ("2x", "3x", "4x")
@@ -177,3 +177,12 @@ def any_budget_violation(budgets: Sequence[Budget], latency_ms: float, params: i
     """The smallest violation over ``budgets``: <= 0 exactly when the model meets at least one of them, i.e.
     the loosest budget. Samplers use it as their single constraint (Optuna: feasible when <= 0)."""
     return min(budget_violation(b, latency_ms, params, teacher_latency_ms) for b in budgets)
+
+
+def latency_limits(budgets: Sequence[Budget], teacher_latency_ms: float | None) -> list[float]:
+    """The latency limits (ms) of ``budgets`` for a teacher of ``teacher_latency_ms``; parameter budgets have none.
+
+    >>> latency_limits(parse_budgets("2x,10M,15ms"), 40.0)
+    [20.0, 15.0]
+    """
+    return [b.latency_limit_ms(teacher_latency_ms) for b in budgets if b.kind != "params"]

@@ -165,3 +165,26 @@ def test_family_json_lists_every_timed_candidate(exported):
     for member in family.models:
         (row,) = [r for r in rows if (r["source"], r["arch"]) == (member.source, str(Arch.from_dict(member.arch)))]
         assert row["latency_ms"] == member.latency_ms and row["params"] == member.params
+
+
+def test_a_candidate_near_a_budgets_edge_is_timed_again_and_the_record_says_so(tiny_space, tiny_teacher,
+                                                                              tiny_teacher_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    corpus = load_corpus(CorpusConfig(seq_len=32, max_documents=12), tokenizer, show_progress=False)
+    supernet = SuperNet.from_teacher(tiny_space, tiny_teacher).eval()
+    arch = Arch.parse("16:mha,ffn,identity,identity|16:ffn,identity,identity,identity")
+    budgets = parse_budgets(["1.01x"])
+    evaluation = Evaluation(0.5, 1.0, tiny_space.num_params(arch), tiny_space.flops(arch, 16))
+    batches = validation_batches(corpus.valid, tokenizer, batch_size=8, n_batches=1, seed=0)
+    device = {"key": "test-cpu", "engine": "torch", "device": "cpu", "threads": 1, "batch": 1, "seq_len": 16}
+    # a margin of 0.99 puts every candidate slower than 1% of the limit "near" it
+    export_family(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
+                  space=tiny_space, budgets=budgets, candidates={"1.01x": [(arch, evaluation)]},
+                  valid_batches=batches, device=device, out=tmp_path / "family", top_k=1, write_onnx=False,
+                  edge_margin=0.99)
+    raw = json.loads((tmp_path / "family" / "family.json").read_text())
+    (row,) = raw["candidates"]
+    assert row["first_speedup"] > 0 and row["speedup"] > 0
+    (member,) = raw["models"]
+    assert f"timed near the budget's edge ({row['first_speedup']:.2f}x)" in member["choice"]
+    assert f"at {member['speedup']:.2f}x, which decided" in member["choice"]

@@ -256,3 +256,37 @@ def test_int8_profile_times_int8_graphs_and_keeps_the_teacher_fp32(tiny_space, t
     assert any(g[2] for g in graphs if not g[0])  # table entries too
     with pytest.raises(ConfigError, match="latency.precision: int8 .* onnxruntime"):
         LatencyConfig(precision="int8", engine="torch")
+
+
+def test_models_near_a_limit_are_timed_again_longer(supernet, tiny_space, tiny_teacher, monkeypatch):
+    """A model within the margin of a limit gets a second, longer run that decides its latency; one far from every
+    limit keeps its first timing, and without limits nothing is timed twice."""
+    import nasbert.latency.models as lm
+
+    calls = []
+    real = lm.measure_interleaved
+
+    def spy(engines, **kw):
+        calls.append((sorted(engines), kw["repeats"], kw["rounds"]))
+        return real(engines, **kw)
+
+    monkeypatch.setattr(lm, "measure_interleaved", spy)
+    copy = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder=False).extract(
+        tiny_space.teacher_arch(), drop_identity_adapters=True)
+    small = supernet.extract(tiny_space.smallest_arch())
+    models = {"copy": copy, "small": small}
+    settings = dict(engine="onnxruntime", device="cpu", threads=1, batch=1, seq_len=32,
+                    vocab_size=tiny_space.teacher.vocab_size, repeats=4, rounds=2, warmup=1)
+
+    plain = lm.measure_models(models, tiny_teacher, **settings)
+    assert plain.retimed == {} and len(calls) == 1
+
+    calls.clear()
+    # the teacher's own latency as the limit: its copy is near it (margin 0.6), the far smaller model is not
+    measured = lm.measure_models(models, tiny_teacher, **settings, limits=lambda t: [t, None], edge_margin=0.6,
+                                 edge_repeats=6, edge_rounds=3)
+    assert calls[1] == (["__teacher__", "copy"], 6, 3)
+    assert list(measured.retimed) == ["copy"]
+    first = measured.retimed["copy"]
+    assert first["speedup"] == pytest.approx(measured.teacher_latency_ms / first["latency_ms"])
+    assert measured.latency_ms["copy"] > 0 and measured.latency_ms["small"] > 0

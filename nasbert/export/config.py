@@ -48,6 +48,9 @@ class ExportConfig:
     #: that skips one, e.g. layer 2's FFN without its attention, fine-tuned 2.8 points below the gap-free cut of
     #: the same size on SST-2, docs/benchmarks.md) or 1
     teacher_cut_gaps: int = 0
+    #: a candidate timed within this relative distance of a budget's latency limit is timed again with the teacher,
+    #: 5x longer, and that run decides whether it meets the budget (0 = never)
+    edge_margin: float = 0.05
     #: also write model.int8.onnx (ONNX Runtime dynamic quantisation, within a relative-error bound) and time it
     int8: bool = True
     #: whole-model distillation of every chosen member before it is written (steps 0 = none)
@@ -56,5 +59,7 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.eval_batches < 1:
             raise ConfigError(f"export.eval_batches must be at least 1, got {self.eval_batches}")
+        if not 0.0 <= self.edge_margin < 1.0:
+            raise ConfigError(f"export.edge_margin must be in [0, 1), got {self.edge_margin}")
         if self.teacher_cut_gaps not in (0, 1):
             raise ConfigError(f"export.teacher_cut_gaps must be 0 or 1, got {self.teacher_cut_gaps}")
