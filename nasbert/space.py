@@ -618,7 +618,8 @@ class SearchSpace:
                 )
             if len(block.ops) != self.slots_per_block:
                 raise SpaceError(f"block {n}: has {len(block.ops)} ops, each block has {self.slots_per_block} slots")
-            allowed = set(self.ops) | ({"mha", "ffn"} if allow_teacher and block.width == self.teacher.hidden_size else set())
+            teacher_ops = allow_teacher and block.width == self.teacher.hidden_size
+            allowed = set(self.ops) | ({"mha", "ffn"} if teacher_ops else set())
             for op in block.ops:
                 if op not in allowed:
                     raise SpaceError(f"block {n}: op {op!r} is not in this space's ops {list(self.ops)}")

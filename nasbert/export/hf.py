@@ -38,7 +38,8 @@ def save_hf_model(
     return directory
 
 
-def write_hf_files(model: PreTrainedModel, directory: Path, *, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+def write_hf_files(model: PreTrainedModel, directory: Path, *,
+                   tokenizer: PreTrainedTokenizerBase | None = None) -> None:
     """The files of a model directory, written into ``directory`` as it is (callers make it atomic)."""
     model.save_pretrained(directory, safe_serialization=True)
     if tokenizer is not None:

@@ -181,7 +181,7 @@ def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, 
         raise FinetuneError(f"cannot load a model config from {source!r} ({e}); offline, pass a local directory "
                             "or 'builtin'") from None
     labels = {"num_labels": task.num_labels,
-                  "problem_type": "regression" if task.is_regression else "single_label_classification"}
+              "problem_type": "regression" if task.is_regression else "single_label_classification"}
     if task.label_names:
         labels["id2label"] = dict(enumerate(task.label_names))
         labels["label2id"] = {name: i for i, name in enumerate(task.label_names)}
@@ -374,7 +374,8 @@ def _check_out(out: Path, request: dict, force: bool) -> bool:
     path = out / "finetune.json"
     if out.exists() and not path.is_file() and any(out.iterdir()):
         if not force:
-            raise FinetuneError(f"{out} exists and is not a fine-tuning directory: choose another --out or pass --force")
+            raise FinetuneError(f"{out} exists and is not a fine-tuning directory: choose another --out or pass "
+                                "--force")
         shutil.rmtree(out)
     if path.is_file():
         old = json.loads(path.read_text())

@@ -165,4 +165,3 @@ def build_table(space: SearchSpace, *, engine: str = "onnxruntime", device: str 
                 progress(len(group))
     table = LatencyTable({k: timings[k].median_ms for k in keys})
     return table, {k: t.to_dict() for k, t in timings.items()}
-

@@ -20,7 +20,6 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, Seque
 from .configuration_nasbert import NasBertConfig, adapter_shapes, op_spec
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Functional kernels, shared with the supernet
 # --------------------------------------------------------------------------------------------------------------

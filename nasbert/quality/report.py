@@ -286,8 +286,8 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
     # 2. The rows: the teacher, then per budget the searched member and the chosen baselines (raw, +kd).
     rows: list[dict] = [{"budget": None, "kind": "teacher", "name": TEACHER, "arch": str(space.teacher_arch()),
                          "distill_steps": 0}]
-    builders: dict[str, Any] = {TEACHER: lambda: teacher_supernet.extract(space.teacher_arch(),
-                                                                            drop_identity_adapters=True)}
+    builders: dict[str, Any] = {
+        TEACHER: lambda: teacher_supernet.extract(space.teacher_arch(), drop_identity_adapters=True)}
 
     def distilled(supernet, arch: Arch, *, freeze: bool):
         distill = dataclasses.replace(run.config.export.distill, steps=distill_steps, threads=config.threads)
@@ -556,8 +556,8 @@ def markdown_table(results: dict) -> str:
                  + f" | {results['teacher_panel_mean']:.1f} ± {results['teacher_panel_spread']:.1f} | 100 | "
                  + ", ".join(f"{results['teacher_lr'][k]:g}" for k in tasks) + " |")
     for r in results["rows"]:
-        lines.append(f"| {r['budget'] or '-'} | {r['kind']} | {r['name']} | {r['params'] / 1e6:.1f} M | {r['latency_ms']:.2f} | "
-                     f"{r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
+        lines.append(f"| {r['budget'] or '-'} | {r['kind']} | {r['name']} | {r['params'] / 1e6:.1f} M | "
+                     f"{r['latency_ms']:.2f} | {r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
                      + f" | {r['panel_mean']:.1f} ± {r['panel_spread']:.1f} | {r['panel_pct_of_teacher']:.1f} | "
                      + ", ".join(f"{r['lr'][k]:g}" for k in tasks) + " |")
     corr = results.get("proxy_correlation")

@@ -341,4 +341,3 @@ def run_stage(stage: str, run: RunDir, config: RunConfig, *, force: bool = False
     if stage == "export":
         return stage_export(run, config, force=force, ray_address=ray_address)
     raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
-
