@@ -180,9 +180,9 @@ def _load_run(run: Path, family_dir: Path | None) -> _Run:
     return _Run(run, rundir, config, supernet, teacher, tokenizer, source, family, family_dir, profile, device)
 
 
-def _measure(run: _Run, models: dict[str, Any], seed: int, budgets) -> tuple[dict[str, float], float]:
+def _measure(run: _Run, models: dict[str, Any], seed: int, budgets):
     """Every model and the teacher in one interleaved run; a model near a budget's limit is timed again, longer
-    (the export's rule, ``export.edge_margin`` of the run)."""
+    (the export's rule, ``export.edge_margin`` of the run). Returns the :class:`~nasbert.latency.models.Measured`."""
     from ..budgets import latency_limits
     from ..latency.models import measure_models
 
@@ -194,7 +194,13 @@ def _measure(run: _Run, models: dict[str, Any], seed: int, budgets) -> tuple[dic
     for name, first in measured.retimed.items():
         logger.info("%s timed %.2fx, near a budget's edge: timed again, longer: %.2fx", name, first["speedup"],
                     measured.teacher_latency_ms / measured.latency_ms[name])
-    return measured.latency_ms, measured.teacher_latency_ms
+    return measured
+
+
+def _first_speedup(measured, name: str) -> dict:
+    """``{"first_speedup": x}`` for a model timed again near a budget's edge (its first timing), else ``{}``."""
+    first = measured.retimed.get(name)
+    return {"first_speedup": first["speedup"]} if first else {}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -275,10 +281,12 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
         logger.info("timing %d baseline candidates with the teacher", len(candidates))
         raw = {b.name: build_raw(b, teacher_supernet=teacher_supernet, trained_supernet=run.supernet)
                for b in candidates}
-        latency, teacher_ms = _measure(run, raw, seed, budgets)
+        m = _measure(run, raw, seed, budgets)
+        latency, teacher_ms = m.latency_ms, m.teacher_latency_ms
         timed = {"teacher_latency_ms": teacher_ms,
                  "candidates": [{**b.to_dict(), "params": baseline_params(b, space), "latency_ms": latency[b.name],
-                                 "speedup": teacher_ms / latency[b.name]} for b in candidates]}
+                                 "speedup": teacher_ms / latency[b.name], **_first_speedup(m, b.name)}
+                                for b in candidates]}
         atomic_write_json(cand_file, timed)
     latency = {c["name"]: c["latency_ms"] for c in timed["candidates"]}
     chosen = choose_baselines(candidates, latency, timed["teacher_latency_ms"], budgets, space)
@@ -336,11 +344,13 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
 
     # 4. The reported latency: every row's model and the teacher, in one interleaved run.
     loaded = {name: NasBertModel.from_pretrained(out / "models" / name).eval() for name in builders}
-    latency, teacher_ms = _measure(run, loaded, seed + 1, budgets)
+    m = _measure(run, loaded, seed + 1, budgets)
+    latency, teacher_ms = m.latency_ms, m.teacher_latency_ms
     for row in rows:
         model = loaded[row["name"]]
         row.update(path=f"models/{row['name']}", params=sum(p.numel() for p in model.parameters()),
-                   latency_ms=latency[row["name"]], speedup=teacher_ms / latency[row["name"]])
+                   latency_ms=latency[row["name"]], speedup=teacher_ms / latency[row["name"]],
+                   **_first_speedup(m, row["name"]))
     result = {"teacher_latency_ms": teacher_ms, "device": run.device, "rows": rows,
               "baselines": {b: {k: v.name for k, v in per.items()} for b, per in chosen.items()}}
     atomic_write_json(models_file, result)
