@@ -298,13 +298,13 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     for budget in budgets:
         kinds = {r["kind"] for r in results["rows"] if r["budget"] == budget}
         assert "searched" in kinds
-    # a candidate timed within 5% of a budget's limit was timed again (its first speed-up kept), no other one
+    # a candidate timed within 10% of a budget's limit was timed again (its first speed-up kept), no other one
     timed = json.loads((out / "candidates.json").read_text())
     limits = [b.value for b in parse_budgets(budgets) if b.kind == "speedup"]
     assert limits
     for cand in timed["candidates"]:
         first = cand.get("first_speedup", cand["speedup"])
-        assert ("first_speedup" in cand) == any(abs(s / first - 1) <= 0.05 for s in limits), cand
+        assert ("first_speedup" in cand) == any(abs(s / first - 1) <= 0.10 for s in limits), cand
     sampled = [r for r in results["rows"] if r["kind"] == "sampled"]
     assert len(sampled) == 2 and all(r["budget"] is None for r in sampled)
     assert len({r["arch"] for r in sampled}) == 2 and sampled[0]["latency_ms"] != sampled[1]["latency_ms"]
