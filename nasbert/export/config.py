@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import ConfigError
+from ..latency.models import EDGE_MARGIN
 from ..training.config import DistillConfig
 
 __all__ = ["ExportConfig", "SearchConfig"]
@@ -50,7 +51,7 @@ class ExportConfig:
     teacher_cut_gaps: int = 0
     #: a candidate timed within this relative distance of a budget's latency limit is timed again with the teacher,
     #: 5x longer, and that run decides whether it meets the budget (0 = never)
-    edge_margin: float = 0.10
+    edge_margin: float = EDGE_MARGIN
     #: also write model.int8.onnx (ONNX Runtime dynamic quantisation, within a relative-error bound) and time it
     int8: bool = True
     #: whole-model distillation of every chosen member before it is written (steps 0 = none)

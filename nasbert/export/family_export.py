@@ -256,8 +256,7 @@ def export_family(
     # every candidate the export timed, so that a choice can be checked against all the others
     timed = sorted(({"label": c.label, "source": c.source, "arch": str(c.arch), "params": params[key],
                      "latency_ms": measured.latency_ms[key], "speedup": speedup(teacher_ms, measured.latency_ms[key]),
-                     "cosine": cosine[key], "valid_loss": losses[key],
-                     **({"first_speedup": measured.retimed[key]["speedup"]} if key in measured.retimed else {})}
+                     "cosine": cosine[key], "valid_loss": losses[key], **measured.first_speedup(key)}
                     for key, c in unique.items()),
                    key=lambda row: row["latency_ms"])
     family = Family(teacher=teacher_name, device=dict(device), teacher_latency_ms=teacher_ms, models=members,

@@ -33,6 +33,12 @@ class Measured:
     teacher_latency_ms: float
     retimed: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def first_speedup(self, name: str) -> dict[str, float]:
+        """``{"first_speedup": x}`` for a model timed again near a limit (its first timing's speed-up), else ``{}``:
+        the field a record of the model (family.json, the report's files) carries."""
+        first = self.retimed.get(name)
+        return {"first_speedup": first["speedup"]} if first else {}
+
 
 def near_limits(latency_ms: Mapping[str, float], limits_ms: Iterable[float | None], margin: float) -> list[str]:
     """The models whose latency lies within ``margin`` (relative to the limit) of one of ``limits_ms``.

@@ -197,12 +197,6 @@ def _measure(run: _Run, models: dict[str, Any], seed: int, budgets):
     return measured
 
 
-def _first_speedup(measured, name: str) -> dict:
-    """``{"first_speedup": x}`` for a model timed again near a budget's edge (its first timing), else ``{}``."""
-    first = measured.retimed.get(name)
-    return {"first_speedup": first["speedup"]} if first else {}
-
-
 # ------------------------------------------------------------------------------------------------ models
 
 
@@ -285,7 +279,7 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
         latency, teacher_ms = m.latency_ms, m.teacher_latency_ms
         timed = {"teacher_latency_ms": teacher_ms,
                  "candidates": [{**b.to_dict(), "params": baseline_params(b, space), "latency_ms": latency[b.name],
-                                 "speedup": teacher_ms / latency[b.name], **_first_speedup(m, b.name)}
+                                 "speedup": teacher_ms / latency[b.name], **m.first_speedup(b.name)}
                                 for b in candidates]}
         atomic_write_json(cand_file, timed)
     latency = {c["name"]: c["latency_ms"] for c in timed["candidates"]}
@@ -350,7 +344,7 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
         model = loaded[row["name"]]
         row.update(path=f"models/{row['name']}", params=sum(p.numel() for p in model.parameters()),
                    latency_ms=latency[row["name"]], speedup=teacher_ms / latency[row["name"]],
-                   **_first_speedup(m, row["name"]))
+                   **m.first_speedup(row["name"]))
     result = {"teacher_latency_ms": teacher_ms, "device": run.device, "rows": rows,
               "baselines": {b: {k: v.name for k, v in per.items()} for b, per in chosen.items()}}
     atomic_write_json(models_file, result)
