@@ -29,7 +29,8 @@ import numpy as np
 import yaml
 
 from .modeling.configuration_nasbert import (BOTTLENECK_ACTS, LAYER_OPS, NORMS, SEPCONV_KERNELS, OpSpec,
-                                             adapter_shapes, bottleneck_shape, is_layer_op, op_spec)
+                                             adapter_shapes, bottleneck_shape, is_layer_op, op_spec,
+                                             pruned_ffn_inner)
 
 __all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec", "op_params", "op_flops"]
 
@@ -161,7 +162,8 @@ def _linear_params(n_in: int, n_out: int) -> int:
 
 
 def _known_op(op: str) -> bool:
-    return op == "identity" or is_layer_op(op)
+    """An op a space may list: a pruned ``ffn{I}`` is not one (it belongs to every space with ``ffn``)."""
+    return op == "identity" or (is_layer_op(op) and pruned_ffn_inner(op) is None)
 
 
 def _spec(op: str) -> OpSpec:
@@ -184,7 +186,7 @@ def op_params(op: str, width: int, *, ffn_ratio: int) -> int:
     if spec.kind == "mha":  # query, key, value, output dense
         return 4 * _linear_params(width, width) + layer_norm
     if spec.kind == "ffn":
-        inner = ffn_ratio * width
+        inner = spec.ffn_inner(width, ffn_ratio)
         return _linear_params(width, inner) + _linear_params(inner, width) + layer_norm
     # sepconv: depthwise (width x 1 x k, bias) + pointwise
     return width * spec.kernel + width + _linear_params(width, width) + layer_norm
@@ -205,7 +207,7 @@ def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int) -> int:
     if spec.kind == "mha":  # q, k, v, out: 4 (T x w x w); scores and context: 2 (T x T x w)
         return 2 * (4 * t * w * w + 2 * t * t * w)
     if spec.kind == "ffn":
-        return 2 * (2 * t * w * ffn_ratio * w)
+        return 2 * (2 * t * w * spec.ffn_inner(w, ffn_ratio))
     return 2 * (t * w * spec.kernel + t * w * w)  # sepconv
 
 
@@ -414,8 +416,11 @@ class SearchSpace:
         t = self.teacher
         bad_ops = [o for o in self.ops if not _known_op(o)]
         if bad_ops:
+            pruned = pruned_ffn_inner(bad_ops[0]) is not None
             raise SpaceError(f"{source}: 'ops' has unknown op {bad_ops[0]!r}; known ops: {', '.join(OPS)} and "
-                             "bottleneck{B}x{N} (intra width B, N = 1..4 stacked FFNs)")
+                             "bottleneck{B}x{N} (intra width B, N = 1..4 stacked FFNs)"
+                             + ("; a pruned ffn{I} is no op of its own: list 'ffn' (its pruned versions share "
+                                "its weights)" if pruned else ""))
         for op in self.ops:
             shape = bottleneck_shape(op)
             if shape is None:
@@ -589,6 +594,15 @@ class SearchSpace:
         )
         return Arch(tuple(BlockArch(w, (cheapest,) + fill) for _ in range(self.num_blocks)))
 
+    def pruned_ffn_inners(self) -> tuple[int, ...]:
+        """The inner sizes of the pruned FFNs teacher cuts may end with: a quarter, a half and three quarters of
+        the teacher's FFN (none in a space without ``ffn``). A cut's top FFN pruned to its most important units
+        fills a budget that falls between two sub-layers (:func:`nasbert.export.cuts.teacher_cuts`)."""
+        if "ffn" not in self.ops:
+            return ()
+        inner = self.ffn_ratio * self.teacher.hidden_size
+        return tuple(q * inner // 4 for q in (1, 2, 3))
+
     def teacher_arch(self) -> Arch:
         """The architecture that is the teacher itself: full teacher width, MHA and FFN alternating.
 
@@ -604,7 +618,9 @@ class SearchSpace:
     def validate(self, arch: Arch, *, allow_teacher: bool = False) -> None:
         """Raise :class:`SpaceError` unless ``arch`` belongs to this space.
 
-        With ``allow_teacher``, the teacher's own width is accepted too (see :meth:`teacher_arch`).
+        With ``allow_teacher``, the teacher's own width is accepted too (see :meth:`teacher_arch`). A pruned FFN,
+        ``ffn{I}`` with fewer inner units than the block's ``ffn``, belongs to every space with ``ffn``: it is the
+        first I units of that op (teacher cuts with a pruned top FFN are made of it).
         """
         if not isinstance(arch, Arch):
             raise TypeError(f"expected an Arch, got {type(arch).__name__}")
@@ -621,7 +637,12 @@ class SearchSpace:
             teacher_ops = allow_teacher and block.width == self.teacher.hidden_size
             allowed = set(self.ops) | ({"mha", "ffn"} if teacher_ops else set())
             for op in block.ops:
-                if op not in allowed:
+                inner = pruned_ffn_inner(op)
+                if inner is not None and "ffn" in allowed:  # a pruned ffn: the first units of the slot's ffn
+                    if inner >= self.ffn_ratio * block.width:
+                        raise SpaceError(f"block {n}: {op} keeps {inner} inner units, but an ffn of width "
+                                         f"{block.width} has {self.ffn_ratio * block.width}: a pruned FFN keeps fewer")
+                elif op not in allowed:
                     raise SpaceError(f"block {n}: op {op!r} is not in this space's ops {list(self.ops)}")
             first_identity = block.ops.index("identity") if "identity" in block.ops else len(block.ops)
             if any(op != "identity" for op in block.ops[first_identity:]):

@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceCl
 from nasbert import Arch, NasBertForMaskedLM, NasBertForSequenceClassification, NasBertModel, SuperNet
 from nasbert.export import save_hf_model
 
-ARCH = Arch.parse("24:sepconv5,mha,ffn,identity|16:ffn,sepconv3,mha,sepconv7")
+ARCH = Arch.parse("24:sepconv5,mha,ffn72,identity|16:ffn,sepconv3,mha,sepconv7")  # ffn72: a pruned FFN (of 96)
 
 
 @pytest.fixture(scope="module")

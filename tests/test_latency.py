@@ -17,6 +17,7 @@ from nasbert.latency import (
     build_table, features, kendall_tau, measure_interleaved, profile_device, summarize,
 )
 from nasbert.latency.measure import device_info
+from nasbert.latency.predictor import FEATURE_NAMES
 from nasbert.latency.table import table_keys
 
 
@@ -70,8 +71,8 @@ def supernet(tiny_space):
 
 def test_onnx_export_matches_pytorch(supernet, tiny_space, tmp_path):
     rng = np.random.default_rng(0)
-    for i in range(4):
-        arch = tiny_space.sample(rng)
+    pruned = Arch.parse("32:mha,ffn,mha,ffn96|24:ffn40,identity,identity,identity")  # pruned FFNs too
+    for i, arch in enumerate([tiny_space.sample(rng) for _ in range(4)] + [pruned]):
         model = supernet.extract(arch)
         report = export_onnx(model, tmp_path / f"m{i}.onnx")
         assert report["max_abs_diff"] <= 1e-4
@@ -140,12 +141,20 @@ def test_table_sum_is_the_sum_of_its_parts(tiny_space):
     assert table.parts(arch)["mha@16"] == pytest.approx(2 * entries["mha@16"])
     with pytest.raises(KeyError, match="no entry"):
         LatencyTable({}).predict(arch)
+    # a teacher cut's pruned FFN has its own entry, and the predictor counts it with the FFNs
+    pruned = Arch.parse("32:mha,ffn64,identity,identity|32:identity,identity,identity,identity")
+    assert arch_entries(pruned) == ["embeddings@32", "mha@32", "ffn64@32", "output@32"]
+    assert table.predict(pruned) == pytest.approx(sum(entries[k] for k in arch_entries(pruned)))
+    assert features(pruned, table)[FEATURE_NAMES.index("table_ffn_ms")] == entries["ffn64@32"]
+    with pytest.raises(KeyError, match="before nasbert measured pruned FFNs"):
+        LatencyTable({k: v for k, v in entries.items() if k != "ffn64@32"}).predict(pruned)
 
 
 def test_table_is_measured_for_every_entry(tiny_space):
     table, timings = build_table(tiny_space, seq_len=8, warmup=1, repeats=2, rounds=1)
     assert set(table.entries) == set(table_keys(tiny_space)) == set(timings)
-    assert len(table.entries) == 3 + 5 * 3 + 9 + 3
+    assert len(table.entries) == 3 + 5 * 3 + 9 + 3 + 3  # ... + a teacher-wide FFN pruned to 1/4, 1/2, 3/4
+    assert {"ffn32@32", "ffn64@32", "ffn96@32"} <= set(table.entries)
     assert all(v > 0 for v in table.entries.values())
 
 

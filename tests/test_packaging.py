@@ -43,6 +43,9 @@ def test_public_names_are_exported():
 
 
 def test_docstring_examples_run():
-    for module in (nasbert, nasbert.space):
+    import nasbert.export.cuts
+    import nasbert.modeling.configuration_nasbert
+
+    for module in (nasbert, nasbert.space, nasbert.export.cuts, nasbert.modeling.configuration_nasbert):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__

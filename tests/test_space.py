@@ -360,6 +360,27 @@ def test_validate_rejects_unknown_op(tiny_space):
         tiny_space.validate(arch)
 
 
+def test_a_pruned_ffn_belongs_to_every_space_with_ffn(tiny_space):
+    assert op_params("ffn40", 24, ffn_ratio=4) == (24 * 40 + 40) + (40 * 24 + 24) + 2 * 24
+    assert op_flops("ffn40", 24, 10, ffn_ratio=4) == 2 * (2 * 10 * 24 * 40)
+    tiny_space.validate(Arch.parse("24:mha,ffn40,identity,identity|16:ffn1,identity,identity,identity"))
+    for op, width in (("ffn96", 24), ("ffn100", 24)):  # as many units as the ffn (or more) is no pruning
+        arch = Arch.parse(f"{width}:mha,{op},identity,identity|16:ffn,identity,identity,identity")
+        with pytest.raises(SpaceError, match=f"block 0: {op} keeps .* an ffn of width 24 has 96"):
+            tiny_space.validate(arch)
+    from nasbert.modeling import NasBertConfig
+
+    with pytest.raises(ValueError, match="ffn100 keeps 100 inner units, but an ffn layer of width 24 has 96"):
+        NasBertConfig(blocks=[{"width": 24, "ops": ["ffn100"]}], hidden_size=32, head_size=8)
+    data = _small_space_dict()
+    data["ops"] = ["mha", "sepconv3", "identity"]
+    with pytest.raises(SpaceError, match="op 'ffn8' is not in this space's ops"):
+        SearchSpace.from_dict(data).validate(Arch.parse("16:mha,ffn8|16:mha,identity"))
+    data["ops"] = ["mha", "ffn768", "identity"]  # a space lists ffn; its pruned versions come with it
+    with pytest.raises(SpaceError, match="unknown op 'ffn768'.*no op of its own: list 'ffn'"):
+        SearchSpace.from_dict(data)
+
+
 def test_validate_rejects_op_outside_restricted_space():
     space = SearchSpace.from_dict(_small_space_dict())  # ops: mha, ffn, identity
     arch = Arch.parse("16:mha,sepconv3|16:ffn,identity")
@@ -660,7 +681,8 @@ def test_costs_match_extracted_models(tiny_space):
 
     supernet = SuperNet(tiny_space).eval()
     rng = np.random.default_rng(11)
-    archs = [tiny_space.sample(rng) for _ in range(6)] + [tiny_space.smallest_arch(), tiny_space.largest_arch()]
+    pruned = Arch.parse("32:mha,ffn96,identity,identity|16:ffn20,identity,identity,identity")
+    archs = [tiny_space.sample(rng) for _ in range(6)] + [tiny_space.smallest_arch(), tiny_space.largest_arch(), pruned]
     ids = torch.randint(5, tiny_space.teacher.vocab_size, (1, 10), generator=torch.Generator().manual_seed(0))
     for arch in archs:
         model = supernet.extract(arch)

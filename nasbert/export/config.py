@@ -49,6 +49,9 @@ class ExportConfig:
     #: that skips one, e.g. layer 2's FFN without its attention, fine-tuned 2.8 points below the gap-free cut of
     #: the same size on SST-2, docs/benchmarks.md) or 1
     teacher_cut_gaps: int = 0
+    #: teacher cuts that end on an FFN also come with that FFN pruned to 1/4, 1/2 and 3/4 of its most important
+    #: neurons, so that a cut can fill a budget that falls between two sub-layers
+    teacher_cut_ffn: bool = True
     #: a candidate timed within this relative distance of a budget's latency limit is timed again with the teacher,
     #: 5x longer, and that run decides whether it meets the budget (0 = never)
     edge_margin: float = EDGE_MARGIN

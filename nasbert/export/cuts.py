@@ -12,8 +12,14 @@ Sub-layer ``j`` of the teacher is the MHA (even ``j``) or the FFN (odd ``j``) of
 supernet's global slot ``s`` starts from teacher layer ``s // 2`` (:meth:`SuperNet.from_teacher`), and a block's
 kept ops sit in its first slots (identity ops last). A set of kept sub-layers is a cut when each lands on a slot
 that holds its own layer's weights, so that the extracted model computes exactly those teacher sub-layers in
-order (from a supernet built with ``reorder=False``, with no adapters; from the trained supernet, the same path
-after training).
+order (from a supernet built with ``reorder="units"``, with no adapters; from the trained supernet, the same
+path after training).
+
+Between two sub-layers a budget can still leave room: the bottom 2 layers of the built-in teacher run at about
+2.93x, just short of 3x, and the next cut down drops a whole FFN. With ``prune_ffn`` a cut that ends on an FFN
+also comes with that FFN pruned to a quarter, a half and three quarters of its neurons (the most important
+ones, :func:`nasbert.supernet.importance.neuron_order`): ``teacher-L1+mha1+ffn1@1152`` is the bottom 2 layers
+with 1,152 of layer 1's 1,536 FFN neurons.
 
 >>> from nasbert.space import SearchSpace
 >>> space = SearchSpace.load("search_spaces/minilm_l6.yaml")
@@ -25,28 +31,38 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..modeling.configuration_nasbert import op_spec
 from ..space import Arch, BlockArch, SearchSpace
 
-__all__ = ["cut_arch", "cut_name", "teacher_cuts"]
+__all__ = ["cut_arch", "cut_name", "cut_size", "teacher_cuts"]
 
 
 def _sublayer(j: int) -> str:
     return f"{'mha' if j % 2 == 0 else 'ffn'}{j // 2}"
 
 
-def cut_name(kept: Iterable[int]) -> str:
+def cut_name(kept: Iterable[int], *, pruned: int | None = None) -> str:
     """``teacher-L{k}`` for the bottom k layers, ``+mha{k}`` when layer k's attention is kept too, then
-    ``-{sub-layer}`` for a dropped one below the top (``teacher-L3-mha1``: layers 0-2 without layer 1's MHA)."""
+    ``-{sub-layer}`` for a dropped one below the top (``teacher-L3-mha1``: layers 0-2 without layer 1's MHA).
+    With the top FFN ``pruned`` to that many neurons, its layer is named by its parts:
+    ``teacher-L2+mha2+ffn2@768`` (``teacher-L2+ffn2@768`` without layer 2's MHA)."""
     kept = set(kept)
     top = max(kept)
-    name = f"teacher-L{(top + 1) // 2}" + (f"+{_sublayer(top)}" if top % 2 == 0 else "")
-    return name + "".join(f"-{_sublayer(j)}" for j in range(top) if j not in kept)
+    if pruned is None:
+        name = f"teacher-L{(top + 1) // 2}" + (f"+{_sublayer(top)}" if top % 2 == 0 else "")
+        return name + "".join(f"-{_sublayer(j)}" for j in range(top) if j not in kept)
+    if top % 2 == 0:
+        raise ValueError(f"only a cut that ends on an FFN can prune it; this one ends on {_sublayer(top)}")
+    name = f"teacher-L{top // 2}" + "".join(f"+{_sublayer(j)}" for j in (top - 1,) if j in kept)
+    return name + f"+{_sublayer(top)}@{pruned}" + "".join(f"-{_sublayer(j)}" for j in range(top - 1) if j not in kept)
 
 
-def cut_arch(space: SearchSpace, kept: Iterable[int]) -> Arch | None:
+def cut_arch(space: SearchSpace, kept: Iterable[int], *, pruned: int | None = None) -> Arch | None:
     """The architecture that computes exactly the teacher sub-layers ``kept`` (in order), or None where the
-    space cannot place them on slots that hold their own layer's weights."""
+    space cannot place them on slots that hold their own layer's weights. ``pruned``: the top sub-layer, an FFN,
+    keeps only its first ``pruned`` neurons (op ``ffn{pruned}``)."""
     kept = set(kept)
+    top = max(kept)
     k, width = space.slots_per_block, space.teacher.hidden_size
     blocks = []
     for b in range(space.num_blocks):
@@ -55,16 +71,29 @@ def cut_arch(space: SearchSpace, kept: Iterable[int]) -> Arch | None:
         for i, j in enumerate(mine):
             if (b * k + i) // 2 != j // 2:  # the slot holds another layer's weights
                 return None
-            ops.append("mha" if j % 2 == 0 else "ffn")
+            ops.append("mha" if j % 2 == 0 else f"ffn{pruned}" if pruned is not None and j == top else "ffn")
         blocks.append(BlockArch(width, tuple(ops) + ("identity",) * (k - len(ops))))
     return Arch(tuple(blocks))
 
 
-def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1) -> list[tuple[str, Arch]]:
+def cut_size(space: SearchSpace, arch: Arch) -> float:
+    """How much of the teacher a cut keeps, in sub-layers: a pruned FFN counts as the fraction of its neurons.
+
+    >>> space = SearchSpace.load("search_spaces/minilm_l6.yaml")
+    >>> cut_size(space, cut_arch(space, range(4), pruned=1152))
+    3.75
+    """
+    return float(sum(op_spec(op).inner / (space.ffn_ratio * block.width) if op_spec(op).inner else 1
+                     for block in arch.blocks for op in block.layers))
+
+
+def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = False) -> list[tuple[str, Arch]]:
     """Every cut of the teacher that keeps its bottom sub-layers with at most ``max_gaps`` (0 or 1) gaps: the
     bottom ``m`` sub-layers for m = 1 .. 2L - 1, and (``max_gaps=1``) each of them with one sub-layer below the
-    top removed, where the space can express it. Ordered by the number of kept sub-layers, then by name; the
-    full teacher is left out.
+    top removed, where the space can express it; with ``prune_ffn``, also every cut that ends on an FFN with
+    that FFN pruned to each of :meth:`SearchSpace.pruned_ffn_inners` (the full teacher's last FFN included).
+    Ordered by size (kept sub-layers, a pruned FFN counting as its fraction), then by name; the full teacher is
+    left out.
 
     Needs a space whose slots follow the teacher's sub-layers (2 per layer, ``num_blocks x slots_per_block =
     2L``), with the teacher's width and the ops mha, ffn and identity."""
@@ -78,15 +107,17 @@ def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1) -> list[tuple[str, Ar
     if max_gaps not in (0, 1):
         raise ValueError(f"max_gaps must be 0 or 1, got {max_gaps!r}")
     seen: set[Arch] = set()
-    out: list[tuple[int, str, Arch]] = []
+    out: list[tuple[float, str, Arch]] = []
     for top in range(n):
         prefix = set(range(top + 1))
         for hole in (None, *range(top)) if max_gaps else (None,):
             kept = prefix - {hole}
-            if len(kept) == n:
-                continue
-            arch = cut_arch(space, kept)
-            if arch is not None and arch not in seen:
-                seen.add(arch)
-                out.append((len(kept), cut_name(kept), arch))
+            sizes = [None] + (list(space.pruned_ffn_inners()) if prune_ffn and top % 2 == 1 else [])
+            for pruned in sizes:
+                if len(kept) == n and pruned is None:
+                    continue
+                arch = cut_arch(space, kept, pruned=pruned)
+                if arch is not None and arch not in seen:
+                    seen.add(arch)
+                    out.append((cut_size(space, arch), cut_name(kept, pruned=pruned), arch))
     return [(name, arch) for _, name, arch in sorted(out, key=lambda t: (t[0], t[1]))]

@@ -44,6 +44,7 @@ from ..latency.models import EDGE_MARGIN, measure_models, speedup
 from ..onnxio import OnnxParityError, export_int8, export_onnx
 from ..training.evaluation import state_cosine, whole_model_loss
 from .card import write_model_card
+from .cuts import cut_size
 from .family import Family, FamilyMember
 from .hf import write_hf_files
 
@@ -69,8 +70,9 @@ class _Candidate:
     label: str  # the search's rank or the teacher cut's name, for the log and the choice record
     predicted_ms: float | None
     proxy_loss: float | None
-    #: a teacher cut (its size is ``arch.num_layers``, the teacher sub-layers it keeps)
+    #: a teacher cut, and its size (:func:`~nasbert.export.cuts.cut_size`: the teacher sub-layers it keeps)
     cut: bool = False
+    size: float = 0.0
 
     @property
     def key(self) -> str:
@@ -85,8 +87,8 @@ def _contenders(feasible: list[tuple]) -> list[tuple]:
     cuts = [f for f in feasible if f[2].cut]
     if not cuts:
         return feasible
-    most = max(f[2].arch.num_layers for f in cuts)
-    return [f for f in feasible if not f[2].cut or f[2].arch.num_layers == most]
+    most = max(f[2].size for f in cuts)
+    return [f for f in feasible if not f[2].cut or f[2].size == most]
 
 
 def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None) -> str:
@@ -96,8 +98,8 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
     text = (f"highest cosine to the teacher ({cos:.4f}) of {len(contenders)} candidates that meet {budget.name} on "
             f"measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
     if len(contenders) < len(feasible):
-        size = max(f[2].arch.num_layers for f in contenders if f[2].cut)
-        text += (f"; of the teacher cuts only the largest that meets it competes ({size} sub-layers; "
+        size = max(f[2].size for f in contenders if f[2].cut)
+        text += (f"; of the teacher cuts only the largest that meets it competes ({size:g} sub-layers; "
                  f"{len(feasible) - len(contenders)} versions of smaller cuts left out)")
     if rest:
         r_cos, r_ms, r = rest[0]
@@ -141,7 +143,7 @@ def export_family(
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
     whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``cuts[budget.name]`` adds teacher cuts
     (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is two candidates, with the
-    weights of ``teacher_supernet`` (built with ``reorder=False``, extracted with no adapters, so the faster one)
+    weights of ``teacher_supernet`` (built with ``reorder="units"``, extracted with no adapters, so the faster one)
     and of the trained supernet. The best candidate is the one with the highest per-token cosine of its final hidden
     states to the teacher's, over ``proxy_batches`` (unmasked validation sequences; default ``valid_batches``).
     ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
@@ -158,7 +160,7 @@ def export_family(
     if distilling and corpus is None:
         raise ValueError("export with distill.steps > 0 needs the training corpus: pass corpus=")
     if cuts and teacher_supernet is None:
-        raise ValueError("teacher cuts need teacher_supernet=SuperNet.from_teacher(space, teacher, reorder=False)")
+        raise ValueError("teacher cuts need teacher_supernet=SuperNet.from_teacher(space, teacher, reorder=\"units\")")
     proxy_batches = proxy_batches or valid_batches
     sources = {"supernet": supernet, "teacher": teacher_supernet}
 
@@ -174,7 +176,7 @@ def export_family(
 
     for b in budgets:  # both versions of a cut: the trained one is usually closer, the teacher's one faster
         for name, arch, predicted in (cuts or {}).get(b.name, []):
-            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True)
+            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True, size=cut_size(space, arch))
                                   for src in ("teacher", "supernet")]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:

@@ -33,7 +33,7 @@ def features(arch: Arch, table: LatencyTable) -> np.ndarray:
     by_kind = {"mha": 0.0, "ffn": 0.0, "sepconv": 0.0, "other": 0.0}
     for key, ms in table.parts(arch).items():
         kind = key.partition("@")[0]
-        kind = "sepconv" if kind.startswith("sepconv") else kind
+        kind = "sepconv" if kind.startswith("sepconv") else "ffn" if kind.startswith("ffn") else kind
         by_kind[kind if kind in by_kind else "other"] += ms
     adapters = len(arch_adapters(arch)) - 1  # the maps between blocks that the extracted model keeps
     return np.array([by_kind["mha"], by_kind["ffn"], by_kind["sepconv"], by_kind["other"], arch.num_layers,

@@ -15,6 +15,8 @@ LAYER_OPS = ("mha", "ffn", "sepconv3", "sepconv5", "sepconv7")
 SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
 #: ``bottleneck{B}x{N}``: a MobileBERT layer with an intra-block width of B and N stacked FFNs (1 to 4)
 BOTTLENECK_OP = re.compile(r"bottleneck([1-9][0-9]*)x([1-4])")
+#: ``ffn{I}``: an FFN layer pruned to its first I inner units (an ``ffn`` layer of width w has ffn_ratio * w)
+PRUNED_FFN_OP = re.compile(r"ffn([1-9][0-9]*)")
 NORMS = ("layernorm", "nonorm")
 BOTTLENECK_ACTS = ("relu", "gelu")
 
@@ -25,8 +27,14 @@ def bottleneck_shape(op: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def pruned_ffn_inner(op: str) -> int | None:
+    """The inner units of a pruned ``ffn{I}`` op; None for any other op name (``ffn`` included)."""
+    match = PRUNED_FFN_OP.fullmatch(op)
+    return int(match.group(1)) if match else None
+
+
 def is_layer_op(op: str) -> bool:
-    return op in LAYER_OPS or bottleneck_shape(op) is not None
+    return op in LAYER_OPS or bottleneck_shape(op) is not None or pruned_ffn_inner(op) is not None
 
 
 class OpSpec(NamedTuple):
@@ -37,13 +45,18 @@ class OpSpec(NamedTuple):
     kernel: int = 0  # sepconv: the depthwise kernel
     intra: int = 0  # bottleneck: the intra-block width
     num_ffn: int = 0  # bottleneck: stacked FFNs
+    inner: int = 0  # ffn: the inner units of a pruned ``ffn{I}``; 0 for ``ffn`` (ffn_ratio x width)
+
+    def ffn_inner(self, width: int, ffn_ratio: int) -> int:
+        """The inner units of an ``ffn`` or ``ffn{I}`` layer of ``width``."""
+        return self.inner or ffn_ratio * width
 
 
 def op_spec(op: str) -> OpSpec:
     """The :class:`OpSpec` of an op name; ValueError for a name that is no op.
 
-    >>> op_spec("sepconv5"), op_spec("bottleneck128x4").num_ffn
-    (OpSpec(kind='sepconv', kernel=5, intra=0, num_ffn=0), 4)
+    >>> op_spec("sepconv5"), op_spec("bottleneck128x4").num_ffn, op_spec("ffn768").inner
+    (OpSpec(kind='sepconv', kernel=5, intra=0, num_ffn=0, inner=0), 4, 768)
     """
     if op in ("identity", "mha", "ffn"):
         return OpSpec(op)
@@ -52,7 +65,11 @@ def op_spec(op: str) -> OpSpec:
     shape = bottleneck_shape(op)
     if shape is not None:
         return OpSpec("bottleneck", intra=shape[0], num_ffn=shape[1])
-    raise ValueError(f"unknown op {op!r}; known: {', '.join(LAYER_OPS)}, bottleneck{{B}}x{{N}} (N = 1..4), identity")
+    inner = pruned_ffn_inner(op)
+    if inner is not None:
+        return OpSpec("ffn", inner=inner)
+    raise ValueError(f"unknown op {op!r}; known: {', '.join(LAYER_OPS)}, ffn{{I}} (I inner units), "
+                     "bottleneck{B}x{N} (N = 1..4), identity")
 
 
 def adapter_shapes(blocks: list[dict], hidden_size: int, adapters) -> list[tuple[int, int] | None]:
@@ -87,7 +104,8 @@ class NasBertConfig(PretrainedConfig):
 
     Args:
         blocks: one ``{"width": int, "ops": [op, ...]}`` per block; ops are ``mha``, ``ffn``, ``sepconv3``,
-            ``sepconv5``, ``sepconv7`` or ``identity`` (skipped).
+            ``sepconv5``, ``sepconv7``, ``ffn{I}`` (an FFN pruned to I inner units), ``bottleneck{B}x{N}`` or
+            ``identity`` (skipped).
         hidden_size: width of the model's output (the teacher's width; the last block is projected to it).
         head_size: width of one attention head; an ``mha`` layer of width ``w`` has ``w / head_size`` heads.
         ffn_ratio: an ``ffn`` layer of width ``w`` has ``ffn_ratio * w`` inner units.
@@ -141,7 +159,12 @@ class NasBertConfig(PretrainedConfig):
             for op in block["ops"]:
                 if op != "identity" and not is_layer_op(op):
                     raise ValueError(f"blocks[{i}]: unknown op {op!r}; known: {', '.join(LAYER_OPS)}, "
-                                     "bottleneck{B}x{N} (N = 1..4), identity")
+                                     "ffn{I}, bottleneck{B}x{N} (N = 1..4), identity")
+                inner = pruned_ffn_inner(op)
+                if inner is not None and inner > ffn_ratio * block["width"]:
+                    raise ValueError(f"blocks[{i}]: {op} keeps {inner} inner units, but an ffn layer of width "
+                                     f"{block['width']} has {ffn_ratio * block['width']} (ffn_ratio {ffn_ratio}): a "
+                                     "pruned FFN keeps at most that many")
                 shape = bottleneck_shape(op)
                 if shape and (shape[0] > block["width"] or shape[0] % bottleneck_head_size):
                     raise ValueError(f"blocks[{i}]: {op} needs an intra width ({shape[0]}) no wider than the block "

@@ -287,13 +287,14 @@ class NasBertAttention(nn.Module):
 
 
 class NasBertFeedForward(nn.Module):
-    """An ``ffn`` layer."""
+    """An ``ffn`` layer (``inner`` units; ``ffn_ratio * width`` unless pruned, ``ffn{I}``)."""
 
-    def __init__(self, config: NasBertConfig, width: int):
+    def __init__(self, config: NasBertConfig, width: int, inner: int | None = None):
         super().__init__()
+        inner = inner or config.ffn_ratio * width
         self.intermediate = nn.Module()
-        self.intermediate.dense = nn.Linear(width, config.ffn_ratio * width)
-        self.output = NasBertDenseNorm(config.ffn_ratio * width, width, config.layer_norm_eps)
+        self.intermediate.dense = nn.Linear(width, inner)
+        self.output = NasBertDenseNorm(inner, width, config.layer_norm_eps)
         self.act = ACT2FN[config.hidden_act]
         self.hidden_dropout = config.hidden_dropout_prob
 
@@ -380,7 +381,7 @@ def build_layer(config: NasBertConfig, op: str, width: int) -> nn.Module:
     if spec.kind == "mha":
         return NasBertAttention(config, width)
     if spec.kind == "ffn":
-        return NasBertFeedForward(config, width)
+        return NasBertFeedForward(config, width, spec.ffn_inner(width, config.ffn_ratio))
     if spec.kind == "sepconv":
         return NasBertSepConv(config, width, spec.kernel)
     if spec.kind == "bottleneck":

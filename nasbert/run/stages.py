@@ -248,12 +248,17 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
     if not config.export.teacher_cuts:
         return {}, None
     try:
-        cuts = teacher_cuts(space, max_gaps=config.export.teacher_cut_gaps)
+        cuts = teacher_cuts(space, max_gaps=config.export.teacher_cut_gaps, prune_ffn=config.export.teacher_cut_ffn)
     except ValueError as e:
         logger.info("no teacher cuts among the export's candidates: %s", e)
         return {}, None
     predictor = LatencyPredictor.load(profile)
     teacher_ms = predictor.predict(space.teacher_arch())
+    pruned = [name for name, arch in cuts if not _predictable(predictor, arch)]
+    if pruned:  # a profile measured before pruned FFNs had table entries
+        logger.warning("the latency profile %s has no entries for pruned FFNs, so the %d teacher cuts with one are "
+                       "left out; rebuild it to consider them: nasbert latency --run RUN --force", profile, len(pruned))
+        cuts = [(name, arch) for name, arch in cuts if name not in pruned]
     predicted = dict(zip((name for name, _ in cuts), predictor.predict_many([a for _, a in cuts])))
     chosen = {}
     for budget in budgets:
@@ -261,7 +266,15 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
                 if budget.allows(predicted[name], space.num_params(arch, adapters=False), teacher_ms)]
         chosen[budget.name] = sorted(fits, key=lambda c: -c[2])[: config.search.top_k]
         logger.info("budget %s: teacher cuts %s", budget.name, ", ".join(c[0] for c in chosen[budget.name]) or "none")
-    return chosen, SuperNet.from_teacher(space, teacher, reorder=False).eval()
+    return chosen, SuperNet.from_teacher(space, teacher, reorder="units").eval()
+
+
+def _predictable(predictor, arch) -> bool:
+    try:
+        predictor.predict(arch)
+    except KeyError:
+        return False
+    return True
 
 
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,

@@ -60,11 +60,9 @@ def split_bert_state(state: Tensors, num_layers: int) -> tuple[Tensors, list[Ten
     return embeddings, layers
 
 
-def reorder_bert(
-    embeddings: Tensors, layers: list[Tensors], head_size: int
-) -> tuple[Tensors, list[Tensors], torch.Tensor]:
-    """Apply the three permutations. Returns new (embeddings, layers) and the hidden order ``perm``:
-    channel ``i`` of the reordered network is channel ``perm[i]`` of the original."""
+def reorder_units(layers: list[Tensors], head_size: int) -> list[Tensors]:
+    """The heads and FFN neurons of each layer by importance, hidden channels as they are: the network computes
+    exactly the same function (a teacher cut that prunes a layer's FFN keeps its most important neurons)."""
     new_layers = []
     for layer in layers:
         layer = dict(layer)
@@ -79,7 +77,15 @@ def reorder_bert(
         layer["intermediate.dense.bias"] = layer["intermediate.dense.bias"][neurons]
         layer["output.dense.weight"] = layer["output.dense.weight"][:, neurons]
         new_layers.append(layer)
+    return new_layers
 
+
+def reorder_bert(
+    embeddings: Tensors, layers: list[Tensors], head_size: int
+) -> tuple[Tensors, list[Tensors], torch.Tensor]:
+    """Apply the three permutations. Returns new (embeddings, layers) and the hidden order ``perm``:
+    channel ``i`` of the reordered network is channel ``perm[i]`` of the original."""
+    new_layers = reorder_units(layers, head_size)
     perm = hidden_order(embeddings, new_layers)
     embeddings = {k: (v[:, perm] if v.dim() == 2 else v[perm]) for k, v in embeddings.items()}
     for layer in new_layers:

@@ -39,7 +39,7 @@ from ..modeling.modeling_nasbert import additive_attention_mask
 from ..modeling.configuration_nasbert import bottleneck_shape
 from ..space import Arch, BlockArch, SearchSpace
 from ..teacher import TeacherError, load_teacher
-from .importance import reorder_bert, split_bert_state
+from .importance import reorder_bert, reorder_units, split_bert_state
 from .ops import ElasticEmbeddings, ElasticLinear, Slot
 
 __all__ = ["SuperNet"]
@@ -137,7 +137,7 @@ class SuperNet(nn.Module):
 
     @classmethod
     def from_teacher(cls, space: SearchSpace, teacher: str | os.PathLike | nn.Module | None = None, *,
-                     init: str = "teacher", seed: int = 0, reorder: bool = True) -> SuperNet:
+                     init: str = "teacher", seed: int = 0, reorder: bool | str = True) -> SuperNet:
         """A supernet whose MHA and FFN ops start from the teacher's own sub-layers, units ordered by importance.
 
         ``teacher``: a local HF BERT directory, a hub id, a loaded ``BertModel``, or None for the space's default
@@ -148,9 +148,14 @@ class SuperNet(nn.Module):
         ``reorder=False`` keeps the teacher's own unit order, so the adapters start as identities and a
         full-width path extracts to the teacher's layers with no adapter at all (the layer-dropped baselines of
         :mod:`nasbert.quality.baselines`); narrower slices then keep arbitrary units, so search with the default.
+        ``reorder="units"`` orders each layer's heads and FFN neurons but keeps the hidden channels: full-width
+        paths are still the teacher's layers with no adapter, and a pruned ``ffn{I}`` keeps the I most important
+        neurons (the teacher cuts of :mod:`nasbert.export.cuts`).
         """
         if init not in ("teacher", "random"):
             raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
+        if reorder not in (True, False, "units"):
+            raise ValueError(f"reorder must be True, False or 'units', got {reorder!r}")
         if isinstance(teacher, nn.Module):
             bert, source = teacher, getattr(teacher.config, "_name_or_path", "") or "<in-memory BertModel>"
         else:
@@ -172,10 +177,11 @@ class SuperNet(nn.Module):
             return supernet
         state = {k: v.detach().float().cpu() for k, v in bert.state_dict().items()}
         embeddings, layers = split_bert_state(state, config.num_hidden_layers)
-        if reorder:
+        perm = torch.arange(config.hidden_size)
+        if reorder == "units":
+            layers = reorder_units(layers, space.head_size)
+        elif reorder:
             embeddings, layers, perm = reorder_bert(embeddings, layers, space.head_size)
-        else:
-            perm = torch.arange(config.hidden_size)
         supernet._load_teacher(embeddings, layers, perm)
         return supernet
 

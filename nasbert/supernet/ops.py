@@ -107,7 +107,8 @@ class ElasticAttention(nn.Module):
 
 
 class ElasticFeedForward(nn.Module):
-    """The ``ffn`` op of a slot; at width w it uses the first ffn_ratio * w inner units (importance-ordered)."""
+    """The ``ffn`` op of a slot; at width w it uses the first ffn_ratio * w inner units (importance-ordered), a
+    pruned ``ffn{I}`` the first I."""
 
     def __init__(self, width: int, ffn_ratio: int, act, eps: float, hidden_dropout: float):
         super().__init__()
@@ -118,8 +119,8 @@ class ElasticFeedForward(nn.Module):
         self.act = act
         self.hidden_dropout = hidden_dropout
 
-    def sliced(self, width: int) -> Tensors:
-        inner = self.ffn_ratio * width
+    def sliced(self, width: int, inner: int = 0) -> Tensors:
+        inner = inner or self.ffn_ratio * width
         return {
             "intermediate.dense.weight": prefix(self.intermediate.weight, inner, width),
             "intermediate.dense.bias": prefix(self.intermediate.bias, inner),
@@ -129,8 +130,8 @@ class ElasticFeedForward(nn.Module):
             "output.LayerNorm.bias": prefix(self.LayerNorm.bias, width),
         }
 
-    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        p = self.sliced(x.shape[-1])
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor, inner: int = 0) -> torch.Tensor:
+        p = self.sliced(x.shape[-1], inner)
         branch = feed_forward(x, p["intermediate.dense.weight"], p["intermediate.dense.bias"],
                               p["output.dense.weight"], p["output.dense.bias"], act=self.act)
         return residual_norm(x, branch, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"],
@@ -226,6 +227,8 @@ class Slot(nn.Module):
             return self.sepconv.sliced(width, spec.kernel)
         if spec.kind == "bottleneck":
             return self.bottleneck.sliced(width, spec.intra, spec.num_ffn)
+        if spec.kind == "ffn":
+            return self.ffn.sliced(width, spec.inner)
         return getattr(self, spec.kind).sliced(width)
 
     def attention_probs(self, x: torch.Tensor, op: str, additive_mask: torch.Tensor) -> torch.Tensor | None:
@@ -256,6 +259,8 @@ class Slot(nn.Module):
             return self.sepconv(x, additive_mask, keep, spec.kernel)
         if spec.kind == "bottleneck":
             return self.bottleneck(x, additive_mask, keep, spec.intra, spec.num_ffn)
+        if spec.kind == "ffn":
+            return self.ffn(x, additive_mask, keep, spec.inner)
         return getattr(self, spec.kind)(x, additive_mask, keep)
 
 
