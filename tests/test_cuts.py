@@ -242,22 +242,33 @@ def test_the_export_considers_pruned_cuts_where_the_latency_profile_can_predict_
     entries = {key: float(rng.uniform(0.5, 1.5)) for key in table_keys(tiny_space)}
     entries.update({f"ffn{i}@32": entries["ffn@32"] * i / 128 for i in tiny_space.pruned_ffn_inners()})
     archs = [tiny_space.sample(rng) for _ in range(20)]
-    config = RunConfig.from_dict({"space": "tiny", "search": {"budgets": ["1.5x", "3x"], "top_k": 4}})
-    budgets = parse_budgets(config.search.budgets)
+    every = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True)
     for name, table in (("old", {k: v for k, v in entries.items() if "ffn@" in k or not k.startswith("ffn")}),
                         ("new", entries)):
         table = LatencyTable(table)
         measured = [float(features(a, table).sum()) for a in archs]  # any law the predictor can fit
-        LatencyPredictor.fit(table, archs, measured).save(tmp_path / name)
+        predictor = LatencyPredictor.fit(table, archs, measured)
+        predictor.save(tmp_path / name)
+        teacher_ms = predictor.predict(tiny_space.teacher_arch())
+        # a budget whose limit a mid-sized cut misses by 5% on the prediction: within the edge margin (10%)
+        over = teacher_ms / predictor.predict(cut_arch(tiny_space, range(3))) * 1.05
+        config = RunConfig.from_dict({"space": "tiny", "search": {"budgets": ["1.2x", f"{over:.4f}x"], "top_k": 4}})
+        budgets = parse_budgets(config.search.budgets)
         with caplog.at_level("WARNING", logger="nasbert.run.stages"):
             caplog.clear()
             cuts, teacher_net = _cuts_for(config, tiny_space, budgets, tmp_path / name, tiny_teacher)
         names = {n for chosen in cuts.values() for n, _, _ in chosen}
+        assert cut_name(range(3)) in {n for n, _, _ in cuts[budgets[1].name]}
         if name == "old":  # a profile from before pruned FFNs had entries: left out, with the fix named
             assert names and not any("@" in n for n in names)
             assert "no entries for pruned FFNs" in caplog.text and "nasbert latency --run RUN --force" in caplog.text
-        else:
-            assert any("@" in n for n in names) and not caplog.text
+            continue
+        assert any("@" in n for n in names) and not caplog.text
+        # per budget the top_k slowest cuts predicted under its limit, or over it by less than the edge margin
+        for budget in budgets:
+            limit = budget.latency_limit_ms(teacher_ms) * (1 + config.export.edge_margin)
+            near = sorted((predictor.predict(a) for _, a in every if predictor.predict(a) <= limit), reverse=True)
+            assert [ms for _, _, ms in cuts[budget.name]] == pytest.approx(near[:4])
     # the cuts come from the teacher with its heads and neurons in importance order, its hidden channels as they are
     assert teacher_net is not None and not teacher_net.training
     arch = cut_arch(tiny_space, range(2), pruned=32)
