@@ -252,7 +252,8 @@ def test_the_export_considers_pruned_cuts_where_the_latency_profile_can_predict_
         teacher_ms = predictor.predict(tiny_space.teacher_arch())
         # a budget whose limit a mid-sized cut misses by 5% on the prediction: within the edge margin (10%)
         over = teacher_ms / predictor.predict(cut_arch(tiny_space, range(3))) * 1.05
-        config = RunConfig.from_dict({"space": "tiny", "search": {"budgets": ["1.2x", f"{over:.4f}x"], "top_k": 4}})
+        config = RunConfig.from_dict({"space": "tiny", "search": {"budgets": ["1.2x", f"{over:.4f}x"], "top_k": 4},
+                                      "export": {"teacher_cut_ffn": True}})
         budgets = parse_budgets(config.search.budgets)
         with caplog.at_level("WARNING", logger="nasbert.run.stages"):
             caplog.clear()

@@ -1,0 +1,104 @@
+"""Fine-tune given models on the quality panel with the recipes of docs/benchmarks.md, for models that are not in a
+``nasbert report`` (e.g. the members of a new export, compared with the teacher and baselines a report measured).
+
+Recipes (batch 32, mean pooling, 128 tokens, every model alike):
+
+- SST-2: 3,000 training sentences, 2 epochs, lr 5e-5 or 2e-4 (the better on seed 0, then kept);
+- CoLA: 4,000 training sentences, 2 epochs, lr 5e-5 or 2e-4 (the same rule);
+- SICK: 3,000 training pairs, 4 epochs, lr 2e-4.
+
+Every run is a ``nasbert finetune`` directory under OUT/<model>/<task>/lr<lr>-seed<seed>; a finished run is read,
+not trained again, so the script resumes where it was stopped. Scores (x 100, the task's main metric on its dev or
+test split) go to --json.
+
+    python bench/finetune_models.py --model 3x=runs/default/family-pruned2/nasbert-3x-15.3M \\
+        --tasks sst2 sick cola --seeds 0 1 2 --data-dir ../shared/data --out runs/default/ft-pruned \\
+        --json bench/quality_pruned.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+from nasbert.finetune import FinetuneConfig, finetune, load_task
+from nasbert.io import atomic_write_json
+
+RECIPES = {
+    "sst2": {"max_train_examples": 3000, "epochs": 2.0, "lrs": (5e-5, 2e-4)},
+    "cola": {"max_train_examples": 4000, "epochs": 2.0, "lrs": (5e-5, 2e-4)},
+    "sick": {"max_train_examples": 3000, "epochs": 4.0, "lrs": (2e-4,)},
+}
+
+
+def _score(job: Path, task) -> float | None:
+    metrics = job / "metrics.json"
+    if not metrics.is_file():
+        return None
+    return 100.0 * float(json.loads(metrics.read_text())["dev"][task.main_metric])
+
+
+def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: str, out: Path, threads: int) -> dict:
+    results: dict = {}
+    for task_name in tasks:
+        recipe = RECIPES[task_name]
+        data = load_task(task_name, data_dir=data_dir, max_train_examples=recipe["max_train_examples"])
+        for name, path in models.items():
+            def one(lr: float, seed: int) -> float:
+                job = out / name / task_name / f"lr{lr:g}-seed{seed}"
+                score = _score(job, data.task)
+                if score is None:
+                    started = time.perf_counter()
+                    config = FinetuneConfig(epochs=recipe["epochs"], batch_size=32, lr=lr, max_seq_len=128,
+                                            seed=seed, pooling="mean", threads=threads,
+                                            max_train_examples=recipe["max_train_examples"])
+                    finetune(path, data, out=job, config=config, onnx=False, progress=False)
+                    score = _score(job, data.task)
+                    print(f"{name} {task_name} lr {lr:g} seed {seed}: {score:.2f} "
+                          f"({time.perf_counter() - started:.0f} s)", flush=True)
+                return score
+
+            grid = {lr: one(lr, seeds[0]) for lr in recipe["lrs"]}
+            lr = max(grid, key=grid.get)
+            scores = [grid[lr]] + [one(lr, s) for s in seeds[1:]]
+            results.setdefault(name, {"path": path})[task_name] = {
+                "lr": lr, "grid_seed0": {f"{k:g}": v for k, v in grid.items()}, "seeds": seeds, "scores": scores,
+                "mean": statistics.mean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
+                        help="a model to fine-tune (repeat)")
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "sick", "cola"], choices=sorted(RECIPES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--out", required=True, help="folder of the fine-tuning runs")
+    parser.add_argument("--json", required=True, help="where the scores go")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_dir():
+            parser.error(f"--model {item!r}: give NAME=DIR with an exported model directory")
+        models[name] = path
+    started = time.perf_counter()
+    results = run(models, args.tasks, args.seeds, args.data_dir, Path(args.out), args.threads)
+    atomic_write_json(args.json, {
+        "recipes": {t: {**RECIPES[t], "lrs": list(RECIPES[t]["lrs"])} for t in args.tasks},
+        "common": "batch 32, mean pooling, 128 tokens, nasbert finetune", "date": str(datetime.date.today()),
+        "machine": "2 CPU cores (AMD EPYC, shared)", "seconds": round(time.perf_counter() - started),
+        "models": results})
+    for name, tasks in results.items():
+        print(name, "  ".join(f"{t} {r['mean']:.1f} ± {r['std']:.1f} (lr {r['lr']:g})"
+                              for t, r in tasks.items() if t != "path"))
+
+
+if __name__ == "__main__":
+    main()
