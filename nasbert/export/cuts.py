@@ -83,8 +83,8 @@ def cut_size(space: SearchSpace, arch: Arch) -> float:
     >>> cut_size(space, cut_arch(space, range(4), pruned=1152))
     3.75
     """
-    return float(sum(op_spec(op).inner / (space.ffn_ratio * block.width) if op_spec(op).inner else 1
-                     for block in arch.blocks for op in block.layers))
+    specs = ((op_spec(op), block.width) for block in arch.blocks for op in block.layers)
+    return float(sum(spec.inner / (space.ffn_ratio * width) if spec.inner else 1 for spec, width in specs))
 
 
 def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = False) -> list[tuple[str, Arch]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_json
+from ..modeling.configuration_nasbert import is_layer_op, op_spec
 from ..space import Arch
 from .table import LatencyTable, arch_adapters
 
@@ -32,8 +33,8 @@ def features(arch: Arch, table: LatencyTable) -> np.ndarray:
     part, the number of layers and the number of block-boundary adapters."""
     by_kind = {"mha": 0.0, "ffn": 0.0, "sepconv": 0.0, "other": 0.0}
     for key, ms in table.parts(arch).items():
-        kind = key.partition("@")[0]
-        kind = "sepconv" if kind.startswith("sepconv") else "ffn" if kind.startswith("ffn") else kind
+        name = key.partition("@")[0]  # an op (ffn768: a pruned ffn), or embeddings / adapter / output
+        kind = op_spec(name).kind if is_layer_op(name) else name
         by_kind[kind if kind in by_kind else "other"] += ms
     adapters = len(arch_adapters(arch)) - 1  # the maps between blocks that the extracted model keeps
     return np.array([by_kind["mha"], by_kind["ffn"], by_kind["sepconv"], by_kind["other"], arch.num_layers,

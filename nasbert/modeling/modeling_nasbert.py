@@ -287,11 +287,10 @@ class NasBertAttention(nn.Module):
 
 
 class NasBertFeedForward(nn.Module):
-    """An ``ffn`` layer (``inner`` units; ``ffn_ratio * width`` unless pruned, ``ffn{I}``)."""
+    """An ``ffn`` layer of ``inner`` units (``OpSpec.ffn_inner``: ``ffn_ratio * width``, or I for ``ffn{I}``)."""
 
-    def __init__(self, config: NasBertConfig, width: int, inner: int | None = None):
+    def __init__(self, config: NasBertConfig, width: int, inner: int):
         super().__init__()
-        inner = inner or config.ffn_ratio * width
         self.intermediate = nn.Module()
         self.intermediate.dense = nn.Linear(width, inner)
         self.output = NasBertDenseNorm(inner, width, config.layer_norm_eps)

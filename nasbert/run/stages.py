@@ -255,28 +255,25 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
         return {}, None
     predictor = LatencyPredictor.load(profile)
     teacher_ms = predictor.predict(space.teacher_arch())
-    pruned = [name for name, arch in cuts if not _predictable(predictor, arch)]
-    if pruned:  # a profile measured before pruned FFNs had table entries
+    predicted = {}
+    for name, arch in cuts:
+        try:
+            predicted[name] = predictor.predict(arch)
+        except KeyError:  # a profile measured before pruned FFNs had table entries
+            pass
+    if len(predicted) < len(cuts):
         logger.warning("the latency profile %s has no entries for pruned FFNs, so the %d teacher cuts with one are "
-                       "left out; rebuild it to consider them: nasbert latency --run RUN --force", profile, len(pruned))
-        cuts = [(name, arch) for name, arch in cuts if name not in pruned]
-    predicted = dict(zip((name for name, _ in cuts), predictor.predict_many([a for _, a in cuts])))
+                       "left out; rebuild it to consider them: nasbert latency --run RUN --force", profile,
+                       len(cuts) - len(predicted))
+        cuts = [(name, arch) for name, arch in cuts if name in predicted]
+    slack = 1.0 + config.export.edge_margin  # e.g. the 4x member, predicted 3.92x, measured 4.13-4.17x
     chosen = {}
     for budget in budgets:
-        slack = 1.0 + config.export.edge_margin  # e.g. the 4x member, predicted 3.92x, measured 4.13-4.17x
         fits = [(name, arch, predicted[name]) for name, arch in cuts
                 if budget.allows(predicted[name] / slack, space.num_params(arch, adapters=False), teacher_ms)]
         chosen[budget.name] = sorted(fits, key=lambda c: -c[2])[: config.search.top_k]
         logger.info("budget %s: teacher cuts %s", budget.name, ", ".join(c[0] for c in chosen[budget.name]) or "none")
     return chosen, SuperNet.from_teacher(space, teacher, reorder="units").eval()
-
-
-def _predictable(predictor, arch) -> bool:
-    try:
-        predictor.predict(arch)
-    except KeyError:
-        return False
-    return True
 
 
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
