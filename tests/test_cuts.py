@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from nasbert import Arch, Family, SearchSpace, SuperNet
 from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts
-from nasbert.export.family_export import COSINE_TIE, export_family
+from nasbert.export.family_export import COSINE_TIE, _Candidate, _choice_text, _contenders, export_family
 from nasbert.training.evaluation import plain_batches, state_cosine, validation_batches, whole_model_loss
 from nasbert.search import Evaluation, parse_budgets
 
@@ -136,8 +136,9 @@ def test_a_space_without_identity_has_no_cuts():
 # ------------------------------------------------------------------------------------------------ export
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["cuts-compete", "cuts-first"])
+def exported(request, tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_factory):
+    cuts_first = request.param
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     corpus = load_corpus(CorpusConfig(seq_len=32, max_documents=12), tokenizer, show_progress=False)
     supernet = SuperNet.from_teacher(tiny_space, tiny_teacher).eval()
@@ -155,17 +156,18 @@ def exported(tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cuts-export") / "family"
     export_family(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
                   space=tiny_space, budgets=budgets, candidates=candidates, valid_batches=batches, device=device,
-                  out=out, top_k=2, write_onnx=False, cuts=cuts, teacher_supernet=teacher_net, proxy_batches=plain)
+                  out=out, top_k=2, write_onnx=False, cuts=cuts, teacher_supernet=teacher_net, proxy_batches=plain,
+                  cuts_first=cuts_first)
     nets = {"supernet": supernet, "teacher": teacher_net}
     cosines = {("supernet", str(a)): state_cosine(supernet, tiny_teacher, a, plain) for a in searched}
     for _, arch, _ in cuts["1M"]:  # a cut competes in both versions
         for source in ("teacher", "supernet"):
             cosines[(source, str(arch))] = state_cosine(nets[source], tiny_teacher, arch, plain)
-    return Family.load(out), nets, cosines, batches, plain
+    return Family.load(out), nets, cosines, batches, plain, cuts_first
 
 
 def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher, tiny_space):
-    family, nets, cosines, batches, plain = exported
+    family, nets, cosines, batches, plain, cuts_first = exported
     cut_archs = {str(a) for name, a in teacher_cuts(tiny_space)
                  if name in ("teacher-L1", "teacher-L2-mha1", "teacher-L3")}
     raw = json.loads((family.directory / "family.json").read_text())["models"]
@@ -179,10 +181,13 @@ def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher, tiny_
         feasible = [key for key in ranked if key not in taken and budget.allows(
             1.0, nets[key[0]].space.num_params(Arch.parse(key[1]), adapters=None if key[0] == "supernet" else False),
             1.0)]
-        # of the cuts only the largest that fits competes (both versions); the search's candidates all do
+        # of the cuts only the largest that fits competes (both versions); the search's candidates too, unless a
+        # cut fits and cuts come first
         sizes = [Arch.parse(key[1]).num_layers for key in feasible if key[1] in cut_archs]
-        contenders = [key for key in feasible
-                      if key[1] not in cut_archs or Arch.parse(key[1]).num_layers == max(sizes)]
+        contenders = [key for key in feasible if (key[1] not in cut_archs and not (cuts_first and sizes))
+                      or (key[1] in cut_archs and Arch.parse(key[1]).num_layers == max(sizes))]
+        searched_left = len(feasible) - len(contenders) - sum(
+            1 for key in feasible if key[1] in cut_archs and Arch.parse(key[1]).num_layers != max(sizes))
         tied = [key for key in contenders if cosines[key] >= cosines[contenders[0]] - COSINE_TIE]  # the faster wins
         assert len(feasible) >= 2 and (member.source, str(arch)) in tied
         taken.append((member.source, str(arch)))
@@ -190,6 +195,9 @@ def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher, tiny_
         assert member.valid_loss == pytest.approx(whole_model_loss(nets[member.source], tiny_teacher, arch, batches))
         assert member.choice.startswith(f"highest cosine to the teacher ({member.cosine:.4f})")
         assert "runner-up" in member.choice
+        assert (f"the search's {searched_left} candidates that do were left out" in member.choice) == (
+            searched_left > 0)
+        assert searched_left > 0 or not cuts_first  # the search's candidates fit both budgets
     # a teacher-sourced member is the teacher's own sub-layers: a plain stack, no adapters
     for member in family.models:
         config = json.loads((family.member_dir(member) / "config.json").read_text())
@@ -197,7 +205,7 @@ def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher, tiny_
 
 
 def test_family_json_lists_every_timed_candidate(exported):
-    family, nets, cosines, batches, plain = exported
+    family, nets, cosines, batches, plain, _ = exported
     rows = json.loads((family.directory / "family.json").read_text())["candidates"]
     assert {(r["source"], r["arch"]) for r in rows} == set(cosines)  # both versions of each cut, the search's own
     assert [r["latency_ms"] for r in rows] == sorted(r["latency_ms"] for r in rows)
@@ -206,6 +214,28 @@ def test_family_json_lists_every_timed_candidate(exported):
     for member in family.models:
         (row,) = [r for r in rows if (r["source"], r["arch"]) == (member.source, str(Arch.from_dict(member.arch)))]
         assert row["latency_ms"] == member.latency_ms and row["params"] == member.params
+
+
+def test_a_cut_that_meets_the_budget_comes_before_a_searched_model_with_a_higher_cosine(tiny_space):
+    archs = dict(teacher_cuts(tiny_space))
+
+    def cut(name, size):
+        return _Candidate(archs[name], "teacher", name, None, None, cut=True, size=size)
+
+    big, small = cut("teacher-L3", 3), cut("teacher-L1", 1)
+    searched = _Candidate(Arch.parse("16:mha,ffn,identity,identity|16:ffn,identity,identity,identity"), "supernet",
+                          "search #1", 1.0, 0.5)
+    feasible = [(0.30, 1.0, big), (0.35, 0.5, small), (0.32, 0.8, searched)]
+    assert _contenders(feasible, cuts_first=True) == [feasible[0]]
+    assert _contenders(feasible, cuts_first=False) == [feasible[2], feasible[0]]
+    assert _contenders([feasible[2]], cuts_first=True) == [feasible[2]]  # no cut meets the budget: the search's
+    (budget,) = parse_budgets(["2x"])
+    text = _choice_text(budget, feasible[0], feasible, teacher_ms=4.0, cuts_first=True)
+    assert text.startswith("highest cosine to the teacher (0.3000) of 1 candidates that meet 2x")
+    assert "1 versions of smaller cuts left out" in text
+    assert "the search's 1 candidates that do were left out (export.cuts_first; the best of them by cosine: " \
+           "search #1 at 0.3200, 5.00x)" in text
+    assert "left out (export.cuts_first" not in _choice_text(budget, feasible[2], feasible, 4.0, cuts_first=False)
 
 
 def test_a_candidate_near_a_budgets_edge_is_timed_again_and_the_record_says_so(tiny_space, tiny_teacher,

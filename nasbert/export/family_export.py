@@ -79,35 +79,48 @@ class _Candidate:
         return f"{self.source}:{self.arch}"
 
 
-def _contenders(feasible: list[tuple]) -> list[tuple]:
-    """The candidates that compete on the cosine: the search's, and of the teacher cuts only the largest that meets
-    the budget (both weight versions). Among cuts the cosine misranks: training raises every path's cosine, so a
-    trained smaller cut outscored the teacher's own larger one (0.3151 against 0.2885) that fine-tuned better, and
-    at every budget measured the gap-free cut with the most sub-layers was the best model (docs/benchmarks.md)."""
+def _contenders(feasible: list[tuple], cuts_first: bool = True) -> list[tuple]:
+    """The candidates that compete on the cosine. Of the teacher cuts only the largest that meets the budget (both
+    weight versions) does: among cuts the cosine misranks (training raises every path's cosine, so a trained
+    smaller cut outscored the teacher's own larger one, 0.3151 against 0.2885, that fine-tuned better), and at every
+    budget measured the gap-free cut with the most sub-layers was the best model (docs/benchmarks.md). With
+    ``cuts_first`` that cut is also preferred to the search's candidates, which compete only where no cut meets the
+    budget: across architectures the cosine does not rank fine-tuned quality (Kendall tau +0.03 over 24), and a
+    searched model whose cosine beat the cut's (0.3226 against 0.29) fine-tuned below it (docs/benchmarks.md)."""
     cuts = [f for f in feasible if f[2].cut]
     if not cuts:
         return feasible
     most = max(f[2].size for f in cuts)
-    return [f for f in feasible if not f[2].cut or f[2].size == most]
+    largest = [f for f in cuts if f[2].size == most]
+    return largest if cuts_first else [f for f in feasible if not f[2].cut] + largest
 
 
-def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None) -> str:
+def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None,
+                 cuts_first: bool = True) -> str:
     cos, ms, cand = chosen
-    contenders = _contenders(feasible)
+    contenders = _contenders(feasible, cuts_first)
     rest = sorted((f for f in contenders if f[2].key != cand.key), key=lambda f: -f[0])
     text = (f"highest cosine to the teacher ({cos:.4f}) of {len(contenders)} candidates that meet {budget.name} on "
             f"measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
-    if len(contenders) < len(feasible):
+    competing = {f[2].key for f in contenders}
+    left_cuts = [f for f in feasible if f[2].cut and f[2].key not in competing]
+    if left_cuts:
         size = max(f[2].size for f in contenders if f[2].cut)
         text += (f"; of the teacher cuts only the largest that meets it competes ({size:g} sub-layers; "
-                 f"{len(feasible) - len(contenders)} versions of smaller cuts left out)")
+                 f"{len(left_cuts)} versions of smaller cuts left out)")
+    searched = sorted((f for f in feasible if not f[2].cut and f[2].key not in competing), key=lambda f: -f[0])
+    if searched:
+        s_cos, s_ms, s = searched[0]
+        text += (f"; a teacher cut meets the budget, so the search's {len(searched)} candidates that do were left out "
+                 f"(export.cuts_first; the best of them by cosine: {s.label} at {s_cos:.4f}, "
+                 f"{speedup(teacher_ms, s_ms):.2f}x)")
     if rest:
         r_cos, r_ms, r = rest[0]
         text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
     if first is not None:
         text += (f"; it was timed near the budget's edge ({first['speedup']:.2f}x) and again, longer, at "
                  f"{speedup(teacher_ms, ms):.2f}x, which decided")
-    slowest = max(feasible, key=lambda f: f[1])
+    slowest = max(contenders, key=lambda f: f[1])
     if slowest[2].key != cand.key:
         text += (f"; a slower candidate that meets the budget ({slowest[2].label}, "
                  f"{speedup(teacher_ms, slowest[1]):.2f}x) ranks lower on the proxy, so the faster model is chosen")
@@ -138,6 +151,7 @@ def export_family(
     write_int8: bool = False,
     teacher_cache=None,
     edge_margin: float = EDGE_MARGIN,
+    cuts_first: bool = True,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
@@ -218,7 +232,7 @@ def export_family(
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
-        fresh = _contenders([f for f in feasible if f[2].key not in taken] or feasible)
+        fresh = _contenders([f for f in feasible if f[2].key not in taken] or feasible, cuts_first)
         top = max(f[0] for f in fresh)  # ties (within COSINE_TIE, e.g. a cut's two versions untrained): the faster
         best = min((f for f in fresh if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
         cos, latency, cand = best
@@ -243,7 +257,7 @@ def export_family(
             onnx=f"{member_dir}/model.onnx" if write_onnx else None,
             distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
             source=cand.source, cosine=cos,
-            choice=_choice_text(budget, best, feasible, teacher_ms, measured.retimed.get(cand.key)),
+            choice=_choice_text(budget, best, feasible, teacher_ms, measured.retimed.get(cand.key), cuts_first),
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "
