@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from nasbert import Arch, Family, SearchSpace, SuperNet
 from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts
-from nasbert.export.family_export import COSINE_TIE, _Candidate, _choice_text, _contenders, export_family
+from nasbert.export.family_export import COSINE_TIE, CUT_WEIGHTS, _Candidate, _choice_text, _contenders, export_family
 from nasbert.training.evaluation import plain_batches, state_cosine, validation_batches, whole_model_loss
 from nasbert.search import Evaluation, parse_budgets
 
@@ -136,9 +136,10 @@ def test_a_space_without_identity_has_no_cuts():
 # ------------------------------------------------------------------------------------------------ export
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["cuts-compete", "cuts-first"])
+@pytest.fixture(scope="module", params=[(False, "both"), (True, "both"), (True, "teacher")],
+                ids=["cuts-compete", "cuts-first", "teacher-weights"])
 def exported(request, tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_factory):
-    cuts_first = request.param
+    cuts_first, cut_weights = request.param
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     corpus = load_corpus(CorpusConfig(seq_len=32, max_documents=12), tokenizer, show_progress=False)
     supernet = SuperNet.from_teacher(tiny_space, tiny_teacher).eval()
@@ -157,11 +158,11 @@ def exported(request, tiny_space, tiny_teacher, tiny_teacher_dir, tmp_path_facto
     export_family(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
                   space=tiny_space, budgets=budgets, candidates=candidates, valid_batches=batches, device=device,
                   out=out, top_k=2, write_onnx=False, cuts=cuts, teacher_supernet=teacher_net, proxy_batches=plain,
-                  cuts_first=cuts_first)
+                  cuts_first=cuts_first, cut_weights=cut_weights)
     nets = {"supernet": supernet, "teacher": teacher_net}
     cosines = {("supernet", str(a)): state_cosine(supernet, tiny_teacher, a, plain) for a in searched}
-    for _, arch, _ in cuts["1M"]:  # a cut competes in both versions
-        for source in ("teacher", "supernet"):
+    for _, arch, _ in cuts["1M"]:  # a cut competes in both versions, or with the teacher's weights only
+        for source in CUT_WEIGHTS[cut_weights]:
             cosines[(source, str(arch))] = state_cosine(nets[source], tiny_teacher, arch, plain)
     return Family.load(out), nets, cosines, batches, plain, cuts_first
 
@@ -194,7 +195,10 @@ def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher, tiny_
         assert member.cosine == pytest.approx(state_cosine(nets[member.source], tiny_teacher, arch, plain))
         assert member.valid_loss == pytest.approx(whole_model_loss(nets[member.source], tiny_teacher, arch, batches))
         assert member.choice.startswith(f"highest cosine to the teacher ({member.cosine:.4f})")
-        assert "runner-up" in member.choice
+        assert ("runner-up" in member.choice) == (len(contenders) > 1)
+        # the 60k member also fits 1M, and a looser budget prefers a model no tighter budget took
+        assert ("; 1 more that meet it are already members of tighter budgets" in member.choice) == (
+            member.budget == "1M")
         assert (f"the search's {searched_left} candidates that do were left out" in member.choice) == (
             searched_left > 0)
         assert searched_left > 0 or not cuts_first  # the search's candidates fit both budgets

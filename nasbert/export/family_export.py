@@ -10,14 +10,15 @@
 
 The candidates of a budget are the search's top ones and, where the space allows, the teacher cuts that the
 latency predictor puts under the budget (:mod:`nasbert.export.cuts`: the teacher's bottom sub-layers, kept as
-they are). All are timed with the teacher in one interleaved run; per budget the export takes, among those that
-meet it on *measured* latency (of the cuts only the largest, in either weight version), the one whose final
-hidden states have the highest mean per-token cosine to the teacher's. The cosine replaced the whole-model MSE
-as the ranking: on the fine-tuned scores of the quality report's models (teacher cuts, searched members,
-baselines) it ranked +0.21 (SST-2) and +0.64 / +0.74 (SICK) in Kendall
-tau, the MSE -0.07 and -0.64 / -0.63; over 24 architectures spread across the space it ranked at +0.03, below
-the parameter count's +0.39 (docs/benchmarks.md): it is validated for the comparisons the export makes, not as
-a general proxy. Each member's ``choice`` in family.json says why it won and what came second.
+they are, with the teacher's weights and optionally the trained supernet's too). All are timed with the teacher in
+one interleaved run. Per budget, among those that meet it on *measured* latency, the largest cut is the member
+(``cuts_first``; in the version with the higher cosine where both compete); where no cut meets the budget, the
+search's candidate whose final hidden states have the highest mean per-token cosine to the teacher's is. The
+cosine replaced the whole-model MSE as the ranking: on the fine-tuned scores of the quality report's models
+(teacher cuts, searched members, baselines) it ranked +0.21 (SST-2) and +0.64 / +0.74 (SICK) in Kendall tau, the
+MSE -0.07 and -0.64 / -0.63; over 24 architectures spread across the space it ranked at +0.03, below the
+parameter count's +0.39 (docs/benchmarks.md), which is why a cut comes first where one meets the budget. Each
+member's ``choice`` in family.json says why it won and what came second.
 
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
 teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 #: cosines closer than this are a tie, which the faster candidate wins
 COSINE_TIE = 1e-5
+
+#: ``cut_weights`` -> the weight versions each teacher cut competes in
+CUT_WEIGHTS = {"teacher": ("teacher",), "both": ("teacher", "supernet")}
 
 
 def _member_name(budget_name: str, params: int) -> str:
@@ -96,12 +100,16 @@ def _contenders(feasible: list[tuple], cuts_first: bool = True) -> list[tuple]:
 
 
 def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None,
-                 cuts_first: bool = True) -> str:
+                 cuts_first: bool = True, taken: int = 0) -> str:
+    """Why ``chosen`` won among ``feasible`` (the candidates that meet the budget and are not yet the member of a
+    tighter budget; ``taken`` more are)."""
     cos, ms, cand = chosen
     contenders = _contenders(feasible, cuts_first)
     rest = sorted((f for f in contenders if f[2].key != cand.key), key=lambda f: -f[0])
     text = (f"highest cosine to the teacher ({cos:.4f}) of {len(contenders)} candidates that meet {budget.name} on "
             f"measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
+    if taken:
+        text += f"; {taken} more that meet it are already members of tighter budgets"
     competing = {f[2].key for f in contenders}
     left_cuts = [f for f in feasible if f[2].cut and f[2].key not in competing]
     if left_cuts:
@@ -152,13 +160,14 @@ def export_family(
     teacher_cache=None,
     edge_margin: float = EDGE_MARGIN,
     cuts_first: bool = True,
+    cut_weights: str = "teacher",
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
     whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``cuts[budget.name]`` adds teacher cuts
-    (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is two candidates, with the
+    (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is a candidate with the
     weights of ``teacher_supernet`` (built with ``reorder="units"``, extracted with no adapters, so the faster one)
-    and of the trained supernet. The best candidate is the one with the highest per-token cosine of its final hidden
+    and, with ``cut_weights="both"``, another with those of the trained supernet. The best candidate is the one with the highest per-token cosine of its final hidden
     states to the teacher's, over ``proxy_batches`` (unmasked validation sequences; default ``valid_batches``).
     ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
     computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
@@ -188,10 +197,12 @@ def export_family(
             cosine[c.key] = state_cosine(sources[c.source], teacher, c.arch, proxy_batches)
         return cosine[c.key]
 
-    for b in budgets:  # both versions of a cut: the trained one is usually closer, the teacher's one faster
+    if cut_weights not in CUT_WEIGHTS:
+        raise ValueError(f"cut_weights must be one of {sorted(CUT_WEIGHTS)}, got {cut_weights!r}")
+    for b in budgets:  # the versions of a cut: the trained one is usually closer, the teacher's one faster
         for name, arch, predicted in (cuts or {}).get(b.name, []):
             shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True, size=cut_size(space, arch))
-                                  for src in ("teacher", "supernet")]
+                                  for src in CUT_WEIGHTS[cut_weights]]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
@@ -232,7 +243,8 @@ def export_family(
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
-        fresh = _contenders([f for f in feasible if f[2].key not in taken] or feasible, cuts_first)
+        pool = [f for f in feasible if f[2].key not in taken] or feasible
+        fresh = _contenders(pool, cuts_first)
         top = max(f[0] for f in fresh)  # ties (within COSINE_TIE, e.g. a cut's two versions untrained): the faster
         best = min((f for f in fresh if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
         cos, latency, cand = best
@@ -257,7 +269,8 @@ def export_family(
             onnx=f"{member_dir}/model.onnx" if write_onnx else None,
             distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
             source=cand.source, cosine=cos,
-            choice=_choice_text(budget, best, feasible, teacher_ms, measured.retimed.get(cand.key), cuts_first),
+            choice=_choice_text(budget, best, pool, teacher_ms, measured.retimed.get(cand.key), cuts_first,
+                                taken=len(feasible) - len(pool)),
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "

@@ -327,7 +327,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                            distill=config.export.distill, corpus=corpus, cuts=cuts,
                            teacher_supernet=teacher_supernet, write_int8=config.export.int8,
                            teacher_cache=teacher_cache, edge_margin=config.export.edge_margin,
-                           cuts_first=config.export.cuts_first,
+                           cuts_first=config.export.cuts_first, cut_weights=config.export.cut_weights,
                            proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
                                                        n_batches=config.export.eval_batches))
     if out is None:
