@@ -194,7 +194,12 @@ def test_export_takes_the_best_cosine_and_says_why(exported, tiny_teacher, tiny_
         taken.append((member.source, str(arch)))
         assert member.cosine == pytest.approx(state_cosine(nets[member.source], tiny_teacher, arch, plain))
         assert member.valid_loss == pytest.approx(whole_model_loss(nets[member.source], tiny_teacher, arch, batches))
-        assert member.choice.startswith(f"highest cosine to the teacher ({member.cosine:.4f})")
+        assert ("cut_size" in member.extra) == (cuts_first and str(arch) in cut_archs)  # for `nasbert pick`
+        if cuts_first and sizes:
+            assert member.choice.startswith(f"the largest teacher cut that meets {member.budget} on measured latency")
+            assert f"cosine {member.cosine:.4f})" in member.choice
+        else:
+            assert member.choice.startswith(f"highest cosine to the teacher ({member.cosine:.4f})")
         assert ("runner-up" in member.choice) == (len(contenders) > 1)
         # the 60k member also fits 1M, and a looser budget prefers a model no tighter budget took
         assert ("; 1 more that meet it are already members of tighter budgets" in member.choice) == (
@@ -235,11 +240,14 @@ def test_a_cut_that_meets_the_budget_comes_before_a_searched_model_with_a_higher
     assert _contenders([feasible[2]], cuts_first=True) == [feasible[2]]  # no cut meets the budget: the search's
     (budget,) = parse_budgets(["2x"])
     text = _choice_text(budget, feasible[0], feasible, teacher_ms=4.0, cuts_first=True)
-    assert text.startswith("highest cosine to the teacher (0.3000) of 1 candidates that meet 2x")
+    assert text.startswith("the largest teacher cut that meets 2x on measured latency (teacher-L3, teacher weights, "
+                           "4.00x, cosine 0.3000)")
     assert "1 versions of smaller cuts left out" in text
     assert "the search's 1 candidates that do were left out (export.cuts_first; the best of them by cosine: " \
            "search #1 at 0.3200, 5.00x)" in text
-    assert "left out (export.cuts_first" not in _choice_text(budget, feasible[2], feasible, 4.0, cuts_first=False)
+    text = _choice_text(budget, feasible[2], feasible, 4.0, cuts_first=False)
+    assert text.startswith("highest cosine to the teacher (0.3200) of 2 candidates that meet 2x")
+    assert "left out (export.cuts_first" not in text
 
 
 def test_a_candidate_near_a_budgets_edge_is_timed_again_and_the_record_says_so(tiny_space, tiny_teacher,

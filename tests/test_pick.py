@@ -319,6 +319,22 @@ def test_pick_ranks_on_the_cosine_where_members_have_one(tmp_path):
                                                              ("supernet", 0.20)]
 
 
+def test_pick_ranks_the_largest_teacher_cut_first_as_the_export_does(tmp_path):
+    """A member the export took for being the largest cut that meets its budget (``cut_size``) beats one with a
+    higher cosine, the way ``export.cuts_first`` chose; among cuts the larger wins; the rest go by the cosine."""
+    make_family(tmp_path, [
+        dataclass_replace(member("searched", 2.0), cosine=0.40),
+        dataclass_replace(member("cut-3", 2.5), cosine=0.29, source="teacher",
+                          extra={"cut": "teacher-L1+mha1", "cut_size": 3.0}),
+        dataclass_replace(member("cut-3.75", 3.2), cosine=0.31, source="teacher",
+                          extra={"cut": "teacher-L1+mha1+ffn1@1152", "cut_size": 3.75}),
+    ])
+    assert pick(tmp_path, latency_ms=4.0).name == "cut-3.75"
+    assert pick(tmp_path, latency_ms=3.0).name == "cut-3"
+    assert pick(tmp_path, latency_ms=2.2).name == "searched"
+    assert Family.load(tmp_path).models[2].extra == {"cut": "teacher-L1+mha1+ffn1@1152", "cut_size": 3.75}
+
+
 def _int8_family(tmp_path):
     big = dataclasses_replace_int8(member("big", 6.0, valid_loss=1.0), 2.5, "members/big/model.int8.onnx")
     small = member("small", 3.0, valid_loss=2.0)

@@ -96,8 +96,10 @@ def test_pick_chooses_from_the_family_and_fails_right(run):
     assert done.returncode == 0, done.stderr
     chosen = json.loads(done.stdout)
     eligible = [m for m in family.models if m.latency_ms * 1.2 <= family.teacher_latency_ms]
-    # the export's own ranking: the highest cosine to the teacher, then the lower loss, then the faster
-    assert chosen["name"] == min(eligible, key=lambda m: (-m.cosine, m.valid_loss, m.latency_ms)).name
+    # the export's own ranking: the largest teacher cut (chosen as one), then the highest cosine to the teacher,
+    # then the lower loss, then the faster
+    size = {m.name: m.extra.get("cut_size", -1) for m in family.models}
+    assert chosen["name"] == min(eligible, key=lambda m: (-size[m.name], -m.cosine, m.valid_loss, m.latency_ms)).name
     done = subprocess.run(_nasbert() + ["pick", str(run / "family"), "--speedup", str(fastest * 10)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "ask for at most" in done.stderr

@@ -106,8 +106,14 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
     cos, ms, cand = chosen
     contenders = _contenders(feasible, cuts_first)
     rest = sorted((f for f in contenders if f[2].key != cand.key), key=lambda f: -f[0])
-    text = (f"highest cosine to the teacher ({cos:.4f}) of {len(contenders)} candidates that meet {budget.name} on "
-            f"measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
+    if cand.cut and cuts_first:
+        text = (f"the largest teacher cut that meets {budget.name} on measured latency ({cand.label}, {cand.source} "
+                f"weights, {speedup(teacher_ms, ms):.2f}x, cosine {cos:.4f})")
+        if len(contenders) > 1:
+            text += f"; of its {len(contenders)} weight versions the one with the highest cosine"
+    else:
+        text = (f"highest cosine to the teacher ({cos:.4f}) of {len(contenders)} candidates that meet {budget.name} "
+                f"on measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
     if taken:
         text += f"; {taken} more that meet it are already members of tighter budgets"
     competing = {f[2].key for f in contenders}
@@ -167,8 +173,10 @@ def export_family(
     whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``cuts[budget.name]`` adds teacher cuts
     (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is a candidate with the
     weights of ``teacher_supernet`` (built with ``reorder="units"``, extracted with no adapters, so the faster one)
-    and, with ``cut_weights="both"``, another with those of the trained supernet. The best candidate is the one with the highest per-token cosine of its final hidden
-    states to the teacher's, over ``proxy_batches`` (unmasked validation sequences; default ``valid_batches``).
+    and, with ``cut_weights="both"``, another with those of the trained supernet. With ``cuts_first`` the largest
+    cut that meets a budget is its member; otherwise (or where no cut meets it) the best candidate is the one with
+    the highest per-token cosine of its final hidden states to the teacher's, over ``proxy_batches`` (unmasked
+    validation sequences; default ``valid_batches``).
     ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
     computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
     ``distill.steps > 0`` every chosen model is distilled as a whole on ``corpus`` (the training corpus) before
@@ -271,6 +279,8 @@ def export_family(
             source=cand.source, cosine=cos,
             choice=_choice_text(budget, best, pool, teacher_ms, measured.retimed.get(cand.key), cuts_first,
                                 taken=len(feasible) - len(pool)),
+            # chosen for being the largest cut: `nasbert pick` ranks such members the same way
+            extra={"cut": cand.label, "cut_size": cand.size} if cand.cut and cuts_first else {},
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "
