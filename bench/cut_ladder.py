@@ -3,8 +3,8 @@ the longer run the export uses at a budget's edge (100 runs over 20 interleaved 
 
     python bench/cut_ladder.py [--run runs/default] [--reps 5]      # raw: bench/cut_ladder.json
 
-Every cut is timed in both weight versions the export compares: the teacher's own (heads and neurons in importance
-order, no adapters) and the trained supernet's (with its output adapter). The spread over repetitions says which
+Every cut is timed in both weight versions the export can compare (`export.cut_weights`): the teacher's own
+(heads and neurons in importance order, no adapters) and the trained supernet's (with its output adapter). The spread over repetitions says which
 cuts sit on a budget's edge on this machine.
 """
 

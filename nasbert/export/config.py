@@ -57,8 +57,8 @@ class ExportConfig:
     #: a candidate timed within this relative distance of a budget's latency limit is timed again with the teacher,
     #: 5x longer, and that run decides whether it meets the budget (0 = never)
     edge_margin: float = EDGE_MARGIN
-    #: where a teacher cut meets a budget, the largest such cut is the member (its two weight versions compete on
-    #: the cosine) and the search's candidates compete only at budgets no cut meets. False lets them compete with
+    #: where a teacher cut meets a budget, the largest such cut is the member (with ``cut_weights: both``, its two
+    #: weight versions compete on the cosine) and the search's candidates compete only at budgets no cut meets. False lets them compete with
     #: the cut on the cosine, which does not rank fine-tuned quality across architectures: a searched model whose
     #: cosine beat the 4x cut's fine-tuned 3.3 points below it on SST-2 (docs/benchmarks.md)
     cuts_first: bool = True
