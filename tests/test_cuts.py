@@ -250,6 +250,18 @@ def test_a_cut_that_meets_the_budget_comes_before_a_searched_model_with_a_higher
     assert "left out (export.cuts_first" not in text
 
 
+def test_cut_weights_must_name_a_known_version_set(tiny_space, tiny_teacher):
+    from nasbert.config import ConfigError
+    from nasbert.run import RunConfig
+
+    assert RunConfig.from_dict({"export": {"cut_weights": "both"}}).export.cut_weights == "both"
+    with pytest.raises(ConfigError, match=r"export\.cut_weights must be one of \['both', 'teacher'\], got 'trained'"):
+        RunConfig.from_dict({"export": {"cut_weights": "trained"}})
+    with pytest.raises(ValueError, match="cut_weights must be one of"):
+        export_family(supernet=None, teacher=tiny_teacher, tokenizer=None, teacher_name="tiny", space=tiny_space,
+                      budgets=[], candidates={}, valid_batches=[], device={}, out="unused", cut_weights="trained")
+
+
 def test_a_candidate_near_a_budgets_edge_is_timed_again_and_the_record_says_so(tiny_space, tiny_teacher,
                                                                               tiny_teacher_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)

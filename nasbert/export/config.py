@@ -8,7 +8,10 @@ from ..config import ConfigError
 from ..latency.models import EDGE_MARGIN
 from ..training.config import DistillConfig
 
-__all__ = ["ExportConfig", "SearchConfig"]
+__all__ = ["CUT_WEIGHTS", "ExportConfig", "SearchConfig"]
+
+#: ``export.cut_weights`` -> the weight versions each teacher cut competes in
+CUT_WEIGHTS = {"teacher": ("teacher",), "both": ("teacher", "supernet")}
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,10 @@ class ExportConfig:
     #: 5x longer, and that run decides whether it meets the budget (0 = never)
     edge_margin: float = EDGE_MARGIN
     #: where a teacher cut meets a budget, the largest such cut is the member (with ``cut_weights: both``, its two
-    #: weight versions compete on the cosine) and the search's candidates compete only at budgets no cut meets. False lets them compete with
-    #: the cut on the cosine, which does not rank fine-tuned quality across architectures: a searched model whose
-    #: cosine beat the 4x cut's fine-tuned 3.3 points below it on SST-2 (docs/benchmarks.md)
+    #: weight versions compete on the cosine) and the search's candidates compete only at budgets no cut meets.
+    #: False lets them compete with the cut on the cosine, which does not rank fine-tuned quality across
+    #: architectures: a searched model whose cosine beat the 4x cut's fine-tuned 3.3 points below it on SST-2
+    #: (docs/benchmarks.md)
     cuts_first: bool = True
     #: the weights a teacher cut competes with: "teacher" (the teacher's own sub-layers, no adapters) or "both"
     #: (also the trained supernet's, on the cosine). The trained versions fine-tuned no better and lost CoLA at 3x
@@ -76,7 +80,7 @@ class ExportConfig:
             raise ConfigError(f"export.eval_batches must be at least 1, got {self.eval_batches}")
         if not 0.0 <= self.edge_margin < 1.0:
             raise ConfigError(f"export.edge_margin must be in [0, 1), got {self.edge_margin}")
-        if self.cut_weights not in ("teacher", "both"):
-            raise ConfigError(f"export.cut_weights must be 'teacher' or 'both', got {self.cut_weights!r}")
+        if self.cut_weights not in CUT_WEIGHTS:
+            raise ConfigError(f"export.cut_weights must be one of {sorted(CUT_WEIGHTS)}, got {self.cut_weights!r}")
         if self.teacher_cut_gaps not in (0, 1):
             raise ConfigError(f"export.teacher_cut_gaps must be 0 or 1, got {self.teacher_cut_gaps}")

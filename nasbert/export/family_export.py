@@ -45,6 +45,7 @@ from ..latency.models import EDGE_MARGIN, measure_models, speedup
 from ..onnxio import OnnxParityError, export_int8, export_onnx
 from ..training.evaluation import state_cosine, whole_model_loss
 from .card import write_model_card
+from .config import CUT_WEIGHTS
 from .cuts import cut_size
 from .family import Family, FamilyMember
 from .hf import write_hf_files
@@ -56,9 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: cosines closer than this are a tie, which the faster candidate wins
 COSINE_TIE = 1e-5
-
-#: ``cut_weights`` -> the weight versions each teacher cut competes in
-CUT_WEIGHTS = {"teacher": ("teacher",), "both": ("teacher", "supernet")}
 
 
 def _member_name(budget_name: str, params: int) -> str:
@@ -192,6 +190,8 @@ def export_family(
         raise ValueError("export with distill.steps > 0 needs the training corpus: pass corpus=")
     if cuts and teacher_supernet is None:
         raise ValueError("teacher cuts need teacher_supernet=SuperNet.from_teacher(space, teacher, reorder=\"units\")")
+    if cut_weights not in CUT_WEIGHTS:
+        raise ValueError(f"cut_weights must be one of {sorted(CUT_WEIGHTS)}, got {cut_weights!r}")
     proxy_batches = proxy_batches or valid_batches
     sources = {"supernet": supernet, "teacher": teacher_supernet}
 
@@ -205,8 +205,6 @@ def export_family(
             cosine[c.key] = state_cosine(sources[c.source], teacher, c.arch, proxy_batches)
         return cosine[c.key]
 
-    if cut_weights not in CUT_WEIGHTS:
-        raise ValueError(f"cut_weights must be one of {sorted(CUT_WEIGHTS)}, got {cut_weights!r}")
     for b in budgets:  # the versions of a cut: the trained one is usually closer, the teacher's one faster
         for name, arch, predicted in (cuts or {}).get(b.name, []):
             shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True, size=cut_size(space, arch))
