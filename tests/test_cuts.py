@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from nasbert import Arch, Family, SearchSpace, SuperNet
 from nasbert.data import CorpusConfig, load_corpus
-from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts
+from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts, work_speedup
 from nasbert.export.family_export import COSINE_TIE, CUT_WEIGHTS, _Candidate, _choice_text, _contenders, export_family
 from nasbert.training.evaluation import plain_batches, state_cosine, validation_batches, whole_model_loss
 from nasbert.search import Evaluation, parse_budgets
@@ -222,7 +222,11 @@ def test_family_json_lists_every_timed_candidate(exported):
         assert r["cosine"] == pytest.approx(cosines[(r["source"], r["arch"])])
     for member in family.models:
         (row,) = [r for r in rows if (r["source"], r["arch"]) == (member.source, str(Arch.from_dict(member.arch)))]
-        assert row["latency_ms"] == member.latency_ms and row["params"] == member.params
+        assert row["params"] == member.params
+        if "timed_speedup" in member.extra:  # timed faster than its work allows (small models): judged at the bound
+            assert row["speedup"] == member.extra["timed_speedup"] > member.speedup == member.extra["work_speedup"]
+        else:
+            assert row["latency_ms"] == member.latency_ms
 
 
 def test_a_cut_that_meets_the_budget_comes_before_a_searched_model_with_a_higher_cosine(tiny_space):
@@ -311,7 +315,7 @@ def test_the_export_considers_pruned_cuts_where_the_latency_profile_can_predict_
         budgets = parse_budgets(config.search.budgets)
         with caplog.at_level("WARNING", logger="nasbert.run.stages"):
             caplog.clear()
-            cuts, teacher_net = _cuts_for(config, tiny_space, budgets, tmp_path / name, tiny_teacher)
+            cuts, teacher_net = _cuts_for(config, tiny_space, budgets, tmp_path / name, tiny_teacher, 16)
         names = {n for chosen in cuts.values() for n, _, _ in chosen}
         assert cut_name(range(3)) in {n for n, _, _ in cuts[budgets[1].name]}
         if name == "old":  # a profile from before pruned FFNs had entries: left out, with the fix named
@@ -319,12 +323,94 @@ def test_the_export_considers_pruned_cuts_where_the_latency_profile_can_predict_
             assert "no entries for pruned FFNs" in caplog.text and "nasbert latency --run RUN --force" in caplog.text
             continue
         assert any("@" in n for n in names) and not caplog.text
-        # per budget the top_k slowest cuts predicted under its limit, or over it by less than the edge margin
+        # per budget the top_k slowest cuts predicted under its limit, or over it by less than the edge margin,
+        # whose work can meet it
         for budget in budgets:
             limit = budget.latency_limit_ms(teacher_ms) * (1 + config.export.edge_margin)
-            near = sorted((predictor.predict(a) for _, a in every if predictor.predict(a) <= limit), reverse=True)
+            near = sorted((predictor.predict(a) for _, a in every if predictor.predict(a) <= limit
+                           and budget.allows(teacher_ms / (work_speedup(tiny_space, a, 16) or np.inf), 0, teacher_ms)),
+                          reverse=True)
             assert [ms for _, _, ms in cuts[budget.name]] == pytest.approx(near[:4])
     # the cuts come from the teacher with its heads and neurons in importance order, its hidden channels as they are
     assert teacher_net is not None and not teacher_net.training
     arch = cut_arch(tiny_space, range(2), pruned=32)
     assert teacher_net.extract(arch, drop_identity_adapters=True).config.adapters is False
+
+
+# ------------------------------------------------------------------------------------------------ work bound
+
+
+def test_the_work_bound_orders_cuts_and_keeps_whole_layer_fractions_just_under_their_ratio(tiny_space):
+    n = 2 * tiny_space.teacher.num_hidden_layers
+    cuts = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True)
+    bounds = [work_speedup(tiny_space, arch, 16) for _, arch in cuts]
+    assert bounds == sorted(bounds, reverse=True)  # cuts come smallest first: the bound falls as they grow
+    # a cut with a gap that drops an attention keeps more FFN than attention: no bound (it can beat the FLOPs ratio)
+    gapped = dict(teacher_cuts(tiny_space, max_gaps=1))
+    assert work_speedup(tiny_space, gapped["teacher-L2-mha1"], 16) is None
+    assert work_speedup(tiny_space, gapped["teacher-L2+mha2-ffn1"], 16) is not None
+    for k in range(1, n // 2):  # k of the L layers: the teacher's embeddings keep it under L / k, not far under
+        bound = work_speedup(tiny_space, cut_arch(tiny_space, range(2 * k)), 16)
+        assert 0.99 * (n // 2) / k < bound < (n // 2) / k
+    assert work_speedup(tiny_space, tiny_space.teacher_arch(), 16) == 1.0
+    bottom, pruned, whole = (work_speedup(tiny_space, cut_arch(tiny_space, range(4), pruned=p), 16)
+                             for p in (None, 64, 128))
+    assert pruned == work_speedup(tiny_space, cut_arch(tiny_space, range(4), pruned=64), 16)
+    assert 1 < bottom < pruned < work_speedup(tiny_space, cut_arch(tiny_space, range(3)), 16)
+    assert whole == bottom  # the whole FFN "pruned" to all its neurons is the plain cut
+
+
+def test_a_cut_timed_faster_than_its_work_allows_is_judged_at_its_work(tiny_space, tiny_teacher,
+                                                                       tiny_teacher_dir, tmp_path, monkeypatch,
+                                                                       caplog):
+    """On a busy host the teacher slows down more than a small model: the bottom half of its layers was timed at
+    2.39x. The export must not take it as a 2x member; a smaller cut whose work meets 2x is the member."""
+    from nasbert.export import family_export
+    from nasbert.latency.models import Measured
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    corpus = load_corpus(CorpusConfig(seq_len=32, max_documents=12), tokenizer, show_progress=False)
+    half, smaller = cut_arch(tiny_space, range(4)), cut_arch(tiny_space, range(3))
+    names = {str(half): cut_name(range(4)), str(smaller): cut_name(range(3))}
+    timed_speedup = {str(half): 2.39, str(smaller): 2.5}  # the smaller cut's work allows more than 2.5x
+    assert work_speedup(tiny_space, half, 16) < 2.0 < 2.5 < work_speedup(tiny_space, smaller, 16)
+
+    def busy_host(models, teacher, **kwargs):
+        return Measured({key: 10.0 / timed_speedup[key.split(":", 1)[1]] for key in models}, 10.0)
+
+    monkeypatch.setattr(family_export, "measure_models", busy_host)
+    (budget,) = parse_budgets(["2x"])
+    batches = validation_batches(corpus.valid, tokenizer, batch_size=8, n_batches=1, seed=0)
+    device = {"key": "test-cpu", "engine": "torch", "device": "cpu", "threads": 1, "batch": 1, "seq_len": 16}
+    with caplog.at_level("WARNING", logger="nasbert.export.family_export"):
+        export_family(supernet=SuperNet.from_teacher(tiny_space, tiny_teacher).eval(), teacher=tiny_teacher,
+                      tokenizer=tokenizer, teacher_name="tiny", space=tiny_space, budgets=[budget],
+                      candidates={"2x": []}, valid_batches=batches, device=device, out=tmp_path / "family",
+                      write_onnx=False, teacher_supernet=SuperNet.from_teacher(tiny_space, tiny_teacher,
+                                                                               reorder="units").eval(),
+                      cuts={"2x": [(names[str(a)], a, None) for a in (half, smaller)]})
+    raw = json.loads((tmp_path / "family" / "family.json").read_text())
+    (member,) = raw["models"]
+    assert member["arch"] == smaller.to_dict() and member["speedup"] == pytest.approx(2.5)
+    assert member["work_speedup"] == pytest.approx(work_speedup(tiny_space, smaller, 16))
+    assert "timed_speedup" not in member and "judged at" not in member["choice"]
+    rows = {r["label"]: r for r in raw["candidates"]}
+    assert rows[names[str(half)]]["speedup"] == pytest.approx(2.39)  # the record keeps what was timed
+    assert rows[names[str(half)]]["work_speedup"] == pytest.approx(work_speedup(tiny_space, half, 16))
+    assert "1 teacher cuts timed faster than their work allows" in caplog.text
+    assert f"{names[str(half)]} (teacher) 2.39x > 2.00x" in caplog.text and "nasbert pick --measure" in caplog.text
+
+    # where the bound still meets the budget, the cut is the member, judged (and recorded) at its work's speed-up
+    timed_speedup[str(smaller)] = 3.5
+    bound = work_speedup(tiny_space, smaller, 16)
+    export_family(supernet=SuperNet.from_teacher(tiny_space, tiny_teacher).eval(), teacher=tiny_teacher,
+                  tokenizer=tokenizer, teacher_name="tiny", space=tiny_space, budgets=[budget],
+                  candidates={"2x": []}, valid_batches=batches, device=device, out=tmp_path / "family2",
+                  write_onnx=False, teacher_supernet=SuperNet.from_teacher(tiny_space, tiny_teacher,
+                                                                           reorder="units").eval(),
+                  cuts={"2x": [(names[str(smaller)], smaller, None)]})
+    (member,) = json.loads((tmp_path / "family2" / "family.json").read_text())["models"]
+    assert member["speedup"] == pytest.approx(bound) and member["latency_ms"] == pytest.approx(10.0 / bound)
+    assert member["timed_speedup"] == pytest.approx(3.5)
+    assert f"it was timed at 3.50x, faster than its work allows (the host was busy), and judged at {bound:.2f}x" \
+        in member["choice"]

@@ -12,7 +12,7 @@ from nasbert import Arch, SearchSpace, SuperNet
 from nasbert.export.card import write_model_card
 from nasbert.export.family import Family, FamilyError, FamilyMember
 from nasbert.cli.pick import pick_main
-from nasbert.export.pick import NoFit, parse_params, pick
+from nasbert.export.pick import NoFit, measure_family, parse_params, pick
 
 ARCH = Arch.parse("16:mha,ffn,identity,identity|16:sepconv3,ffn,identity,identity")
 DEVICE = {"key": "test-cpu-onnxruntime-t1-b1-s16", "engine": "onnxruntime", "threads": 1, "batch": 1, "seq_len": 16}
@@ -269,6 +269,26 @@ def test_measure_keeps_the_recorded_teacher_latency_without_teacher_onnx(onnx_fa
     chosen = pick(copy, max_params="100M", measure=True)
     assert chosen.latency_ms > 0 and chosen.latency_ms not in (111.0, 222.0)
     assert chosen.speedup == pytest.approx(999.0 / chosen.latency_ms)
+
+
+def test_measure_judges_a_cut_timed_faster_than_its_work_at_its_work(onnx_family, tmp_path, caplog):
+    import shutil
+
+    copy = tmp_path / "family"
+    shutil.copytree(onnx_family, copy)
+    raw = json.loads((copy / "family.json").read_text())
+    for m in raw["models"]:  # the small member as a cut whose work allows only 1.01x over the (larger) teacher
+        if m["name"] == "small":
+            m["work_speedup"] = 1.01
+    (copy / "family.json").write_text(json.dumps(raw))
+    with caplog.at_level("WARNING", logger="nasbert.export.pick"):
+        family = measure_family(Family.load(copy), threads=1)
+    small, big = sorted(family.models, key=lambda m: m.name != "small")
+    assert small.speedup == pytest.approx(1.01) and small.extra["timed_speedup"] > 1.01
+    assert small.latency_ms == pytest.approx(family.teacher_latency_ms / 1.01)
+    assert big.speedup == pytest.approx(family.teacher_latency_ms / big.latency_ms)
+    assert "small timed at" in caplog.text and "faster than its work allows (1.01x)" in caplog.text
+    assert "timed_speedup" not in big.extra and "big timed" not in caplog.text
 
 
 def test_measure_without_onnx_is_a_clear_error(family_dir):

@@ -60,6 +60,12 @@ class ExportConfig:
     #: a candidate timed within this relative distance of a budget's latency limit is timed again with the teacher,
     #: 5x longer, and that run decides whether it meets the budget (0 = never)
     edge_margin: float = EDGE_MARGIN
+    #: judge a teacher cut timed faster than its work allows (the ratio of the teacher's FLOPs to the cut's,
+    #: nasbert.export.cuts.work_speedup) at that ratio: a busy host inflates the speed-ups of small models (the
+    #: bottom 3 of 6 layers timed at 2.39x, 1.94-1.99x idle). It holds where the teacher and the cut run the same
+    #: kernels at sizes where compute dominates (ONNX Runtime on CPU: measured 0-4% under it); turn it off where
+    #: per-call overheads dominate (small models, GPU launch-bound), as there the cut can beat it legitimately
+    work_bound: bool = True
     #: where a teacher cut meets a budget, the largest such cut is the member (with ``cut_weights: both``, its two
     #: weight versions compete on the cosine) and the search's candidates compete only at budgets no cut meets.
     #: False lets them compete with the cut on the cosine, which does not rank fine-tuned quality across

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from ..modeling.configuration_nasbert import op_spec
 from ..space import Arch, BlockArch, SearchSpace
 
-__all__ = ["cut_arch", "cut_name", "cut_size", "teacher_cuts"]
+__all__ = ["cut_arch", "cut_name", "cut_size", "teacher_cuts", "work_speedup"]
 
 
 def _sublayer(j: int) -> str:
@@ -85,6 +85,37 @@ def cut_size(space: SearchSpace, arch: Arch) -> float:
     """
     specs = ((op_spec(op), block.width) for block in arch.blocks for op in block.layers)
     return float(sum(spec.inner / (space.ffn_ratio * width) if spec.inner else 1 for spec, width in specs))
+
+
+def work_speedup(space: SearchSpace, arch: Arch, seq_len: int) -> float | None:
+    """The most a cut can be faster than the teacher: the ratio of the work they do on ``seq_len`` tokens, or
+    None for a cut that keeps more FFN than attention (below).
+
+    A cut runs a subset of the teacher's sub-layers (a pruned FFN: a narrower one) with the same kernels, and the
+    teacher's embeddings too: the sum of three lookups and its LayerNorm, counted here as 7 operations per element,
+    the layers as their FLOPs (:meth:`SearchSpace.flops`, no adapters). Small kernels do less per second than
+    large ones, and an attention sub-layer (softmax, reshapes) less than an FFN, so a cut that keeps at least as
+    much attention as FFN (every gap-free cut) is timed below this ratio: on the built-in teacher by 0-4% on an
+    idle machine (docs/benchmarks.md). A speed-up timed above it says the host was busy while the cut and the
+    teacher were timed (the teacher slows more than a small model), and the export judges the cut at this ratio
+    instead. The bottom half of the layers stays just under 2x, as it does when timed on an idle host. A cut that
+    drops attention and keeps the FFN can legitimately beat the ratio, so it has no bound.
+
+    >>> space = SearchSpace.load("search_spaces/minilm_l6.yaml")
+    >>> round(work_speedup(space, cut_arch(space, range(6)), 128), 4)
+    1.9998
+    >>> work_speedup(space, cut_arch(space, {0, 1, 3}), 128) is None  # layers 0 and 1 without layer 1's MHA
+    True
+    """
+    specs = [(op_spec(op), block.width) for block in arch.blocks for op in block.layers]
+    attention = sum(1 for spec, _ in specs if spec.kind == "mha")
+    ffn = sum(spec.ffn_inner(width, space.ffn_ratio) / (space.ffn_ratio * width) for spec, width in specs
+              if spec.kind == "ffn")
+    if ffn > attention:
+        return None
+    shared = 7 * seq_len * space.teacher.hidden_size
+    teacher = space.flops(space.teacher_arch(), seq_len, adapters=False)
+    return (teacher + shared) / (space.flops(arch, seq_len, adapters=False) + shared)
 
 
 def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = False) -> list[tuple[str, Arch]]:

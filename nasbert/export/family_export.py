@@ -46,7 +46,7 @@ from ..onnxio import OnnxParityError, export_int8, export_onnx
 from ..training.evaluation import state_cosine, whole_model_loss
 from .card import write_model_card
 from .config import CUT_WEIGHTS
-from .cuts import cut_size
+from .cuts import cut_size, work_speedup
 from .family import Family, FamilyMember
 from .hf import write_hf_files
 
@@ -75,6 +75,8 @@ class _Candidate:
     #: a teacher cut, and its size (:func:`~nasbert.export.cuts.cut_size`: the teacher sub-layers it keeps)
     cut: bool = False
     size: float = 0.0
+    #: a cut's :func:`~nasbert.export.cuts.work_speedup`: the most it can be faster than the teacher
+    bound: float | None = None
 
     @property
     def key(self) -> str:
@@ -98,9 +100,10 @@ def _contenders(feasible: list[tuple], cuts_first: bool = True) -> list[tuple]:
 
 
 def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None,
-                 cuts_first: bool = True, taken: int = 0) -> str:
+                 cuts_first: bool = True, taken: int = 0, timed_ms: float | None = None) -> str:
     """Why ``chosen`` won among ``feasible`` (the candidates that meet the budget and are not yet the member of a
-    tighter budget; ``taken`` more are)."""
+    tighter budget; ``taken`` more are). ``timed_ms``: the chosen cut's timing where it beat the cut's work bound,
+    which then judged it."""
     cos, ms, cand = chosen
     contenders = _contenders(feasible, cuts_first)
     rest = sorted((f for f in contenders if f[2].key != cand.key), key=lambda f: -f[0])
@@ -129,6 +132,9 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
     if rest:
         r_cos, r_ms, r = rest[0]
         text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
+    if timed_ms is not None:
+        text += (f"; it was timed at {speedup(teacher_ms, timed_ms):.2f}x, faster than its work allows (the host "
+                 f"was busy), and judged at {cand.bound:.2f}x, the ratio of its work to the teacher's")
     if first is not None:
         text += (f"; it was timed near the budget's edge ({first['speedup']:.2f}x) and again, longer, at "
                  f"{speedup(teacher_ms, ms):.2f}x, which decided")
@@ -137,6 +143,38 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
         text += (f"; a slower candidate that meets the budget ({slowest[2].label}, "
                  f"{speedup(teacher_ms, slowest[1]):.2f}x) ranks lower on the proxy, so the faster model is chosen")
     return text
+
+
+def _judged_latency(candidates: dict[str, _Candidate], latency_ms: dict[str, float], teacher_ms: float
+                    ) -> dict[str, float]:
+    """The latency each candidate is judged at: the measured one, except for a cut timed faster than its work
+    allows (:func:`~nasbert.export.cuts.work_speedup`), which is judged at that bound. On a busy host the teacher
+    slows down more than a small model: one export timed the bottom 3 of 6 layers at 2.39x (1.94-1.99x on an idle
+    host) and took them as the 2x member (docs/benchmarks.md). Warns when it happens."""
+    judged = dict(latency_ms)
+    over = []
+    for key, c in candidates.items():
+        if c.bound is not None and speedup(teacher_ms, latency_ms[key]) > c.bound:
+            judged[key] = teacher_ms / c.bound
+            over.append(f"{c.label} ({c.source}) {speedup(teacher_ms, latency_ms[key]):.2f}x > {c.bound:.2f}x")
+    if over:
+        worst = max(judged[k] / latency_ms[k] for k in judged)
+        logger.warning("%d teacher cuts timed faster than their work allows (%s; up to %.0f%% over): the host was "
+                       "probably busy while they and the teacher (%.2f ms) were timed, which inflates the speed-ups "
+                       "of small models, so those cuts are judged at their work's speed-up. Export on an idle "
+                       "machine, and check the family with `nasbert pick --measure`. (Where per-call overheads "
+                       "dominate, small models or a GPU, a cut can beat its work legitimately: set "
+                       "export.work_bound: false there.)", len(over), "; ".join(over), 100 * (worst - 1), teacher_ms)
+    return judged
+
+
+def _bound_record(cand: _Candidate, timed_ms: float, judged_ms: float, teacher_ms: float) -> dict:
+    """What a member's record keeps of its work bound: the bound (a cut), and the timed speed-up where the bound
+    judged it instead (its ``latency_ms`` and ``speedup`` are then the bound's)."""
+    if cand.bound is None:
+        return {}
+    return {"work_speedup": cand.bound,
+            **({"timed_speedup": speedup(teacher_ms, timed_ms)} if timed_ms != judged_ms else {})}
 
 
 def export_family(
@@ -165,6 +203,7 @@ def export_family(
     edge_margin: float = EDGE_MARGIN,
     cuts_first: bool = True,
     cut_weights: str = "teacher",
+    work_bound: bool = True,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
@@ -182,7 +221,8 @@ def export_family(
     with the teacher (``int8_latency_ms``, ``int8_speedup``). ``teacher_cache`` (a
     :class:`~nasbert.training.teacher_cache.TeacherStateCache` of ``corpus.train``) feeds the distillation. A
     candidate timed within ``edge_margin`` of a budget's latency limit is timed again, longer, and that run decides
-    (:func:`~nasbert.latency.models.measure_models`)."""
+    (:func:`~nasbert.latency.models.measure_models`). With ``work_bound``, a cut timed faster than its work allows
+    (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that bound."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
@@ -207,7 +247,9 @@ def export_family(
 
     for b in budgets:  # the versions of a cut: the trained one is usually closer, the teacher's one faster
         for name, arch, predicted in (cuts or {}).get(b.name, []):
-            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True, size=cut_size(space, arch))
+            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True, size=cut_size(space, arch),
+                                             bound=work_speedup(space, arch, device["seq_len"]) if work_bound
+                                             else None)
                                   for src in CUT_WEIGHTS[cut_weights]]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:
@@ -234,6 +276,7 @@ def export_family(
     for key, first in measured.retimed.items():
         logger.info("%s (%s) timed %.2fx, near a budget's edge: timed again, longer: %.2fx", unique[key].label,
                     unique[key].source, first["speedup"], speedup(teacher_ms, measured.latency_ms[key]))
+    judged = _judged_latency(unique, measured.latency_ms, teacher_ms)
 
     members: list[FamilyMember] = []
     chosen: dict[str, tuple] = {}
@@ -243,8 +286,8 @@ def export_family(
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
         # Every re-evaluated candidate is eligible: one shortlisted for a tighter budget may win a looser one.
-        feasible = [(cosine[key], measured.latency_ms[key], c) for key, c in unique.items()
-                    if budget.allows(measured.latency_ms[key], params[key], teacher_ms)]
+        feasible = [(cosine[key], judged[key], c) for key, c in unique.items()
+                    if budget.allows(judged[key], params[key], teacher_ms)]
         if not feasible:
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
@@ -254,6 +297,7 @@ def export_family(
         top = max(f[0] for f in fresh)  # ties (within COSINE_TIE, e.g. a cut's two versions untrained): the faster
         best = min((f for f in fresh if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
         cos, latency, cand = best
+        timed = measured.latency_ms[cand.key]
         taken.add(cand.key)
         arch, loss, loss_before = cand.arch, losses[cand.key], None
         model = models[cand.key]
@@ -276,9 +320,10 @@ def export_family(
             distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
             source=cand.source, cosine=cos,
             choice=_choice_text(budget, best, pool, teacher_ms, measured.retimed.get(cand.key), cuts_first,
-                                taken=len(feasible) - len(pool)),
+                                taken=len(feasible) - len(pool), timed_ms=timed if timed != latency else None),
             # chosen for being the largest cut: `nasbert pick` ranks such members the same way
-            extra={"cut": cand.label, "cut_size": cand.size} if cand.cut and cuts_first else {},
+            extra={**({"cut": cand.label, "cut_size": cand.size} if cand.cut and cuts_first else {}),
+                   **_bound_record(cand, timed, latency, teacher_ms)},
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "
@@ -293,7 +338,8 @@ def export_family(
     # every candidate the export timed, so that a choice can be checked against all the others
     timed = sorted(({"label": c.label, "source": c.source, "arch": str(c.arch), "params": params[key],
                      "latency_ms": measured.latency_ms[key], "speedup": speedup(teacher_ms, measured.latency_ms[key]),
-                     "cosine": cosine[key], "valid_loss": losses[key], **measured.first_speedup(key)}
+                     "cosine": cosine[key], "valid_loss": losses[key], **measured.first_speedup(key),
+                     **({"work_speedup": c.bound} if c.bound is not None else {})}
                     for key, c in unique.items()),
                    key=lambda row: row["latency_ms"])
     family = Family(teacher=teacher_name, device=dict(device), teacher_latency_ms=teacher_ms, models=members,

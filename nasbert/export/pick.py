@@ -66,7 +66,9 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
     """A copy of ``family`` with every member's ``latency_ms`` and ``speedup`` measured again on this machine
     (ONNX Runtime, CPU, interleaved; inputs of the family's batch and sequence length). The teacher is measured
     too when the family directory holds ``teacher.onnx``; otherwise its recorded latency is kept. Nothing is
-    written to disk. The copy's ``device`` describes this machine.
+    written to disk. The copy's ``device`` describes this machine. A teacher cut timed faster than its work allows
+    (its ``work_speedup``, recorded by the export) is judged at that bound, as the export judges it, and keeps the
+    timed speed-up in ``timed_speedup``.
     """
     from ..latency.measure import OnnxRuntimeEngine, device_info, measure_interleaved
 
@@ -97,7 +99,13 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
     for m in family.models:
         ms = timings[m.name].median_ms
         int8 = timings.get(m.name + _INT8_KEY)
-        models.append(dataclasses.replace(m, latency_ms=ms, speedup=teacher_ms / ms,
+        extra = {k: v for k, v in m.extra.items() if k != "timed_speedup"}
+        bound = m.extra.get("work_speedup")
+        if bound and _TEACHER_KEY in timings and teacher_ms / ms > bound:  # a busy host: see export.work_bound
+            logger.warning("%s timed at %.2fx, faster than its work allows (%.2fx): the host is probably busy; "
+                           "judged at %.2fx", m.name, teacher_ms / ms, bound, bound)
+            extra["timed_speedup"], ms = teacher_ms / ms, teacher_ms / bound
+        models.append(dataclasses.replace(m, latency_ms=ms, speedup=teacher_ms / ms, extra=extra,
                                           **({"int8_latency_ms": int8.median_ms,
                                               "int8_speedup": teacher_ms / int8.median_ms} if int8 else {})))
     here = device_info(engine="onnxruntime", device="cpu", threads=threads, batch=batch, seq_len=seq_len).to_dict()

@@ -238,12 +238,13 @@ def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
     return str(path) if (path / "predictor.json").is_file() else None
 
 
-def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, teacher):
+def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, teacher, seq_len: int):
     """The teacher cuts each budget's export considers (the ``top_k`` slowest that the latency predictor puts
     under the budget's share of the teacher's predicted time, or over it by less than ``export.edge_margin``: the
-    predictor errs by that much, and the measured timing decides), and the supernet of the teacher's own weights
+    predictor errs by that much, and the measured timing decides; none whose work cannot meet the budget,
+    :func:`~nasbert.export.cuts.work_speedup` on ``seq_len`` tokens), and the supernet of the teacher's own weights
     they are cut from; ``({}, None)`` when ``export.teacher_cuts`` is off or the space cannot express cuts."""
-    from ..export.cuts import teacher_cuts
+    from ..export.cuts import teacher_cuts, work_speedup
     from ..latency import LatencyPredictor
 
     if not config.export.teacher_cuts:
@@ -267,10 +268,12 @@ def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, tea
                        len(cuts) - len(predicted))
         cuts = [(name, arch) for name, arch in cuts if name in predicted]
     slack = 1.0 + config.export.edge_margin  # e.g. the 4x member, predicted 3.92x, measured 4.13-4.17x
+    bounds = {name: work_speedup(space, arch, seq_len) if config.export.work_bound else None for name, arch in cuts}
     chosen = {}
     for budget in budgets:
         fits = [(name, arch, predicted[name]) for name, arch in cuts
-                if budget.allows(predicted[name] / slack, space.num_params(arch, adapters=False), teacher_ms)]
+                if budget.allows(max(predicted[name] / slack, teacher_ms / bounds[name] if bounds[name] else 0.0),
+                                 space.num_params(arch, adapters=False), teacher_ms)]
         chosen[budget.name] = sorted(fits, key=lambda c: -c[2])[: config.search.top_k]
         logger.info("budget %s: teacher cuts %s", budget.name, ", ".join(c[0] for c in chosen[budget.name]) or "none")
     return chosen, SuperNet.from_teacher(space, teacher, reorder="units").eval()
@@ -300,7 +303,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                                  n_batches=config.export.eval_batches, seed=config.seed)
     profile = Path(latency_profile) if latency_profile else run.profile_dir(config.latency)
     device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
-    cuts, teacher_supernet = _cuts_for(config, space, budgets, profile, teacher)
+    cuts, teacher_supernet = _cuts_for(config, space, budgets, profile, teacher, device["seq_len"])
     teacher_cache = None
     if config.train.teacher_cache and config.export.distill.steps:  # the training's cache, where settings agree
         from ..training.teacher_cache import TeacherStateCache
@@ -328,6 +331,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                            teacher_supernet=teacher_supernet, write_int8=config.export.int8,
                            teacher_cache=teacher_cache, edge_margin=config.export.edge_margin,
                            cuts_first=config.export.cuts_first, cut_weights=config.export.cut_weights,
+                           work_bound=config.export.work_bound,
                            proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
                                                        n_batches=config.export.eval_batches))
     if out is None:
