@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from nasbert import Arch, Family, SearchSpace, SuperNet
 from nasbert.data import CorpusConfig, load_corpus
-from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts, work_speedup
+from nasbert.export.cuts import cut_arch, cut_name, cut_size, teacher_cuts, work_speedup
 from nasbert.export.family_export import COSINE_TIE, CUT_WEIGHTS, _Candidate, _choice_text, _contenders, export_family
 from nasbert.training.evaluation import plain_batches, state_cosine, validation_batches, whole_model_loss
 from nasbert.search import Evaluation, parse_budgets
@@ -100,6 +100,48 @@ def test_pruned_cuts_keep_the_most_important_neurons_of_their_top_ffn(tiny_space
         torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="only a cut that ends on an FFN can prune it; this one ends on mha1"):
         cut_name({0, 1, 2}, pruned=32)
+
+
+def test_cuts_with_every_ffn_halved_keep_each_ffns_most_important_half(tiny_space, tiny_teacher):
+    from nasbert.supernet.importance import neuron_order
+
+    teacher_net = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder="units").eval()
+    ids = torch.randint(5, tiny_space.teacher.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    n = 2 * tiny_space.teacher.num_hidden_layers
+    top_pruned = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True)
+    cuts = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True, prune_every=True)
+    halved = [(name, arch) for name, arch in cuts if "@ffn" in name]
+    assert [c for c in cuts if "@ffn" not in c[0]] == top_pruned
+    # every gap-free prefix with an FFN, the whole teacher too, but the bottom layer: with its one FFN on top,
+    # it is the top-pruned cut teacher-L0+mha0+ffn0@64
+    assert [name for name, _ in halved] == sorted(
+        (cut_name(range(m), pruned=64, every=True) for m in range(3, n + 1)),
+        key=lambda name: [c[0] for c in cuts].index(name))
+    assert {"teacher-L4@ffn64", "teacher-L1+mha1@ffn64"} <= set(dict(halved)) and "teacher-L1@ffn64" not in dict(cuts)
+    for name, arch in halved:
+        kept = _sublayers(name.removesuffix("@ffn64"))
+        assert cut_arch(tiny_space, kept, pruned=64, every=True) == arch
+        assert arch.num_layers == len(kept) and sum(op == "ffn64" for b in arch.blocks for op in b.ops) == sum(
+            j % 2 for j in kept)
+        model = teacher_net.extract(arch, drop_identity_adapters=True)
+        assert sum(p.numel() for p in model.parameters()) == tiny_space.num_params(arch, adapters=False)
+        h = tiny_teacher.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+        for j in sorted(kept):  # the teacher by hand: each FFN on its 64 most important neurons
+            layer = tiny_teacher.encoder.layer[j // 2]
+            if j % 2 == 0:
+                h = layer.attention(h)[0]
+                continue
+            state = {k: v for k, v in layer.state_dict().items() if k.startswith(("intermediate.", "output."))}
+            keep = neuron_order(state)[:64]
+            act = layer.intermediate.intermediate_act_fn(torch.nn.functional.linear(
+                h, layer.intermediate.dense.weight[keep], layer.intermediate.dense.bias[keep]))
+            h = layer.output.LayerNorm(h + torch.nn.functional.linear(act, layer.output.dense.weight[:, keep],
+                                                                      layer.output.dense.bias))
+        with torch.no_grad():
+            got = model(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(got, h.detach(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="every FFN pruned needs the neurons to keep"):
+        cut_name({0}, pruned=64, every=True)
 
 
 def test_cuts_are_exactly_the_expressible_bottom_sets_with_at_most_one_gap(tiny_space):
@@ -224,7 +266,8 @@ def test_family_json_lists_every_timed_candidate(exported):
         (row,) = [r for r in rows if (r["source"], r["arch"]) == (member.source, str(Arch.from_dict(member.arch)))]
         assert row["params"] == member.params
         if "timed_speedup" in member.extra:  # timed faster than its work allows (small models): judged at the bound
-            assert row["speedup"] == member.extra["timed_speedup"] > member.speedup == member.extra["work_speedup"]
+            assert row["speedup"] == member.extra["timed_speedup"] > member.extra["work_speedup"]
+            assert member.speedup == pytest.approx(member.extra["work_speedup"])
         else:
             assert row["latency_ms"] == member.latency_ms
 
@@ -300,9 +343,10 @@ def test_the_export_considers_pruned_cuts_where_the_latency_profile_can_predict_
     entries = {key: float(rng.uniform(0.5, 1.5)) for key in table_keys(tiny_space)}
     entries.update({f"ffn{i}@32": entries["ffn@32"] * i / 128 for i in tiny_space.pruned_ffn_inners()})
     archs = [tiny_space.sample(rng) for _ in range(20)]
-    every = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True)
-    for name, table in (("old", {k: v for k, v in entries.items() if "ffn@" in k or not k.startswith("ffn")}),
-                        ("new", entries)):
+    every = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True, prune_every=True)  # the export's defaults
+    old = {k: v for k, v in entries.items() if "ffn@" in k or not k.startswith("ffn")}
+    # without the work bound the predictor decides which cuts can meet a budget; with it (the default), the bound
+    for name, table, work_bound in (("old", old, False), ("new", entries, False), ("bound", entries, True)):
         table = LatencyTable(table)
         measured = [float(features(a, table).sum()) for a in archs]  # any law the predictor can fit
         predictor = LatencyPredictor.fit(table, archs, measured)
@@ -311,26 +355,31 @@ def test_the_export_considers_pruned_cuts_where_the_latency_profile_can_predict_
         # a budget whose limit a mid-sized cut misses by 5% on the prediction: within the edge margin (10%)
         over = teacher_ms / predictor.predict(cut_arch(tiny_space, range(3))) * 1.05
         config = RunConfig.from_dict({"space": "tiny", "search": {"budgets": ["1.2x", f"{over:.4f}x"], "top_k": 4},
-                                      "export": {"teacher_cut_ffn": True}})
+                                      "export": {"teacher_cut_ffn": True, "work_bound": work_bound}})
         budgets = parse_budgets(config.search.budgets)
         with caplog.at_level("WARNING", logger="nasbert.run.stages"):
             caplog.clear()
             cuts, teacher_net = _cuts_for(config, tiny_space, budgets, tmp_path / name, tiny_teacher, 16)
         names = {n for chosen in cuts.values() for n, _, _ in chosen}
-        assert cut_name(range(3)) in {n for n, _, _ in cuts[budgets[1].name]}
+        assert work_bound or cut_name(range(3)) in {n for n, _, _ in cuts[budgets[1].name]}
         if name == "old":  # a profile from before pruned FFNs had entries: left out, with the fix named
             assert names and not any("@" in n for n in names)
             assert "no entries for pruned FFNs" in caplog.text and "nasbert latency --run RUN --force" in caplog.text
             continue
         assert any("@" in n for n in names) and not caplog.text
-        # per budget the top_k slowest cuts predicted under its limit, or over it by less than the edge margin,
-        # whose work can meet it
+        # per budget the top_k largest (then slowest) cuts whose work can meet it (without a work bound: predicted
+        # under its limit, or over it by less than the edge margin): the export takes the largest that meets it
         for budget in budgets:
-            limit = budget.latency_limit_ms(teacher_ms) * (1 + config.export.edge_margin)
-            near = sorted((predictor.predict(a) for _, a in every if predictor.predict(a) <= limit
-                           and budget.allows(teacher_ms / (work_speedup(tiny_space, a, 16) or np.inf), 0, teacher_ms)),
+            limit = budget.latency_limit_ms(teacher_ms)
+
+            def can_meet(a):
+                bound = work_speedup(tiny_space, a, 16) if work_bound else None
+                return teacher_ms / bound <= limit if bound else predictor.predict(a) <= limit * 1.1
+
+            near = sorted(((cut_size(tiny_space, a), predictor.predict(a)) for _, a in every if can_meet(a)),
                           reverse=True)
-            assert [ms for _, _, ms in cuts[budget.name]] == pytest.approx(near[:4])
+            assert [cut_size(tiny_space, a) for _, a, _ in cuts[budget.name]] == [size for size, _ in near[:4]]
+            assert [ms for _, _, ms in cuts[budget.name]] == pytest.approx([ms for _, ms in near[:4]])
     # the cuts come from the teacher with its heads and neurons in importance order, its hidden channels as they are
     assert teacher_net is not None and not teacher_net.training
     arch = cut_arch(tiny_space, range(2), pruned=32)

@@ -34,20 +34,25 @@ from collections.abc import Iterable
 from ..modeling.configuration_nasbert import op_spec
 from ..space import Arch, BlockArch, SearchSpace
 
-__all__ = ["cut_arch", "cut_name", "cut_size", "teacher_cuts", "work_speedup"]
+__all__ = ["EVERY_FFN_WEIGHT", "cut_arch", "cut_name", "cut_size", "teacher_cuts", "work_speedup"]
 
 
 def _sublayer(j: int) -> str:
     return f"{'mha' if j % 2 == 0 else 'ffn'}{j // 2}"
 
 
-def cut_name(kept: Iterable[int], *, pruned: int | None = None) -> str:
+def cut_name(kept: Iterable[int], *, pruned: int | None = None, every: bool = False) -> str:
     """``teacher-L{k}`` for the bottom k layers, ``+mha{k}`` when layer k's attention is kept too, then
     ``-{sub-layer}`` for a dropped one below the top (``teacher-L3-mha1``: layers 0-2 without layer 1's MHA).
     With the top FFN ``pruned`` to that many neurons, its layer is named by its parts:
-    ``teacher-L2+mha2+ffn2@768`` (``teacher-L2+ffn2@768`` without layer 2's MHA)."""
+    ``teacher-L2+mha2+ffn2@768`` (``teacher-L2+ffn2@768`` without layer 2's MHA); with ``every`` FFN pruned,
+    ``@ffn{pruned}`` follows the plain name: ``teacher-L2+mha2@ffn768``."""
     kept = set(kept)
     top = max(kept)
+    if every:
+        if pruned is None or not any(j % 2 for j in kept):
+            raise ValueError("a cut with every FFN pruned needs the neurons to keep (pruned=) and an FFN")
+        return cut_name(kept) + f"@ffn{pruned}"
     if pruned is None:
         name = f"teacher-L{(top + 1) // 2}" + (f"+{_sublayer(top)}" if top % 2 == 0 else "")
         return name + "".join(f"-{_sublayer(j)}" for j in range(top) if j not in kept)
@@ -57,10 +62,11 @@ def cut_name(kept: Iterable[int], *, pruned: int | None = None) -> str:
     return name + f"+{_sublayer(top)}@{pruned}" + "".join(f"-{_sublayer(j)}" for j in range(top - 1) if j not in kept)
 
 
-def cut_arch(space: SearchSpace, kept: Iterable[int], *, pruned: int | None = None) -> Arch | None:
+def cut_arch(space: SearchSpace, kept: Iterable[int], *, pruned: int | None = None,
+             every: bool = False) -> Arch | None:
     """The architecture that computes exactly the teacher sub-layers ``kept`` (in order), or None where the
     space cannot place them on slots that hold their own layer's weights. ``pruned``: the top sub-layer, an FFN,
-    keeps only its first ``pruned`` neurons (op ``ffn{pruned}``)."""
+    keeps only its first ``pruned`` neurons (op ``ffn{pruned}``); with ``every``, every FFN of the cut does."""
     kept = set(kept)
     top = max(kept)
     k, width = space.slots_per_block, space.teacher.hidden_size
@@ -71,20 +77,33 @@ def cut_arch(space: SearchSpace, kept: Iterable[int], *, pruned: int | None = No
         for i, j in enumerate(mine):
             if (b * k + i) // 2 != j // 2:  # the slot holds another layer's weights
                 return None
-            ops.append("mha" if j % 2 == 0 else f"ffn{pruned}" if pruned is not None and j == top else "ffn")
+            prune = pruned is not None and (every or j == top)
+            ops.append("mha" if j % 2 == 0 else f"ffn{pruned}" if prune else "ffn")
         blocks.append(BlockArch(width, tuple(ops) + ("identity",) * (k - len(ops))))
     return Arch(tuple(blocks))
 
 
+#: what a pruned FFN counts for in a cut that prunes more than one (every FFN halved), per neuron kept: less than
+#: in a cut that prunes only its top FFN. On the built-in teacher (fine-tuned panel, docs/benchmarks.md) the bottom
+#: 3 attentions with both FFNs between them halved beat the bottom 2 layers with 3/4 of the second FFN at 3x
+#: (55.7 against 53.6), and the bottom 4 layers with every FFN halved lost to the bottom 3 layers with 3/4 of the
+#: third FFN at 2x (57.7 against 59.4): sizes that rank both pairs as measured need a factor in (0.75, 0.875)
+EVERY_FFN_WEIGHT = 0.8
+
+
 def cut_size(space: SearchSpace, arch: Arch) -> float:
-    """How much of the teacher a cut keeps, in sub-layers: a pruned FFN counts as the fraction of its neurons.
+    """How much of the teacher a cut keeps, in sub-layers: a pruned FFN counts as the fraction of its neurons,
+    times :data:`EVERY_FFN_WEIGHT` where the cut prunes more than one FFN.
 
     >>> space = SearchSpace.load("search_spaces/minilm_l6.yaml")
     >>> cut_size(space, cut_arch(space, range(4), pruned=1152))
     3.75
+    >>> round(cut_size(space, cut_arch(space, range(5), pruned=768, every=True)), 2)  # 3 MHAs, 2 halved FFNs
+    3.8
     """
-    specs = ((op_spec(op), block.width) for block in arch.blocks for op in block.layers)
-    return float(sum(spec.inner / (space.ffn_ratio * width) if spec.inner else 1 for spec, width in specs))
+    specs = [(op_spec(op), block.width) for block in arch.blocks for op in block.layers]
+    weight = EVERY_FFN_WEIGHT if sum(1 for spec, _ in specs if spec.inner) > 1 else 1.0
+    return float(sum(weight * spec.inner / (space.ffn_ratio * width) if spec.inner else 1 for spec, width in specs))
 
 
 def work_speedup(space: SearchSpace, arch: Arch, seq_len: int) -> float | None:
@@ -118,13 +137,18 @@ def work_speedup(space: SearchSpace, arch: Arch, seq_len: int) -> float | None:
     return (teacher + shared) / (space.flops(arch, seq_len, adapters=False) + shared)
 
 
-def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = False) -> list[tuple[str, Arch]]:
+def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = False,
+                 prune_every: bool = False) -> list[tuple[str, Arch]]:
     """Every cut of the teacher that keeps its bottom sub-layers with at most ``max_gaps`` (0 or 1) gaps: the
     bottom ``m`` sub-layers for m = 1 .. 2L - 1, and (``max_gaps=1``) each of them with one sub-layer below the
     top removed, where the space can express it; with ``prune_ffn``, also every cut that ends on an FFN with
-    that FFN pruned to each of :meth:`SearchSpace.pruned_ffn_inners` (the full teacher's last FFN included).
+    that FFN pruned to each of :meth:`SearchSpace.pruned_ffn_inners` (the full teacher's last FFN included);
+    with ``prune_every``, also every cut with an FFN, the full teacher included, with every FFN pruned to half
+    its neurons (the middle of :meth:`SearchSpace.pruned_ffn_inners`), which trades FFN neurons for attention
+    sub-layers: the bottom 3 attentions with half of the 2 FFNs between them run at the speed of the bottom 2
+    layers with 3/4 of the second FFN.
     Ordered by size (kept sub-layers, a pruned FFN counting as its fraction), then by name; the full teacher is
-    left out.
+    left out (its version with every FFN halved is not).
 
     Needs a space whose slots follow the teacher's sub-layers (2 per layer, ``num_blocks x slots_per_block =
     2L``), with the teacher's width and the ops mha, ffn and identity."""
@@ -143,12 +167,15 @@ def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = Fal
         prefix = set(range(top + 1))
         for hole in (None, *range(top)) if max_gaps else (None,):
             kept = prefix - {hole}
-            sizes = [None] + (list(space.pruned_ffn_inners()) if prune_ffn and top % 2 == 1 else [])
-            for pruned in sizes:
+            inners = space.pruned_ffn_inners()
+            sizes = [(None, False)] + [(p, False) for p in (inners if prune_ffn and top % 2 == 1 else ())]
+            if prune_every and inners and any(j % 2 for j in kept):
+                sizes.append((inners[len(inners) // 2], True))
+            for pruned, every in sizes:
                 if len(kept) == n and pruned is None:
                     continue
-                arch = cut_arch(space, kept, pruned=pruned)
+                arch = cut_arch(space, kept, pruned=pruned, every=every)
                 if arch is not None and arch not in seen:
                     seen.add(arch)
-                    out.append((cut_size(space, arch), cut_name(kept, pruned=pruned), arch))
+                    out.append((cut_size(space, arch), cut_name(kept, pruned=pruned, every=every), arch))
     return [(name, arch) for _, name, arch in sorted(out, key=lambda t: (t[0], t[1]))]
