@@ -39,6 +39,18 @@ def _teacher_sublayers(teacher, ids, kept: set[int]) -> torch.Tensor:
     return h
 
 
+def _pruned_ffn(layer, h: torch.Tensor, inner: int) -> torch.Tensor:
+    """A teacher layer's FFN (with its residual and LayerNorm), by hand, on its ``inner`` most important neurons."""
+    from nasbert.supernet.importance import neuron_order
+
+    state = {k: v for k, v in layer.state_dict().items() if k.startswith(("intermediate.", "output."))}
+    keep = neuron_order(state)[:inner]
+    act = layer.intermediate.intermediate_act_fn(torch.nn.functional.linear(
+        h, layer.intermediate.dense.weight[keep], layer.intermediate.dense.bias[keep]))
+    return layer.output.LayerNorm(h + torch.nn.functional.linear(act, layer.output.dense.weight[:, keep],
+                                                                 layer.output.dense.bias))
+
+
 @pytest.mark.parametrize("reorder", [False, "units"])  # heads and neurons in importance order: the same function
 def test_every_cut_computes_the_teacher_sublayers_it_names(tiny_space, tiny_teacher, reorder):
     teacher_net = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder=reorder).eval()
@@ -64,8 +76,6 @@ def test_every_cut_computes_the_teacher_sublayers_it_names(tiny_space, tiny_teac
 
 
 def test_pruned_cuts_keep_the_most_important_neurons_of_their_top_ffn(tiny_space, tiny_teacher):
-    from nasbert.supernet.importance import neuron_order
-
     teacher_net = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder="units").eval()
     ids = torch.randint(5, tiny_space.teacher.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     plain = teacher_cuts(tiny_space, max_gaps=0)
@@ -87,14 +97,8 @@ def test_pruned_cuts_keep_the_most_important_neurons_of_their_top_ffn(tiny_space
         model = teacher_net.extract(arch, drop_identity_adapters=True)
         assert not model.config.adapters
         assert sum(p.numel() for p in model.parameters()) == tiny_space.num_params(arch, adapters=False)
-        layer = tiny_teacher.encoder.layer[top // 2]
         h = _teacher_sublayers(tiny_teacher, ids, kept - {top})
-        state = {k: v for k, v in layer.state_dict().items() if k.startswith(("intermediate.", "output."))}
-        keep = neuron_order(state)[:inner]  # the teacher's FFN, by hand, on its `inner` most important neurons
-        inner_act = layer.intermediate.intermediate_act_fn(
-            torch.nn.functional.linear(h, layer.intermediate.dense.weight[keep], layer.intermediate.dense.bias[keep]))
-        want = layer.output.LayerNorm(h + torch.nn.functional.linear(inner_act, layer.output.dense.weight[:, keep],
-                                                                     layer.output.dense.bias))
+        want = _pruned_ffn(tiny_teacher.encoder.layer[top // 2], h, inner)
         with torch.no_grad():
             got = model(input_ids=ids).last_hidden_state
         torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
@@ -103,8 +107,6 @@ def test_pruned_cuts_keep_the_most_important_neurons_of_their_top_ffn(tiny_space
 
 
 def test_cuts_with_every_ffn_halved_keep_each_ffns_most_important_half(tiny_space, tiny_teacher):
-    from nasbert.supernet.importance import neuron_order
-
     teacher_net = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder="units").eval()
     ids = torch.randint(5, tiny_space.teacher.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     n = 2 * tiny_space.teacher.num_hidden_layers
@@ -131,12 +133,7 @@ def test_cuts_with_every_ffn_halved_keep_each_ffns_most_important_half(tiny_spac
             if j % 2 == 0:
                 h = layer.attention(h)[0]
                 continue
-            state = {k: v for k, v in layer.state_dict().items() if k.startswith(("intermediate.", "output."))}
-            keep = neuron_order(state)[:64]
-            act = layer.intermediate.intermediate_act_fn(torch.nn.functional.linear(
-                h, layer.intermediate.dense.weight[keep], layer.intermediate.dense.bias[keep]))
-            h = layer.output.LayerNorm(h + torch.nn.functional.linear(act, layer.output.dense.weight[:, keep],
-                                                                      layer.output.dense.bias))
+            h = _pruned_ffn(layer, h, 64)
         with torch.no_grad():
             got = model(input_ids=ids).last_hidden_state
         torch.testing.assert_close(got, h.detach(), atol=1e-5, rtol=1e-5)
