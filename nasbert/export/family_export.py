@@ -8,17 +8,18 @@
       <member>/                a Hugging Face model directory: config.json, model.safetensors, tokenizer,
                                modeling code, model.onnx, README.md (model card with the measured numbers)
 
-The candidates of a budget are the search's top ones and, where the space allows, the teacher cuts that the
-latency predictor puts under the budget (:mod:`nasbert.export.cuts`: the teacher's bottom sub-layers, kept as
-they are, with the teacher's weights and optionally the trained supernet's too). All are timed with the teacher in
-one interleaved run. Per budget, among those that meet it on *measured* latency, the largest cut is the member
-(``cuts_first``; in the version with the higher cosine where both compete); where no cut meets the budget, the
-search's candidate whose final hidden states have the highest mean per-token cosine to the teacher's is. The
-cosine replaced the whole-model MSE as the ranking: on the fine-tuned scores of the quality report's models
-(teacher cuts, searched members, baselines) it ranked +0.21 (SST-2) and +0.64 / +0.74 (SICK) in Kendall tau, the
-MSE -0.07 and -0.64 / -0.63; over 24 architectures spread across the space it ranked at +0.03, below the
-parameter count's +0.39 (docs/benchmarks.md), which is why a cut comes first where one meets the budget. Each
-member's ``choice`` in family.json says why it won and what came second.
+The candidates of a budget are the search's top ones and, where the space allows, the largest teacher cuts whose
+work can meet the budget (:mod:`nasbert.export.cuts`: the teacher's bottom sub-layers, kept as they are, with the
+teacher's weights and optionally the trained supernet's too). All are timed with the teacher in one interleaved
+run; a cut timed faster than its work allows (a busy host) is judged at that bound
+(:func:`~nasbert.export.cuts.work_speedup`). Per budget, among those that meet it on *measured* latency, the
+largest cut is the member (``cuts_first``; in the version with the higher cosine where both compete); where no
+cut meets the budget, the search's candidate whose final hidden states have the highest mean per-token cosine to
+the teacher's is. The cosine replaced the whole-model MSE as the ranking: on the fine-tuned scores of the quality
+report's models (teacher cuts, searched members, baselines) it ranked +0.21 (SST-2) and +0.64 / +0.74 (SICK) in
+Kendall tau, the MSE -0.07 and -0.64 / -0.63; over 24 architectures spread across the space it ranked at +0.03,
+below the parameter count's +0.39 (docs/benchmarks.md), which is why a cut comes first where one meets the
+budget. Each member's ``choice`` in family.json says why it won and what came second.
 
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
 teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
@@ -134,10 +135,10 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
         text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
     if timed_ms is not None:
         text += (f"; it was timed at {speedup(teacher_ms, timed_ms):.2f}x, faster than its work allows (the host "
-                 f"was busy), and judged at {cand.bound:.2f}x, the ratio of its work to the teacher's")
+                 f"was probably busy), and judged at {cand.bound:.2f}x, the ratio of its work to the teacher's")
     if first is not None:
         text += (f"; it was timed near the budget's edge ({first['speedup']:.2f}x) and again, longer, at "
-                 f"{speedup(teacher_ms, ms):.2f}x, which decided")
+                 f"{speedup(teacher_ms, ms if timed_ms is None else timed_ms):.2f}x, which decided")
     slowest = max(contenders, key=lambda f: f[1])
     if slowest[2].key != cand.key:
         text += (f"; a slower candidate that meets the budget ({slowest[2].label}, "
