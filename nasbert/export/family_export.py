@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: cosines closer than this are a tie, which the faster candidate wins
 COSINE_TIE = 1e-5
+#: a cut timed over its work bound by more than this says the host was busy (a warning); less is timing noise
+BUSY_MARGIN = 0.03
 
 
 def _member_name(budget_name: str, params: int) -> str:
@@ -134,8 +136,8 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
         r_cos, r_ms, r = rest[0]
         text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
     if timed_ms is not None:
-        text += (f"; it was timed at {speedup(teacher_ms, timed_ms):.2f}x, faster than its work allows (the host "
-                 f"was probably busy), and judged at {cand.bound:.2f}x, the ratio of its work to the teacher's")
+        text += (f"; it was timed at {speedup(teacher_ms, timed_ms):.3f}x, faster than its work allows, and judged "
+                 f"at {cand.bound:.3f}x, the ratio of its work to the teacher's")
     if first is not None:
         text += (f"; it was timed near the budget's edge ({first['speedup']:.2f}x) and again, longer, at "
                  f"{speedup(teacher_ms, ms if timed_ms is None else timed_ms):.2f}x, which decided")
@@ -151,21 +153,28 @@ def _judged_latency(candidates: dict[str, _Candidate], latency_ms: dict[str, flo
     """The latency each candidate is judged at: the measured one, except for a cut timed faster than its work
     allows (:func:`~nasbert.export.cuts.work_speedup`), which is judged at that bound. On a busy host the teacher
     slows down more than a small model: one export timed the bottom 3 of 6 layers at 2.39x (1.94-1.99x on an idle
-    host) and took them as the 2x member (docs/benchmarks.md). Warns when it happens."""
+    host) and took them as the 2x member (docs/benchmarks.md). Warns when a cut is over by more than
+    :data:`BUSY_MARGIN`."""
     judged = dict(latency_ms)
     over = []
     for key, c in candidates.items():
         if c.bound is not None and speedup(teacher_ms, latency_ms[key]) > c.bound:
             judged[key] = teacher_ms / c.bound
-            over.append(f"{c.label} ({c.source}) {speedup(teacher_ms, latency_ms[key]):.2f}x > {c.bound:.2f}x")
+            over.append(f"{c.label} ({c.source}) {speedup(teacher_ms, latency_ms[key]):.3f}x > {c.bound:.3f}x")
     if over:
         worst = max(judged[k] / latency_ms[k] for k in judged)
-        logger.warning("%d teacher cuts timed faster than their work allows (%s; up to %.0f%% over): the host was "
-                       "probably busy while they and the teacher (%.2f ms) were timed, which inflates the speed-ups "
-                       "of small models, so those cuts are judged at their work's speed-up. Export on an idle "
-                       "machine, and check the family with `nasbert pick --measure`. (Where per-call overheads "
-                       "dominate, small models or a GPU, a cut can beat its work legitimately: set "
-                       "export.work_bound: false there.)", len(over), "; ".join(over), 100 * (worst - 1), teacher_ms)
+        # 1-2% over is the timing's own noise on an idle host (bench/busy_host.json); more says the host was busy
+        if worst <= 1.0 + BUSY_MARGIN:
+            logger.info("%d teacher cuts timed up to %.1f%% faster than their work allows (%s), within the timing's "
+                        "noise: judged at their work's speed-up", len(over), 100 * (worst - 1), "; ".join(over))
+        else:
+            logger.warning("%d teacher cuts timed faster than their work allows (%s; up to %.1f%% over): the host was "
+                           "probably busy while they and the teacher (%.2f ms) were timed, which inflates the "
+                           "speed-ups of small models, so those cuts are judged at their work's speed-up. Export on "
+                           "an idle machine, and check the family with `nasbert pick --measure`. (Where per-call "
+                           "overheads dominate, small models or a GPU, a cut can beat its work legitimately: set "
+                           "export.work_bound: false there.)", len(over), "; ".join(over), 100 * (worst - 1),
+                           teacher_ms)
     return judged
 
 
