@@ -463,7 +463,8 @@ def test_a_cut_timed_faster_than_its_work_allows_is_judged_at_its_work(tiny_spac
 
 
 def test_a_cut_timed_just_over_its_work_bound_is_judged_at_it_without_a_warning(tiny_space, caplog):
-    from nasbert.export.family_export import BUSY_MARGIN, _judged_latency
+    from nasbert.export.cuts import BUSY_MARGIN
+    from nasbert.export.family_export import _judged_latency
 
     arch = cut_arch(tiny_space, range(3))
     bound = work_speedup(tiny_space, arch, 16)

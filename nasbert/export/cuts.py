@@ -34,7 +34,12 @@ from collections.abc import Iterable
 from ..modeling.configuration_nasbert import op_spec
 from ..space import Arch, BlockArch, SearchSpace
 
-__all__ = ["EVERY_FFN_WEIGHT", "cut_arch", "cut_name", "cut_size", "teacher_cuts", "work_speedup"]
+__all__ = ["BUSY_MARGIN", "EVERY_FFN_WEIGHT", "busy", "cut_arch", "cut_name", "cut_size", "judged_ms", "teacher_cuts",
+           "work_speedup"]
+
+#: a cut timed over its work bound (:func:`work_speedup`) by more than this says the host was busy; less is the
+#: timing's own noise on an idle host (single timings 1% over, bench/busy_host.json)
+BUSY_MARGIN = 0.03
 
 
 def _sublayer(j: int) -> str:
@@ -91,6 +96,10 @@ def cut_arch(space: SearchSpace, kept: Iterable[int], *, pruned: int | None = No
 EVERY_FFN_WEIGHT = 0.8
 
 
+def _specs(arch: Arch) -> list[tuple]:
+    return [(op_spec(op), block.width) for block in arch.blocks for op in block.layers]
+
+
 def cut_size(space: SearchSpace, arch: Arch) -> float:
     """How much of the teacher a cut keeps, in sub-layers: a pruned FFN counts as the fraction of its neurons,
     times :data:`EVERY_FFN_WEIGHT` where the cut prunes more than one FFN.
@@ -101,7 +110,7 @@ def cut_size(space: SearchSpace, arch: Arch) -> float:
     >>> round(cut_size(space, cut_arch(space, range(5), pruned=768, every=True)), 2)  # 3 MHAs, 2 halved FFNs
     3.8
     """
-    specs = [(op_spec(op), block.width) for block in arch.blocks for op in block.layers]
+    specs = _specs(arch)
     weight = EVERY_FFN_WEIGHT if sum(1 for spec, _ in specs if spec.inner) > 1 else 1.0
     return float(sum(weight * spec.inner / (space.ffn_ratio * width) if spec.inner else 1 for spec, width in specs))
 
@@ -126,7 +135,7 @@ def work_speedup(space: SearchSpace, arch: Arch, seq_len: int) -> float | None:
     >>> work_speedup(space, cut_arch(space, {0, 1, 3}), 128) is None  # layers 0 and 1 without layer 1's MHA
     True
     """
-    specs = [(op_spec(op), block.width) for block in arch.blocks for op in block.layers]
+    specs = _specs(arch)
     attention = sum(1 for spec, _ in specs if spec.kind == "mha")
     ffn = sum(spec.ffn_inner(width, space.ffn_ratio) / (space.ffn_ratio * width) for spec, width in specs
               if spec.kind == "ffn")
@@ -135,6 +144,22 @@ def work_speedup(space: SearchSpace, arch: Arch, seq_len: int) -> float | None:
     shared = 7 * seq_len * space.teacher.hidden_size
     teacher = space.flops(space.teacher_arch(), seq_len, adapters=False)
     return (teacher + shared) / (space.flops(arch, seq_len, adapters=False) + shared)
+
+
+def judged_ms(timed_ms: float, teacher_ms: float, bound: float | None) -> float:
+    """The latency a cut is judged at: as timed, or at its work bound (``bound``, :func:`work_speedup`) where it was
+    timed faster than that allows; as timed without a bound.
+
+    >>> judged_ms(10.0, 40.0, 2.0), judged_ms(25.0, 40.0, 2.0), judged_ms(10.0, 40.0, None)
+    (20.0, 25.0, 10.0)
+    """
+    return max(timed_ms, teacher_ms / bound) if bound else timed_ms
+
+
+def busy(timed_ms: float, judged: float) -> bool:
+    """Whether a cut timed at ``timed_ms`` and judged at ``judged`` (:func:`judged_ms`) was over its bound by more
+    than :data:`BUSY_MARGIN`: the host was busy, not just noisy."""
+    return judged / timed_ms > 1.0 + BUSY_MARGIN
 
 
 def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = False,

@@ -47,7 +47,7 @@ from ..onnxio import OnnxParityError, export_int8, export_onnx
 from ..training.evaluation import state_cosine, whole_model_loss
 from .card import write_model_card
 from .config import CUT_WEIGHTS
-from .cuts import cut_size, work_speedup
+from .cuts import busy, cut_size, judged_ms, work_speedup
 from .family import Family, FamilyMember
 from .hf import write_hf_files
 
@@ -58,8 +58,6 @@ logger = logging.getLogger(__name__)
 
 #: cosines closer than this are a tie, which the faster candidate wins
 COSINE_TIE = 1e-5
-#: a cut timed over its work bound by more than this says the host was busy (a warning); less is timing noise
-BUSY_MARGIN = 0.03
 
 
 def _member_name(budget_name: str, params: int) -> str:
@@ -154,27 +152,24 @@ def _judged_latency(candidates: dict[str, _Candidate], latency_ms: dict[str, flo
     allows (:func:`~nasbert.export.cuts.work_speedup`), which is judged at that bound. On a busy host the teacher
     slows down more than a small model: one export timed the bottom 3 of 6 layers at 2.39x (1.94-1.99x on an idle
     host) and took them as the 2x member (docs/benchmarks.md). Warns when a cut is over by more than
-    :data:`BUSY_MARGIN`."""
-    judged = dict(latency_ms)
-    over = []
-    for key, c in candidates.items():
-        if c.bound is not None and speedup(teacher_ms, latency_ms[key]) > c.bound:
-            judged[key] = teacher_ms / c.bound
-            over.append(f"{c.label} ({c.source}) {speedup(teacher_ms, latency_ms[key]):.3f}x > {c.bound:.3f}x")
+    :data:`~nasbert.export.cuts.BUSY_MARGIN`."""
+    judged = {key: judged_ms(latency_ms[key], teacher_ms, c.bound) for key, c in candidates.items()}
+    over = [key for key in judged if judged[key] != latency_ms[key]]
     if over:
-        worst = max(judged[k] / latency_ms[k] for k in judged)
-        # 1-2% over is the timing's own noise on an idle host (bench/busy_host.json); more says the host was busy
-        if worst <= 1.0 + BUSY_MARGIN:
+        worst = max(over, key=lambda k: judged[k] / latency_ms[k])
+        text = "; ".join(f"{candidates[k].label} ({candidates[k].source}) {speedup(teacher_ms, latency_ms[k]):.3f}x > "
+                         f"{candidates[k].bound:.3f}x" for k in over)
+        percent = 100 * (judged[worst] / latency_ms[worst] - 1)
+        if not busy(latency_ms[worst], judged[worst]):
             logger.info("%d teacher cuts timed up to %.1f%% faster than their work allows (%s), within the timing's "
-                        "noise: judged at their work's speed-up", len(over), 100 * (worst - 1), "; ".join(over))
+                        "noise: judged at their work's speed-up", len(over), percent, text)
         else:
             logger.warning("%d teacher cuts timed faster than their work allows (%s; up to %.1f%% over): the host was "
                            "probably busy while they and the teacher (%.2f ms) were timed, which inflates the "
                            "speed-ups of small models, so those cuts are judged at their work's speed-up. Export on "
                            "an idle machine, and check the family with `nasbert pick --measure`. (Where per-call "
                            "overheads dominate, small models or a GPU, a cut can beat its work legitimately: set "
-                           "export.work_bound: false there.)", len(over), "; ".join(over), 100 * (worst - 1),
-                           teacher_ms)
+                           "export.work_bound: false there.)", len(over), text, percent, teacher_ms)
     return judged
 
 

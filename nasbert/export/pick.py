@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..budgets import Budget, parse_params
+from .cuts import busy, judged_ms
 from .family import Family, FamilyError, FamilyMember
 
 __all__ = ["PRECISIONS", "NoFit", "format_params", "measure_family", "parse_params", "pick", "pick_with_family"]
@@ -100,11 +101,13 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
         ms = timings[m.name].median_ms
         int8 = timings.get(m.name + _INT8_KEY)
         extra = {k: v for k, v in m.extra.items() if k != "timed_speedup"}
-        bound = m.extra.get("work_speedup")
-        if bound and _TEACHER_KEY in timings and teacher_ms / ms > bound:  # a busy host: see export.work_bound
-            logger.warning("%s timed at %.2fx, faster than its work allows (%.2fx): the host is probably busy; "
-                           "judged at %.2fx", m.name, teacher_ms / ms, bound, bound)
-            extra["timed_speedup"], ms = teacher_ms / ms, teacher_ms / bound
+        judged = judged_ms(ms, teacher_ms, m.extra.get("work_speedup") if _TEACHER_KEY in timings else None)
+        if judged != ms:  # as the export judges it (export.work_bound)
+            log, why = ((logger.warning, "the host is probably busy") if busy(ms, judged)
+                        else (logger.info, "within the timing's noise"))
+            log("%s timed at %.2fx, faster than its work allows (%.2fx), %s; judged at the bound", m.name,
+                teacher_ms / ms, teacher_ms / judged, why)
+            extra["timed_speedup"], ms = teacher_ms / ms, judged
         models.append(dataclasses.replace(m, latency_ms=ms, speedup=teacher_ms / ms, extra=extra,
                                           **({"int8_latency_ms": int8.median_ms,
                                               "int8_speedup": teacher_ms / int8.median_ms} if int8 else {})))
