@@ -42,7 +42,8 @@ def _score(job: Path, task) -> float | None:
     return 100.0 * float(json.loads(metrics.read_text())["dev"][task.main_metric])
 
 
-def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: str, out: Path, threads: int) -> dict:
+def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: str, out: Path, threads: int,
+        kd_teachers: Path | None = None, kd_lambda: float = 0.5, kd_temperature: float = 1.0) -> dict:
     results: dict = {}
     for task_name in tasks:
         recipe = RECIPES[task_name]
@@ -55,8 +56,10 @@ def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: st
                     started = time.perf_counter()
                     config = FinetuneConfig(epochs=recipe["epochs"], batch_size=32, lr=lr, max_seq_len=128,
                                             seed=seed, pooling="mean", threads=threads,
-                                            max_train_examples=recipe["max_train_examples"])
-                    finetune(path, data, out=job, config=config, onnx=False, progress=False)
+                                            max_train_examples=recipe["max_train_examples"],
+                                            kd_lambda=kd_lambda, kd_temperature=kd_temperature)
+                    kd_teacher = None if kd_teachers is None else kd_teachers / task_name / f"seed{seed}"
+                    finetune(path, data, out=job, config=config, kd_teacher=kd_teacher, onnx=False, progress=False)
                     score = _score(job, data.task)
                     print(f"{name} {task_name} lr {lr:g} seed {seed}: {score:.2f} "
                           f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -81,7 +84,17 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder of the fine-tuning runs")
     parser.add_argument("--json", required=True, help="where the scores go")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kd-teachers", type=Path, metavar="ROOT",
+                        help="prediction-layer distillation: ROOT/<task>/seed<N> is the teacher fine-tuned on that "
+                             "task with that seed (a model directory)")
+    parser.add_argument("--kd-lambda", type=float, default=0.5, help="weight of the distillation term")
+    parser.add_argument("--kd-temperature", type=float, default=1.0)
     args = parser.parse_args()
+    if args.kd_teachers is not None:
+        missing = [f"{t}/seed{s}" for t in args.tasks for s in args.seeds
+                   if not (args.kd_teachers / t / f"seed{s}").is_dir()]
+        if missing:
+            parser.error(f"--kd-teachers {args.kd_teachers}: no fine-tuned teacher at {', '.join(missing)}")
     models = {}
     for item in args.model:
         name, sep, path = item.partition("=")
@@ -89,10 +102,14 @@ def main() -> None:
             parser.error(f"--model {item!r}: give NAME=DIR with an exported model directory")
         models[name] = path
     started = time.perf_counter()
-    results = run(models, args.tasks, args.seeds, args.data_dir, Path(args.out), args.threads)
+    results = run(models, args.tasks, args.seeds, args.data_dir, Path(args.out), args.threads,
+                  args.kd_teachers, args.kd_lambda, args.kd_temperature)
     atomic_write_json(args.json, {
         "recipes": {t: {**RECIPES[t], "lrs": list(RECIPES[t]["lrs"])} for t in args.tasks},
-        "common": "batch 32, mean pooling, 128 tokens, nasbert finetune", "date": str(datetime.date.today()),
+        "common": "batch 32, mean pooling, 128 tokens, nasbert finetune",
+        "kd": None if args.kd_teachers is None else {"teachers": str(args.kd_teachers), "lambda": args.kd_lambda,
+                                                     "temperature": args.kd_temperature},
+        "date": str(datetime.date.today()),
         "machine": "2 CPU cores (AMD EPYC, shared)", "seconds": round(time.perf_counter() - started),
         "models": results})
     for name, tasks in results.items():

@@ -478,3 +478,17 @@ def test_a_cut_timed_just_over_its_work_bound_is_judged_at_it_without_a_warning(
         assert judged == {"c": pytest.approx(10.0 / bound), "s": 1.0}  # no bound for a searched model
         (record,) = caplog.records
         assert record.levelname == level and "faster than their work allows" in record.getMessage()
+
+
+def test_a_member_decided_by_a_third_timing_at_the_edge_says_so(tiny_space):
+    from nasbert.export.family_export import _choice_text
+
+    arch = cut_arch(tiny_space, range(3))
+    cut = _Candidate(arch, "teacher", cut_name(range(3)), None, None, cut=True, size=3.0)
+    budget = parse_budgets(["4x"])[0]
+    first = {"latency_ms": 40.0 / 4.39, "speedup": 4.39, "runs": [4.39, 3.994, 4.1]}
+    text = _choice_text(budget, (0.3, 40.0 / 4.1, cut), [(0.3, 40.0 / 4.1, cut)], 40.0, first)
+    assert "timed near the budget's edge three times (4.390x, 3.994x, 4.100x" in text and "the median decided" in text
+    first.pop("runs")
+    text = _choice_text(budget, (0.3, 40.0 / 4.1, cut), [(0.3, 40.0 / 4.1, cut)], 40.0, first)
+    assert "timed near the budget's edge (4.39x) and again, longer, at 4.10x, which decided" in text

@@ -299,3 +299,41 @@ def test_models_near_a_limit_are_timed_again_longer(supernet, tiny_space, tiny_t
     first = measured.retimed["copy"]
     assert first["speedup"] == pytest.approx(measured.teacher_latency_ms / first["latency_ms"])
     assert measured.latency_ms["copy"] > 0 and measured.latency_ms["small"] > 0
+
+
+@pytest.mark.parametrize("speedups, runs", [((4.2, 4.05), 2), ((4.39, 3.994, 4.1), 3), ((4.1, 3.95, 3.9), 3)])
+def test_a_longer_run_on_the_other_side_of_a_limit_gets_a_third_and_the_median_decides(
+        supernet, tiny_space, tiny_teacher, monkeypatch, speedups, runs):
+    """A model's runs near a 4x limit, at the given speed-ups over the teacher of the same run: where the first
+    and the longer run disagree about the limit, a third run is made and the median of the three decides."""
+    import nasbert.latency.models as lm
+    from nasbert.latency.measure import summarize
+
+    calls = []
+    real = lm.measure_interleaved
+
+    def scripted(engines, **kw):
+        timings = real(engines, **kw)
+        teacher_ms = timings["__teacher__"].median_ms
+        timings["model"] = summarize([teacher_ms / speedups[len(calls)]])
+        calls.append(sorted(engines))
+        return timings
+
+    monkeypatch.setattr(lm, "measure_interleaved", scripted)
+    model = supernet.extract(tiny_space.smallest_arch())
+    measured = lm.measure_models({"model": model}, tiny_teacher, engine="onnxruntime", device="cpu", threads=1,
+                                 batch=1, seq_len=16, vocab_size=tiny_space.teacher.vocab_size, repeats=2, rounds=1,
+                                 warmup=1, limits=lambda t: [t / 4.0], edge_margin=0.10, edge_repeats=2,
+                                 edge_rounds=1)
+    assert len(calls) == runs and calls[1:] == [["__teacher__", "model"]] * (runs - 1)
+    got = measured.teacher_latency_ms / measured.latency_ms["model"]
+    assert got == pytest.approx(sorted(speedups)[1] if runs == 3 else speedups[1])
+    first = measured.retimed["model"]
+    assert first["speedup"] == pytest.approx(speedups[0])
+    if runs == 3:
+        assert first["runs"] == pytest.approx(list(speedups))
+        assert measured.first_speedup("model")["edge_runs"] == pytest.approx(list(speedups))
+        assert "so a third time" in measured.retiming("model") and f"({got:.3f}x)" in measured.retiming("model")
+    else:
+        assert "runs" not in first and "edge_runs" not in measured.first_speedup("model")
+        assert measured.retiming("model").endswith(f"longer: {got:.2f}x")

@@ -136,7 +136,11 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
     if timed_ms is not None:
         text += (f"; it was timed at {speedup(teacher_ms, timed_ms):.3f}x, faster than its work allows, and judged "
                  f"at {cand.bound:.3f}x, the ratio of its work to the teacher's")
-    if first is not None:
+    if first is not None and "runs" in first:
+        runs = ", ".join(f"{x:.3f}x" for x in first["runs"])
+        text += (f"; it was timed near the budget's edge three times ({runs}: the first two on two sides of a "
+                 f"limit), and the median decided")
+    elif first is not None:
         text += (f"; it was timed near the budget's edge ({first['speedup']:.2f}x) and again, longer, at "
                  f"{speedup(teacher_ms, ms if timed_ms is None else timed_ms):.2f}x, which decided")
     slowest = max(contenders, key=lambda f: f[1])
@@ -278,9 +282,8 @@ def export_family(
                               precision=device.get("precision", "fp32"),
                               limits=lambda t: latency_limits(budgets, t), edge_margin=edge_margin)
     teacher_ms = measured.teacher_latency_ms
-    for key, first in measured.retimed.items():
-        logger.info("%s (%s) timed %.2fx, near a budget's edge: timed again, longer: %.2fx", unique[key].label,
-                    unique[key].source, first["speedup"], speedup(teacher_ms, measured.latency_ms[key]))
+    for key in measured.retimed:
+        logger.info("%s (%s) %s", unique[key].label, unique[key].source, measured.retiming(key))
     judged = _judged_latency(unique, measured.latency_ms, teacher_ms)
 
     members: list[FamilyMember] = []

@@ -191,9 +191,8 @@ def _measure(run: _Run, models: dict[str, Any], seed: int, budgets):
                               threads=d["threads"], batch=d["batch"], seq_len=d["seq_len"],
                               vocab_size=run.space.teacher.vocab_size, seed=seed,
                               limits=lambda t: latency_limits(budgets, t), edge_margin=run.config.export.edge_margin)
-    for name, first in measured.retimed.items():
-        logger.info("%s timed %.2fx, near a budget's edge: timed again, longer: %.2fx", name, first["speedup"],
-                    measured.teacher_latency_ms / measured.latency_ms[name])
+    for name in measured.retimed:
+        logger.info("%s %s", name, measured.retiming(name))
     return measured
 
 
