@@ -4,8 +4,8 @@
 
 The teacher cuts around the 2x, 3x and 4x budgets (the teacher's weights, as the export builds them) are timed
 with the teacher exactly as the export times its candidates (`measure_models`: the first run, then the longer
-run for any model within `export.edge_margin` of a budget's limit), while another process keeps the second core
-busy:
+run for any model within `export.edge_margin` of a budget's limit, and a third where those two fall on two sides
+of a limit; the rows' ``first_speedups`` and ``edge_runs``), while another process keeps the second core busy:
 
 - ``idle``: nothing else runs;
 - ``matmul``: a 1-thread loop of 1024 x 1024 float32 matrix products (compute and cache);
@@ -114,7 +114,9 @@ def main() -> None:
                 row = {"load": load, "rep": rep, "teacher_ms": m.teacher_latency_ms,
                        "speedups": {n: round(s, 4) for n, s in timed.items()},
                        "members": {b: _member(timed, sizes, float(b[:-1])) for b in BUDGETS},
-                       "members_bounded": {b: _member(judged, sizes, float(b[:-1])) for b in BUDGETS}}
+                       "members_bounded": {b: _member(judged, sizes, float(b[:-1])) for b in BUDGETS},
+                       "first_speedups": {n: round(r["speedup"], 4) for n, r in m.retimed.items()},
+                       "edge_runs": {n: [round(x, 4) for x in r["runs"]] for n, r in m.retimed.items() if "runs" in r}}
                 results.append(row)
                 print(f"{load} rep {rep}: teacher {m.teacher_latency_ms:.2f} ms; "
                       + ", ".join(f"{n} {s:.2f}x" for n, s in timed.items()), flush=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 # Before transformers / huggingface_hub are imported: they read these once. Tests never use the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,3 +78,27 @@ def batch(tiny_space):
     types = torch.zeros_like(ids)
     types[:, 4:] = 1
     return ids, mask, types
+
+
+@pytest.fixture(scope="session")
+def tiny_run_template(tiny_teacher_dir, tmp_path_factory) -> Path:
+    """A finished default ``nasbert run`` of the tiny teacher (``test_pipeline.TINY``: budgets 1.2x, 1.5x, 2x), made
+    once a session, with its corpus cache beside it. Modules take their own copy (``copy_run``), so that what
+    one module's tests do to a run (a longer search) stays in that module."""
+    from test_pipeline import TINY, _nasbert  # tests/ is on sys.path under pytest
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(out.parent / "cache")}
+    done = subprocess.run(_nasbert() + ["run", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(out),
+                                        "--no-progress", *TINY], check=False, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def copy_run(template: Path, parent: Path) -> Path:
+    """A copy of the run ``template`` (and its corpus cache) under ``parent``: the copy's ``run`` directory."""
+    import shutil
+
+    shutil.copytree(template.parent, parent, dirs_exist_ok=True)
+    return parent / template.name

@@ -17,6 +17,8 @@ from transformers import AutoModel
 from nasbert import Arch, SuperNet
 from nasbert.export.family import Family
 
+from conftest import copy_run
+
 TINY = ["corpus.seq_len=32", "corpus.max_documents=12", "train.steps=8", "train.batch_size=4", "train.eval_every=0",
         "train.eval_batches=1", "train.eval_paths=2", "train.warmup_steps=2", "train.shrink.bins=4",
         "train.shrink.samples_per_bin=40", "train.shrink.keep_per_bin=2", "train.shrink.warmup_steps=4",
@@ -32,14 +34,8 @@ def _nasbert() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(tiny_teacher_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pipeline") / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(out.parent / "cache")}
-    done = subprocess.run(_nasbert() + ["run", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(out),
-                                        "--no-progress", *TINY], check=False, capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out
+def run(tiny_run_template, tmp_path_factory) -> Path:
+    return copy_run(tiny_run_template, tmp_path_factory.mktemp("pipeline"))
 
 
 def test_every_stage_is_done_and_recorded(run):

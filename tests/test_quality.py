@@ -22,7 +22,8 @@ from nasbert.quality.baselines import build_raw
 from nasbert.quality.report import proxy_correlation
 from nasbert.search import parse_budgets
 
-from test_pipeline import TINY, _nasbert
+from conftest import copy_run
+from test_pipeline import _nasbert
 
 
 def _dropped(teacher: BertModel, keep: list[int]) -> BertModel:
@@ -256,18 +257,13 @@ def glue_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(tiny_teacher_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("quality") / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(out.parent / "cache")}
-    done = subprocess.run(_nasbert() + ["run", "--space", "tiny", "--teacher", tiny_teacher_dir, "--out", str(out),
-                                        "--no-progress", *TINY, "search.budgets=[1.5x, 2x]"],
-                          check=False, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out
+def run(tiny_run_template, tmp_path_factory) -> Path:
+    return copy_run(tiny_run_template, tmp_path_factory.mktemp("quality"))
 
 
-REPORT = ["--tasks", "sst2", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--epochs", "1", "--batch-size", "16",
-          "--max-seq-len", "16", "--layerdrop", "bottom", "--sampled", "2", "--threads", "1", "--no-progress"]
+REPORT = ["--tasks", "sst2", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--epochs", "1",
+          "--batch-size", "16", "--max-seq-len", "16", "--layerdrop", "bottom", "--sampled", "2", "--threads", "1",
+          "--no-progress"]
 
 
 def _report(run: Path, out: Path, glue_dir, *extra: str) -> subprocess.CompletedProcess:
@@ -355,16 +351,26 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     (["--budgets", "9x"], "no member for budget 9x"),
     (["--lrs", "0"], "learning rates"),
 ])
-def test_report_refuses_bad_input_and_writes_nothing(run, glue_dir, tmp_path, extra, message):
+def test_report_refuses_bad_input_and_writes_nothing(run, glue_dir, tmp_path, extra, message, capsys):
     out = tmp_path / "report"
-    done = _report(run, out, glue_dir, *extra)
-    assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
+    code, stderr = _report_in_process(run, out, glue_dir, *extra, capsys=capsys)
+    assert code == 1 and message in stderr, stderr[-2000:]
     assert not out.exists()
 
 
-def test_report_on_a_directory_that_is_not_a_run(tmp_path, glue_dir):
-    done = _report(tmp_path, tmp_path / "report", glue_dir)
-    assert done.returncode == 1 and "not a run directory" in done.stderr
+def test_report_on_a_directory_that_is_not_a_run(tmp_path, glue_dir, capsys):
+    code, stderr = _report_in_process(tmp_path, tmp_path / "report", glue_dir, capsys=capsys)
+    assert code == 1 and "not a run directory" in stderr
+
+
+def _report_in_process(run: Path, out: Path, glue_dir, *extra: str, capsys) -> tuple[int, str]:
+    """``nasbert report`` as the console script runs it (``nasbert.cli.main``), in this process: for refusals,
+    which come before any work (the end-to-end test above runs the real command)."""
+    from nasbert.cli import main
+
+    capsys.readouterr()
+    code = main(["report", str(run), "--out", str(out), "--data-dir", str(glue_dir), *REPORT, *extra])
+    return code, capsys.readouterr().err
 
 
 def test_baselines_command_writes_and_times_every_chosen_model(run, tmp_path):
