@@ -33,9 +33,9 @@ class Measured:
 
     latency_ms: dict[str, float]
     teacher_latency_ms: float
-    retimed: dict[str, dict[str, float]] = field(default_factory=dict)
+    retimed: dict[str, dict] = field(default_factory=dict)
 
-    def first_speedup(self, name: str) -> dict[str, float]:
+    def first_speedup(self, name: str) -> dict:
         """``{"first_speedup": x}`` for a model timed again near a limit (its first timing's speed-up), with
         ``edge_runs`` (the three runs' speed-ups) where a third run decided, else ``{}``: the fields a record of the
         model (family.json, the report's files) carries."""
