@@ -38,14 +38,14 @@ def switch_off(teacher, layers: int, heads: int, ffn: int):
     off_heads = off_neurons = 0
     with torch.no_grad():
         for layer in teacher.encoder.layer[:layers]:
-            state = {k: v for k, v in layer.state_dict().items()}
-            for h in head_order(state, head_size)[heads:].tolist():
+            state = layer.state_dict()  # shares the weights: both orders are taken before any zeroing
+            off, neurons = head_order(state, head_size)[heads:].tolist(), neuron_order(state)[ffn:]
+            for h in off:
                 rows = slice(h * head_size, (h + 1) * head_size)
                 layer.attention.self.value.weight[rows] = 0
                 layer.attention.self.value.bias[rows] = 0
                 layer.attention.output.dense.weight[:, rows] = 0
                 off_heads += 1
-            neurons = neuron_order(state)[ffn:]
             layer.intermediate.dense.weight[neurons] = 0
             layer.intermediate.dense.bias[neurons] = 0
             layer.output.dense.weight[:, neurons] = 0

@@ -60,8 +60,13 @@ def near_limits(latency_ms: Mapping[str, float], limits_ms: Iterable[float | Non
     >>> near_limits({"a": 10.3, "b": 12.0, "c": 5.0}, [10.0, None], 0.05)
     ['a']
     """
-    limits = [float(lim) for lim in limits_ms if lim is not None and lim > 0]
+    limits = _limits(limits_ms)
     return [name for name, ms in latency_ms.items() if any(abs(ms / lim - 1.0) <= margin for lim in limits)]
+
+
+def _limits(limits_ms: Iterable[float | None]) -> list[float]:
+    """The latency limits that are limits: budgets of another kind (e.g. parameters) give None."""
+    return [float(lim) for lim in limits_ms if lim is not None and lim > 0]
 
 
 def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module, *, engine: str, device: str,
@@ -103,10 +108,10 @@ def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module,
             timings = measure_interleaved(engines, warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
             teacher_ms = timings.pop("__teacher__").median_ms
             latency = {name: t.median_ms for name, t in timings.items()}
-            near = near_limits(latency, limits(teacher_ms), edge_margin) if limits is not None else []
+            limits_ms = _limits(limits(teacher_ms)) if limits is not None else []
+            near = near_limits(latency, limits_ms, edge_margin)
             if not near:
                 return Measured(latency, teacher_ms)
-            limits_ms = [float(lim) for lim in limits(teacher_ms) if lim is not None and lim > 0]
 
             def longer(names: list[str], run: int) -> dict[str, float]:
                 """A longer interleaved timing of ``names``, in the first run's teacher scale."""
