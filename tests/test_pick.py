@@ -291,6 +291,57 @@ def test_measure_judges_a_cut_timed_faster_than_its_work_at_its_work(onnx_family
     assert "timed_speedup" not in big.extra and "big timed" not in caplog.text
 
 
+@pytest.mark.parametrize("speedups, picked", [((4.2, 4.05), "big"), ((4.39, 3.994, 4.1), "big"),
+                                              ((4.1, 3.95, 3.9), "small"), ((5.0,), "big")])
+def test_measure_times_a_member_near_the_budget_again_as_the_export_does(onnx_family, tmp_path, monkeypatch,
+                                                                         capsys, speedups, picked):
+    """``pick --measure --speedup 4``: the better member "big" timed at the given speed-ups (runs of the same
+    model), "small" always at 10x. Near the budget a longer run decides; where the two disagree, a third run's
+    median does; far from it (5x) one run does."""
+    import shutil
+
+    import nasbert.latency.models as lm
+    from nasbert.export.pick import _TEACHER_KEY
+    from nasbert.latency.measure import summarize
+
+    copy = tmp_path / "family"
+    shutil.copytree(onnx_family, copy)
+    raw = json.loads((copy / "family.json").read_text())
+    for m in raw["models"]:
+        m["valid_loss"] = 0.5 if m["name"] == "big" else 1.0  # big ranks first where it fits
+    (copy / "family.json").write_text(json.dumps(raw))
+    calls, real = [], lm.measure_interleaved
+
+    def scripted(engines, **kw):
+        timings = real(engines, **kw)
+        teacher_ms = timings[_TEACHER_KEY].median_ms
+        for name, x in (("big", speedups[len(calls)]), ("small", 10.0)):
+            if name in timings:
+                timings[name] = summarize([teacher_ms / x])
+        calls.append(sorted(engines))
+        return timings
+
+    monkeypatch.setattr(lm, "measure_interleaved", scripted)
+    assert pick_main([str(copy), "--speedup", "4", "--measure", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == str(copy / "members" / picked)
+    assert len(calls) == len(speedups) and all(c == sorted([_TEACHER_KEY, "big"]) for c in calls[1:])
+    calls.clear()
+    family = measure_family(Family.load(copy), threads=1, limits=lambda t: [t / 4.0])
+    big = next(m for m in family.models if m.name == "big")
+    decided = sorted(speedups)[1] if len(speedups) == 3 else speedups[-1]
+    assert big.speedup == pytest.approx(decided)
+    if len(speedups) == 1:
+        assert "first_speedup" not in big.extra and "edge " not in out
+    else:
+        assert big.extra["first_speedup"] == pytest.approx(speedups[0])
+        assert (big.extra.get("edge_runs") == pytest.approx(list(speedups))) if len(speedups) == 3 \
+            else "edge_runs" not in big.extra
+        if picked == "big":
+            assert f"timed {speedups[0]:.2f}x first, near the budget's edge" in out
+            assert ("the median decides" in out) == (len(speedups) == 3)
+
+
 def test_measure_without_onnx_is_a_clear_error(family_dir):
     with pytest.raises(FamilyError, match="no ONNX model to measure"):
         pick(family_dir, speedup=1, measure=True)

@@ -64,6 +64,10 @@ def _table(member: FamilyMember, family: Family, measured: bool) -> str:
         ("valid loss", "n/a" if member.valid_loss is None else f"{member.valid_loss:.4f}"),
         ("proxy loss", "n/a" if member.proxy_loss is None else f"{member.proxy_loss:.4f}"),
     ]
+    first, runs = member.extra.get("first_speedup"), member.extra.get("edge_runs")
+    if measured and first is not None:  # measure_family timed it again near the budget's edge
+        rows.insert(-2, ("edge", f"timed {first:.2f}x first, near the budget's edge, then again, longer" + (
+            f", and a third time ({' / '.join(f'{r:.3f}x' for r in runs)}; the median decides)" if runs else "")))
     return "\n".join(f"  {k:<11} {v}" for k, v in rows)
 
 

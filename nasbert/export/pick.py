@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 TEACHER_ONNX = "teacher.onnx"
 _TEACHER_KEY = "\0teacher"  # cannot collide with a member's name in measure_interleaved's mapping
 _INT8_KEY = "\0int8"
+#: what measure_family records of its own timing in a member's ``extra`` (a new measurement replaces them)
+_MEASURED_EXTRA = ("timed_speedup", "first_speedup", "edge_runs", "int8_first_speedup", "int8_edge_runs")
 PRECISIONS = ("fp32", "int8", "any")
 
 
@@ -63,15 +66,23 @@ def _onnx_of(family: Family, member: FamilyMember) -> Path:
 
 
 def measure_family(family: Family, *, threads: int | None = None, warmup: int = 3, repeats: int = 15,
-                   rounds: int = 3, seed: int = 0) -> Family:
+                   rounds: int = 3, seed: int = 0,
+                   limits: Callable[[float], Iterable[float | None]] | None = None) -> Family:
     """A copy of ``family`` with every member's ``latency_ms`` and ``speedup`` measured again on this machine
     (ONNX Runtime, CPU, interleaved; inputs of the family's batch and sequence length). The teacher is measured
     too when the family directory holds ``teacher.onnx``; otherwise its recorded latency is kept. Nothing is
     written to disk. The copy's ``device`` describes this machine. A teacher cut timed faster than its work allows
     (its ``work_speedup``, recorded by the export) is judged at that bound, as the export judges it, and keeps the
     timed speed-up in ``timed_speedup``.
+
+    ``limits(teacher_ms)`` gives the latency limits (ms) the caller will judge the members against (a pick's
+    budget). A graph timed within :data:`~nasbert.latency.models.EDGE_MARGIN` of one is timed again, longer, and
+    a third time where the two runs fall on two sides of it, as the export does
+    (:func:`~nasbert.latency.models.measure_models`); the member keeps its first speed-up in ``first_speedup``
+    (``int8_first_speedup`` for its int8 graph) and the three runs' in ``edge_runs`` (``int8_edge_runs``).
     """
-    from ..latency.measure import OnnxRuntimeEngine, device_info, measure_interleaved
+    from ..latency.measure import OnnxRuntimeEngine, device_info
+    from ..latency.models import time_engines
 
     threads = int(family.device["threads"] if threads is None else threads)
     if threads < 1:
@@ -94,14 +105,20 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
     engines = {name: OnnxRuntimeEngine(path, feeds, threads=threads) for name, path in paths.items()}
     logger.info("measuring %d models on this machine (%d threads, batch %d, %d tokens)", len(engines), threads,
                 batch, seq_len)
-    timings = measure_interleaved(engines, warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
-    teacher_ms = timings[_TEACHER_KEY].median_ms if _TEACHER_KEY in timings else family.teacher_latency_ms
+    teacher_here = _TEACHER_KEY in engines
+    measured = time_engines(engines, _TEACHER_KEY if teacher_here else family.teacher_latency_ms, warmup=warmup,
+                            repeats=repeats, rounds=rounds, seed=seed, limits=limits)
+    for name in measured.retimed:
+        logger.info("%s %s", name, measured.retiming(name))
+    timings, teacher_ms = measured.latency_ms, measured.teacher_latency_ms
     models = []
     for m in family.models:
-        ms = timings[m.name].median_ms
+        ms = timings[m.name]
         int8 = timings.get(m.name + _INT8_KEY)
-        extra = {k: v for k, v in m.extra.items() if k != "timed_speedup"}
-        judged = judged_ms(ms, teacher_ms, m.extra.get("work_speedup") if _TEACHER_KEY in timings else None)
+        extra = {k: v for k, v in m.extra.items() if k not in _MEASURED_EXTRA}
+        for prefix, key in (("", m.name), ("int8_", m.name + _INT8_KEY)):
+            extra.update({prefix + k: v for k, v in measured.first_speedup(key).items()})
+        judged = judged_ms(ms, teacher_ms, m.extra.get("work_speedup") if teacher_here else None)
         if judged != ms:  # as the export judges it (export.work_bound)
             log, why = ((logger.warning, "the host is probably busy") if busy(ms, judged)
                         else (logger.info, "within the timing's noise"))
@@ -109,12 +126,12 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
                 teacher_ms / ms, teacher_ms / judged, why)
             extra["timed_speedup"], ms = teacher_ms / ms, judged
         models.append(dataclasses.replace(m, latency_ms=ms, speedup=teacher_ms / ms, extra=extra,
-                                          **({"int8_latency_ms": int8.median_ms,
-                                              "int8_speedup": teacher_ms / int8.median_ms} if int8 else {})))
+                                          **({"int8_latency_ms": int8,
+                                              "int8_speedup": teacher_ms / int8} if int8 else {})))
     here = device_info(engine="onnxruntime", device="cpu", threads=threads, batch=batch, seq_len=seq_len).to_dict()
     return dataclasses.replace(family, models=models, teacher_latency_ms=teacher_ms, device=here,
                                extra={**family.extra, "measured_here": True,
-                                      "teacher_measured_here": _TEACHER_KEY in timings})
+                                      "teacher_measured_here": teacher_here})
 
 
 # ---------------------------------------------------------------------------------------------------- picking
@@ -157,8 +174,12 @@ def _views(family: Family, precision: str) -> list[FamilyMember]:
         if precision in ("fp32", "any"):
             out.append(dataclasses.replace(m, extra={**m.extra, "precision": "fp32"}))
         if precision in ("int8", "any") and m.int8_onnx and m.int8_latency_ms and m.int8_speedup:
+            # the int8 graph's own timing near a budget's edge (measure_family), under the fp32 names
+            extra = {k: v for k, v in m.extra.items() if k not in ("first_speedup", "edge_runs")}
+            extra.update({k[len("int8_"):]: extra.pop(k) for k in ("int8_first_speedup", "int8_edge_runs")
+                          if k in extra})
             out.append(dataclasses.replace(m, latency_ms=m.int8_latency_ms, speedup=m.int8_speedup,
-                                           onnx=m.int8_onnx, extra={**m.extra, "precision": "int8"}))
+                                           onnx=m.int8_onnx, extra={**extra, "precision": "int8"}))
     if not out:
         raise FamilyError(f"family {str(family.directory)!r} has no timed int8 graph: export it with "
                           "`export.int8: true` (`nasbert export --run RUN --force`), or pick --precision fp32")
@@ -212,8 +233,11 @@ def pick_with_family(
         family = Family.load(family)
     if not family.models:
         raise FamilyError(f"family {str(family.directory)!r} has no members")
-    if measure:
-        family = measure_family(family, threads=threads)
+    if measure:  # the budget's limit, so that a member timed near it is timed again, longer
+        limit = (None if latency_ms is None and speedup is None else
+                 (lambda teacher_ms: [float(latency_ms)]) if latency_ms is not None else
+                 (lambda teacher_ms: [teacher_ms / float(speedup)]))
+        family = measure_family(family, threads=threads, limits=limit)
 
     views = _views(family, precision)
     budget = (Budget("latency_ms", float(latency_ms), f"{latency_ms}ms") if latency_ms is not None else

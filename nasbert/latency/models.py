@@ -15,7 +15,7 @@ from ..onnxio import export_onnx, quantize_int8
 from ..utils import torch_threads
 from .measure import OnnxRuntimeEngine, TorchEngine, measure_interleaved
 
-__all__ = ["EDGE_MARGIN", "Measured", "measure_models", "near_limits", "speedup"]
+__all__ = ["EDGE_MARGIN", "Measured", "measure_models", "near_limits", "speedup", "time_engines"]
 
 #: a model timed within this relative distance of a latency limit is timed again, longer (``measure_models``). On
 #: the 2-core reference machine the first, short timing of a speed-up landed up to 8% from the longer timing's
@@ -105,25 +105,37 @@ def measure_models(models: dict[str, torch.nn.Module], teacher: torch.nn.Module,
         for name, path in (graphs or {}).items():
             engines[name] = OnnxRuntimeEngine(path, arrays, threads=threads, device=device)
         with torch_threads(threads if engine == "torch" else None):  # held, so that no timed call switches it
-            timings = measure_interleaved(engines, warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
-            teacher_ms = timings.pop("__teacher__").median_ms
-            latency = {name: t.median_ms for name, t in timings.items()}
-            limits_ms = _limits(limits(teacher_ms)) if limits is not None else []
-            near = near_limits(latency, limits_ms, edge_margin)
-            if not near:
-                return Measured(latency, teacher_ms)
+            return time_engines(engines, "__teacher__", warmup=warmup, repeats=repeats, rounds=rounds, seed=seed,
+                                limits=limits, edge_margin=edge_margin, edge_repeats=edge_repeats,
+                                edge_rounds=edge_rounds)
 
-            def longer(names: list[str], run: int) -> dict[str, float]:
-                """A longer interleaved timing of ``names``, in the first run's teacher scale."""
-                timed = measure_interleaved({name: engines[name] for name in [*names, "__teacher__"]},
-                                            warmup=warmup, repeats=edge_repeats, rounds=edge_rounds, seed=seed + run)
-                scale = teacher_ms / timed.pop("__teacher__").median_ms
-                return {name: timed[name].median_ms * scale for name in names}
 
-            second = longer(near, 1)
-            # the first and the longer run on two sides of a limit: a third, longer run, and the median decides
-            split = [name for name in near if any((latency[name] <= lim) != (second[name] <= lim) for lim in limits_ms)]
-            third = longer(split, 2) if split else {}
+def time_engines(engines: Mapping[str, object], teacher: str | float, *, warmup: int = 3, repeats: int = 20,
+                 rounds: int = 4, seed: int = 0, limits: Callable[[float], Iterable[float | None]] | None = None,
+                 edge_margin: float = EDGE_MARGIN, edge_repeats: int = 100, edge_rounds: int = 20) -> Measured:
+    """Time ``engines`` interleaved, then time again, longer, those within ``edge_margin`` of a limit, as
+    :func:`measure_models` describes. ``teacher`` is the teacher's key in ``engines``, or its latency (ms) where
+    it is not timed here (the longer runs are then not rescaled)."""
+    timings = measure_interleaved(dict(engines), warmup=warmup, repeats=repeats, rounds=rounds, seed=seed)
+    teacher_ms = timings.pop(teacher).median_ms if isinstance(teacher, str) else float(teacher)
+    latency = {name: t.median_ms for name, t in timings.items()}
+    limits_ms = _limits(limits(teacher_ms)) if limits is not None else []
+    near = near_limits(latency, limits_ms, edge_margin)
+    if not near:
+        return Measured(latency, teacher_ms)
+
+    def longer(names: list[str], run: int) -> dict[str, float]:
+        """A longer interleaved timing of ``names``, in the first run's teacher scale."""
+        keys = [*names, teacher] if isinstance(teacher, str) else names
+        timed = measure_interleaved({name: engines[name] for name in keys},
+                                    warmup=warmup, repeats=edge_repeats, rounds=edge_rounds, seed=seed + run)
+        scale = teacher_ms / timed.pop(teacher).median_ms if isinstance(teacher, str) else 1.0
+        return {name: timed[name].median_ms * scale for name in names}
+
+    second = longer(near, 1)
+    # the first and the longer run on two sides of a limit: a third, longer run, and the median decides
+    split = [name for name in near if any((latency[name] <= lim) != (second[name] <= lim) for lim in limits_ms)]
+    third = longer(split, 2) if split else {}
     retimed = {name: {"latency_ms": latency[name], "speedup": speedup(teacher_ms, latency[name]),
                       **({"runs": [speedup(teacher_ms, ms) for ms in (latency[name], second[name], third[name])]}
                          if name in third else {})} for name in near}
