@@ -43,14 +43,17 @@ def _score(job: Path, task) -> float | None:
 
 
 def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: str, out: Path, threads: int,
-        kd_teachers: Path | None = None, kd_lambda: float = 0.5, kd_temperature: float = 1.0) -> dict:
+        kd_teachers: Path | None = None, kd_lambda: float = 0.5, kd_temperature: float = 1.0,
+        recipes: dict | None = None) -> dict:
+    recipes = RECIPES if recipes is None else recipes
     results: dict = {}
     for task_name in tasks:
-        recipe = RECIPES[task_name]
+        recipe = recipes[task_name]
         data = load_task(task_name, data_dir=data_dir, max_train_examples=recipe["max_train_examples"])
         for name, path in models.items():
             def one(lr: float, seed: int) -> float:
-                job = out / name / task_name / f"lr{lr:g}-seed{seed}"
+                extra = "" if recipe["epochs"] == RECIPES[task_name]["epochs"] else f"-ep{recipe['epochs']:g}"
+                job = out / name / task_name / f"lr{lr:g}-seed{seed}{extra}"
                 score = _score(job, data.task)
                 if score is None:
                     started = time.perf_counter()
@@ -89,7 +92,22 @@ def main() -> None:
                              "task with that seed (a model directory)")
     parser.add_argument("--kd-lambda", type=float, default=0.5, help="weight of the distillation term")
     parser.add_argument("--kd-temperature", type=float, default=1.0)
+    parser.add_argument("--lrs", action="append", default=[], metavar="TASK=LR[,LR...]",
+                        help="another learning-rate grid for a task (repeat per task); runs already made are reused")
+    parser.add_argument("--epochs", action="append", default=[], metavar="TASK=N",
+                        help="another number of epochs for a task (repeat per task)")
     args = parser.parse_args()
+    recipes = {task: dict(recipe) for task, recipe in RECIPES.items()}
+    for option, values, parse in (("--lrs", args.lrs, lambda v: tuple(float(x) for x in v.split(","))),
+                                  ("--epochs", args.epochs, float)):
+        for item in values:
+            task, sep, value = item.partition("=")
+            try:
+                if not sep or task not in recipes:
+                    raise ValueError
+                recipes[task]["lrs" if option == "--lrs" else "epochs"] = parse(value)
+            except ValueError:
+                parser.error(f"{option} {item!r}: give TASK=VALUE with TASK one of {', '.join(sorted(recipes))}")
     if args.kd_teachers is not None:
         missing = [f"{t}/seed{s}" for t in args.tasks for s in args.seeds
                    if not (args.kd_teachers / t / f"seed{s}").is_dir()]
@@ -103,9 +121,9 @@ def main() -> None:
         models[name] = path
     started = time.perf_counter()
     results = run(models, args.tasks, args.seeds, args.data_dir, Path(args.out), args.threads,
-                  args.kd_teachers, args.kd_lambda, args.kd_temperature)
+                  args.kd_teachers, args.kd_lambda, args.kd_temperature, recipes)
     atomic_write_json(args.json, {
-        "recipes": {t: {**RECIPES[t], "lrs": list(RECIPES[t]["lrs"])} for t in args.tasks},
+        "recipes": {t: {**recipes[t], "lrs": list(recipes[t]["lrs"])} for t in args.tasks},
         "common": "batch 32, mean pooling, 128 tokens, nasbert finetune",
         "kd": None if args.kd_teachers is None else {"teachers": str(args.kd_teachers), "lambda": args.kd_lambda,
                                                      "temperature": args.kd_temperature},

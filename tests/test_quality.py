@@ -323,7 +323,14 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     teacher_model = NasBertModel.from_pretrained(out / "models" / "teacher")
     assert teacher_model.config.adapters is False and len(teacher_model.encoder.layer) == 8  # 4 x (mha, ffn)
     assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| teacher |" in (out / "quality.md").read_text()
+    md = (out / "quality.md").read_text()
+    assert "| teacher |" in md
+    # the models whose chosen rate is the grid's largest are named, and only they: a larger one may be better
+    at_top = [name for name, lrs in [("teacher", results["teacher_lr"]),
+                                     *((r["name"], r["lr"]) for r in results["rows"])] if lrs["sst2"] == 3e-3]
+    named = md.split("was the best for ")[1].split(": a larger")[0].split("; ") if at_top else []
+    assert ("The grid's largest rate (0.003)" in md) == bool(at_top)
+    assert named == [f"{name} (sst2)" for name in dict.fromkeys(at_top)]
     assert {r["name"] for r in models["rows"]} == set(os.listdir(out / "models"))
 
     # resume: one fine-tuning run lost and the summary gone -> only that run is done again, same numbers

@@ -494,6 +494,9 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
                           for i, s in enumerate(seeds)]
                 results.setdefault(model, {})[task] = {"lr": best, "scores": scores,
                                                        "grid": {f"{lr:g}": v for lr, v in grid.items()}}
+                if len(config.lrs) > 1 and best == max(config.lrs):
+                    logger.warning("%s on %s: the best rate is the grid's largest (%g); a larger one may be better: "
+                                   "add it to --lrs (runs already made are kept)", model, task, best)
             if on_task_done is not None:
                 on_task_done(results, list(tasks)[:done])
     finally:
@@ -582,6 +585,14 @@ def markdown_table(results: dict) -> str:
             f"seeds at the learning rate of the grid {c['lrs']} with the best mean ({c['lr_select']}); panel = "
             f"mean over {', '.join(tasks)}. Latency: {results['device'].get('key', '')}, measured in one run with "
             "the teacher.\n")
+    top = max(c["lrs"])
+    edge = [f"{r['name']} ({', '.join(k for k in tasks if r['lr'][k] == top)})"
+            for r in [{"name": "teacher", "lr": results["teacher_lr"]}, *results["rows"]]
+            if any(r["lr"][k] == top for k in tasks)]
+    if len(c["lrs"]) > 1 and edge:
+        note += (f"\nThe grid's largest rate ({top:g}) was the best for {'; '.join(dict.fromkeys(edge))}: a larger "
+                 "rate may be better for them; add one to --lrs and run the report again (runs already made are "
+                 "kept).\n")
     return "\n".join(lines) + "\n" + note
 
 
