@@ -44,7 +44,7 @@ def _score(job: Path, task) -> float | None:
 
 def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: str, out: Path, threads: int,
         kd_teachers: Path | None = None, kd_lambda: float = 0.5, kd_temperature: float = 1.0,
-        recipes: dict | None = None) -> dict:
+        recipes: dict | None = None, extend: tuple[float, ...] = ()) -> dict:
     recipes = RECIPES if recipes is None else recipes
     results: dict = {}
     for task_name in tasks:
@@ -69,6 +69,10 @@ def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: st
                 return score
 
             grid = {lr: one(lr, seeds[0]) for lr in recipe["lrs"]}
+            for lr in extend:  # a larger rate, only while the grid's largest is the best so far
+                if max(grid, key=grid.get) != max(grid) or lr <= max(grid):
+                    break
+                grid[lr] = one(lr, seeds[0])
             lr = max(grid, key=grid.get)
             scores = [grid[lr]] + [one(lr, s) for s in seeds[1:]]
             results.setdefault(name, {"path": path})[task_name] = {
@@ -94,6 +98,9 @@ def main() -> None:
     parser.add_argument("--kd-temperature", type=float, default=1.0)
     parser.add_argument("--lrs", action="append", default=[], metavar="TASK=LR[,LR...]",
                         help="another learning-rate grid for a task (repeat per task); runs already made are reused")
+    parser.add_argument("--extend", nargs="+", type=float, default=[], metavar="LR",
+                        help="larger rates tried in turn, each only while the largest rate so far is the best "
+                             "on the first seed (the same rule for every model)")
     parser.add_argument("--epochs", action="append", default=[], metavar="TASK=N",
                         help="another number of epochs for a task (repeat per task)")
     args = parser.parse_args()
@@ -121,9 +128,11 @@ def main() -> None:
         models[name] = path
     started = time.perf_counter()
     results = run(models, args.tasks, args.seeds, args.data_dir, Path(args.out), args.threads,
-                  args.kd_teachers, args.kd_lambda, args.kd_temperature, recipes)
+                  args.kd_teachers, args.kd_lambda, args.kd_temperature, recipes,
+                  tuple(args.extend))
     atomic_write_json(args.json, {
         "recipes": {t: {**recipes[t], "lrs": list(recipes[t]["lrs"])} for t in args.tasks},
+        "extend": args.extend,
         "common": "batch 32, mean pooling, 128 tokens, nasbert finetune",
         "kd": None if args.kd_teachers is None else {"teachers": str(args.kd_teachers), "lambda": args.kd_lambda,
                                                      "temperature": args.kd_temperature},
