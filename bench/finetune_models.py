@@ -7,6 +7,10 @@ Recipes (batch 32, mean pooling, 128 tokens, every model alike):
 - CoLA: 4,000 training sentences, 2 epochs, lr 5e-5 or 2e-4 (the same rule);
 - SICK: 3,000 training pairs, 4 epochs, lr 2e-4.
 
+``--lrs TASK=LR,LR`` replaces a task's grid, ``--epochs TASK=N`` its epochs, and ``--extend LR ...`` tries larger
+rates in turn, each only while the largest rate so far is the best on seed 0: one rule for every model, so that a
+small model that wants a higher rate than the teacher gets it (docs/benchmarks.md).
+
 Every run is a ``nasbert finetune`` directory under OUT/<model>/<task>/lr<lr>-seed<seed>; a finished run is read,
 not trained again, so the script resumes where it was stopped. Scores (x 100, the task's main metric on its dev or
 test split) go to --json.
