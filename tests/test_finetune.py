@@ -145,6 +145,42 @@ def test_hf_bert_finetunes_with_the_same_command(glue_dir, tiny_teacher_dir, tmp
     assert (tmp_path / "t" / "metrics.json").stat().st_mtime_ns == mtime
 
 
+def test_a_learning_rate_grid_keeps_the_best_rate_and_reuses_finished_runs(
+        glue_dir, student_dir, tmp_path, capsys):
+    out = tmp_path / "grid"
+    base = ["finetune", student_dir, "--task", "sst2", "--data-dir", str(glue_dir), "--epochs", "8",
+            "--batch-size", "16", "--max-seq-len", "16", "--no-progress", "--no-onnx"]
+    argv = [*base, "--out", str(out), "--json"]
+    assert main([*argv, "--lr", "3e-3", "1e-6"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    scores = {lr: json.loads((out / f"lr-{lr}" / "metrics.json").read_text())["dev"]["accuracy"]
+              for lr in ("1e-06", "0.003")}
+    assert report["lr_grid"] == scores and scores["0.003"] > scores["1e-06"]  # 1e-6 barely moves the new head
+    assert report["lr"] == 3e-3 and report["model"] == str(out / "lr-0.003" / "model")
+    assert report["dev"]["accuracy"] == scores["0.003"]
+    grid = json.loads((out / "lr_grid.json").read_text())
+    assert grid["lrs"] == [1e-6, 3e-3] and grid["lr"] == 3e-3 and grid["model"] == "lr-0.003/model"
+    assert grid["metric"] == "accuracy" and grid["scores"] == scores
+    # another rate: only it is trained, the finished runs are read
+    stamps = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in out.glob("lr-*")}
+    assert main([*argv, "--lr", "3e-3", "1e-6", "1e-3"]) == 0
+    assert json.loads(capsys.readouterr().out)["lr_grid"].keys() == {"1e-06", "0.001", "0.003"}
+    assert {d: (out / d / "metrics.json").stat().st_mtime_ns for d in stamps} == stamps
+    assert json.loads((out / "lr_grid.json").read_text())["lrs"] == [1e-6, 1e-3, 3e-3]
+    # a grid in a folder that holds something else (e.g. a one-rate run), and a one-rate grid: refused, nothing written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "finetune.json").write_text("{}")
+    assert main([*base, "--out", str(other), "--lr", "3e-3", "1e-3"]) == 1
+    assert "not a learning-rate grid's directory (it holds finetune.json)" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["finetune.json"]
+    from nasbert.finetune import finetune_lr_grid
+
+    with pytest.raises(FinetuneError, match="two or more positive rates"):
+        finetune_lr_grid(student_dir, load_task("sst2", data_dir=glue_dir), out=tmp_path / "g", lrs=[1e-3, 1e-3])
+    assert not (tmp_path / "g").exists()
+
+
 def test_resume_is_exact(glue_dir, student_dir, tmp_path):
     task = load_task("sst2", data_dir=glue_dir)
     config = FinetuneConfig(**{**FAST, "epochs": 1.5})

@@ -45,7 +45,9 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
                       help="a fixed random subset of the training set (the same for every --seed)")
     recipe = p.add_argument_group("recipe")
     recipe.add_argument("--epochs", type=float, default=d.epochs, help=f"(default {d.epochs:g})")
-    recipe.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    recipe.add_argument("--lr", type=float, nargs="+", default=[d.lr], metavar="LR",
+                        help=f"peak learning rate (default {d.lr:g}); two or more: a grid, one run per rate in "
+                             "OUT/lr-<rate>/, the best final dev score chosen (OUT/lr_grid.json)")
     recipe.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     recipe.add_argument("--max-seq-len", type=int, default=d.max_seq_len, help=f"(default {d.max_seq_len})")
     recipe.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help=f"(default {d.warmup_ratio:g})")
@@ -80,10 +82,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     """Bad input (task data, model, settings) raises TaskError / FinetuneError / ConfigError: the CLI prints the
     message and exits 1."""
     from ..finetune.tasks import TaskError, load_generic_task, load_task
-    from ..finetune.trainer import FinetuneConfig, finetune
+    from ..finetune.trainer import FinetuneConfig, finetune, finetune_lr_grid
 
     config = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr[0], weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
         evals_per_epoch=args.evals_per_epoch, seed=args.seed, kd_lambda=args.kd_lambda,
         kd_temperature=args.kd_temperature, threads=args.threads, pooling=args.pooling)
@@ -97,13 +99,24 @@ def run_finetune(args: argparse.Namespace) -> int:
     else:
         task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
                          seed=0)  # one fixed subset for every --seed
-    result = finetune(args.model, task, out=args.out, config=config, kd_teacher=args.kd_teacher,
-                      references=args.references, onnx=not args.no_onnx, int8_graph=not args.no_int8, force=args.force,
-                      progress=not args.no_progress)
+    settings = dict(config=config, kd_teacher=args.kd_teacher, references=args.references, onnx=not args.no_onnx,
+                    int8_graph=not args.no_int8, force=args.force, progress=not args.no_progress)
+    grid = None
+    if len(set(args.lr)) > 1:
+        grid = finetune_lr_grid(args.model, task, out=args.out, lrs=args.lr, **settings)
+        result = grid.best
+    else:
+        result = finetune(args.model, task, out=args.out, **settings)
     if args.json:
         int8 = json.loads((result.out / "metrics.json").read_text()).get("int8")
-        print(json.dumps({"out": str(result.out), "dev": result.metrics, "best": result.best,
-                          "int8_dev": None if int8 is None else int8["dev"]}, indent=2))
+        grid_keys = {} if grid is None else {"lr": grid.lr, "lr_grid": {f"{k:g}": v for k, v in grid.scores.items()},
+                                             "model": str(result.model_dir)}
+        print(json.dumps({"out": str(result.out if grid is None else grid.out), **grid_keys, "dev": result.metrics,
+                          "best": result.best, "int8_dev": None if int8 is None else int8["dev"]}, indent=2))
+    elif grid is not None:
+        scores = ", ".join(f"lr {k:g}: {v:.4f}" for k, v in grid.scores.items())
+        print(f"{task.task.name}: {task.task.main_metric} at {scores}; the best, lr {grid.lr:g}: model in "
+              f"{result.model_dir}")
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"{task.task.name}: {metrics} ({result.steps} steps, {result.seconds:.0f} s); "

@@ -23,7 +23,9 @@ from .trainer import (
     FinetuneConfig,
     FinetuneError,
     FinetuneResult,
+    LrGridResult,
     finetune,
+    finetune_lr_grid,
     load_classifier,
 )
 
@@ -33,6 +35,7 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneError",
     "FinetuneResult",
+    "LrGridResult",
     "TaskData",
     "TaskError",
     "TaskSpec",
@@ -40,6 +43,7 @@ __all__ = [
     "compute_metrics",
     "f1_score",
     "finetune",
+    "finetune_lr_grid",
     "get_task",
     "load_classifier",
     "load_generic_task",

@@ -54,8 +54,8 @@ from ..utils import torch_threads
 from .metrics import compute_metrics
 from .tasks import Example, TaskData, TaskSpec
 
-__all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "encode_examples", "finetune", "load_classifier",
-           "predict"]
+__all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "LrGridResult", "encode_examples", "finetune",
+           "finetune_lr_grid", "load_classifier", "predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -514,6 +514,61 @@ def finetune(
     with torch_threads(config.threads):  # process-wide: the caller's count comes back afterwards
         return _finetune(model, task, out=out, config=config, kd_teacher=kd_teacher, references=references,
                          onnx=onnx, int8_graph=int8_graph, force=force, progress=progress, stop_after=stop_after)
+
+
+#: what ``finetune_lr_grid`` writes in its output directory
+LR_GRID_FILE = "lr_grid.json"
+
+
+@dataclass
+class LrGridResult:
+    """What :func:`finetune_lr_grid` produced: the run at the best rate, and every rate's final dev score."""
+
+    out: Path
+    lr: float
+    best: FinetuneResult
+    #: the main metric's final dev value at each rate
+    scores: dict[float, float]
+
+
+def _lr_dir(lr: float) -> str:
+    return f"lr-{lr:g}"
+
+
+def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.PathLike, lrs,
+                     config: FinetuneConfig = FinetuneConfig(), force: bool = False, **kwargs) -> LrGridResult:
+    """:func:`finetune` once per learning rate of ``lrs`` (``OUT/lr-<rate>/``, each a run of its own: resumable,
+    and read, not trained again, once finished), keeping the rate whose final dev score on the task's main metric
+    is the best (ties: the smaller rate). ``OUT/lr_grid.json`` records every rate's score and the choice; the
+    model to use is ``OUT/lr-<rate>/model``. Small models often want a larger rate than the teacher they come
+    from (docs/benchmarks.md). The score chosen on is the one reported, so it is a little optimistic: compare
+    models chosen the same way. ``kwargs`` go to :func:`finetune` (not ``stop_after``)."""
+    lrs = sorted({float(lr) for lr in lrs})
+    if len(lrs) < 2 or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        raise FinetuneError(f"a learning-rate grid needs two or more positive rates, got {lrs}")
+    if "stop_after" in kwargs:
+        raise TypeError("finetune_lr_grid() does not take stop_after")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        foreign = sorted(p.name for p in out.iterdir() if p.name != LR_GRID_FILE and not p.name.startswith("lr-"))
+        if foreign and not force:
+            raise FinetuneError(f"{out} exists and is not a learning-rate grid's directory (it holds "
+                                f"{', '.join(foreign[:3])}): choose another --out or pass --force")
+        if force:
+            import shutil
+
+            shutil.rmtree(out)
+    spec, runs = task.task, {}
+    for lr in lrs:
+        logger.info("learning-rate grid: %s at lr %g", spec.name, lr)
+        runs[lr] = finetune(model, task, out=out / _lr_dir(lr), config=dataclasses.replace(config, lr=lr), **kwargs)
+    scores = {lr: float(r.metrics[spec.main_metric]) for lr, r in runs.items()}
+    best = max(lrs, key=lambda lr: (scores[lr], -lr))
+    atomic_write_json(out / LR_GRID_FILE, {
+        "task": spec.name, "metric": spec.main_metric, "lrs": lrs, "scores": {f"{lr:g}": scores[lr] for lr in lrs},
+        "lr": best, "model": f"{_lr_dir(best)}/model",
+        "note": "each rate's final dev score; the best is chosen on the same dev set it is reported on"})
+    return LrGridResult(out, best, runs[best], scores)
 
 
 def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_graph, force, progress, stop_after):
