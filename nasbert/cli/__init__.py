@@ -428,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task panel: GLUE tasks and sick (default: sst2 cola sick)")
     p.add_argument("--data-dir", help="local data: a GLUE root, or a folder holding glue/ and sick/ (default: hub)")
     p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per model and task (default 3)")
-    p.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4],
-                   help="learning-rate grid; each model gets its best (default 5e-5 1e-4 2e-4)")
+    p.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 2e-4, 5e-4],
+                   help="learning-rate grid; each model gets its best (default 5e-5 2e-4 5e-4: small models often "
+                        "want a larger rate than their teacher)")
     p.add_argument("--lr-select", choices=["all", "first-seed"], default="all",
                    help="choose the rate on the mean over all seeds (default), or on seed 0 alone and run the "
                         "other seeds at that rate only (cheaper)")

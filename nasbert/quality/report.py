@@ -69,7 +69,7 @@ class ReportConfig:
     #: local data: a GLUE root (or a folder holding glue/ and sick/); None reads the tasks from the hub
     data_dir: str | None = None
     seeds: int = 3
-    lrs: tuple[float, ...] = (5e-5, 1e-4, 2e-4)
+    lrs: tuple[float, ...] = (5e-5, 2e-4, 5e-4)
     lr_select: str = "all"
     epochs: float = 3.0
     batch_size: int = 32
