@@ -1,0 +1,48 @@
+"""The teacher's own cuts that the quality panel compares, as nasbert model directories with the teacher's weights
+(as the export builds its cut members): the teacher itself in nasbert form, the default family's members and the
+layer-dropped free baselines.
+
+    python bench/teacher_cuts.py --out runs/cuts      # -> runs/cuts/{teacher,2x,3x,4x,bottom2,bottom1}/
+
+Then, e.g., ``python bench/finetune_models.py --model 4x=runs/cuts/4x ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nasbert import SearchSpace, SuperNet
+from nasbert.export.cuts import cut_arch, cut_name
+from nasbert.export.hf import save_hf_model
+from nasbert.teacher import load_teacher
+
+#: name -> (teacher sub-layers kept: 2i is layer i's attention, 2i + 1 its FFN; FFN neurons kept; every FFN pruned)
+CUTS = {
+    "teacher": (range(12), None, False),
+    "2x": (range(6), 1152, False),    # teacher-L2+mha2+ffn2@1152
+    "3x": (range(5), 768, True),      # teacher-L2+mha2@ffn768
+    "4x": (range(3), None, False),    # teacher-L1+mha1
+    "bottom2": (range(4), None, False),
+    "bottom1": (range(2), None, False),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--only", nargs="+", choices=sorted(CUTS), help="default: all of them")
+    parser.add_argument("--space", default="minilm_l6", help="a search space of the built-in teacher")
+    args = parser.parse_args()
+    teacher, tokenizer, _ = load_teacher(None)
+    space = SearchSpace.load(args.space)
+    net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
+    for name in args.only or CUTS:
+        kept, pruned, every = CUTS[name]
+        arch = cut_arch(space, kept, pruned=pruned, every=every)
+        save_hf_model(net.extract(arch, drop_identity_adapters=True), args.out / name, tokenizer=tokenizer)
+        print(f"{args.out / name}: {cut_name(kept, pruned=pruned, every=every)} ({arch})")
+
+
+if __name__ == "__main__":
+    main()
