@@ -563,7 +563,7 @@ def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.
         logger.info("learning-rate grid: %s at lr %g", spec.name, lr)
         runs[lr] = finetune(model, task, out=out / _lr_dir(lr), config=dataclasses.replace(config, lr=lr), **kwargs)
     scores = {lr: float(r.metrics[spec.main_metric]) for lr, r in runs.items()}
-    best = max(lrs, key=lambda lr: (scores[lr], -lr))
+    best = max(lrs, key=lambda lr: (scores[lr] if math.isfinite(scores[lr]) else -math.inf, -lr))  # NaN: worst
     atomic_write_json(out / LR_GRID_FILE, {
         "task": spec.name, "metric": spec.main_metric, "lrs": lrs, "scores": {f"{lr:g}": scores[lr] for lr in lrs},
         "lr": best, "model": f"{_lr_dir(best)}/model",
