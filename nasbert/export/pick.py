@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..budgets import Budget, parse_params
+from ..budgets import Budget, latency_limits, parse_params
 from .cuts import busy, judged_ms
 from .family import Family, FamilyError, FamilyMember
 
@@ -233,16 +233,13 @@ def pick_with_family(
         family = Family.load(family)
     if not family.models:
         raise FamilyError(f"family {str(family.directory)!r} has no members")
-    if measure:  # the budget's limit, so that a member timed near it is timed again, longer
-        limit = (None if latency_ms is None and speedup is None else
-                 (lambda teacher_ms: [float(latency_ms)]) if latency_ms is not None else
-                 (lambda teacher_ms: [teacher_ms / float(speedup)]))
-        family = measure_family(family, threads=threads, limits=limit)
-
-    views = _views(family, precision)
     budget = (Budget("latency_ms", float(latency_ms), f"{latency_ms}ms") if latency_ms is not None else
               Budget("speedup", float(speedup), f"{speedup}x") if speedup is not None else
               Budget("params", float(max_params), str(max_params)))
+    if measure:  # with the budget's latency limit, so that a member timed near it is timed again, longer
+        family = measure_family(family, threads=threads, limits=lambda teacher_ms: latency_limits([budget], teacher_ms))
+
+    views = _views(family, precision)
     # a speed-up is over the teacher timed in the same run as the graph (an int8 graph's own run)
     fits = [m for m in views if budget.allows(m.latency_ms, m.params, m.latency_ms * m.speedup
                                               if m.extra["precision"] == "int8" else family.teacher_latency_ms)]
