@@ -276,6 +276,8 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     out = tmp_path / "report"
     done = _report(run, out, glue_dir)
     assert done.returncode == 0, done.stderr[-4000:]
+    for bar in ("Loading weights", "Writing model shards"):  # --no-progress silences transformers' bars too
+        assert bar not in done.stderr
     results = json.loads((out / "quality_results.json").read_text())
     models = json.loads((out / "models.json").read_text())
     family = json.loads((run / "family" / "family.json").read_text())

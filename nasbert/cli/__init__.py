@@ -32,11 +32,13 @@ __all__ = ["main"]
 logger = logging.getLogger("nasbert")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, progress: bool = True) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     import transformers
 
     transformers.logging.set_verbosity_error()  # load reports of the teacher's unused pooler are noise here
+    if not progress:  # --no-progress: transformers' own bars (loading and writing weights) too
+        transformers.utils.logging.disable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------------------ space
@@ -492,7 +494,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, progress=not getattr(args, "no_progress", False))
     try:
         return args.func(args)
     except _input_errors() as e:
