@@ -9,7 +9,9 @@ Recipes (batch 32, mean pooling, 128 tokens, every model alike):
 
 ``--lrs TASK=LR,LR`` replaces a task's grid, ``--epochs TASK=N`` its epochs, and ``--extend LR ...`` tries larger
 rates in turn, each only while the largest rate so far is the best on seed 0: one rule for every model, so that a
-small model that wants a higher rate than the teacher gets it (docs/benchmarks.md).
+small model that wants a higher rate than the teacher gets it (docs/benchmarks.md). ``--pair-encodings cross bi``
+runs that grid for both ways of reading a pair task's texts (``nasbert finetune --pair-encoding``) and keeps the
+best encoding and rate on seed 0.
 
 Every run is a ``nasbert finetune`` directory under OUT/<model>/<task>/lr<lr>-seed<seed>; a finished run is read,
 not trained again, so the script resumes where it was stopped. Scores (x 100, the task's main metric on its dev or
@@ -48,15 +50,18 @@ def _score(job: Path, task) -> float | None:
 
 def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: str, out: Path, threads: int,
         kd_teachers: Path | None = None, kd_lambda: float = 0.5, kd_temperature: float = 1.0,
-        recipes: dict | None = None, extend: tuple[float, ...] = ()) -> dict:
+        recipes: dict | None = None, extend: tuple[float, ...] = (), pair_encodings: tuple[str, ...] = ("cross",)
+        ) -> dict:
     recipes = RECIPES if recipes is None else recipes
     results: dict = {}
     for task_name in tasks:
         recipe = recipes[task_name]
         data = load_task(task_name, data_dir=data_dir, max_train_examples=recipe["max_train_examples"])
+        encodings = pair_encodings if len(data.task.text_fields) == 2 else ("cross",)
         for name, path in models.items():
-            def one(lr: float, seed: int) -> float:
+            def one(lr: float, seed: int, encoding: str) -> float:
                 extra = "" if recipe["epochs"] == RECIPES[task_name]["epochs"] else f"-ep{recipe['epochs']:g}"
+                extra += "" if encoding == "cross" else f"-{encoding}"
                 job = out / name / task_name / f"lr{lr:g}-seed{seed}{extra}"
                 score = _score(job, data.task)
                 if score is None:
@@ -64,24 +69,33 @@ def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: st
                     config = FinetuneConfig(epochs=recipe["epochs"], batch_size=32, lr=lr, max_seq_len=128,
                                             seed=seed, pooling="mean", threads=threads,
                                             max_train_examples=recipe["max_train_examples"],
-                                            kd_lambda=kd_lambda, kd_temperature=kd_temperature)
+                                            kd_lambda=kd_lambda, kd_temperature=kd_temperature,
+                                            pair_encoding=encoding)
                     kd_teacher = None if kd_teachers is None else kd_teachers / task_name / f"seed{seed}"
                     finetune(path, data, out=job, config=config, kd_teacher=kd_teacher, onnx=False, progress=False)
                     score = _score(job, data.task)
-                    print(f"{name} {task_name} lr {lr:g} seed {seed}: {score:.2f} "
+                    print(f"{name} {task_name} lr {lr:g} seed {seed}{extra}: {score:.2f} "
                           f"({time.perf_counter() - started:.0f} s)", flush=True)
                 return score
 
-            grid = {lr: one(lr, seeds[0]) for lr in recipe["lrs"]}
-            for lr in extend:  # a larger rate, only while the grid's largest is the best so far
-                if max(grid, key=grid.get) != max(grid) or lr <= max(grid):
-                    break
-                grid[lr] = one(lr, seeds[0])
-            lr = max(grid, key=grid.get)
-            scores = [grid[lr]] + [one(lr, s) for s in seeds[1:]]
-            results.setdefault(name, {"path": path})[task_name] = {
-                "lr": lr, "grid_seed0": {f"{k:g}": v for k, v in grid.items()}, "seeds": seeds, "scores": scores,
-                "mean": statistics.mean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+            grids = {}
+            for encoding in encodings:
+                grid = grids[encoding] = {lr: one(lr, seeds[0], encoding) for lr in recipe["lrs"]}
+                for lr in extend:  # a larger rate, only while the grid's largest is the best so far
+                    if max(grid, key=grid.get) != max(grid) or lr <= max(grid):
+                        break
+                    grid[lr] = one(lr, seeds[0], encoding)
+            # the best (encoding, rate) on the first seed; ties: the first encoding listed, the smaller rate
+            encoding, lr = max(((e, r) for e in encodings for r in grids[e]),
+                               key=lambda er: (grids[er[0]][er[1]], -encodings.index(er[0]), -er[1]))
+            scores = [grids[encoding][lr]] + [one(lr, s, encoding) for s in seeds[1:]]
+            entry = {"lr": lr, "grid_seed0": {f"{k:g}": v for k, v in grids[encoding].items()}, "seeds": seeds,
+                     "scores": scores, "mean": statistics.mean(scores),
+                     "std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+            if len(data.task.text_fields) == 2:
+                entry["pair_encoding"] = encoding
+                entry["grids_seed0"] = {e: {f"{k:g}": v for k, v in g.items()} for e, g in grids.items()}
+            results.setdefault(name, {"path": path})[task_name] = entry
     return results
 
 
@@ -107,6 +121,9 @@ def main() -> None:
                              "on the first seed (the same rule for every model)")
     parser.add_argument("--epochs", action="append", default=[], metavar="TASK=N",
                         help="another number of epochs for a task (repeat per task)")
+    parser.add_argument("--pair-encodings", nargs="+", choices=["cross", "bi"], default=["cross"],
+                        help="pair tasks: each model gets the best of these encodings and rates on the first seed "
+                             "(nasbert finetune --pair-encoding)")
     args = parser.parse_args()
     recipes = {task: dict(recipe) for task, recipe in RECIPES.items()}
     for option, values, parse in (("--lrs", args.lrs, lambda v: tuple(float(x) for x in v.split(","))),
@@ -133,10 +150,10 @@ def main() -> None:
     started = time.perf_counter()
     results = run(models, args.tasks, args.seeds, args.data_dir, Path(args.out), args.threads,
                   args.kd_teachers, args.kd_lambda, args.kd_temperature, recipes,
-                  tuple(args.extend))
+                  tuple(args.extend), tuple(dict.fromkeys(args.pair_encodings)))
     atomic_write_json(args.json, {
         "recipes": {t: {**recipes[t], "lrs": list(recipes[t]["lrs"])} for t in args.tasks},
-        "extend": args.extend,
+        "extend": args.extend, "pair_encodings": args.pair_encodings,
         "common": "batch 32, mean pooling, 128 tokens, nasbert finetune",
         "kd": None if args.kd_teachers is None else {"teachers": str(args.kd_teachers), "lambda": args.kd_lambda,
                                                      "temperature": args.kd_temperature},
@@ -144,7 +161,8 @@ def main() -> None:
         "machine": "2 CPU cores (AMD EPYC, shared)", "seconds": round(time.perf_counter() - started),
         "models": results})
     for name, tasks in results.items():
-        print(name, "  ".join(f"{t} {r['mean']:.1f} ± {r['std']:.1f} (lr {r['lr']:g})"
+        print(name, "  ".join(f"{t} {r['mean']:.1f} ± {r['std']:.1f} (lr {r['lr']:g}"
+                              f"{', ' + r['pair_encoding'] if 'pair_encoding' in r else ''})"
                               for t, r in tasks.items() if t != "path"))
 
 

@@ -19,12 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["INPUT_NAMES", "INT8_MAX_ERROR", "REFERENCE_INPUT_NAMES", "OnnxParityError", "export_int8", "export_module",
-           "export_onnx", "int8_error", "onnx_parity", "quantize_int8"]
+__all__ = ["INPUT_NAMES", "INT8_MAX_ERROR", "PAIR_INPUT_NAMES", "REFERENCE_INPUT_NAMES", "OnnxParityError",
+           "export_int8", "export_module", "export_onnx", "int8_error", "onnx_parity", "quantize_int8"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: the extra inputs of a model with RefBERT references (``config.reference_size``): (B, R, H) float, (B, R) int64
 REFERENCE_INPUT_NAMES = ("reference_states", "reference_mask")
+#: the extra inputs of a classifier that encodes a pair's texts apart (``config.pair_encoding == "bi"``): the
+#: second text's ids and mask, (B, T_b) int64
+PAIR_INPUT_NAMES = ("input_ids_b", "attention_mask_b")
 OPSET = 17
 
 
@@ -33,25 +36,34 @@ class OnnxParityError(RuntimeError):
 
 
 class _Output(nn.Module):
-    """``model(input_ids, attention_mask, token_type_ids[, reference_states, reference_mask]).<output>`` as a
-    plain tensor function."""
+    """``model(input_ids, attention_mask, token_type_ids[, reference_states, reference_mask][, input_ids_b,
+    attention_mask_b]).<output>`` as a plain tensor function; positional inputs in the order of
+    :func:`_input_names`."""
 
     def __init__(self, model: nn.Module, output: str = "last_hidden_state"):
         super().__init__()
         self.model = model
         self.output = output
+        self.names = _input_names(model)
         self.train(model.training)  # a new module is in training mode; take the model's, so it is restored
 
-    def forward(self, input_ids, attention_mask, token_type_ids, reference_states=None, reference_mask=None):
-        references = {} if reference_states is None else {"reference_states": reference_states,
-                                                          "reference_mask": reference_mask}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         **references)
+    def forward(self, *args, **kwargs):
+        out = self.model(**dict(zip(self.names, args)), **kwargs)
         return getattr(out, self.output)
 
 
 def _reference_size(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "reference_size", None)
+
+
+def _bi_pairs(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "pair_encoding", "cross") == "bi"
+
+
+def _input_names(model: nn.Module) -> tuple[str, ...]:
+    """The graph's inputs, in order: BERT's three, then RefBERT's references or a bi-encoder's second text."""
+    return (INPUT_NAMES + (REFERENCE_INPUT_NAMES if _reference_size(model) else ())
+            + (PAIR_INPUT_NAMES if _bi_pairs(model) else ()))
 
 
 def export_module(
@@ -105,6 +117,12 @@ def _example_inputs(model: nn.Module, batch: int, seq_len: int, *, pad: bool, se
         if pad and batch > 1:
             ref_mask[-1, references // 2 + 1:] = 0
         inputs.update(reference_states=torch.randn(batch, references, size, generator=g), reference_mask=ref_mask)
+    if _bi_pairs(model):  # the second text: another length than the first, the last sequence's half padding
+        length = max(2, seq_len - seq_len // 4)
+        mask_b = torch.ones(batch, length, dtype=torch.long)
+        if pad and batch > 1:
+            mask_b[-1, length // 2:] = 0
+        inputs.update(input_ids_b=torch.randint(1, vocab, (batch, length), generator=g), attention_mask_b=mask_b)
     return inputs
 
 
@@ -116,7 +134,8 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, se
 
     inputs = _example_inputs(model, batch, seq_len, pad=True, seed=1, references=6)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    names = {i.name for i in session.get_inputs()}  # an input the model does not read may be left out of the graph
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items() if k in names})[0]
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -134,7 +153,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, atol: float = 1e-4
     sequence axes; inputs ``input_ids``, ``attention_mask``, ``token_type_ids``; output ``last_hidden_state``.
     A sequence classifier exports with ``output="logits"`` (output shape (batch, num_labels)). A model with
     RefBERT references (``config.reference_size``) takes two more inputs, ``reference_states`` (batch,
-    references, reference_size) float and ``reference_mask`` (batch, references) int64, dynamic in both axes.
+    references, reference_size) float and ``reference_mask`` (batch, references) int64, dynamic in both axes; a
+    classifier that encodes a pair's texts apart (``config.pair_encoding == "bi"``) takes the second text as
+    ``input_ids_b`` and ``attention_mask_b`` (batch, sequence_b) int64.
 
     With ``check``, ONNX Runtime's output is compared with PyTorch's on a padded batch of another shape than
     the one traced; a difference above ``atol`` raises :class:`OnnxParityError` and removes the file.
@@ -142,6 +163,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, atol: float = 1e-4
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
     if _reference_size(model):
         axes.update({name: {0: "batch", 1: "references"} for name in REFERENCE_INPUT_NAMES})
+    if _bi_pairs(model):
+        axes.update({name: {0: "batch", 1: "sequence_b"} for name in PAIR_INPUT_NAMES})
     axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
     example = _example_inputs(model, 1, 8, pad=False)
     export_module(_Output(model, output), example, path, output_name=output, dynamic_axes=axes)

@@ -52,6 +52,13 @@ def glue_dir(tmp_path_factory):
         rows = [f"{i}\tx\tx\tx\tx\tx\tx\t{a}\t{b}\t{rng.uniform(0, 5):.2f}\n"
                 for i, ((a, _), (b, _)) in enumerate(zip(_sentences(n, seed), _sentences(n, seed + 10)))]
         (root / "STS-B" / f"{split}.tsv").write_text(header + "".join(rows))
+    (root / "RTE").mkdir()  # a pair task: "entailment" when both texts hold the keyword or neither does
+    for split, n, seed in (("train", 192, 6), ("dev", 64, 7)):
+        first, second = _sentences(n, seed), _sentences(n, seed + 20)
+        order = np.random.default_rng(seed).permutation(n)
+        rows = [f"{i}\t{a}\t{second[j][0]}\t{'entailment' if ya == second[j][1] else 'not_entailment'}\n"
+                for i, ((a, ya), j) in enumerate(zip(first, order))]
+        (root / "RTE" / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "".join(rows))
     return root
 
 
@@ -314,3 +321,77 @@ def test_pooling_is_refused_for_hf_bert(glue_dir, tiny_teacher_dir, tmp_path, ca
                  "--out", str(tmp_path / "ft"), "--no-progress"]) == 1
     assert "--pooling applies to nasbert models" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists()
+
+
+def test_bi_encoder_reads_each_text_apart_and_classifies_u_v_diff_product(glue_dir, student_dir):
+    task = load_task("rte", data_dir=glue_dir)
+    model, _, _ = load_classifier(student_dir, task.task, seed=0, pair_encoding="bi")
+    assert model.config.pair_encoding == "bi" and not hasattr(model, "pooler")
+    assert model.classifier.in_features == 4 * model.config.hidden_size
+    a = torch.tensor([[2, 20, 21, 3, 0, 0], [2, 22, 23, 24, 25, 3]])
+    b = torch.tensor([[2, 26, 27, 28, 3], [2, 29, 3, 0, 0]])
+    mask_a, mask_b = (a != 0).long(), (b != 0).long()
+    model.eval()
+    with torch.no_grad():
+        padded = model(input_ids=a, attention_mask=mask_a, input_ids_b=b, attention_mask_b=mask_b).logits
+        alone = model(input_ids=a[:1, :4], input_ids_b=b[:1]).logits  # no padding: the same logits
+        u = model.nasbert(a[:1, :4]).last_hidden_state.mean(1)
+        v = model.nasbert(b[:1]).last_hidden_state.mean(1)
+        by_hand = model.classifier(torch.cat([u, v, (u - v).abs(), u * v], -1))
+        swapped = model(input_ids=b[:1], input_ids_b=a[:1, :4]).logits
+    torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, by_hand, atol=1e-5, rtol=0)
+    assert not torch.allclose(alone, swapped, atol=1e-4)  # u and v keep their places
+    with pytest.raises(ValueError, match="input_ids_b"):
+        model(input_ids=a, attention_mask=mask_a)
+
+
+def test_bi_encoder_learns_a_pair_task_and_exports_a_two_input_graph(glue_dir, student_dir, tmp_path, capsys):
+    import onnxruntime as ort
+
+    from nasbert.finetune.trainer import TEACHER_LOGITS, encode_examples, predict, predict_onnx
+
+    task = load_task("rte", data_dir=glue_dir)
+    common = ["--task", "rte", "--data-dir", str(glue_dir), "--lr", "3e-3", "--batch-size", "16", "--max-seq-len",
+              "32", "--no-progress", "--json"]
+    assert main(["finetune", student_dir, *common, "--epochs", "16", "--pair-encoding", "bi",
+                 "--out", str(tmp_path / "bi")]) == 0
+    bi = json.loads(capsys.readouterr().out)
+    assert bi["dev"]["accuracy"] >= 0.85  # chance is 0.5: the label needs both texts
+    model_dir = tmp_path / "bi" / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    assert model.config.pair_encoding == "bi"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    dev = encode_examples(task.dev, tok, max_seq_len=32, regression=False, pair_encoding="bi")
+    assert max(len(x) for x in dev.input_ids + dev.input_ids_b) <= 16  # each text gets half the length
+    logits = predict(model, dev, batch_size=8, pad_id=0)
+    assert float((logits.argmax(-1) == dev.labels).mean()) == pytest.approx(bi["dev"]["accuracy"])
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert {"input_ids_b", "attention_mask_b"} <= {i.name for i in session.get_inputs()}
+    np.testing.assert_allclose(predict_onnx(model_dir / "model.onnx", dev, batch_size=8, pad_id=0), logits,
+                               atol=1e-4)
+    assert json.loads((tmp_path / "bi" / "metrics.json").read_text())["int8"]["dev_fp32_onnx"]["accuracy"] == \
+        pytest.approx(bi["dev"]["accuracy"])
+    # Distilled from a cross-encoder: the teacher reads the pairs its own way.
+    assert main(["finetune", student_dir, *common, "--epochs", "1", "--no-onnx", "--out", str(tmp_path / "cross")]) == 0
+    assert main(["finetune", student_dir, *common, "--pair-encoding", "bi", "--kd-teacher",
+                 str(tmp_path / "cross" / "model"), "--epochs", "1", "--no-onnx", "--out", str(tmp_path / "kd")]) == 0
+    capsys.readouterr()
+    teacher = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cross" / "model")
+    train = encode_examples(task.train, tok, max_seq_len=32, regression=False)
+    saved = torch.load(tmp_path / "kd" / TEACHER_LOGITS)
+    np.testing.assert_allclose(saved.numpy(), predict(teacher, train, batch_size=32, pad_id=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("model, task, message", [
+    ("student", "sst2", "has one"),
+    ("teacher", "rte", "applies to nasbert models"),
+])
+def test_bi_encoding_is_refused_where_it_cannot_apply(model, task, message, glue_dir, student_dir, tiny_teacher_dir,
+                                                      tmp_path, capsys):
+    path = student_dir if model == "student" else tiny_teacher_dir
+    out = tmp_path / "ft"
+    assert main(["finetune", path, "--task", task, "--data-dir", str(glue_dir), "--pair-encoding", "bi",
+                 "--out", str(out), "--no-progress"]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -207,6 +207,63 @@ def test_sick_reads_train_and_test_from_one_file(tmp_path):
         load_task("sick", data_dir=tmp_path / "bad.txt")
 
 
+def _sick_file(root: Path, n_train: int, n_test: int) -> Path:
+    """A SICK-layout file: "ENTAILMENT" when both texts hold the word "value" or neither does, else "NEUTRAL"."""
+    header = ("pair_ID\tsentence_A\tsentence_B\tentailment_label\trelatedness_score\tentailment_AB\t"
+              "entailment_BA\tsentence_A_original\tsentence_B_original\tsentence_A_dataset\tsentence_B_dataset\t"
+              "SemEval_set\r\n")
+    rng = np.random.default_rng(0)
+    words = ["the", "a", "of", "list", "type", "module", "name", "class"]
+    lines = []
+    for i in range(n_train + n_test):
+        texts = []
+        for has in (rng.random() < 0.5, rng.random() < 0.5):
+            text = list(rng.choice(words, size=5))
+            if has:
+                text[int(rng.integers(0, 5))] = "value"
+            texts.append((" ".join(text), has))
+        label = "ENTAILMENT" if texts[0][1] == texts[1][1] else "NEUTRAL"
+        split = "TRAIN" if i < n_train else "TEST"
+        lines.append(f"{i}\t{texts[0][0]}\t{texts[1][0]}\t{label}\t3.0\tx\tx\tx\tx\tx\tx\t{split}\r\n")
+    (root / "sick").mkdir(parents=True)
+    (root / "sick" / "SICK.txt").write_text(header + "".join(lines), newline="")
+    return root
+
+
+def test_report_grid_spans_both_pair_encodings_on_pair_tasks_only(tiny_space, tiny_teacher, tiny_teacher_dir,
+                                                                   glue_dir, tmp_path):
+    from nasbert.config import ConfigError
+    from nasbert.quality.report import ReportConfig, _finetune_all
+
+    out = tmp_path / "report"
+    supernet = SuperNet.from_teacher(tiny_space, tiny_teacher)
+    save_hf_model(supernet.extract(tiny_space.sample(np.random.default_rng(3))), out / "models" / "m",
+                  tokenizer=AutoTokenizer.from_pretrained(tiny_teacher_dir))
+    tasks = {"sick": load_task("sick", data_dir=_sick_file(tmp_path / "data", 48, 16)),
+             "sst2": load_task("sst2", data_dir=glue_dir)}
+    config = ReportConfig(tasks=("sick", "sst2"), seeds=2, lrs=(1e-3, 3e-3), epochs=1, batch_size=16,
+                          max_seq_len=16, max_train_examples={"sst2": 32})
+    assert config.pair_encodings == ("cross", "bi")  # the default
+    results = _finetune_all(out, ["m"], tasks, config, progress=False)["m"]
+    sick, sst2 = results["sick"], results["sst2"]
+    assert set(sick["grid"]) == {"0.001", "0.003", "0.001-bi", "0.003-bi"}
+    assert set(sst2["grid"]) == {"0.001", "0.003"} and sst2["pair_encoding"] == "cross"  # one text: cross only
+    means = {k: np.mean(v) for k, v in sick["grid"].items()}
+    best = max(means.values())
+    chosen = f"{sick['lr']:g}" + ("-bi" if sick["pair_encoding"] == "bi" else "")
+    assert means[chosen] == best and sick["scores"] == sick["grid"][chosen]
+    for point in sick["grid"]:
+        lr, _, encoding = point.partition("-")
+        job = out / "ft" / "m" / "sick" / f"lr{point}-seed1"
+        recorded = json.loads((job / "finetune.json").read_text())["config"]
+        assert recorded["pair_encoding"] == (encoding or "cross") and recorded["lr"] == float(lr)
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert 100 * metrics["dev"]["accuracy"] == pytest.approx(sick["grid"][point][1])
+    for bad in [("bi", "bi"), ("none",), ()]:
+        with pytest.raises(ConfigError, match="--pair-encodings"):
+            ReportConfig(pair_encodings=bad)
+
+
 def test_proxy_correlation_is_kendalls_tau_of_each_proxy_against_the_panel():
     """Hand-counted: concordant minus discordant pairs over sqrt(untied pairs of each side); losses negated."""
     rows = [{"name": "A", "budget": "1.5x", "panel_mean": 80.0}, {"name": "B", "budget": "1.5x", "panel_mean": 70.0},
@@ -359,6 +416,7 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     (["--max-train-examples", "cola=10"], "not in --tasks"),
     (["--budgets", "9x"], "no member for budget 9x"),
     (["--lrs", "0"], "learning rates"),
+    (["--pair-encodings", "bi", "bi"], "--pair-encodings"),
 ])
 def test_report_refuses_bad_input_and_writes_nothing(run, glue_dir, tmp_path, extra, message, capsys):
     out = tmp_path / "report"

@@ -436,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-select", choices=["all", "first-seed"], default="all",
                    help="choose the rate on the mean over all seeds (default), or on seed 0 alone and run the "
                         "other seeds at that rate only (cheaper)")
+    p.add_argument("--pair-encodings", nargs="+", choices=["cross", "bi"], default=["cross", "bi"],
+                   help="pair tasks (sick, ...): the ways of reading a pair, a grid axis like the rate: cross (the "
+                        "texts as one sequence) and bi (each text apart, Sentence-BERT's classifier); default both")
     p.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch size (default 32)")
     p.add_argument("--max-seq-len", type=int, default=128, help="tokens per input (default 128)")

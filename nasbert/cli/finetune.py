@@ -8,6 +8,7 @@ a CSV / JSONL task of one's own.
     nasbert finetune MODEL --task sst2 --data-dir ../glue --kd-teacher ft/teacher-sst2/model --out ft/kd
     nasbert references build --task sst2 --data-dir ../glue --teacher builtin --out refs/sst2
     nasbert finetune MODEL --task sst2 --data-dir ../glue --references refs/sst2 --out ft/refbert   # RefBERT
+    nasbert finetune MODEL --task stsb --data-dir ../glue --pair-encoding bi --out ft/stsb-bi  # texts apart
     nasbert finetune MODEL --task reviews --train-file train.csv --dev-file dev.csv \\
         --text-columns text --label-column stars --out ft/reviews
 """
@@ -58,6 +59,11 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--pooling", choices=["auto", "cls", "mean"], default=d.pooling,
                         help="what the classifier reads: the [CLS] token or the mean of the real tokens (nasbert "
                              "models only); auto (default): mean for nasbert models, cls for others")
+    recipe.add_argument("--pair-encoding", choices=["cross", "bi"], default=d.pair_encoding,
+                        help="pair tasks: cross (default) reads the two texts as one sequence, as BERT; bi encodes "
+                             "each apart and classifies [u, v, |u-v|, u*v] (Sentence-BERT's classifier; nasbert "
+                             "models only): for the smallest members it is the better of the two "
+                             "(docs/benchmarks.md), and the model then takes input_ids_b / attention_mask_b")
     recipe.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's choice)")
     kd = p.add_argument_group("prediction-layer distillation")
     kd.add_argument("--kd-teacher", help="a teacher fine-tuned on the same task (the model/ directory of its "
@@ -88,7 +94,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr[0], weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
         evals_per_epoch=args.evals_per_epoch, seed=args.seed, kd_lambda=args.kd_lambda,
-        kd_temperature=args.kd_temperature, threads=args.threads, pooling=args.pooling)
+        kd_temperature=args.kd_temperature, threads=args.threads, pooling=args.pooling,
+        pair_encoding=args.pair_encoding)
     generic = (args.train_file, args.dev_file, args.text_columns, args.label_column)
     if any(x is not None for x in generic):
         if any(x is None for x in generic):

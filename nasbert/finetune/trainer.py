@@ -98,6 +98,10 @@ class FinetuneConfig:
     #: only) or "auto": mean for nasbert models, whose last layers may be local convolutions (on SST-2 it
     #: gave +12 points over cls for a searched model, docs/benchmarks.md), cls for any other model
     pooling: str = "auto"
+    #: how a pair task's two texts are read (nasbert models only): "cross" (one sequence [CLS] a [SEP] b [SEP], as
+    #: BERT) or "bi" (each text encoded apart and the classifier reads [u, v, |u - v|, u * v], Sentence-BERT's
+    #: classifier; on SICK it gave the one-and-a-half-layer member +10 points, docs/benchmarks.md)
+    pair_encoding: str = "cross"
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
@@ -115,6 +119,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune max_train_examples must be >= 1 or null, got {self.max_train_examples}")
         if self.pooling not in ("auto", "cls", "mean"):
             raise ConfigError(f"finetune pooling must be auto, cls or mean, got {self.pooling!r}")
+        if self.pair_encoding not in ("cross", "bi"):
+            raise ConfigError(f"finetune pair_encoding must be cross or bi, got {self.pair_encoding!r}")
         if self.max_seq_len < 8:
             raise ConfigError(f"finetune max_seq_len must be at least 8, got {self.max_seq_len}")
 
@@ -158,13 +164,15 @@ def _resolve_model_dir(model: str | os.PathLike) -> str:
 
 
 def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, pooling: str = "auto",
-                    reference_size: int | None = None):
+                    reference_size: int | None = None, pair_encoding: str = "cross"):
     """A sequence classifier for ``task`` from a backbone or classifier directory, and its tokenizer.
 
     nasbert models get :class:`~nasbert.modeling.NasBertForSequenceClassification` (``pooling`` "cls" or
     "mean" chooses what its pooler reads; "auto" is mean), any other model ``AutoModelForSequenceClassification``
     (which pools [CLS]; "mean" is refused). ``reference_size`` (nasbert models only) adds RefBERT's reference
-    input of that width. New heads (and the reference projection) are initialised from ``seed``.
+    input of that width. ``pair_encoding`` "bi" (nasbert models and pair tasks only) encodes a pair's texts apart
+    (:class:`~nasbert.modeling.NasBertConfig`). New heads (and the reference projection) are initialised from
+    ``seed``.
     """
     from transformers import (
         AutoConfig,
@@ -197,6 +205,22 @@ def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, 
     if pooling == "mean" and config.model_type != "nasbert":
         raise FinetuneError(f"--pooling applies to nasbert models; {source!r} is a {config.model_type!r} model, "
                             "whose classifier pools the [CLS] token")
+    if pair_encoding == "bi":
+        if len(task.text_fields) != 2:
+            raise FinetuneError(f"pair encoding 'bi' reads two texts and task {task.name} has one "
+                                f"({', '.join(task.text_fields)}): leave --pair-encoding at cross")
+        if config.model_type != "nasbert":
+            raise FinetuneError(f"pair encoding 'bi' applies to nasbert models; {source!r} is a "
+                                f"{config.model_type!r} model: leave --pair-encoding at cross")
+        if reference_size is not None:
+            raise FinetuneError("pair encoding 'bi' encodes each text of a pair apart and RefBERT's references join "
+                                "one sequence's attention: fine-tune with one of them")
+    if config.model_type == "nasbert" and getattr(config, "architectures", None) \
+            and any("SequenceClassification" in a for a in config.architectures) \
+            and getattr(config, "pair_encoding", "cross") != pair_encoding:
+        raise FinetuneError(f"{source!r} is a classifier with pair encoding {config.pair_encoding!r}, not "
+                            f"{pair_encoding!r}: fine-tune it with --pair-encoding {config.pair_encoding}, or start "
+                            "from the backbone (the exported model directory)")
     existing = getattr(config, "reference_size", None)
     if reference_size is not None and config.model_type != "nasbert":
         raise FinetuneError(f"reference samples (RefBERT) need a nasbert model, whose first mha layer reads them; "
@@ -214,6 +238,7 @@ def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, 
         from ..modeling import NasBertForSequenceClassification
 
         kwargs["classifier_pooling"] = "mean" if pooling == "auto" else pooling
+        kwargs["pair_encoding"] = pair_encoding
         if reference_size is not None:
             kwargs["reference_size"] = reference_size
         net = NasBertForSequenceClassification.from_pretrained(source, **kwargs)
@@ -235,19 +260,31 @@ class Encoded:
     labels: np.ndarray  # (N,) int64 or float32
     #: with references: the pool index of each example's reference sample (N,)
     neighbours: np.ndarray | None = None
+    #: pairs encoded apart (``pair_encoding="bi"``): the second text's ids; ``input_ids`` then hold the first text
+    input_ids_b: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def encode_examples(examples: list[Example], tokenizer, *, max_seq_len: int, regression: bool) -> Encoded:
-    """Tokenise (pairs as ``[CLS] a [SEP] b [SEP]``), truncating the longer text of a pair first."""
+def encode_examples(examples: list[Example], tokenizer, *, max_seq_len: int, regression: bool,
+                    pair_encoding: str = "cross") -> Encoded:
+    """Tokenise (pairs as ``[CLS] a [SEP] b [SEP]``), truncating the longer text of a pair first; with
+    ``pair_encoding="bi"``, each text of a pair as a sequence of its own, each cut to ``max_seq_len // 2`` tokens
+    (the two together no longer than one cross-encoded pair)."""
     a = [e.text_a for e in examples]
     b = [e.text_b for e in examples]
     pairs = any(t is not None for t in b)
+    labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
+    if pair_encoding == "bi":
+        if not pairs:
+            raise FinetuneError("pair encoding 'bi' needs examples with two texts")
+        first, second = (tokenizer(texts, truncation=True, max_length=max_seq_len // 2, return_token_type_ids=True)
+                         for texts in (a, [t or "" for t in b]))
+        return Encoded(list(first["input_ids"]), list(first["token_type_ids"]), labels,
+                       input_ids_b=list(second["input_ids"]))
     enc = tokenizer(a, [t or "" for t in b] if pairs else None, truncation=True, max_length=max_seq_len,
                     return_token_type_ids=True)
-    labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
     return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]), labels)
 
 
@@ -264,6 +301,14 @@ def _collate(data: Encoded, rows: np.ndarray, pad_id: int, references=None) -> d
         types[r, :n] = torch.as_tensor(data.token_type_ids[i])
         mask[r, :n] = 1
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    if data.input_ids_b is not None:  # the second texts of pairs encoded apart
+        second = [data.input_ids_b[i] for i in rows]
+        ids_b = torch.full((len(rows), max(len(x) for x in second)), pad_id, dtype=torch.long)
+        mask_b = torch.zeros_like(ids_b)
+        for r, x in enumerate(second):
+            ids_b[r, :len(x)] = torch.as_tensor(x)
+            mask_b[r, :len(x)] = 1
+        batch.update(input_ids_b=ids_b, attention_mask_b=mask_b)
     if references is not None:
         batch["reference_states"], batch["reference_mask"] = references.gather(data.neighbours[rows])
     return batch
@@ -409,6 +454,10 @@ def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, 
     if AutoTokenizer.from_pretrained(source).get_vocab() != tokenizer.get_vocab():
         raise FinetuneError(f"KD teacher {source!r} uses another vocabulary than the student; distillation needs "
                             "the same tokenizer")
+    encoding = getattr(teacher.config, "pair_encoding", "cross")
+    if encoding != config.pair_encoding:  # the teacher reads the pairs its own way
+        train = encode_examples(task.train, tokenizer, max_seq_len=config.max_seq_len,
+                                regression=task.task.is_regression, pair_encoding=encoding)
     logger.info("KD teacher %s: predicting the %d training examples once", source, len(train))
     logits = torch.from_numpy(predict(teacher, train, batch_size=config.eval_batch_size,
                                       pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="teacher"))
@@ -594,12 +643,13 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
                               metrics["steps"], resumed=True)
 
     net, tokenizer, _ = load_classifier(source, spec, seed=config.seed, pooling=config.pooling,
-                                        reference_size=None if pool is None else pool.hidden_size)
+                                        reference_size=None if pool is None else pool.hidden_size,
+                                        pair_encoding=config.pair_encoding)
     if pool is not None:
         pool.check(tokenizer=tokenizer, where=str(references))
     pad_id = tokenizer.pad_token_id or 0
-    train = encode_examples(task.train, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)
-    dev = encode_examples(task.dev, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression)
+    train, dev = (encode_examples(examples, tokenizer, max_seq_len=config.max_seq_len, regression=spec.is_regression,
+                                  pair_encoding=config.pair_encoding) for examples in (task.train, task.dev))
     atomic_write_json(out / "finetune.json", request)  # only once the model and the data have loaded
     if pool is not None:
         found = _neighbours(pool, task, tokenizer, out, progress)

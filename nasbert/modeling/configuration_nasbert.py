@@ -19,6 +19,8 @@ BOTTLENECK_OP = re.compile(r"bottleneck([1-9][0-9]*)x([1-4])")
 PRUNED_FFN_OP = re.compile(r"ffn([1-9][0-9]*)")
 NORMS = ("layernorm", "nonorm")
 BOTTLENECK_ACTS = ("relu", "gelu")
+#: how a sequence classifier reads a pair of texts (``NasBertConfig.pair_encoding``)
+PAIR_ENCODINGS = ("cross", "bi")
 
 
 def bottleneck_shape(op: str) -> tuple[int, int] | None:
@@ -123,6 +125,10 @@ class NasBertConfig(PretrainedConfig):
         reference_size: RefBERT (arXiv 2106.08898): the width of a teacher's pre-computed states of reference
             samples, which the first ``mha`` layer attends over (joined to its keys and values); the model then
             needs ``reference_states`` and ``reference_mask`` inputs. None (the default): no references.
+        pair_encoding: how the sequence classifier reads a pair of texts: ``"cross"`` (the default, as BERT: one
+            sequence ``[CLS] a [SEP] b [SEP]``) or ``"bi"`` (Sentence-BERT's classifier, arXiv 1908.10084: each
+            text is encoded apart, ``input_ids`` / ``attention_mask`` and ``input_ids_b`` / ``attention_mask_b``,
+            pooled to ``u`` and ``v``, and the classifier reads ``[u, v, |u - v|, u * v]``).
     """
 
     model_type = "nasbert"
@@ -151,6 +157,7 @@ class NasBertConfig(PretrainedConfig):
         embedding_norm: str = "layernorm",
         reference_size: int | None = None,
         adapters: bool | list[bool] = True,
+        pair_encoding: str = "cross",
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -205,6 +212,12 @@ class NasBertConfig(PretrainedConfig):
                                  "the first mha layer's keys and values) and this model has none: use a model "
                                  "with an mha layer, or fine-tune without references")
         self.reference_size = reference_size
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}, got {pair_encoding!r}")
+        if pair_encoding == "bi" and reference_size is not None:
+            raise ValueError("pair_encoding 'bi' encodes each text of a pair apart and RefBERT's references join "
+                             "one sequence's attention: use one of them")
+        self.pair_encoding = pair_encoding
         if not isinstance(adapters, bool) and not (
                 isinstance(adapters, (list, tuple)) and len(adapters) == len(self.blocks)
                 and all(isinstance(a, bool) for a in adapters)):

@@ -521,29 +521,46 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> 
 
 class NasBertForSequenceClassification(NasBertPreTrainedModel):
     """Backbone + pooler (dense + tanh on the first token, or on the mean of the real tokens with
-    ``config.classifier_pooling = "mean"``) + classifier; regression when ``num_labels == 1``."""
+    ``config.classifier_pooling = "mean"``) + classifier; regression when ``num_labels == 1``.
+
+    With ``config.pair_encoding = "bi"`` a pair's two texts are encoded apart (``input_ids`` and ``input_ids_b``),
+    each pooled as above without the dense layer (``u``, ``v``), and the classifier reads ``[u, v, |u - v|,
+    u * v]`` (Sentence-BERT's classification objective)."""
 
     def __init__(self, config: NasBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.nasbert = NasBertModel(config)
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.bi = getattr(config, "pair_encoding", "cross") == "bi"
+        if not self.bi:
+            self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size * (4 if self.bi else 1), config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None,
-                reference_states=None, reference_mask=None, **kwargs):
+    def _summary(self, input_ids, attention_mask, token_type_ids=None, **references) -> torch.Tensor:
         h = self.nasbert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         reference_states=reference_states, reference_mask=reference_mask).last_hidden_state
+                         **references).last_hidden_state
         if getattr(self.config, "classifier_pooling", "cls") == "mean":
             keep = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).to(h.dtype)
-            summary = (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, H): mean over real tokens
+            return (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, H): mean over real tokens
+        return h[:, 0]  # (B, H): the [CLS] token
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None,
+                reference_states=None, reference_mask=None, input_ids_b=None, attention_mask_b=None, **kwargs):
+        if self.bi:
+            if input_ids_b is None:
+                raise ValueError("this classifier encodes a pair's texts apart (pair_encoding 'bi'): pass the second "
+                                 "text as input_ids_b (and attention_mask_b)")
+            u = self._summary(input_ids, attention_mask)  # (B, H)
+            v = self._summary(input_ids_b, attention_mask_b)  # (B, H)
+            features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4H)
         else:
-            summary = h[:, 0]  # (B, H): the [CLS] token
-        pooled = torch.tanh(self.pooler(summary))  # (B, H)
-        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+            summary = self._summary(input_ids, attention_mask, token_type_ids, reference_states=reference_states,
+                                    reference_mask=reference_mask)
+            features = torch.tanh(self.pooler(summary))  # (B, H)
+        logits = self.classifier(self.dropout(features))  # (B, num_labels)
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
         if return_dict is False:
             return (logits,) if loss is None else (loss, logits)

@@ -10,9 +10,11 @@ timing run with the teacher, the run's latency settings):
 * the teacher.
 
 Every model is fine-tuned on a task panel (GLUE tasks, SICK, ...) with one recipe (mean pooling), for each
-learning rate of a small grid and each seed; a model's score on a task is its final dev score at the learning
-rate with the best mean over seeds (``lr_select: all``), or the best on the first seed (``first-seed``: the
-grid on seed 0 only, the other seeds at the chosen rate). Scores are the task's main metric x 100.
+learning rate of a small grid and each seed, and on pair tasks for each way of reading the pair
+(``pair_encodings``: cross, the texts as one sequence, and bi, each text apart, Sentence-BERT's classifier); a
+model's score on a task is its final dev score at the grid point with the best mean over seeds (``lr_select:
+all``), or the best on the first seed (``first-seed``: the grid on seed 0 only, the other seeds at the chosen
+point). Scores are the task's main metric x 100.
 
 Everything lands in ``OUT`` (default ``RUN/report``), step by step, so a stopped report goes on where it was::
 
@@ -21,7 +23,7 @@ Everything lands in ``OUT`` (default ``RUN/report``), step by step, so a stopped
     OUT/models/<name>/         every model of the report as a Hugging Face directory
     OUT/models.json            the rows: budget, kind, model, params, measured latency and speed-up
     OUT/proxies.json           per model: whole-model loss, block-wise proxy, cosine, params, FLOPs (proxy_scores)
-    OUT/ft/<model>/<task>/lr<lr>-seed<s>/   one fine-tuning run each (nasbert finetune's output)
+    OUT/ft/<model>/<task>/lr<lr>[-bi]-seed<s>/   one fine-tuning run each (nasbert finetune's output)
     OUT/quality_results.json   the scores per seed, the chosen learning rates, % of the teacher (written after
                                each task of the panel; ``complete`` says whether every task is in)
     OUT/quality.md             the table
@@ -54,6 +56,7 @@ __all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "su
 logger = logging.getLogger(__name__)
 
 LR_SELECT = ("all", "first-seed")
+PAIR_ENCODINGS = ("cross", "bi")
 TEACHER = "teacher"
 
 
@@ -71,6 +74,9 @@ class ReportConfig:
     seeds: int = 3
     lrs: tuple[float, ...] = (5e-5, 2e-4, 5e-4)
     lr_select: str = "all"
+    #: pair tasks: the ways of reading a pair each model is fine-tuned with, the best kept (a grid axis like the
+    #: rate); the smallest members read SICK better with each text apart, the teacher as one sequence
+    pair_encodings: tuple[str, ...] = PAIR_ENCODINGS
     epochs: float = 3.0
     batch_size: int = 32
     max_seq_len: int = 128
@@ -96,6 +102,10 @@ class ReportConfig:
             raise ConfigError(f"report: --lrs must be learning rates in (0, 1), got {list(self.lrs)}")
         if self.lr_select not in LR_SELECT:
             raise ConfigError(f"report: --lr-select must be one of {', '.join(LR_SELECT)}, got {self.lr_select!r}")
+        if not self.pair_encodings or len(set(self.pair_encodings)) != len(self.pair_encodings) \
+                or any(e not in PAIR_ENCODINGS for e in self.pair_encodings):
+            raise ConfigError(f"report: --pair-encodings takes one or both of {', '.join(PAIR_ENCODINGS)}, once "
+                              f"each; got {list(self.pair_encodings)}")
         if self.epochs <= 0 or self.batch_size < 1 or self.max_seq_len < 8:
             raise ConfigError("report: --epochs must be > 0, --batch-size >= 1 and --max-seq-len >= 8")
         unknown = [m for m in self.layerdrop if m not in LAYERDROP_MODES]
@@ -448,8 +458,17 @@ def _lr_name(lr: float) -> str:
     return f"lr{lr:g}"
 
 
-def _job_dir(out: Path, model: str, task: str, lr: float, seed: int) -> Path:
-    return out / "ft" / model / task / f"{_lr_name(lr)}-seed{seed}"
+def _point(lr: float, encoding: str) -> str:
+    """A grid point's name: the rate, and the pair encoding unless it is cross (``2e-4``, ``2e-4-bi``)."""
+    return f"{lr:g}" if encoding == "cross" else f"{lr:g}-{encoding}"
+
+
+def _job_dir(out: Path, model: str, task: str, lr: float, seed: int, encoding: str = "cross") -> Path:
+    return out / "ft" / model / task / f"lr{_point(lr, encoding)}-seed{seed}"
+
+
+def _encodings(task, config: ReportConfig) -> tuple[str, ...]:
+    return config.pair_encodings if len(task.task.text_fields) == 2 else ("cross",)
 
 
 def _score(job: Path, task) -> float | None:
@@ -461,39 +480,45 @@ def _score(job: Path, task) -> float | None:
 
 def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: ReportConfig, *,
                   progress: bool, on_task_done=None) -> dict[str, dict[str, dict]]:
-    """Fine-tune every model on every task, task by task; returns ``{model: {task: {"lr": chosen, "scores":
-    [per seed], "grid": {lr: [per seed]}}}}``. ``on_task_done(scores, tasks_done)`` is called after each task."""
+    """Fine-tune every model on every task, task by task; returns ``{model: {task: {"lr": chosen, "pair_encoding":
+    chosen, "scores": [per seed], "grid": {point: [per seed]}}}}`` (a point is a rate, with ``-bi`` for a pair
+    task read each text apart). ``on_task_done(scores, tasks_done)`` is called after each task."""
     from ..finetune import FinetuneConfig, finetune
 
     seeds = list(range(config.seeds))
     grid_seeds = seeds if config.lr_select == "all" else seeds[:1]
-    total = len(models) * len(tasks) * (len(config.lrs) * len(grid_seeds) + len(seeds) - len(grid_seeds))
+    total = len(models) * sum(len(config.lrs) * len(_encodings(t, config)) * len(grid_seeds) + len(seeds)
+                              - len(grid_seeds) for t in tasks.values())
     bar = tqdm(total=total, desc="report fine-tuning", unit="run", disable=not progress)
     started = time.perf_counter()
 
-    def run_one(model: str, task: str, lr: float, seed: int) -> float:
-        job = _job_dir(out, model, task, lr, seed)
+    def run_one(model: str, task: str, lr: float, encoding: str, seed: int) -> float:
+        job = _job_dir(out, model, task, lr, seed, encoding)
         score = _score(job, tasks[task].task)
         if score is None:
             ft = FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, lr=lr,
                                 max_seq_len=config.max_seq_len, seed=seed, pooling="mean", threads=config.threads,
-                                max_train_examples=config.max_train_examples.get(task))
+                                max_train_examples=config.max_train_examples.get(task), pair_encoding=encoding)
             finetune(out / "models" / model, tasks[task], out=job, config=ft, onnx=False, progress=False)
             score = _score(job, tasks[task].task)
         bar.update(1)
-        bar.set_postfix_str(f"{model} {task} {_lr_name(lr)} seed {seed}: {score:.1f}")
+        bar.set_postfix_str(f"{model} {task} lr {_point(lr, encoding)} seed {seed}: {score:.1f}")
         return score
 
     results: dict[str, dict[str, dict]] = {}
     try:
         for done, task in enumerate(tasks, start=1):
+            points = [(lr, e) for e in _encodings(tasks[task], config) for lr in config.lrs]
             for model in models:
-                grid = {lr: [run_one(model, task, lr, s) for s in grid_seeds] for lr in config.lrs}
-                best = max(config.lrs, key=lambda lr: (float(np.mean(grid[lr])), -lr))
-                scores = [grid[best][i] if i < len(grid_seeds) else run_one(model, task, best, s)
+                grid = {p: [run_one(model, task, *p, s) for s in grid_seeds] for p in points}
+                # ties: cross before bi, the smaller rate
+                lr, encoding = max(points, key=lambda p: (float(np.mean(grid[p])), -PAIR_ENCODINGS.index(p[1]),
+                                                          -p[0]))
+                scores = [grid[lr, encoding][i] if i < len(grid_seeds) else run_one(model, task, lr, encoding, s)
                           for i, s in enumerate(seeds)]
-                results.setdefault(model, {})[task] = {"lr": best, "scores": scores,
-                                                       "grid": {f"{lr:g}": v for lr, v in grid.items()}}
+                results.setdefault(model, {})[task] = {"lr": lr, "pair_encoding": encoding, "scores": scores,
+                                                       "grid": {_point(*p): v for p, v in grid.items()}}
+                best = lr
                 if len(config.lrs) > 1 and best == max(config.lrs):
                     logger.warning("%s on %s: the best rate is the grid's largest (%g); a larger one may be better: "
                                    "add it to --lrs (runs already made are kept)", model, task, best)
@@ -532,6 +557,7 @@ def summarize(models: dict, scores: dict[str, dict[str, dict]], tasks: Sequence[
             "budget": row["budget"], "kind": row["kind"], "name": row["name"], "arch": row["arch"],
             "distill_steps": row["distill_steps"], "params": row["params"], "latency_ms": row["latency_ms"],
             "speedup": row["speedup"], "scores": s, "lr": {t: scores[row["name"]][t]["lr"] for t in tasks},
+            "pair_encoding": {t: scores[row["name"]][t].get("pair_encoding", "cross") for t in tasks},
             "panel_mean": _mean(per_seed_panel), "panel_spread": _spread(per_seed_panel),
             "pct_of_teacher": {t: 100.0 * _mean(s[t]) / _mean(teacher[t]) if _mean(teacher[t]) else None
                                for t in tasks},
@@ -542,6 +568,7 @@ def summarize(models: dict, scores: dict[str, dict[str, dict]], tasks: Sequence[
     for row in rows:
         row["proxies"] = (proxies or {}).get(row["name"])
     return {"teacher": teacher, "teacher_lr": {t: scores[TEACHER][t]["lr"] for t in tasks},
+            "teacher_pair_encoding": {t: scores[TEACHER][t].get("pair_encoding", "cross") for t in tasks},
             "proxy_correlation": proxy_correlation(rows, proxies) if proxies else None,
             "teacher_panel_mean": teacher_panel, "teacher_panel_spread": _spread(per_seed_teacher),
             "teacher_latency_ms": models["teacher_latency_ms"], "teacher_params": teacher_row["params"],
@@ -552,6 +579,12 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{_mean(values):.1f} ± {_spread(values):.1f}"
 
 
+def _points(lrs: dict, encodings: dict | None, tasks) -> str:
+    """The chosen grid point per task: ``2e-4`` or ``2e-4 bi``."""
+    return ", ".join(f"{lrs[k]:g}" + ("" if (encodings or {}).get(k, "cross") == "cross" else f" {encodings[k]}")
+                     for k in tasks)
+
+
 def markdown_table(results: dict) -> str:
     tasks = results["tasks"]
     head = ["budget", "kind", "model", "params", "ms", "speed-up", *tasks, "panel", "% teacher", "lr"]
@@ -560,12 +593,12 @@ def markdown_table(results: dict) -> str:
     lines.append("| - | teacher | teacher | " + f"{results['teacher_params'] / 1e6:.1f} M | "
                  f"{results['teacher_latency_ms']:.2f} | 1.00x | " + " | ".join(_fmt(t[k]) for k in tasks)
                  + f" | {results['teacher_panel_mean']:.1f} ± {results['teacher_panel_spread']:.1f} | 100 | "
-                 + ", ".join(f"{results['teacher_lr'][k]:g}" for k in tasks) + " |")
+                 + _points(results["teacher_lr"], results.get("teacher_pair_encoding"), tasks) + " |")
     for r in results["rows"]:
         lines.append(f"| {r['budget'] or '-'} | {r['kind']} | {r['name']} | {r['params'] / 1e6:.1f} M | "
                      f"{r['latency_ms']:.2f} | {r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
                      + f" | {r['panel_mean']:.1f} ± {r['panel_spread']:.1f} | {r['panel_pct_of_teacher']:.1f} | "
-                     + ", ".join(f"{r['lr'][k]:g}" for k in tasks) + " |")
+                     + _points(r["lr"], r.get("pair_encoding"), tasks) + " |")
     corr = results.get("proxy_correlation")
     if corr:
         lines += ["", "Kendall tau between each proxy and the panel score (a useful proxy is positive; losses "
@@ -582,9 +615,10 @@ def markdown_table(results: dict) -> str:
                          f"{cell(t['flops'])} |")
     c = results["config"]
     note = (f"\nScores: main dev metric x 100 (accuracy; CoLA: Matthews correlation), mean ± std over {c['seeds']} "
-            f"seeds at the learning rate of the grid {c['lrs']} with the best mean ({c['lr_select']}); panel = "
-            f"mean over {', '.join(tasks)}. Latency: {results['device'].get('key', '')}, measured in one run with "
-            "the teacher.\n")
+            f"seeds at the learning rate of the grid {c['lrs']} with the best mean ({c['lr_select']}); on pair "
+            f"tasks the grid also spans the pair encodings {c.get('pair_encodings', ['cross'])} (bi: each text "
+            f"encoded apart); panel = mean over {', '.join(tasks)}. Latency: {results['device'].get('key', '')}, "
+            "measured in one run with the teacher.\n")
     top = max(c["lrs"])
     edge = [f"{r['name']} ({', '.join(k for k in tasks if r['lr'][k] == top)})"
             for r in [{"name": "teacher", "lr": results["teacher_lr"]}, *results["rows"]]
