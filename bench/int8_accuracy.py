@@ -41,19 +41,22 @@ def main() -> int:
     spec = task.task
     rows, seen = {}, set()
     teacher = {"name": "teacher", "kind": "teacher", "budget": None, "lr": results["teacher_lr"],
-               "scores": results["teacher"]}
+               "pair_encoding": results.get("teacher_pair_encoding"), "scores": results["teacher"]}
     for row in [teacher, *results["rows"]]:
         name = row["name"]
         if name in seen or not row["scores"].get(args.task):
             continue
         seen.add(name)
         lr = row["lr"][args.task] if isinstance(row.get("lr"), dict) else row.get("lr")
-        runs = sorted((report / "ft" / name / args.task).glob(f"lr{lr:g}-seed*"))
+        encoding = (row.get("pair_encoding") or {}).get(args.task, "cross")
+        point = f"{lr:g}" if encoding == "cross" else f"{lr:g}-{encoding}"
+        runs = sorted((report / "ft" / name / args.task).glob(f"lr{point}-seed*"))
         per_seed = []
         for job in runs:
             model = AutoModelForSequenceClassification.from_pretrained(job / "model").eval()
             tokenizer = AutoTokenizer.from_pretrained(job / "model")
-            dev = encode_examples(task.dev, tokenizer, max_seq_len=128, regression=spec.is_regression)
+            dev = encode_examples(task.dev, tokenizer, max_seq_len=128, regression=spec.is_regression,
+                                  pair_encoding=getattr(model.config, "pair_encoding", "cross"))
             with tempfile.TemporaryDirectory() as tmp:
                 export_onnx(model, Path(tmp) / "model.onnx", output="logits")
                 got = int8_classifier(model, Path(tmp), spec, dev, batch_size=64, pad_id=tokenizer.pad_token_id or 0)

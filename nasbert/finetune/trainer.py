@@ -100,7 +100,7 @@ class FinetuneConfig:
     pooling: str = "auto"
     #: how a pair task's two texts are read (nasbert models only): "cross" (one sequence [CLS] a [SEP] b [SEP], as
     #: BERT) or "bi" (each text encoded apart and the classifier reads [u, v, |u - v|, u * v], Sentence-BERT's
-    #: classifier; on SICK it gave the one-and-a-half-layer member +10 points, docs/benchmarks.md)
+    #: classifier; on SICK it gave the one-and-a-half-layer member +13 points, docs/benchmarks.md)
     pair_encoding: str = "cross"
 
     def __post_init__(self) -> None:
