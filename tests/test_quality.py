@@ -231,7 +231,7 @@ def _sick_file(root: Path, n_train: int, n_test: int) -> Path:
 
 
 def test_report_grid_spans_both_pair_encodings_on_pair_tasks_only(tiny_space, tiny_teacher, tiny_teacher_dir,
-                                                                   glue_dir, tmp_path):
+                                                                  glue_dir, tmp_path):
     from nasbert.config import ConfigError
     from nasbert.quality.report import ReportConfig, _finetune_all
 
