@@ -28,6 +28,7 @@ def main() -> int:
     from nasbert.onnxio import export_onnx
     from nasbert.finetune import load_task
     from nasbert.finetune.trainer import encode_examples, int8_classifier
+    from nasbert.quality.report import grid_point
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report", help="a report directory (quality_results.json, ft/)")
@@ -48,8 +49,7 @@ def main() -> int:
             continue
         seen.add(name)
         lr = row["lr"][args.task] if isinstance(row.get("lr"), dict) else row.get("lr")
-        encoding = (row.get("pair_encoding") or {}).get(args.task, "cross")
-        point = f"{lr:g}" if encoding == "cross" else f"{lr:g}-{encoding}"
+        point = grid_point(lr, (row.get("pair_encoding") or {}).get(args.task, "cross"))
         runs = sorted((report / "ft" / name / args.task).glob(f"lr{point}-seed*"))
         per_seed = []
         for job in runs:

@@ -130,12 +130,8 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, se
                 output: str = "last_hidden_state") -> float:
     """Largest |ONNX Runtime - PyTorch| of ``output`` (over real tokens for per-token outputs), on a padded
     random batch."""
-    import onnxruntime as ort
-
     inputs = _example_inputs(model, batch, seq_len, pad=True, seed=1, references=6)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}  # an input the model does not read may be left out of the graph
-    got = session.run(None, {k: v.numpy() for k, v in inputs.items() if k in names})[0]
+    got = _run_onnx(path, inputs)  # feeds only the graph's inputs: one the model does not read may be left out
     was_training = model.training
     model.eval()
     with torch.no_grad():

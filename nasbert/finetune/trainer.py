@@ -194,8 +194,8 @@ def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, 
         labels["id2label"] = dict(enumerate(task.label_names))
         labels["label2id"] = {name: i for i, name in enumerate(task.label_names)}
     old = getattr(config, "num_labels", None)
-    if getattr(config, "architectures", None) and any("SequenceClassification" in a for a in config.architectures) \
-            and old != task.num_labels:
+    classifier = any("SequenceClassification" in a for a in getattr(config, "architectures", None) or ())
+    if classifier and old != task.num_labels:
         raise FinetuneError(f"{source!r} is already a classifier with {old} labels; task {task.name} needs "
                             f"{task.num_labels}: start from the backbone (the exported model directory)")
     torch.manual_seed(seed)  # the new pooler / classifier weights
@@ -215,9 +215,7 @@ def load_classifier(model: str | os.PathLike, task: TaskSpec, *, seed: int = 0, 
         if reference_size is not None:
             raise FinetuneError("pair encoding 'bi' encodes each text of a pair apart and RefBERT's references join "
                                 "one sequence's attention: fine-tune with one of them")
-    if config.model_type == "nasbert" and getattr(config, "architectures", None) \
-            and any("SequenceClassification" in a for a in config.architectures) \
-            and getattr(config, "pair_encoding", "cross") != pair_encoding:
+    if classifier and config.model_type == "nasbert" and getattr(config, "pair_encoding", "cross") != pair_encoding:
         raise FinetuneError(f"{source!r} is a classifier with pair encoding {config.pair_encoding!r}, not "
                             f"{pair_encoding!r}: fine-tune it with --pair-encoding {config.pair_encoding}, or start "
                             "from the backbone (the exported model directory)")
@@ -288,27 +286,23 @@ def encode_examples(examples: list[Example], tokenizer, *, max_seq_len: int, reg
     return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]), labels)
 
 
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    """(len(seqs), longest) int64: each sequence at the start of its row, ``value`` after it."""
+    out = torch.full((len(seqs), max(len(x) for x in seqs)), value, dtype=torch.long)
+    for r, x in enumerate(seqs):
+        out[r, :len(x)] = torch.as_tensor(x)
+    return out
+
+
 def _collate(data: Encoded, rows: np.ndarray, pad_id: int, references=None) -> dict[str, torch.Tensor]:
     """A padded batch of ``rows``; with ``references`` (a ReferencePool) and ``data.neighbours``, also the
-    reference states and mask of the rows' reference samples."""
-    T = max(len(data.input_ids[i]) for i in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    types = torch.zeros((len(rows), T), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for r, i in enumerate(rows):
-        n = len(data.input_ids[i])
-        ids[r, :n] = torch.as_tensor(data.input_ids[i])
-        types[r, :n] = torch.as_tensor(data.token_type_ids[i])
-        mask[r, :n] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    reference states and mask of the rows' reference samples; for pairs encoded apart, the second texts too."""
+    first = [data.input_ids[i] for i in rows]
+    batch = {"input_ids": _pad(first, pad_id), "attention_mask": _pad([[1] * len(x) for x in first], 0),
+             "token_type_ids": _pad([data.token_type_ids[i] for i in rows], 0)}
     if data.input_ids_b is not None:  # the second texts of pairs encoded apart
         second = [data.input_ids_b[i] for i in rows]
-        ids_b = torch.full((len(rows), max(len(x) for x in second)), pad_id, dtype=torch.long)
-        mask_b = torch.zeros_like(ids_b)
-        for r, x in enumerate(second):
-            ids_b[r, :len(x)] = torch.as_tensor(x)
-            mask_b[r, :len(x)] = 1
-        batch.update(input_ids_b=ids_b, attention_mask_b=mask_b)
+        batch.update(input_ids_b=_pad(second, pad_id), attention_mask_b=_pad([[1] * len(x) for x in second], 0))
     if references is not None:
         batch["reference_states"], batch["reference_mask"] = references.gather(data.neighbours[rows])
     return batch

@@ -51,7 +51,7 @@ from ..io import atomic_dir, atomic_write_json, atomic_write_text
 from .baselines import KINDS, LAYERDROP_MODES, Baseline, baseline_params, build_raw, choose_baselines, \
     layerdrop_baselines, uniform_baselines
 
-__all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "summarize"]
+__all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "grid_point", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -454,17 +454,13 @@ def proxy_correlation(rows: list[dict], proxies: dict[str, dict]) -> dict:
 # ------------------------------------------------------------------------------------------------ fine-tuning
 
 
-def _lr_name(lr: float) -> str:
-    return f"lr{lr:g}"
-
-
-def _point(lr: float, encoding: str) -> str:
+def grid_point(lr: float, encoding: str) -> str:
     """A grid point's name: the rate, and the pair encoding unless it is cross (``2e-4``, ``2e-4-bi``)."""
     return f"{lr:g}" if encoding == "cross" else f"{lr:g}-{encoding}"
 
 
 def _job_dir(out: Path, model: str, task: str, lr: float, seed: int, encoding: str = "cross") -> Path:
-    return out / "ft" / model / task / f"lr{_point(lr, encoding)}-seed{seed}"
+    return out / "ft" / model / task / f"lr{grid_point(lr, encoding)}-seed{seed}"
 
 
 def _encodings(task, config: ReportConfig) -> tuple[str, ...]:
@@ -502,7 +498,7 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
             finetune(out / "models" / model, tasks[task], out=job, config=ft, onnx=False, progress=False)
             score = _score(job, tasks[task].task)
         bar.update(1)
-        bar.set_postfix_str(f"{model} {task} lr {_point(lr, encoding)} seed {seed}: {score:.1f}")
+        bar.set_postfix_str(f"{model} {task} lr {grid_point(lr, encoding)} seed {seed}: {score:.1f}")
         return score
 
     results: dict[str, dict[str, dict]] = {}
@@ -517,11 +513,10 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
                 scores = [grid[lr, encoding][i] if i < len(grid_seeds) else run_one(model, task, lr, encoding, s)
                           for i, s in enumerate(seeds)]
                 results.setdefault(model, {})[task] = {"lr": lr, "pair_encoding": encoding, "scores": scores,
-                                                       "grid": {_point(*p): v for p, v in grid.items()}}
-                best = lr
-                if len(config.lrs) > 1 and best == max(config.lrs):
+                                                       "grid": {grid_point(*p): v for p, v in grid.items()}}
+                if len(config.lrs) > 1 and lr == max(config.lrs):
                     logger.warning("%s on %s: the best rate is the grid's largest (%g); a larger one may be better: "
-                                   "add it to --lrs (runs already made are kept)", model, task, best)
+                                   "add it to --lrs (runs already made are kept)", model, task, lr)
             if on_task_done is not None:
                 on_task_done(results, list(tasks)[:done])
     finally:
