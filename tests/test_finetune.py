@@ -164,6 +164,7 @@ def test_a_learning_rate_grid_keeps_the_best_rate_and_reuses_finished_runs(
               for lr in ("1e-06", "0.003")}
     assert report["lr_grid"] == scores and scores["0.003"] > scores["1e-06"]  # 1e-6 barely moves the new head
     assert report["lr"] == 3e-3 and report["model"] == str(out / "lr-0.003" / "model")
+    assert report["pair_encoding"] == "cross"
     assert report["dev"]["accuracy"] == scores["0.003"]
     grid = json.loads((out / "lr_grid.json").read_text())
     assert grid["lrs"] == [1e-6, 3e-3] and grid["lr"] == 3e-3 and grid["model"] == "lr-0.003/model"
@@ -183,9 +184,42 @@ def test_a_learning_rate_grid_keeps_the_best_rate_and_reuses_finished_runs(
     assert [p.name for p in other.iterdir()] == ["finetune.json"]
     from nasbert.finetune import finetune_lr_grid
 
-    with pytest.raises(FinetuneError, match="two or more positive rates"):
-        finetune_lr_grid(student_dir, load_task("sst2", data_dir=glue_dir), out=tmp_path / "g", lrs=[1e-3, 1e-3])
+    sst2 = load_task("sst2", data_dir=glue_dir)
+    with pytest.raises(FinetuneError, match="two or more points"):
+        finetune_lr_grid(student_dir, sst2, out=tmp_path / "g", lrs=[1e-3, 1e-3])
+    with pytest.raises(FinetuneError, match="positive"):
+        finetune_lr_grid(student_dir, sst2, out=tmp_path / "g", lrs=[1e-3, -1.0])
     assert not (tmp_path / "g").exists()
+
+
+def test_a_nasbert_model_gets_a_rate_grid_by_default_and_larger_rates_only_while_the_largest_wins(
+        glue_dir, student_dir, tiny_teacher_dir, tmp_path, capsys):
+    from nasbert.finetune.trainer import AUTO_EXTEND, AUTO_LRS
+
+    base = ["--task", "sst2", "--data-dir", str(glue_dir), "--epochs", "1", "--batch-size", "16", "--max-seq-len",
+            "16", "--no-progress", "--no-onnx", "--json"]
+    assert main(["finetune", student_dir, *base, "--out", str(tmp_path / "auto")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    scores = {float(k): v for k, v in report["lr_grid"].items()}
+    assert set(AUTO_LRS) <= set(scores) <= set(AUTO_LRS) | set(AUTO_EXTEND)
+    largest_wins = max(AUTO_LRS, key=lambda lr: (scores[lr], -lr)) == max(AUTO_LRS)
+    assert (AUTO_EXTEND[0] in scores) == largest_wins  # the extension runs only while the largest rate wins
+    assert report["lr"] == max(scores, key=lambda lr: (scores[lr], -lr))
+    for lr in scores:
+        assert json.loads((tmp_path / "auto" / f"lr-{lr:g}" / "finetune.json").read_text())["config"]["lr"] == lr
+    # an explicit extension follows the same rule: 1e-6 loses to 3e-3, so 1e-2 is tried, and 3e-1 only if 1e-2 wins
+    assert main(["finetune", student_dir, *base, "--lr", "1e-6", "3e-3", "--lr-extend", "1e-2", "3e-1",
+                 "--out", str(tmp_path / "ext")]) == 0
+    scores = {float(k): v for k, v in json.loads(capsys.readouterr().out)["lr_grid"].items()}
+    assert 1e-2 in scores and (3e-1 in scores) == (scores[1e-2] > scores[3e-3])
+    # any other model keeps one run at 5e-5, in OUT/ itself
+    assert main(["finetune", tiny_teacher_dir, *base, "--out", str(tmp_path / "hf")]) == 0
+    assert "lr_grid" not in json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "hf" / "finetune.json").read_text())["config"]["lr"] == FinetuneConfig.lr
+    # both encodings on a task with one text: refused before anything is written
+    assert main(["finetune", student_dir, *base, "--pair-encoding", "cross", "bi", "--out", str(tmp_path / "pe")]) == 1
+    assert "has one text field" in capsys.readouterr().err
+    assert not (tmp_path / "pe").exists()
 
 
 def test_resume_is_exact(glue_dir, student_dir, tmp_path):
@@ -354,11 +388,17 @@ def test_bi_encoder_learns_a_pair_task_and_exports_a_two_input_graph(glue_dir, s
     task = load_task("rte", data_dir=glue_dir)
     common = ["--task", "rte", "--data-dir", str(glue_dir), "--lr", "3e-3", "--batch-size", "16", "--max-seq-len",
               "32", "--no-progress", "--json"]
-    assert main(["finetune", student_dir, *common, "--epochs", "16", "--pair-encoding", "bi",
-                 "--out", str(tmp_path / "bi")]) == 0
+    # Both encodings at one rate: a grid of two points, and the one that reads the texts apart wins.
+    assert main(["finetune", student_dir, *common, "--epochs", "16", "--pair-encoding", "cross", "bi",
+                 "--out", str(tmp_path / "grid")]) == 0
     bi = json.loads(capsys.readouterr().out)
     assert bi["dev"]["accuracy"] >= 0.85  # chance is 0.5: the label needs both texts
-    model_dir = tmp_path / "bi" / "model"
+    assert bi["pair_encoding"] == "bi" and bi["lr_grid"]["0.003-bi"] == bi["dev"]["accuracy"]
+    assert bi["lr_grid"].keys() == {"0.003", "0.003-bi"} and bi["lr_grid"]["0.003"] < bi["dev"]["accuracy"]
+    grid = json.loads((tmp_path / "grid" / "lr_grid.json").read_text())
+    assert grid["pair_encodings"] == ["cross", "bi"] and grid["model"] == "lr-0.003-bi/model"
+    assert bi["model"] == str(tmp_path / "grid" / "lr-0.003-bi" / "model")
+    model_dir = tmp_path / "grid" / "lr-0.003-bi" / "model"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     assert model.config.pair_encoding == "bi"
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -370,14 +410,15 @@ def test_bi_encoder_learns_a_pair_task_and_exports_a_two_input_graph(glue_dir, s
     assert {"input_ids_b", "attention_mask_b"} <= {i.name for i in session.get_inputs()}
     np.testing.assert_allclose(predict_onnx(model_dir / "model.onnx", dev, batch_size=8, pad_id=0), logits,
                                atol=1e-4)
-    assert json.loads((tmp_path / "bi" / "metrics.json").read_text())["int8"]["dev_fp32_onnx"]["accuracy"] == \
+    assert json.loads((model_dir.parent / "metrics.json").read_text())["int8"]["dev_fp32_onnx"]["accuracy"] == \
         pytest.approx(bi["dev"]["accuracy"])
     # Distilled from a cross-encoder: the teacher reads the pairs its own way.
-    assert main(["finetune", student_dir, *common, "--epochs", "1", "--no-onnx", "--out", str(tmp_path / "cross")]) == 0
-    assert main(["finetune", student_dir, *common, "--pair-encoding", "bi", "--kd-teacher",
-                 str(tmp_path / "cross" / "model"), "--epochs", "1", "--no-onnx", "--out", str(tmp_path / "kd")]) == 0
+    cross_dir = tmp_path / "grid" / "lr-0.003" / "model"
+    assert AutoModelForSequenceClassification.from_pretrained(cross_dir).config.pair_encoding == "cross"
+    assert main(["finetune", student_dir, *common, "--pair-encoding", "bi", "--kd-teacher", str(cross_dir),
+                 "--epochs", "1", "--no-onnx", "--out", str(tmp_path / "kd")]) == 0
     capsys.readouterr()
-    teacher = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cross" / "model")
+    teacher = AutoModelForSequenceClassification.from_pretrained(cross_dir)
     train = encode_examples(task.train, tok, max_seq_len=32, regression=False)
     saved = torch.load(tmp_path / "kd" / TEACHER_LOGITS)
     np.testing.assert_allclose(saved.numpy(), predict(teacher, train, batch_size=32, pad_id=0), atol=1e-5)

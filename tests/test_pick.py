@@ -371,6 +371,18 @@ def test_model_card_holds_front_matter_and_the_members_exact_numbers(onnx_family
     assert "trust_remote_code=True" in text and "import nasbert" in text
     assert "onnxruntime" in text and "model.onnx" in text and "search space 'tiny'" in text
 
+    # the fine-tuning commands it gives are ones the command line takes
+    import shlex
+
+    from nasbert.cli import build_parser
+
+    commands = [line.split("#")[0] for line in text.splitlines() if line.startswith("nasbert finetune ")]
+    assert len(commands) == 2
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.model.endswith("big") and args.lr is None  # the default: the rate grid for nasbert models
+    assert args.pair_encoding == ["cross", "bi"]
+
     no_onnx = write_model_card(dataclass_replace(m, onnx=None, valid_loss=None), family, tmp_path / "plain")
     plain = no_onnx.read_text()
     assert "InferenceSession" not in plain and "| validation loss | n/a |" in plain

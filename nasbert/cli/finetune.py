@@ -25,7 +25,7 @@ logger = logging.getLogger("nasbert")
 
 
 def build_finetune_parser(p: argparse.ArgumentParser) -> None:
-    from ..finetune.trainer import FinetuneConfig
+    from ..finetune.trainer import AUTO_EXTEND, AUTO_LRS, FinetuneConfig
 
     d = FinetuneConfig()
     p.add_argument("model", help="model directory (a family member, an HF BERT), 'builtin' (the built-in teacher) "
@@ -46,9 +46,14 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
                       help="a fixed random subset of the training set (the same for every --seed)")
     recipe = p.add_argument_group("recipe")
     recipe.add_argument("--epochs", type=float, default=d.epochs, help=f"(default {d.epochs:g})")
-    recipe.add_argument("--lr", type=float, nargs="+", default=[d.lr], metavar="LR",
-                        help=f"peak learning rate (default {d.lr:g}); two or more: a grid, one run per rate in "
-                             "OUT/lr-<rate>/, the best final dev score chosen (OUT/lr_grid.json)")
+    recipe.add_argument("--lr", type=float, nargs="+", metavar="LR",
+                        help="peak learning rate; two or more: a grid, one run per rate in OUT/lr-<rate>/, the best "
+                             "final dev score chosen (OUT/lr_grid.json). Default: for a nasbert model the grid "
+                             f"{' '.join(f'{x:g}' for x in AUTO_LRS)}, then {' '.join(f'{x:g}' for x in AUTO_EXTEND)} "
+                             f"while the largest wins (small members want large rates); for any other model {d.lr:g}")
+    recipe.add_argument("--lr-extend", type=float, nargs="+", default=[], metavar="LR",
+                        help="larger rates tried in turn after the grid, each only while the largest rate so far "
+                             "is the best")
     recipe.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     recipe.add_argument("--max-seq-len", type=int, default=d.max_seq_len, help=f"(default {d.max_seq_len})")
     recipe.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help=f"(default {d.warmup_ratio:g})")
@@ -59,11 +64,12 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--pooling", choices=["auto", "cls", "mean"], default=d.pooling,
                         help="what the classifier reads: the [CLS] token or the mean of the real tokens (nasbert "
                              "models only); auto (default): mean for nasbert models, cls for others")
-    recipe.add_argument("--pair-encoding", choices=["cross", "bi"], default=d.pair_encoding,
+    recipe.add_argument("--pair-encoding", choices=["cross", "bi"], nargs="+", default=[d.pair_encoding],
                         help="pair tasks: cross (default) reads the two texts as one sequence, as BERT; bi encodes "
                              "each apart and classifies [u, v, |u-v|, u*v] (Sentence-BERT's classifier; nasbert "
                              "models only): for the smallest members it is the better of the two "
-                             "(docs/benchmarks.md), and the model then takes input_ids_b / attention_mask_b")
+                             "(docs/benchmarks.md), and the model then takes input_ids_b / attention_mask_b. "
+                             "cross bi: both, each over the rates, the best kept (OUT/lr-<rate>-bi/ for bi)")
     recipe.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's choice)")
     kd = p.add_argument_group("prediction-layer distillation")
     kd.add_argument("--kd-teacher", help="a teacher fine-tuned on the same task (the model/ directory of its "
@@ -88,14 +94,19 @@ def run_finetune(args: argparse.Namespace) -> int:
     """Bad input (task data, model, settings) raises TaskError / FinetuneError / ConfigError: the CLI prints the
     message and exits 1."""
     from ..finetune.tasks import TaskError, load_generic_task, load_task
-    from ..finetune.trainer import FinetuneConfig, finetune, finetune_lr_grid
+    from ..finetune.trainer import AUTO_EXTEND, AUTO_LRS, FinetuneConfig, finetune, finetune_lr_grid, \
+        is_nasbert_model
 
+    nasbert = is_nasbert_model(args.model)
+    lrs, extend, encodings = args.lr, args.lr_extend, list(dict.fromkeys(args.pair_encoding))
+    if lrs is None:  # the default: a grid for nasbert models, whose best rate depends on their depth
+        lrs, extend = (list(AUTO_LRS), [*AUTO_EXTEND, *extend]) if nasbert else ([FinetuneConfig.lr], extend)
     config = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr[0], weight_decay=args.weight_decay,
+        epochs=args.epochs, batch_size=args.batch_size, lr=lrs[0], weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
         evals_per_epoch=args.evals_per_epoch, seed=args.seed, kd_lambda=args.kd_lambda,
         kd_temperature=args.kd_temperature, threads=args.threads, pooling=args.pooling,
-        pair_encoding=args.pair_encoding)
+        pair_encoding=encodings[0])
     generic = (args.train_file, args.dev_file, args.text_columns, args.label_column)
     if any(x is not None for x in generic):
         if any(x is None for x in generic):
@@ -108,21 +119,26 @@ def run_finetune(args: argparse.Namespace) -> int:
                          seed=0)  # one fixed subset for every --seed
     settings = dict(config=config, kd_teacher=args.kd_teacher, references=args.references, onnx=not args.no_onnx,
                     int8_graph=not args.no_int8, force=args.force, progress=not args.no_progress)
+    if nasbert and len(task.task.text_fields) == 2 and encodings == ["cross"] and args.references is None:
+        logger.info("a pair task: the smaller members often read it better with each text apart; try "
+                    "--pair-encoding cross bi")
     grid = None
-    if len(set(args.lr)) > 1:
-        grid = finetune_lr_grid(args.model, task, out=args.out, lrs=args.lr, **settings)
+    if len(set(lrs)) > 1 or len(encodings) > 1 or extend:
+        grid = finetune_lr_grid(args.model, task, out=args.out, lrs=lrs, pair_encodings=encodings, extend=extend,
+                                **settings)
         result = grid.best
     else:
         result = finetune(args.model, task, out=args.out, **settings)
     if args.json:
         int8 = json.loads((result.out / "metrics.json").read_text()).get("int8")
-        grid_keys = {} if grid is None else {"lr": grid.lr, "lr_grid": {f"{k:g}": v for k, v in grid.scores.items()},
-                                             "model": str(result.model_dir)}
+        grid_keys = {} if grid is None else {"lr": grid.lr, "pair_encoding": grid.pair_encoding,
+                                             "lr_grid": grid.scores, "model": str(result.model_dir)}
         print(json.dumps({"out": str(result.out if grid is None else grid.out), **grid_keys, "dev": result.metrics,
                           "best": result.best, "int8_dev": None if int8 is None else int8["dev"]}, indent=2))
     elif grid is not None:
-        scores = ", ".join(f"lr {k:g}: {v:.4f}" for k, v in grid.scores.items())
-        print(f"{task.task.name}: {task.task.main_metric} at {scores}; the best, lr {grid.lr:g}: model in "
+        scores = ", ".join(f"lr {k}: {v:.4f}" for k, v in grid.scores.items())
+        best = f"lr {grid.lr:g}" + ("" if grid.pair_encoding == "cross" else f", {grid.pair_encoding}")
+        print(f"{task.task.name}: {task.task.main_metric} at {scores}; the best, {best}: model in "
               f"{result.model_dir}")
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())

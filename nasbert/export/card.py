@@ -154,6 +154,19 @@ def model_card(member: FamilyMember, family: Family, *, space_summary: str | Non
             "```",
             "",
         ]
+    lines += [
+        "## Fine-tuning",
+        "",
+        "```bash",
+        f"nasbert finetune {repo} --task sst2 --out ft/sst2          # GLUE from the hub, or --data-dir DIR",
+        f"nasbert finetune {repo} --task stsb --pair-encoding cross bi --out ft/stsb   # a pair task",
+        "```",
+        "",
+        "Without `--lr` it tries the rates 2e-4 and 5e-4 (then 1e-3 while 5e-4 wins) and keeps the best: compressed "
+        "members want larger rates than BERT's usual 5e-5. On a pair task, `--pair-encoding cross bi` also tries "
+        "reading each text apart (Sentence-BERT's classifier), which the smallest members often do better.",
+        "",
+    ]
     entry = {"member": member.to_dict(), "device": family.device, "teacher": family.teacher,
              "teacher_latency_ms": family.teacher_latency_ms}
     lines += [

@@ -54,8 +54,9 @@ from ..utils import torch_threads
 from .metrics import compute_metrics
 from .tasks import Example, TaskData, TaskSpec
 
-__all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "LrGridResult", "encode_examples", "finetune",
-           "finetune_lr_grid", "load_classifier", "predict"]
+__all__ = ["AUTO_EXTEND", "AUTO_LRS", "FinetuneConfig", "FinetuneError", "FinetuneResult", "LrGridResult",
+           "encode_examples", "finetune", "finetune_lr_grid", "grid_point", "is_nasbert_model", "load_classifier",
+           "predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -562,33 +563,73 @@ def finetune(
 #: what ``finetune_lr_grid`` writes in its output directory
 LR_GRID_FILE = "lr_grid.json"
 
+#: ``nasbert finetune``'s rates for a nasbert model when none is given: every model of one to three layers in
+#: docs/benchmarks.md scored best at 5e-4 or more (at 5e-5 the 3x member lost CoLA: MCC 0), the six-layer teacher
+#: at 2e-4; then 1e-3 while the larger of the two wins (the rule the benchmarks use for every model)
+AUTO_LRS = (2e-4, 5e-4)
+AUTO_EXTEND = (1e-3,)
+
+
+def is_nasbert_model(model: str | os.PathLike) -> bool:
+    """Whether ``model`` (a directory, 'builtin' or a hub id) is a local nasbert model (``model_type: nasbert``)."""
+    from ..teacher import locate_model
+
+    kind, value = locate_model(model)
+    if kind != "path":
+        return False
+    try:
+        return json.loads((Path(value) / "config.json").read_text()).get("model_type") == "nasbert"
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable config is reported by the loader, with its own message
+
 
 @dataclass
 class LrGridResult:
-    """What :func:`finetune_lr_grid` produced: the run at the best rate, and every rate's final dev score."""
+    """What :func:`finetune_lr_grid` produced: the run at the best point, and every point's final dev score."""
 
     out: Path
     lr: float
     best: FinetuneResult
-    #: the main metric's final dev value at each rate
-    scores: dict[float, float]
+    #: the main metric's final dev value at each point, named as :func:`grid_point` names them
+    scores: dict[str, float]
+    #: the pair encoding of the best point
+    pair_encoding: str = "cross"
 
 
-def _lr_dir(lr: float) -> str:
-    return f"lr-{lr:g}"
+def grid_point(lr: float, encoding: str = "cross") -> str:
+    """A grid point's name: the rate, and the pair encoding unless it is cross (``0.0002``, ``0.0002-bi``); its run
+    is ``OUT/lr-<name>/``."""
+    return f"{lr:g}" if encoding == "cross" else f"{lr:g}-{encoding}"
 
 
 def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.PathLike, lrs,
-                     config: FinetuneConfig = FinetuneConfig(), force: bool = False, **kwargs) -> LrGridResult:
-    """:func:`finetune` once per learning rate of ``lrs`` (``OUT/lr-<rate>/``, each a run of its own: resumable,
-    and read, not trained again, once finished), keeping the rate whose final dev score on the task's main metric
-    is the best (ties: the smaller rate). ``OUT/lr_grid.json`` records every rate's score and the choice; the
-    model to use is ``OUT/lr-<rate>/model``. Small models often want a larger rate than the teacher they come
-    from (docs/benchmarks.md). The score chosen on is the one reported, so it is a little optimistic: compare
-    models chosen the same way. ``kwargs`` go to :func:`finetune` (not ``stop_after``)."""
+                     config: FinetuneConfig = FinetuneConfig(), pair_encodings=None, extend=(), force: bool = False,
+                     **kwargs) -> LrGridResult:
+    """:func:`finetune` once per point of a grid of learning rates ``lrs`` and, on a pair task, pair encodings
+    ``pair_encodings`` (default: ``config.pair_encoding`` alone), each in ``OUT/lr-<point>/`` (:func:`grid_point`;
+    a run of its own: resumable, and read, not trained again, once finished), keeping the point whose final dev
+    score on the task's main metric is the best (ties: the encoding listed first, then the smaller rate).
+
+    ``extend``: larger rates tried in turn for each encoding, each only while the largest rate so far is that
+    encoding's best. ``OUT/lr_grid.json`` records every point's score and the choice; the model to use is
+    ``OUT/lr-<point>/model``. Small models often want a larger rate than the teacher they come from, and read a
+    pair better apart (docs/benchmarks.md). The score chosen on is the one reported, so it is a little
+    optimistic: compare models chosen the same way. ``kwargs`` go to :func:`finetune` (not ``stop_after``)."""
     lrs = sorted({float(lr) for lr in lrs})
-    if len(lrs) < 2 or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        raise FinetuneError(f"a learning-rate grid needs two or more positive rates, got {lrs}")
+    extend = sorted({float(lr) for lr in extend})
+    encodings = tuple(dict.fromkeys(pair_encodings or (config.pair_encoding,)))
+    if any(not (math.isfinite(lr) and lr > 0) for lr in [*lrs, *extend]) or not lrs:
+        raise FinetuneError(f"learning rates must be positive numbers, got {lrs + extend}")
+    if len(lrs) * len(encodings) < 2 and not extend:
+        raise FinetuneError(f"a grid needs two or more points, got the rate {lrs[0]:g} and the pair encoding "
+                            f"{encodings[0]}: give two or more rates (or pair encodings), or run finetune once")
+    unknown = [e for e in encodings if e not in ("cross", "bi")]
+    if unknown:
+        raise FinetuneError(f"unknown pair encoding(s) {unknown}: use cross and/or bi")
+    spec = task.task
+    if encodings != ("cross",) and len(spec.text_fields) != 2:
+        raise FinetuneError(f"task {spec.name} has one text field; pair encodings other than cross apply to pair "
+                            "tasks only: leave --pair-encoding out")
     if "stop_after" in kwargs:
         raise TypeError("finetune_lr_grid() does not take stop_after")
     out = Path(out)
@@ -601,17 +642,31 @@ def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.
             import shutil
 
             shutil.rmtree(out)
-    spec, runs = task.task, {}
-    for lr in lrs:
-        logger.info("learning-rate grid: %s at lr %g", spec.name, lr)
-        runs[lr] = finetune(model, task, out=out / _lr_dir(lr), config=dataclasses.replace(config, lr=lr), **kwargs)
-    scores = {lr: float(r.metrics[spec.main_metric]) for lr, r in runs.items()}
-    best = max(lrs, key=lambda lr: (scores[lr] if math.isfinite(scores[lr]) else -math.inf, -lr))  # NaN: worst
+
+    def run(lr: float, encoding: str) -> float:
+        logger.info("learning-rate grid: %s at lr %g (%s)", spec.name, lr, encoding)
+        runs[lr, encoding] = finetune(model, task, out=out / f"lr-{grid_point(lr, encoding)}",
+                                      config=dataclasses.replace(config, lr=lr, pair_encoding=encoding), **kwargs)
+        score = float(runs[lr, encoding].metrics[spec.main_metric])
+        return score if math.isfinite(score) else -math.inf  # NaN: worst
+
+    runs: dict[tuple[float, str], FinetuneResult] = {}
+    scores: dict[tuple[float, str], float] = {}
+    for encoding in encodings:
+        grid = {lr: run(lr, encoding) for lr in lrs}
+        for lr in extend:  # a larger rate, only while the largest so far is this encoding's best
+            if lr <= max(grid) or max(grid, key=lambda r: (grid[r], -r)) != max(grid):
+                break
+            grid[lr] = run(lr, encoding)
+        scores.update({(lr, encoding): v for lr, v in grid.items()})
+    lr, encoding = max(scores, key=lambda p: (scores[p], -encodings.index(p[1]), -p[0]))
+    named = {grid_point(*p): float(runs[p].metrics[spec.main_metric]) for p in scores}
     atomic_write_json(out / LR_GRID_FILE, {
-        "task": spec.name, "metric": spec.main_metric, "lrs": lrs, "scores": {f"{lr:g}": scores[lr] for lr in lrs},
-        "lr": best, "model": f"{_lr_dir(best)}/model",
-        "note": "each rate's final dev score; the best is chosen on the same dev set it is reported on"})
-    return LrGridResult(out, best, runs[best], scores)
+        "task": spec.name, "metric": spec.main_metric, "lrs": sorted({p[0] for p in scores}),
+        "pair_encodings": list(encodings), "scores": named, "lr": lr, "pair_encoding": encoding,
+        "model": f"lr-{grid_point(lr, encoding)}/model",
+        "note": "each point's final dev score; the best is chosen on the same dev set it is reported on"})
+    return LrGridResult(out, lr, runs[lr, encoding], named, encoding)
 
 
 def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_graph, force, progress, stop_after):
