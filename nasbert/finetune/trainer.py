@@ -655,7 +655,9 @@ def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.
     for encoding in encodings:
         grid = {lr: run(lr, encoding) for lr in lrs}
         for lr in extend:  # a larger rate, only while the largest so far is this encoding's best
-            if lr <= max(grid) or max(grid, key=lambda r: (grid[r], -r)) != max(grid):
+            if lr <= max(grid):
+                continue
+            if max(grid, key=lambda r: (grid[r], -r)) != max(grid):
                 break
             grid[lr] = run(lr, encoding)
         scores.update({(lr, encoding): v for lr, v in grid.items()})
