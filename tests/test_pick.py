@@ -186,6 +186,7 @@ def test_pick_main_prints_the_absolute_path_and_the_numbers(family_dir, capsys):
     assert out[0] == str((family_dir / "members/mid").resolve())
     text = "\n".join(out)
     assert "5.000 ms" in text and "2,000,000" in text and "2.0000" in text and "2.00x" in text
+    assert f"nasbert finetune {out[0]} --task TASK" in text  # what to do with it next
 
 
 def test_pick_main_json_has_the_member_keys(family_dir, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from ..export.family import Family, FamilyError, FamilyMember
@@ -68,6 +69,8 @@ def _table(member: FamilyMember, family: Family, measured: bool) -> str:
     if measured and first is not None:  # measure_family timed it again near the budget's edge
         rows.insert(-2, ("edge", f"timed {first:.2f}x first, near the budget's edge, then again, longer" + (
             f", and a third time ({' / '.join(f'{r:.3f}x' for r in runs)}; the median decides)" if runs else "")))
+    rows.append(("fine-tune", f"nasbert finetune {shlex.quote(str(family.member_dir(member)))} --task TASK --out "
+                              "ft/TASK   (README: Fine-tuning)"))
     return "\n".join(f"  {k:<11} {v}" for k, v in rows)
 
 
