@@ -7,9 +7,10 @@ Recipes (batch 32, mean pooling, 128 tokens, every model alike):
 - CoLA: 4,000 training sentences, 2 epochs, lr 5e-5 or 2e-4 (the same rule);
 - SICK: 3,000 training pairs, 4 epochs, lr 2e-4.
 
-``--lrs TASK=LR,LR`` replaces a task's grid, ``--epochs TASK=N`` its epochs, and ``--extend LR ...`` tries larger
-rates in turn, each only while the largest rate so far is the best on seed 0: one rule for every model, so that a
-small model that wants a higher rate than the teacher gets it (docs/benchmarks.md). ``--pair-encodings cross bi``
+``--lrs TASK=LR,LR`` replaces a task's grid, ``--epochs TASK=N`` its epochs, ``--train-examples TASK=N`` its
+training-set size (0: all), and ``--extend LR ...`` tries larger rates in turn, each only while the largest rate so
+far is the best on seed 0: one rule for every model, so that a small model that wants a higher rate than the
+teacher gets it (docs/benchmarks.md). ``--pair-encodings cross bi``
 runs that grid for both ways of reading a pair task's texts (``nasbert finetune --pair-encoding``) and keeps the
 best encoding and rate on seed 0.
 
@@ -61,6 +62,8 @@ def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: st
         for name, path in models.items():
             def one(lr: float, seed: int, encoding: str) -> float:
                 extra = "" if recipe["epochs"] == RECIPES[task_name]["epochs"] else f"-ep{recipe['epochs']:g}"
+                if recipe["max_train_examples"] != RECIPES[task_name]["max_train_examples"]:
+                    extra += f"-n{recipe['max_train_examples'] or 'all'}"
                 extra += "" if encoding == "cross" else f"-{encoding}"
                 job = out / name / task_name / f"lr{lr:g}-seed{seed}{extra}"
                 score = _score(job, data.task)
@@ -121,19 +124,23 @@ def main() -> None:
                              "on the first seed (the same rule for every model)")
     parser.add_argument("--epochs", action="append", default=[], metavar="TASK=N",
                         help="another number of epochs for a task (repeat per task)")
+    parser.add_argument("--train-examples", action="append", default=[], metavar="TASK=N",
+                        help="another training-set size for a task (repeat per task; 0: the whole training set)")
     parser.add_argument("--pair-encodings", nargs="+", choices=["cross", "bi"], default=["cross"],
                         help="pair tasks: each model gets the best of these encodings and rates on the first seed "
                              "(nasbert finetune --pair-encoding)")
     args = parser.parse_args()
     recipes = {task: dict(recipe) for task, recipe in RECIPES.items()}
+    keys = {"--lrs": "lrs", "--epochs": "epochs", "--train-examples": "max_train_examples"}
     for option, values, parse in (("--lrs", args.lrs, lambda v: tuple(float(x) for x in v.split(","))),
-                                  ("--epochs", args.epochs, float)):
+                                  ("--epochs", args.epochs, float),
+                                  ("--train-examples", args.train_examples, lambda v: int(v) or None)):
         for item in values:
             task, sep, value = item.partition("=")
             try:
                 if not sep or task not in recipes:
                     raise ValueError
-                recipes[task]["lrs" if option == "--lrs" else "epochs"] = parse(value)
+                recipes[task][keys[option]] = parse(value)
             except ValueError:
                 parser.error(f"{option} {item!r}: give TASK=VALUE with TASK one of {', '.join(sorted(recipes))}")
     if args.kd_teachers is not None:
