@@ -28,7 +28,7 @@ def main() -> int:
     from nasbert.onnxio import export_onnx
     from nasbert.finetune import load_task
     from nasbert.finetune.trainer import encode_examples, int8_classifier
-    from nasbert.quality.report import grid_point
+    from nasbert.finetune.trainer import grid_point
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report", help="a report directory (quality_results.json, ft/)")

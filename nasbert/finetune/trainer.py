@@ -623,9 +623,8 @@ def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.
     if len(lrs) * len(encodings) < 2 and not extend:
         raise FinetuneError(f"a grid needs two or more points, got the rate {lrs[0]:g} and the pair encoding "
                             f"{encodings[0]}: give two or more rates (or pair encodings), or run finetune once")
-    unknown = [e for e in encodings if e not in ("cross", "bi")]
-    if unknown:
-        raise FinetuneError(f"unknown pair encoding(s) {unknown}: use cross and/or bi")
+    for encoding in encodings:  # FinetuneConfig's own check (ConfigError), before any run
+        dataclasses.replace(config, pair_encoding=encoding)
     spec = task.task
     if encodings != ("cross",) and len(spec.text_fields) != 2:
         raise FinetuneError(f"task {spec.name} has one text field; pair encodings other than cross apply to pair "

@@ -51,7 +51,7 @@ from ..io import atomic_dir, atomic_write_json, atomic_write_text
 from .baselines import KINDS, LAYERDROP_MODES, Baseline, baseline_params, build_raw, choose_baselines, \
     layerdrop_baselines, uniform_baselines
 
-__all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "grid_point", "summarize"]
+__all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -454,13 +454,9 @@ def proxy_correlation(rows: list[dict], proxies: dict[str, dict]) -> dict:
 # ------------------------------------------------------------------------------------------------ fine-tuning
 
 
-def grid_point(lr: float, encoding: str) -> str:
-    """A grid point's name: the rate, and the pair encoding unless it is cross (``2e-4``, ``2e-4-bi``)."""
-    return f"{lr:g}" if encoding == "cross" else f"{lr:g}-{encoding}"
-
-
-def _job_dir(out: Path, model: str, task: str, lr: float, seed: int, encoding: str = "cross") -> Path:
-    return out / "ft" / model / task / f"lr{grid_point(lr, encoding)}-seed{seed}"
+def _job_dir(out: Path, model: str, task: str, point: str, seed: int) -> Path:
+    """A fine-tuning run's directory; ``point`` is the grid point's name (``finetune.trainer.grid_point``)."""
+    return out / "ft" / model / task / f"lr{point}-seed{seed}"
 
 
 def _encodings(task, config: ReportConfig) -> tuple[str, ...]:
@@ -480,6 +476,7 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
     chosen, "scores": [per seed], "grid": {point: [per seed]}}}}`` (a point is a rate, with ``-bi`` for a pair
     task read each text apart). ``on_task_done(scores, tasks_done)`` is called after each task."""
     from ..finetune import FinetuneConfig, finetune
+    from ..finetune.trainer import grid_point
 
     seeds = list(range(config.seeds))
     grid_seeds = seeds if config.lr_select == "all" else seeds[:1]
@@ -489,7 +486,7 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
     started = time.perf_counter()
 
     def run_one(model: str, task: str, lr: float, encoding: str, seed: int) -> float:
-        job = _job_dir(out, model, task, lr, seed, encoding)
+        job = _job_dir(out, model, task, grid_point(lr, encoding), seed)
         score = _score(job, tasks[task].task)
         if score is None:
             ft = FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, lr=lr,
