@@ -49,10 +49,24 @@ def _score(job: Path, task) -> float | None:
     return 100.0 * float(json.loads(metrics.read_text())["dev"][task.main_metric])
 
 
+def _machine(device: str) -> str:
+    """Where the runs trained: the CPU (its cores and name) and the GPU where they used one."""
+    import os
+
+    import torch
+
+    from nasbert.finetune import resolve_device
+    from nasbert.latency.measure import _cpu_name
+
+    where = resolve_device(device)
+    cpu = f"{os.cpu_count()} CPU cores ({_cpu_name()})"
+    return cpu if where.type == "cpu" else f"{torch.cuda.get_device_name(where)}, {cpu}"
+
+
 def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: str, out: Path, threads: int,
         kd_teachers: Path | None = None, kd_lambda: float = 0.5, kd_temperature: float = 1.0,
-        recipes: dict | None = None, extend: tuple[float, ...] = (), pair_encodings: tuple[str, ...] = ("cross",)
-        ) -> dict:
+        recipes: dict | None = None, extend: tuple[float, ...] = (), pair_encodings: tuple[str, ...] = ("cross",),
+        device: str = "auto") -> dict:
     recipes = RECIPES if recipes is None else recipes
     results: dict = {}
     for task_name in tasks:
@@ -75,7 +89,8 @@ def run(models: dict[str, str], tasks: list[str], seeds: list[int], data_dir: st
                                             kd_lambda=kd_lambda, kd_temperature=kd_temperature,
                                             pair_encoding=encoding)
                     kd_teacher = None if kd_teachers is None else kd_teachers / task_name / f"seed{seed}"
-                    finetune(path, data, out=job, config=config, kd_teacher=kd_teacher, onnx=False, progress=False)
+                    finetune(path, data, out=job, config=config, kd_teacher=kd_teacher, onnx=False, progress=False,
+                             device=device)
                     score = _score(job, data.task)
                     print(f"{name} {task_name} lr {lr:g} seed {seed}{extra}: {score:.2f} "
                           f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -112,6 +127,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder of the fine-tuning runs")
     parser.add_argument("--json", required=True, help="where the scores go")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU where torch sees one), cpu, cuda, cuda:N")
     parser.add_argument("--kd-teachers", type=Path, metavar="ROOT",
                         help="prediction-layer distillation: ROOT/<task>/seed<N> is the teacher fine-tuned on that "
                              "task with that seed (a model directory)")
@@ -157,7 +173,7 @@ def main() -> None:
     started = time.perf_counter()
     results = run(models, args.tasks, args.seeds, args.data_dir, Path(args.out), args.threads,
                   args.kd_teachers, args.kd_lambda, args.kd_temperature, recipes,
-                  tuple(args.extend), tuple(dict.fromkeys(args.pair_encodings)))
+                  tuple(args.extend), tuple(dict.fromkeys(args.pair_encodings)), args.device)
     atomic_write_json(args.json, {
         "recipes": {t: {**recipes[t], "lrs": list(recipes[t]["lrs"])} for t in args.tasks},
         "extend": args.extend, "pair_encodings": args.pair_encodings,
@@ -165,7 +181,7 @@ def main() -> None:
         "kd": None if args.kd_teachers is None else {"teachers": str(args.kd_teachers), "lambda": args.kd_lambda,
                                                      "temperature": args.kd_temperature},
         "date": str(datetime.date.today()),
-        "machine": "2 CPU cores (AMD EPYC, shared)", "seconds": round(time.perf_counter() - started),
+        "machine": _machine(args.device), "seconds": round(time.perf_counter() - started),
         "models": results})
     for name, tasks in results.items():
         print(name, "  ".join(f"{t} {r['mean']:.1f} ± {r['std']:.1f} (lr {r['lr']:g}"

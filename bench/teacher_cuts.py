@@ -2,7 +2,7 @@
 (as the export builds its cut members): the teacher itself in nasbert form, the default family's members and the
 layer-dropped free baselines.
 
-    python bench/teacher_cuts.py --out runs/cuts      # -> runs/cuts/{teacher,2x,3x,4x,bottom2,bottom1}/
+    python bench/teacher_cuts.py --out runs/cuts      # -> runs/cuts/{teacher,2x,3x,4x,bottom2,bottom1,...}/
 
 Then, e.g., ``python bench/finetune_models.py --model 4x=runs/cuts/4x ...``.
 """
@@ -25,6 +25,10 @@ CUTS = {
     "4x": (range(3), None, False),    # teacher-L1+mha1
     "bottom2": (range(4), None, False),
     "bottom1": (range(2), None, False),
+    "bottom3": (range(6), None, False),  # 1.98x: just short of 2x
+    # the same work as the 3x / 4x members, spent on FFN neurons instead of a third / second attention
+    "3x-ffn": (range(4), 1152, False),   # teacher-L1+mha1+ffn1@1152
+    "4x-ffn": (range(4), 768, True),     # teacher-L2@ffn768
 }
 
 
@@ -33,8 +37,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--only", nargs="+", choices=sorted(CUTS), help="default: all of them")
     parser.add_argument("--space", default="minilm_l6", help="a search space of the built-in teacher")
+    parser.add_argument("--teacher", help="a local copy of the built-in teacher (a BERT directory; default: the "
+                                          "built-in one)")
     args = parser.parse_args()
-    teacher, tokenizer, _ = load_teacher(None)
+    teacher, tokenizer, _ = load_teacher(args.teacher)
     space = SearchSpace.load(args.space)
     net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
     for name in args.only or CUTS:

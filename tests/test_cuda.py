@@ -7,15 +7,18 @@ Skipped where torch sees no GPU (the default CI machine); run them on a GPU mach
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from nasbert import SuperNet
 from nasbert.training import BlockwiseTrainer, ShrinkConfig, TrainConfig
 
+from test_finetune import glue_dir, student_dir  # noqa: F401 (the same tiny task and student)
 from test_training import corpus, tokenizer  # noqa: F401 (the same tiny corpus fixtures)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: these tests need a GPU")
@@ -127,3 +130,40 @@ def test_teacher_cache_on_cuda_gives_the_teachers_states_and_trains(tiny_space, 
         assert np.isfinite(result["valid_loss"])
     finally:
         tiny_teacher.to("cpu")
+
+
+def test_finetuning_on_cuda_resumes_exactly_and_writes_a_model_for_the_cpu(glue_dir, student_dir, tmp_path,
+                                                                           deterministic):
+    from transformers import AutoModelForSequenceClassification
+
+    from nasbert.finetune import FinetuneConfig, compute_metrics, finetune, load_task
+    from nasbert.finetune.trainer import encode_examples, predict
+
+    from test_finetune import FAST
+
+    task = load_task("sst2", data_dir=glue_dir)
+    config = FinetuneConfig(**{**FAST, "epochs": 1.5})
+    straight = finetune(student_dir, task, out=tmp_path / "a", config=config, progress=False, device="cuda")
+    metrics = json.loads((straight.out / "metrics.json").read_text())
+    assert metrics["device"].startswith("cuda")
+    assert finetune(student_dir, task, out=tmp_path / "b", config=config, onnx=False, progress=False,
+                    stop_after=7, device="cuda") is None
+    resumed = finetune(student_dir, task, out=tmp_path / "b", config=config, onnx=False, progress=False,
+                       device="cuda")
+    assert resumed.resumed and resumed.steps == straight.steps
+    assert resumed.metrics == straight.metrics  # dropout draws from the GPU's generator: it is checkpointed too
+    # a run stopped on the GPU goes on on the CPU
+    assert finetune(student_dir, task, out=tmp_path / "c", config=config, onnx=False, progress=False,
+                    stop_after=7, device="cuda") is None
+    moved = finetune(student_dir, task, out=tmp_path / "c", config=config, onnx=False, progress=False, device="cpu")
+    assert moved.steps == straight.steps
+    assert json.loads((moved.out / "metrics.json").read_text())["device"] == "cpu"
+    # the written model is a CPU model and scores on the CPU what the GPU measured
+    model = AutoModelForSequenceClassification.from_pretrained(straight.model_dir)
+    assert next(model.parameters()).device.type == "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(straight.model_dir)
+    dev = encode_examples(task.dev, tokenizer, max_seq_len=FAST["max_seq_len"], regression=False)
+    got = compute_metrics(task.task, predict(model, dev, batch_size=64, pad_id=tokenizer.pad_token_id or 0),
+                          dev.labels)
+    assert abs(got["accuracy"] - straight.metrics["accuracy"]) <= 1 / len(task.dev)
+    assert metrics["int8"] is not None  # the ONNX graphs were exported and scored on the CPU

@@ -19,6 +19,7 @@ from nasbert.finetune.trainer import (
     FinetuneError,
     finetune,
     load_classifier,
+    resolve_device,
 )
 
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "this", "object", "class",
@@ -236,6 +237,26 @@ def test_resume_is_exact(glue_dir, student_dir, tmp_path):
     b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "b" / "model").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_the_device_is_recorded_and_one_that_is_not_there_is_refused_before_anything_is_written(
+        glue_dir, student_dir, tmp_path, capsys, monkeypatch):
+    task = load_task("sst2", data_dir=glue_dir)
+    done = finetune(student_dir, task, out=tmp_path / "cpu", config=FinetuneConfig(**{**FAST, "epochs": 0.5}),
+                    onnx=False, progress=False, device="cpu")
+    assert json.loads((done.out / "metrics.json").read_text())["device"] == "cpu"
+    for device, message in (("cuda:99", "asked for, but torch sees"), ("tpu", "unknown device 'tpu'")):
+        with pytest.raises(FinetuneError, match=message):
+            finetune(student_dir, task, out=tmp_path / "one", config=FinetuneConfig(**FAST), device=device)
+        argv = ["finetune", student_dir, "--task", "sst2", "--data-dir", str(glue_dir), "--out", str(tmp_path / "grid"),
+                "--no-progress", "--device", device]  # a nasbert model: the default rate grid
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "one").exists() and not (tmp_path / "grid").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(FinetuneError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
 
 
 def test_seed_changes_head_and_order_but_is_reproducible(glue_dir, student_dir):

@@ -71,6 +71,9 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
                              "(docs/benchmarks.md), and the model then takes input_ids_b / attention_mask_b. "
                              "cross bi: both, each over the rates, the best kept (OUT/lr-<rate>-bi/ for bi)")
     recipe.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's choice)")
+    recipe.add_argument("--device", default="auto",
+                        help="where to train: auto (default: a CUDA GPU where torch sees one, else the CPU), cpu, "
+                             "cuda or cuda:N; the model is written and its ONNX graphs scored on the CPU")
     kd = p.add_argument_group("prediction-layer distillation")
     kd.add_argument("--kd-teacher", help="a teacher fine-tuned on the same task (the model/ directory of its "
                                          "nasbert finetune output)")
@@ -118,7 +121,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         task = load_task(args.task, data_dir=args.data_dir, max_train_examples=config.max_train_examples,
                          seed=0)  # one fixed subset for every --seed
     settings = dict(config=config, kd_teacher=args.kd_teacher, references=args.references, onnx=not args.no_onnx,
-                    int8_graph=not args.no_int8, force=args.force, progress=not args.no_progress)
+                    int8_graph=not args.no_int8, force=args.force, progress=not args.no_progress,
+                    device=args.device)
     if nasbert and len(task.task.text_fields) == 2 and encodings == ["cross"] and args.references is None:
         logger.info("a pair task: the smaller members often read it better with each text apart; try "
                     "--pair-encoding cross bi")

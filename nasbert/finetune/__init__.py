@@ -27,6 +27,7 @@ from .trainer import (
     finetune,
     finetune_lr_grid,
     load_classifier,
+    resolve_device,
 )
 
 __all__ = [
@@ -50,5 +51,6 @@ __all__ = [
     "load_task",
     "matthews_corrcoef",
     "pearson",
+    "resolve_device",
     "spearmanr",
 ]

@@ -56,7 +56,7 @@ from .tasks import Example, TaskData, TaskSpec
 
 __all__ = ["AUTO_EXTEND", "AUTO_LRS", "FinetuneConfig", "FinetuneError", "FinetuneResult", "LrGridResult",
            "encode_examples", "finetune", "finetune_lr_grid", "grid_point", "is_nasbert_model", "load_classifier",
-           "predict"]
+           "predict", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +309,35 @@ def _collate(data: Encoded, rows: np.ndarray, pad_id: int, references=None) -> d
     return batch
 
 
+def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device.type != "cpu" else batch
+
+
+def resolve_device(device: str) -> torch.device:
+    """The device to fine-tune on: ``auto`` is the first CUDA GPU where torch sees one, else the CPU; ``cpu``;
+    ``cuda`` or ``cuda:N``, refused where torch sees no such GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        found = torch.device(device)
+    except RuntimeError:
+        raise FinetuneError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if found.type not in ("cpu", "cuda"):
+        raise FinetuneError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if found.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FinetuneError(f"device {device!r} asked for, but torch sees no CUDA GPU here (torch "
+                                f"{torch.__version__}): use --device cpu, or install the torch build for your CUDA")
+        if found.index is not None and found.index >= torch.cuda.device_count():
+            raise FinetuneError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s): "
+                                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return found
+
+
+def _device_name(device: torch.device) -> str:
+    return "cpu" if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -320,11 +349,12 @@ def predict(model, data: Encoded, *, batch_size: int, pad_id: int, progress: boo
     with reference inputs needs ``references`` (the ReferencePool of ``data.neighbours``)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     order = np.argsort([len(x) for x in data.input_ids], kind="stable")
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         rows = order[start : start + batch_size]
-        out[rows] = model(**_collate(data, rows, pad_id, references)).logits.float().numpy()
+        out[rows] = model(**_on(_collate(data, rows, pad_id, references), device)).logits.float().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -433,7 +463,7 @@ def _check_out(out: Path, request: dict, force: bool) -> bool:
 
 
 def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, config: FinetuneConfig, out: Path,
-                    progress: bool) -> torch.Tensor:
+                    progress: bool, device: torch.device) -> torch.Tensor:
     from transformers import AutoModelForSequenceClassification
 
     path = out / TEACHER_LOGITS
@@ -454,7 +484,7 @@ def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, 
         train = encode_examples(task.train, tokenizer, max_seq_len=config.max_seq_len,
                                 regression=task.task.is_regression, pair_encoding=encoding)
     logger.info("KD teacher %s: predicting the %d training examples once", source, len(train))
-    logits = torch.from_numpy(predict(teacher, train, batch_size=config.eval_batch_size,
+    logits = torch.from_numpy(predict(teacher.to(device), train, batch_size=config.eval_batch_size,
                                       pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="teacher"))
     _save(logits, path)
     return logits
@@ -545,6 +575,7 @@ def finetune(
     force: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    device: str = "auto",
 ) -> FinetuneResult:
     """Fine-tune ``model`` (a nasbert export, an HF BERT directory, ``"builtin"`` or a hub id) on ``task``.
 
@@ -553,11 +584,16 @@ def finetune(
     ``stop_after`` ends the call after that many optimiser steps in total, leaving a checkpoint to resume
     from (for tests and time-sliced jobs); the call then returns ``None``. With ``onnx`` and ``int8_graph``
     (and no references), ``model/model.int8.onnx`` is written too and ``metrics.json``'s ``int8`` has its dev
-    score next to the fp32 graph's.
+    score next to the fp32 graph's. ``device`` (:func:`resolve_device`): where the model trains and is evaluated,
+    ``auto`` a CUDA GPU where torch sees one; it is not part of the run's settings, so a run stopped on one device
+    resumes on another (each device rounds differently: the scores of two devices differ a little). The model is
+    written, exported and its ONNX graphs scored on the CPU whatever the device.
     """
+    where = resolve_device(device)  # before anything is written
     with torch_threads(config.threads):  # process-wide: the caller's count comes back afterwards
         return _finetune(model, task, out=out, config=config, kd_teacher=kd_teacher, references=references,
-                         onnx=onnx, int8_graph=int8_graph, force=force, progress=progress, stop_after=stop_after)
+                         onnx=onnx, int8_graph=int8_graph, force=force, progress=progress, stop_after=stop_after,
+                         device=where)
 
 
 #: what ``finetune_lr_grid`` writes in its output directory
@@ -631,6 +667,7 @@ def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.
                             "tasks only: leave --pair-encoding out")
     if "stop_after" in kwargs:
         raise TypeError("finetune_lr_grid() does not take stop_after")
+    resolve_device(kwargs.get("device", "auto"))  # a device that is not there: refused before anything is removed
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         foreign = sorted(p.name for p in out.iterdir() if p.name != LR_GRID_FILE and not p.name.startswith("lr-"))
@@ -670,7 +707,8 @@ def finetune_lr_grid(model: str | os.PathLike, task: TaskData, *, out: str | os.
     return LrGridResult(out, lr, runs[lr, encoding], named, encoding)
 
 
-def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_graph, force, progress, stop_after):
+def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_graph, force, progress, stop_after,
+              device):
     out = Path(out)
     spec = task.task
     if not task.train or not task.dev:
@@ -695,6 +733,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
     net, tokenizer, _ = load_classifier(source, spec, seed=config.seed, pooling=config.pooling,
                                         reference_size=None if pool is None else pool.hidden_size,
                                         pair_encoding=config.pair_encoding)
+    net.to(device)
     if pool is not None:
         pool.check(tokenizer=tokenizer, where=str(references))
     pad_id = tokenizer.pad_token_id or 0
@@ -708,7 +747,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
                            dev_similarity=float(found["dev_similarity"].mean()))
     teacher_logits = None
     if kd_teacher is not None:
-        teacher_logits = _teacher_logits(str(kd_teacher), task, train, tokenizer, config, out, progress)
+        teacher_logits = _teacher_logits(str(kd_teacher), task, train, tokenizer, config, out, progress, device)
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -722,11 +761,14 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:  # dropout draws from the GPU's generator
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         step, seconds, best, history = state["step"], state["seconds"], state["best"], state["history"]
         logger.info("resuming %s at step %d of %d", out, step, total_steps)
     truncate_jsonl(out / "log.jsonl", step if resumed else -1)  # lines a killed attempt wrote after its checkpoint
-    logger.info("fine-tuning %s on %s: %d training / %d dev examples, %d steps (%d per epoch), batch %d, lr %.1e%s%s",
-                source, spec.name, len(train), len(dev), total_steps, steps_per_epoch, config.batch_size, config.lr,
+    logger.info("fine-tuning %s on %s (%s): %d training / %d dev examples, %d steps (%d per epoch), batch %d, lr %.1e"
+                "%s%s", source, spec.name, _device_name(device), len(train), len(dev), total_steps, steps_per_epoch,
+                config.batch_size, config.lr,
                 f", KD from {kd_teacher} (lambda {config.kd_lambda})" if kd_teacher else "",
                 f", references from {references} ({pool.num_samples} samples)" if pool is not None else "")
 
@@ -743,10 +785,11 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
             epoch, offset = divmod(step, steps_per_epoch)
             order = _epoch_order(len(train), config.seed, epoch)
             rows = order[offset * config.batch_size : (offset + 1) * config.batch_size]
-            batch = _collate(train, rows, pad_id, pool)
-            labels = torch.from_numpy(train.labels[rows])
+            batch = _on(_collate(train, rows, pad_id, pool), device)
+            labels = torch.from_numpy(train.labels[rows]).to(device)
+            teacher = None if teacher_logits is None else teacher_logits[torch.from_numpy(rows)].to(device)
             logits = net(**batch).logits
-            loss = _loss(logits, labels, None if teacher_logits is None else teacher_logits[torch.from_numpy(rows)],
+            loss = _loss(logits, labels, teacher,
                          regression=spec.is_regression, kd_lambda=config.kd_lambda, temperature=config.kd_temperature)
             if not torch.isfinite(loss.detach()):
                 raise FinetuneError(f"the loss became {float(loss)} at step {step + 1}: lower --lr")
@@ -779,7 +822,8 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
             if step % config.checkpoint_every == 0 or end_of_epoch or (stop_after is not None and step >= stop_after):
                 _save_checkpoint(out / CHECKPOINT, {
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "step": step, "best": best, "history": history,
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step, "best": best, "history": history,
                     "seconds": seconds + time.perf_counter() - start})
             if stop_after is not None and step >= stop_after and step < total_steps:
                 return None
@@ -788,7 +832,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
         log.close()
     seconds += time.perf_counter() - start
 
-    net.eval()
+    net.eval().to("cpu")  # written and exported on the CPU, whatever it trained on
     final = history[-1]["dev"]
     report = _write_model(net, tokenizer, out / "model", onnx=onnx,
                           references=None if references is None else Path(references))
@@ -804,6 +848,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
                "train_examples": len(train), "dev_examples": len(dev),
                "params": sum(p.numel() for p in net.parameters()),
                "kd_teacher": None if kd_teacher is None else str(kd_teacher), "seed": config.seed,
+               "device": _device_name(device),
                "references": pool_record, "onnx_max_abs_diff": report.get("max_abs_diff"), "int8": int8}
     atomic_write_json(out / "metrics.json", metrics)
     (out / CHECKPOINT).unlink(missing_ok=True)
