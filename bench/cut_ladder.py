@@ -2,6 +2,7 @@
 the longer run the export uses at a budget's edge (100 runs over 20 interleaved rounds with the teacher), repeated.
 
     python bench/cut_ladder.py [--run runs/default] [--reps 5]      # raw: bench/cut_ladder.json
+    python bench/cut_ladder.py --weights teacher --out bench/cut_ladder_every.json   # the teacher's weights only
 
 Every cut is timed in both weight versions the export can compare (`export.cut_weights`): the teacher's own
 (heads and neurons in importance order, no adapters) and the trained supernet's (with its output adapter). The spread over repetitions says which
@@ -19,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nasbert import SuperNet
+from nasbert import SearchSpace, SuperNet
 from nasbert.export.cuts import teacher_cuts
 from nasbert.latency.models import measure_models
 from nasbert.teacher import load_teacher
 
 CUTS = ("teacher-L3", "teacher-L2+mha2+ffn2@1152", "teacher-L2+mha2+ffn2@768", "teacher-L2+mha2+ffn2@384",
         "teacher-L2+mha2", "teacher-L2", "teacher-L1+mha1+ffn1@1152", "teacher-L1+mha1+ffn1@768",
-        "teacher-L1+mha1+ffn1@384", "teacher-L1+mha1", "teacher-L1")
+        "teacher-L1+mha1+ffn1@384", "teacher-L1+mha1", "teacher-L1",
+        # every FFN halved: the same work as a cut with one more attention and fewer FFNs
+        "teacher-L4@ffn768", "teacher-L3+mha3@ffn768", "teacher-L2+mha2@ffn768", "teacher-L2@ffn768")
 
 
 def main() -> None:
@@ -34,18 +37,21 @@ def main() -> None:
     ap.add_argument("--run", default="runs/default")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default="bench/cut_ladder.json")
+    ap.add_argument("--weights", choices=["both", "teacher"], default="both",
+                    help="teacher: time only the version with the teacher's weights (no run needed)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     teacher, _, _ = load_teacher()
-    trained = SuperNet.from_pretrained(Path(args.run) / "supernet").eval()
-    space = trained.space
+    trained = None if args.weights == "teacher" else SuperNet.from_pretrained(Path(args.run) / "supernet").eval()
+    space = SearchSpace.load("minilm_l6") if trained is None else trained.space
     raw = SuperNet.from_teacher(space, teacher, reorder="units").eval()
-    archs = dict(teacher_cuts(space, max_gaps=0, prune_ffn=True))
+    archs = dict(teacher_cuts(space, max_gaps=0, prune_ffn=True, prune_every=True))
     models = {}
     for name in CUTS:
         models[f"{name} (teacher)"] = raw.extract(archs[name], drop_identity_adapters=True)
-        models[f"{name} (trained)"] = trained.extract(archs[name])
+        if trained is not None:
+            models[f"{name} (trained)"] = trained.extract(archs[name])
     speedups: dict[str, list[float]] = {name: [] for name in models}
     teacher_ms = []
     for rep in range(args.reps):
@@ -60,7 +66,8 @@ def main() -> None:
                    "max": float(max(v)), "params": space.num_params(
                        archs[name.split(" ")[0]], adapters=models[name].config.adapters)}
             for name, v in speedups.items()}
-    record = {"command": f"python bench/cut_ladder.py --run {args.run} --reps {args.reps}",
+    command = f"python bench/cut_ladder.py --reps {args.reps} --out {args.out}"
+    record = {"command": command + (" --weights teacher" if trained is None else f" --run {args.run}"),
               "date": dt.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads visible; ONNX Runtime 1 thread, batch 1, 128 tokens",
               "timing": "100 runs over 20 interleaved rounds with the teacher, per repetition",

@@ -5,6 +5,9 @@ point with ``--seeds 3 4 --lrs TASK=LR``), and the panel (the mean of the tasks,
 
     python bench/quality_seeds.py --json bench/quality_lr_grid_family.json bench/quality_lr_grid_free.json \\
         bench/quality_pair_bi.json runs/seeds34_*.json --sick-bi 3x 4x bottom2 bottom1 --out bench/quality_5seeds.json
+
+A JSON with a ``bundle`` key holds several such files (name -> content), e.g. those of runs made elsewhere.
+``--member 3x=3x-ffn`` also compares another model at a budget, as if it were that budget's member.
 """
 
 from __future__ import annotations
@@ -28,8 +31,13 @@ def pool(files: list[Path], sick_bi: set[str]) -> dict[str, dict[str, dict[int, 
     """model -> task -> seed -> score, for the point each model was run at on that task (SICK read apart for the
     models in ``sick_bi``); two files that give one (model, task, seed) different scores are an error."""
     scores: dict = {}
+    sources = []
     for path in files:
-        for model, entry in json.loads(path.read_text())["models"].items():
+        data = json.loads(path.read_text())
+        sources += [(f"{path}:{name}", part) for name, part in data["bundle"].items()] if "bundle" in data \
+            else [(str(path), data)]
+    for path, data in sources:
+        for model, entry in data["models"].items():
             for key, result in entry.items():
                 if key == "path":
                     continue
@@ -66,20 +74,35 @@ def main() -> None:
     parser.add_argument("--sick-bi", nargs="*", default=[], help="models whose SICK runs read the pair apart")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--member", action="append", default=[], metavar="BUDGET=MODEL",
+                        help="also compare MODEL with the free baselines of BUDGET (repeat)")
     args = parser.parse_args()
     scores = pool(args.json, set(args.sick_bi))
+    members = {budget: [member] for budget, (member, _) in BUDGETS.items()}
+    for item in args.member:
+        budget, _, model = item.partition("=")
+        if budget not in BUDGETS or not model:
+            parser.error(f"--member {item!r}: give BUDGET=MODEL with BUDGET one of {', '.join(BUDGETS)}")
+        members[budget].append(model)
     result = {"date": datetime.date.today().isoformat(), "sources": [str(p) for p in args.json],
+              "members": members,
               "sick_bi": args.sick_bi, "views": {}}
     for name, seeds in (("all seeds", args.seeds), ("without seed 0 (which chose the rates)", args.seeds[1:])):
         table = summarise(scores, seeds)
         leads = {}
-        for budget, (member, free) in BUDGETS.items():
+        for budget, (_, free) in BUDGETS.items():
             best = max((f for f in free if f in table), key=lambda f: table[f]["panel"]["mean"], default=None)
-            if member in table and best is not None:
+            for member in members[budget]:
+                if member not in table or best is None:
+                    continue
                 m, b = table[member]["panel"], table[best]["panel"]
-                leads[budget] = {"member": member, "best_free": best, "lead": m["mean"] - b["mean"],
-                                 "spreads": [m["std"], b["std"]], "beats_by_more_than_spread":
-                                 m["mean"] - b["mean"] > max(m["std"], b["std"])}
+                per_seed = [x - y for x, y in zip(m["scores"], b["scores"])]
+                key = budget if member == members[budget][0] else f"{budget} ({member})"
+                leads[key] = {"member": member, "best_free": best, "lead": m["mean"] - b["mean"],
+                              "spreads": [m["std"], b["std"]], "beats_by_more_than_spread":
+                              m["mean"] - b["mean"] > max(m["std"], b["std"]),
+                              "per_seed": per_seed, "per_seed_std": _stats(per_seed)["std"],
+                              "per_task": {t: table[member][t]["mean"] - table[best][t]["mean"] for t in TASKS}}
         result["views"][name] = {"seeds": seeds, "models": table, "leads": leads}
         print(f"== {name}: seeds {seeds}")
         for model, row in table.items():
