@@ -21,12 +21,13 @@ from nasbert.teacher import load_teacher
 CUTS = {
     "teacher": (range(12), None, False),
     "2x": (range(6), 1152, False),    # teacher-L2+mha2+ffn2@1152
-    "3x": (range(5), 768, True),      # teacher-L2+mha2@ffn768
-    "4x": (range(3), None, False),    # teacher-L1+mha1
+    "3x": (range(5), 768, True),      # teacher-L2+mha2@ffn768 (the 3x member before TOP_ATTENTION_WEIGHT)
+    "4x": (range(3), None, False),    # teacher-L1+mha1 (the 4x member before TOP_ATTENTION_WEIGHT)
     "bottom2": (range(4), None, False),
     "bottom1": (range(2), None, False),
     "bottom3": (range(6), None, False),  # 1.98x: just short of 2x
-    # the same work as the 3x / 4x members, spent on FFN neurons instead of a third / second attention
+    # the same work as the former 3x / 4x members, spent on FFN neurons instead of a third / second attention:
+    # the members since (nasbert.export.cuts.TOP_ATTENTION_WEIGHT)
     "3x-ffn": (range(4), 1152, False),   # teacher-L1+mha1+ffn1@1152
     "4x-ffn": (range(4), 768, True),     # teacher-L2@ffn768
 }
