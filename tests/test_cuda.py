@@ -161,9 +161,8 @@ def test_finetuning_on_cuda_resumes_exactly_and_writes_a_model_for_the_cpu(glue_
     # the written model is a CPU model and scores on the CPU what the GPU measured
     model = AutoModelForSequenceClassification.from_pretrained(straight.model_dir)
     assert next(model.parameters()).device.type == "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(straight.model_dir)
-    dev = encode_examples(task.dev, tokenizer, max_seq_len=FAST["max_seq_len"], regression=False)
-    got = compute_metrics(task.task, predict(model, dev, batch_size=64, pad_id=tokenizer.pad_token_id or 0),
-                          dev.labels)
+    words = AutoTokenizer.from_pretrained(straight.model_dir)
+    dev = encode_examples(task.dev, words, max_seq_len=FAST["max_seq_len"], regression=False)
+    got = compute_metrics(task.task, predict(model, dev, batch_size=64, pad_id=words.pad_token_id or 0), dev.labels)
     assert abs(got["accuracy"] - straight.metrics["accuracy"]) <= 1 / len(task.dev)
     assert metrics["int8"] is not None  # the ONNX graphs were exported and scored on the CPU

@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from ..modeling.configuration_nasbert import op_spec
 from ..space import Arch, BlockArch, SearchSpace
 
-__all__ = ["BUSY_MARGIN", "EVERY_FFN_WEIGHT", "TOP_ATTENTION_WEIGHT", "busy", "cut_arch", "cut_name", "cut_size", "judged_ms", "teacher_cuts",
-           "work_speedup"]
+__all__ = ["BUSY_MARGIN", "EVERY_FFN_WEIGHT", "TOP_ATTENTION_WEIGHT", "busy", "cut_arch", "cut_name", "cut_size",
+           "judged_ms", "teacher_cuts", "work_speedup"]
 
 #: a cut timed over its work bound (:func:`work_speedup`) by more than this says the host was busy; less is the
 #: timing's own noise on an idle host (single timings 1% over, bench/busy_host.json)

@@ -823,8 +823,8 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
                 _save_checkpoint(out / CHECKPOINT, {
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step, "best": best, "history": history,
-                    "seconds": seconds + time.perf_counter() - start})
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "step": step, "best": best, "history": history, "seconds": seconds + time.perf_counter() - start})
             if stop_after is not None and step >= stop_after and step < total_steps:
                 return None
     finally:
