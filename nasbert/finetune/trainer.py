@@ -463,7 +463,7 @@ def _check_out(out: Path, request: dict, force: bool) -> bool:
 
 
 def _teacher_logits(kd_teacher: str, task: TaskData, train: Encoded, tokenizer, config: FinetuneConfig, out: Path,
-                    progress: bool, device: torch.device) -> torch.Tensor:
+                    progress: bool, device: torch.device = torch.device("cpu")) -> torch.Tensor:
     from transformers import AutoModelForSequenceClassification
 
     path = out / TEACHER_LOGITS
