@@ -1,4 +1,5 @@
-"""Process-wide settings: torch's thread count, set for one call and given back after; the cache directory."""
+"""Process-wide settings: torch's thread count, set for one call and given back after; the cache directory; moving
+a batch of tensors to a device."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cache_dir", "torch_threads"]
+__all__ = ["cache_dir", "to_device", "torch_threads"]
 
 
 def cache_dir() -> Path:
@@ -37,3 +38,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """``batch`` with every tensor on ``device`` (a tensor already there is not copied)."""
+    return {k: v.to(device) for k, v in batch.items()}

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, from_mapping, to_mapping
 from ..io import atomic_dir, atomic_write_bytes, atomic_write_json, fault_point, truncate_jsonl
-from ..utils import torch_threads
+from ..utils import to_device, torch_threads
 from .metrics import compute_metrics
 from .tasks import Example, TaskData, TaskSpec
 
@@ -309,10 +309,6 @@ def _collate(data: Encoded, rows: np.ndarray, pad_id: int, references=None) -> d
     return batch
 
 
-def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device.type != "cpu" else batch
-
-
 def resolve_device(device: str) -> torch.device:
     """The device to fine-tune on: ``auto`` is the first CUDA GPU where torch sees one, else the CPU; ``cpu``;
     ``cuda`` or ``cuda:N``, refused where torch sees no such GPU."""
@@ -354,7 +350,7 @@ def predict(model, data: Encoded, *, batch_size: int, pad_id: int, progress: boo
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         rows = order[start : start + batch_size]
-        out[rows] = model(**_on(_collate(data, rows, pad_id, references), device)).logits.float().cpu().numpy()
+        out[rows] = model(**to_device(_collate(data, rows, pad_id, references), device)).logits.float().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -785,7 +781,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
             epoch, offset = divmod(step, steps_per_epoch)
             order = _epoch_order(len(train), config.seed, epoch)
             rows = order[offset * config.batch_size : (offset + 1) * config.batch_size]
-            batch = _on(_collate(train, rows, pad_id, pool), device)
+            batch = to_device(_collate(train, rows, pad_id, pool), device)
             labels = torch.from_numpy(train.labels[rows]).to(device)
             teacher = None if teacher_logits is None else teacher_logits[torch.from_numpy(rows)].to(device)
             logits = net(**batch).logits

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ from ..io import fault_point
 from ..modeling import NasBertModel
 from ..space import Arch
 from ..supernet import SuperNet
-from ..utils import torch_threads
+from ..utils import to_device, torch_threads
 from .blockwise import block_batches, make_optimizer, masked_mse
 from .config import DistillConfig, TrainConfig
 from .evaluation import validation_batches, whole_model_loss
@@ -84,10 +83,6 @@ def _check_corpus(corpus: TokenizedCorpus, config: DistillConfig) -> None:
         )
 
 
-def _on(batches: Sequence[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device) for k, v in batch.items()} for batch in batches]
-
-
 def distill_arch(
     supernet: SuperNet,
     arch: Arch,
@@ -126,7 +121,7 @@ def distill_arch(
         valid_batches = validation_batches(corpus.valid, tokenizer, batch_size=config.batch_size,
                                            n_batches=config.eval_batches, seed=seed,
                                            mlm_probability=config.mlm_probability)
-    valid_batches = _on(valid_batches, device)
+    valid_batches = [to_device(batch, device) for batch in valid_batches]
 
     student = copy.deepcopy(supernet)
     before = whole_model_loss(student, teacher, arch, valid_batches)
