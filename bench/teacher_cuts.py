@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 
 from nasbert import SearchSpace, SuperNet
+from nasbert.data import CorpusConfig, load_corpus
+from nasbert.export.calibrate import calibrate_cut
 from nasbert.export.cuts import cut_arch, cut_name
 from nasbert.export.hf import save_hf_model
 from nasbert.teacher import load_teacher
@@ -30,6 +32,8 @@ CUTS = {
     # the members since (nasbert.export.cuts.TOP_ATTENTION_WEIGHT)
     "3x-ffn": (range(4), 1152, False),   # teacher-L1+mha1+ffn1@1152
     "4x-ffn": (range(4), 768, True),     # teacher-L2@ffn768
+    "3x-every": (range(5), 768, True),   # teacher-L2+mha2@ffn768 (the same cut as "3x")
+    "l3-ffn384": (range(6), 384, True),  # teacher-L3@ffn384: the bottom 3 layers, every FFN at a quarter
 }
 
 
@@ -40,15 +44,29 @@ def main() -> None:
     parser.add_argument("--space", default="minilm_l6", help="a search space of the built-in teacher")
     parser.add_argument("--teacher", help="a local copy of the built-in teacher (a BERT directory; default: the "
                                           "built-in one)")
+    parser.add_argument("--calibrate", type=int, default=0, metavar="ROWS",
+                        help="calibrate the pruned FFNs (nasbert.export.calibrate) on this many 128-token rows of "
+                             "--corpus (0: the neurons and weights the export has without calibration)")
+    parser.add_argument("--corpus", nargs="+", default=["../shared/data/wikipedia-en-sample"],
+                        help="text files or directories for --calibrate")
+    parser.add_argument("--suffix", default="", help="appended to every model's directory name")
     args = parser.parse_args()
     teacher, tokenizer, _ = load_teacher(args.teacher)
+    rows = None
+    if args.calibrate:
+        corpus = load_corpus(CorpusConfig(source="files", paths=tuple(args.corpus)), tokenizer)
+        rows = corpus.train[: args.calibrate]
     space = SearchSpace.load(args.space)
     net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
     for name in args.only or CUTS:
         kept, pruned, every = CUTS[name]
         arch = cut_arch(space, kept, pruned=pruned, every=every)
-        save_hf_model(net.extract(arch, drop_identity_adapters=True), args.out / name, tokenizer=tokenizer)
-        print(f"{args.out / name}: {cut_name(kept, pruned=pruned, every=every)} ({arch})")
+        model = net.extract(arch, drop_identity_adapters=True)
+        report = calibrate_cut(model, arch, space, teacher, rows) if rows is not None else []
+        save_hf_model(model, args.out / (name + args.suffix), tokenizer=tokenizer)
+        print(f"{args.out / (name + args.suffix)}: {cut_name(kept, pruned=pruned, every=every)} ({arch})"
+              + "".join(f"; layer {r.teacher_layer}'s FFN {r.neurons} neurons, error {r.error_before:.4f} -> "
+                        f"{r.error_after:.4f}" for r in report))
 
 
 if __name__ == "__main__":

@@ -80,12 +80,21 @@ class ExportConfig:
     #: (also the trained supernet's, on the cosine). The trained versions fine-tuned no better and lost CoLA at 3x
     #: (docs/benchmarks.md); the teacher's are also the faster
     cut_weights: str = "teacher"
+    #: a teacher-cut member's pruned FFNs are calibrated on this many rows of the training corpus
+    #: (nasbert.export.calibrate): the neurons whose output matters most on the text are kept and their output
+    #: weights refitted by least squares to reproduce the whole FFN. 0 keeps the neurons the weight magnitudes rank
+    #: first, with the teacher's output weights
+    calibrate_rows: int = 512
     #: also write model.int8.onnx (ONNX Runtime dynamic quantisation, within a relative-error bound) and time it
     int8: bool = True
     #: whole-model distillation of every chosen member before it is written (steps 0 = none)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.calibrate_rows, bool) or not isinstance(self.calibrate_rows, int) \
+                or self.calibrate_rows < 0:
+            raise ConfigError(f"export.calibrate_rows must be an integer >= 0 (0: no calibration), got "
+                              f"{self.calibrate_rows!r}")
         if self.eval_batches < 1:
             raise ConfigError(f"export.eval_batches must be at least 1, got {self.eval_batches}")
         if not 0.0 <= self.edge_margin < 1.0:

@@ -45,6 +45,7 @@ from ..budgets import latency_limits
 from ..latency.models import EDGE_MARGIN, measure_models, speedup
 from ..onnxio import OnnxParityError, export_int8, export_onnx
 from ..training.evaluation import state_cosine, whole_model_loss
+from .calibrate import calibrate_cut
 from .card import write_model_card
 from .config import CUT_WEIGHTS
 from .cuts import busy, cut_size, judged_ms, work_speedup
@@ -213,6 +214,7 @@ def export_family(
     cuts_first: bool = True,
     cut_weights: str = "teacher",
     work_bound: bool = True,
+    calibration=None,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
@@ -231,7 +233,10 @@ def export_family(
     :class:`~nasbert.training.teacher_cache.TeacherStateCache` of ``corpus.train``) feeds the distillation. A
     candidate timed within ``edge_margin`` of a budget's latency limit is timed again, longer, and that run decides
     (:func:`~nasbert.latency.models.measure_models`). With ``work_bound``, a cut timed faster than its work allows
-    (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that bound."""
+    (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that bound. ``calibration`` (token ids
+    (rows, seq_len) of unlabelled text, e.g. the first rows of ``corpus.train``): a teacher-cut member with pruned FFNs
+    has them calibrated on it (:func:`~nasbert.export.calibrate.calibrate_cut`: the neurons that matter on the text,
+    output weights refitted by least squares) unless it is distilled, and ``extra["calibration"]`` records it."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
@@ -290,6 +295,7 @@ def export_family(
     chosen: dict[str, tuple] = {}
     taken: set[str] = set()
     distilled: dict[str, DistillResult] = {}  # candidate key -> DistillResult (two budgets may choose one model)
+    calibrated: dict[str, list[dict]] = {}  # candidate key -> its FFNs' calibration records
     # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
@@ -310,6 +316,9 @@ def export_family(
         arch, loss, loss_before = cand.arch, losses[cand.key], None
         model = models[cand.key]
         member_dir = _member_name(budget.name, params[cand.key])
+        if calibration is not None and cand.cut and cand.source == "teacher" and not distilling:
+            if cand.key not in calibrated:  # a model two budgets chose is calibrated once
+                calibrated[cand.key] = [r.to_dict() for r in calibrate_cut(model, arch, space, teacher, calibration)]
         if distilling:
             if cand.key not in distilled:
                 distilled[cand.key] = distill_arch(sources[cand.source], arch, teacher, corpus, tokenizer,
@@ -331,7 +340,8 @@ def export_family(
                                 taken=len(feasible) - len(pool), timed_ms=timed if timed != latency else None),
             # chosen for being the largest cut: `nasbert pick` ranks such members the same way
             extra={**({"cut": cand.label, "cut_size": cand.size} if cand.cut and cuts_first else {}),
-                   **_bound_record(cand, timed, latency, teacher_ms)},
+                   **_bound_record(cand, timed, latency, teacher_ms),
+                   **({"calibration": calibrated[cand.key]} if calibrated.get(cand.key) else {})},
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "

@@ -337,6 +337,8 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                            teacher_cache=teacher_cache, edge_margin=config.export.edge_margin,
                            cuts_first=config.export.cuts_first, cut_weights=config.export.cut_weights,
                            work_bound=config.export.work_bound,
+                           calibration=corpus.train[: config.export.calibrate_rows]
+                           if config.export.calibrate_rows else None,
                            proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
                                                        n_batches=config.export.eval_batches))
     if out is None:
