@@ -162,3 +162,16 @@ def test_calibrate_rows_is_a_run_setting_checked_on_load():
     for bad in (1.5, True):
         with pytest.raises(ConfigError, match=r"export\.calibrate_rows' must be an integer"):
             RunConfig.from_dict({"export": {"calibrate_rows": bad}})
+
+
+def test_magnitude_neurons_without_a_refit_are_the_cut_as_extracted(tiny_space, tiny_teacher, teacher_net, rows):
+    """The two steps can be measured apart; with neither, calibration gives back the supernet's own cut."""
+    arch, model = _cut(teacher_net, tiny_space, range(8), pruned=64, every=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = calibrate_cut(model, arch, tiny_space, tiny_teacher, rows, neurons="magnitude", refit=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert all(r.error_after == pytest.approx(r.error_before) for r in report) and len(report) == 4
+    refitted = calibrate_cut(model, arch, tiny_space, tiny_teacher, rows, neurons="magnitude")
+    assert all(r.error_after < r.error_before for r in refitted)
+    with pytest.raises(ValueError, match="neurons must be 'output' or 'magnitude'"):
+        calibrate_cut(model, arch, tiny_space, tiny_teacher, rows, neurons="random")

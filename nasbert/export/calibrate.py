@@ -112,15 +112,21 @@ def _inputs(model, op: int, input_ids: torch.Tensor, batch_size: int):
 
 @torch.no_grad()
 def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: torch.Tensor, *,
-                  ridge: float = DEFAULT_RIDGE, batch_size: int = 32) -> list[FfnCalibration]:
+                  ridge: float = DEFAULT_RIDGE, batch_size: int = 32, neurons: str = "output",
+                  refit: bool = True) -> list[FfnCalibration]:
     """Calibrate every pruned FFN of the teacher cut ``model`` (extracted from ``arch``) in place, bottom-up, on
     ``input_ids`` (N, T) of unlabelled text with no padding (e.g. rows of a :class:`TokenizedCorpus`), against
     the FFNs of ``teacher`` (a ``BertModel``, whose hidden channels the cut keeps). Returns one record per FFN;
-    none for a cut without a pruned FFN."""
+    none for a cut without a pruned FFN.
+
+    ``neurons="magnitude"`` keeps the neurons the weight magnitudes rank first (those the cut has) and
+    ``refit=False`` the teacher's output weights: the two steps can be measured apart (bench/calibration.py)."""
     if input_ids.dim() != 2 or len(input_ids) == 0:
         raise ValueError(f"calibration needs token ids of shape (rows, seq_len), got {tuple(input_ids.shape)}")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
+    if neurons not in ("output", "magnitude"):
+        raise ValueError(f"neurons must be 'output' or 'magnitude', got {neurons!r}")
     todo = pruned_ffns(model, arch, space, teacher)
     was_training = model.training
     model.eval()
@@ -141,18 +147,21 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
             g, _ = whole(x)
             power += g.pow(2).sum(0)
             tokens += len(x)
-        score = w_out.norm(dim=0) * (power / tokens).sqrt()
+        score = w_out.norm(dim=0) * (power / tokens).sqrt() if neurons == "output" else \
+            w_in.norm(dim=1) * w_out.norm(dim=0)  # importance.neuron_order's criterion
         keep = torch.argsort(-score, stable=True)[:k]  # most important first, as the supernet orders units
 
-        gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
-        cross = torch.zeros(k + 1, w_out.shape[0], dtype=torch.float64)
-        for x in _inputs(model, op, input_ids, batch_size):
-            g, target = whole(x)
-            a = torch.cat([g[:, keep], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
-            gram += a.T @ a
-            cross += a.T @ target
-        gram += ridge * gram.diagonal().mean() * torch.eye(k + 1, dtype=gram.dtype)
-        solution = torch.linalg.solve(gram, cross)  # (k + 1, H)
+        solution = torch.cat([w_out[:, keep].T, b_out[None]])  # (k + 1, H): the teacher's output weights
+        if refit:
+            gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+            cross = torch.zeros(k + 1, w_out.shape[0], dtype=torch.float64)
+            for x in _inputs(model, op, input_ids, batch_size):
+                g, target = whole(x)
+                a = torch.cat([g[:, keep], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
+                gram += a.T @ a
+                cross += a.T @ target
+            gram += ridge * gram.diagonal().mean() * torch.eye(k + 1, dtype=gram.dtype)
+            solution = torch.linalg.solve(gram, cross)
 
         old = [p.detach().double() for p in (ffn.intermediate.dense.weight, ffn.intermediate.dense.bias,
                                              ffn.output.dense.weight, ffn.output.dense.bias)]
