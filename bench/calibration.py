@@ -4,9 +4,11 @@ the weight magnitudes rank first or those whose output matters on the text, with
 refitted ones.
 
     python bench/calibration.py --out bench/calibration.json      # about 5 minutes on 2 CPU cores
+    python bench/calibration.py --corpus builtin --out bench/calibration_builtin.json   # what `nasbert run` has
 
-Calibration uses the first ``--rows`` training rows of the corpus (128 tokens each); the error is measured on the
-first ``--eval-rows`` validation rows, which calibration never sees.
+Calibration uses the first ``--rows`` training rows of ``--corpus`` (128 tokens each; ``builtin``: the built-in
+corpus of ``nasbert run``); the error is measured on the first ``--eval-rows`` validation rows of
+``--eval-corpus``, which calibration never sees.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +63,9 @@ def _compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--corpus", nargs="+", default=["../shared/data/wikipedia-en-sample"])
+    parser.add_argument("--corpus", nargs="+", default=["../shared/data/wikipedia-en-sample"],
+                        help="text files or directories, or builtin")
+    parser.add_argument("--eval-corpus", nargs="+", default=["../shared/data/wikipedia-en-sample"])
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--eval-rows", type=int, default=256)
     parser.add_argument("--only", nargs="+", choices=sorted(CUTS))
@@ -68,8 +73,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     teacher, tokenizer, _ = load_teacher()
-    corpus = load_corpus(CorpusConfig(source="files", paths=tuple(args.corpus)), tokenizer)
-    rows, held_out = corpus.train[: args.rows], corpus.valid[: args.eval_rows]
+
+    def corpus(paths):
+        config = CorpusConfig() if paths == ["builtin"] else CorpusConfig(source="files", paths=tuple(paths))
+        return load_corpus(config, tokenizer)
+
+    rows, held_out = corpus(args.corpus).train[: args.rows], corpus(args.eval_corpus).valid[: args.eval_rows]
     space = SearchSpace.load("minilm_l6")
     net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
     results, start = {}, time.time()
@@ -86,9 +95,10 @@ def main() -> None:
             print(f"{name:10s} {variant:20s} " + " ".join(f"{k} {v:.4f}" for k, v in row[variant].items()
                                                           if k != "ffn_errors"), flush=True)
         results[name] = row
-    record = {"command": "python bench/calibration.py --out " + str(args.out), "date": str(datetime.date.today()),
-              "machine": f"{platform.machine()}, {args.threads} threads", "rows": args.rows,
-              "eval_rows": args.eval_rows, "seq_len": corpus.seq_len, "corpus": list(args.corpus),
+    record = {"command": "python bench/calibration.py " + " ".join(sys.argv[1:]),
+              "date": str(datetime.date.today()), "machine": f"{platform.machine()}, {args.threads} threads",
+              "rows": len(rows), "eval_rows": len(held_out), "seq_len": rows.shape[1], "corpus": list(args.corpus),
+              "eval_corpus": list(args.eval_corpus),
               "seconds": round(time.time() - start, 1),
               "what": "final hidden states of each pruned cut against the same cut unpruned, on held-out rows",
               "cuts": results}
