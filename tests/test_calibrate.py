@@ -143,6 +143,10 @@ def test_the_export_calibrates_a_pruned_cut_member_and_records_it(tiny_space, ti
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(written[key], value, rtol=0, atol=0)
     assert (tmp_path / "family" / members[str(pruned)].onnx).is_file()  # export_onnx checked it against PyTorch
+    card = (tmp_path / "family" / members[str(pruned)].path / "README.md").read_text()
+    assert "its pruned FFNs calibrated on unlabelled text" in card
+    whole_card = (tmp_path / "family" / members[str(whole)].path / "README.md").read_text()
+    assert "kept as they are (a teacher cut)" in whole_card
 
 
 def _load(path):
