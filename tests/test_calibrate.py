@@ -115,7 +115,7 @@ def test_the_export_calibrates_a_pruned_cut_member_and_records_it(tiny_space, ti
     from nasbert.data import CorpusConfig, load_corpus
     from nasbert.export.family_export import export_family
     from nasbert.search import parse_budgets
-    from nasbert.training.evaluation import validation_batches
+    from nasbert.training.evaluation import state_cosine, validation_batches, whole_model_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     corpus = load_corpus(CorpusConfig(seq_len=32, max_documents=12), tokenizer, show_progress=False)
@@ -136,12 +136,22 @@ def test_the_export_calibrates_a_pruned_cut_member_and_records_it(tiny_space, ti
     assert (record["op"], record["teacher_layer"], record["neurons"], record["tokens"]) == (3, 1, 64, 8 * 32)
     assert record["error_after"] < record["error_before"]
     assert "calibration" not in members[str(whole)].extra  # nothing pruned, nothing to calibrate
+    # the member's cosine and loss are the calibrated model's; the cut's own are kept beside them
+    member = members[str(pruned)]
+    uncalibrated = teacher_net.extract(pruned, drop_identity_adapters=True)
+    assert member.extra["uncalibrated"]["cosine"] == pytest.approx(
+        state_cosine(uncalibrated, tiny_teacher, None, batches))
+    assert member.extra["uncalibrated"]["valid_loss"] == pytest.approx(
+        whole_model_loss(uncalibrated, tiny_teacher, None, batches))
 
     expected = teacher_net.extract(pruned, drop_identity_adapters=True)
     calibrate_cut(expected, pruned, tiny_space, tiny_teacher, calibration)
     written = {k: v for k, v in _load(tmp_path / "family" / members[str(pruned)].path).items()}
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(written[key], value, rtol=0, atol=0)
+    assert member.valid_loss == pytest.approx(whole_model_loss(expected, tiny_teacher, None, batches))
+    assert member.cosine == pytest.approx(state_cosine(expected, tiny_teacher, None, batches))
+    assert member.cosine != pytest.approx(member.extra["uncalibrated"]["cosine"])
     assert (tmp_path / "family" / members[str(pruned)].onnx).is_file()  # export_onnx checked it against PyTorch
     card = (tmp_path / "family" / members[str(pruned)].path / "README.md").read_text()
     assert "its pruned FFNs calibrated on unlabelled text" in card

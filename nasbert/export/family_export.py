@@ -236,7 +236,9 @@ def export_family(
     (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that bound. ``calibration`` (token ids
     (rows, seq_len) of unlabelled text, e.g. the first rows of ``corpus.train``): a teacher-cut member with pruned FFNs
     has them calibrated on it (:func:`~nasbert.export.calibrate.calibrate_cut`: the neurons that matter on the text,
-    output weights refitted by least squares) unless it is distilled, and ``extra["calibration"]`` records it."""
+    output weights refitted by least squares) unless it is distilled: ``extra["calibration"]`` records each FFN's,
+    the member's ``cosine`` and ``valid_loss`` are the calibrated model's and ``extra["uncalibrated"]`` keeps the
+    cut's own."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
@@ -295,7 +297,7 @@ def export_family(
     chosen: dict[str, tuple] = {}
     taken: set[str] = set()
     distilled: dict[str, DistillResult] = {}  # candidate key -> DistillResult (two budgets may choose one model)
-    calibrated: dict[str, list[dict]] = {}  # candidate key -> its FFNs' calibration records
+    calibrated: dict[str, dict | list] = {}  # candidate key -> its calibration record ([]: nothing to calibrate)
     # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
@@ -318,7 +320,13 @@ def export_family(
         member_dir = _member_name(budget.name, params[cand.key])
         if calibration is not None and cand.cut and cand.source == "teacher" and not distilling:
             if cand.key not in calibrated:  # a model two budgets chose is calibrated once
-                calibrated[cand.key] = [r.to_dict() for r in calibrate_cut(model, arch, space, teacher, calibration)]
+                records = [r.to_dict() for r in calibrate_cut(model, arch, space, teacher, calibration)]
+                calibrated[cand.key] = records and {
+                    "ffns": records, "uncalibrated": {"cosine": cos, "valid_loss": loss},
+                    "cosine": state_cosine(model, teacher, None, proxy_batches),
+                    "valid_loss": whole_model_loss(model, teacher, None, valid_batches)}
+            if calibrated[cand.key]:
+                cos, loss = calibrated[cand.key]["cosine"], calibrated[cand.key]["valid_loss"]
         if distilling:
             if cand.key not in distilled:
                 distilled[cand.key] = distill_arch(sources[cand.source], arch, teacher, corpus, tokenizer,
@@ -341,7 +349,8 @@ def export_family(
             # chosen for being the largest cut: `nasbert pick` ranks such members the same way
             extra={**({"cut": cand.label, "cut_size": cand.size} if cand.cut and cuts_first else {}),
                    **_bound_record(cand, timed, latency, teacher_ms),
-                   **({"calibration": calibrated[cand.key]} if calibrated.get(cand.key) else {})},
+                   **({"calibration": calibrated[cand.key]["ffns"],
+                       "uncalibrated": calibrated[cand.key]["uncalibrated"]} if calibrated.get(cand.key) else {})},
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "

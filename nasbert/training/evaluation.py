@@ -16,18 +16,20 @@ from ..supernet import SuperNet
 __all__ = ["plain_batches", "state_cosine", "validation_batches", "whole_model_loss"]
 
 
-def _final_states(supernet: SuperNet, teacher, arch: Arch, batches: Sequence[dict]):
-    """Per batch: the stitched sub-network's final hidden states and the teacher's, at the real tokens."""
+def _final_states(supernet: SuperNet, teacher, arch: Arch | None, batches: Sequence[dict]):
+    """Per batch: the stitched sub-network's final hidden states and the teacher's, at the real tokens. With
+    ``arch=None``, ``supernet`` is a standalone model (a :class:`NasBertModel`, e.g. a calibrated teacher cut)."""
     supernet.eval()
     for batch in batches:
         target = teacher(**batch).last_hidden_state
-        out = supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch)
+        out = supernet(**batch).last_hidden_state if arch is None else \
+            supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch)
         keep = batch["attention_mask"].bool()
         yield out[keep], target[keep]
 
 
 @torch.no_grad()
-def whole_model_loss(supernet: SuperNet, teacher, arch: Arch, batches: Sequence[dict]) -> float:
+def whole_model_loss(supernet: SuperNet, teacher, arch: Arch | None, batches: Sequence[dict]) -> float:
     """MSE between the stitched sub-network's final hidden states and the teacher's, over real tokens."""
     losses = [float(torch.nn.functional.mse_loss(out, target))
               for out, target in _final_states(supernet, teacher, arch, batches)]
@@ -35,7 +37,7 @@ def whole_model_loss(supernet: SuperNet, teacher, arch: Arch, batches: Sequence[
 
 
 @torch.no_grad()
-def state_cosine(supernet: SuperNet, teacher, arch: Arch, batches: Sequence[dict]) -> float:
+def state_cosine(supernet: SuperNet, teacher, arch: Arch | None, batches: Sequence[dict]) -> float:
     """Mean per-token cosine similarity between the stitched sub-network's final hidden states and the teacher's,
     over real tokens: the export's ranking proxy (blind to the scale of the states, which MSE is not)."""
     cosines = [float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean())
