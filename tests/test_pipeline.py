@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModel
 
 from nasbert import Arch, SuperNet
+from nasbert.export.calibrate import calibrate_cut
 from nasbert.export.family import Family
 
 from conftest import copy_run
@@ -26,6 +27,16 @@ TINY = ["corpus.seq_len=32", "corpus.max_documents=12", "train.steps=8", "train.
         "latency.archs=12", "latency.repeats=3", "latency.rounds=1", "latency.warmup=1", "latency.table_repeats=3",
         "latency.group_size=6", "search.trials=60", "search.budgets=[1.2x, 1.5x, 2x]", "search.top_k=2",
         "export.eval_batches=1"]
+
+
+def _corpus(run: Path, tokenizer_dir: str):
+    """The run's tokenised corpus, from the cache beside it."""
+    from transformers import AutoTokenizer
+
+    from nasbert.data import CorpusConfig, load_corpus
+
+    return load_corpus(CorpusConfig(seq_len=32, max_documents=12), AutoTokenizer.from_pretrained(tokenizer_dir),
+                       cache_dir=run.parent / "cache" / "corpus", show_progress=False)
 
 
 def _nasbert() -> list[str]:
@@ -47,7 +58,7 @@ def test_every_stage_is_done_and_recorded(run):
     assert (run / "search" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space, tiny_teacher_dir):
+def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space, tiny_teacher, tiny_teacher_dir):
     family = Family.load(run / "family")
     assert 1 <= len(family.models) <= 3 and family.teacher_latency_ms > 0
     supernet = SuperNet.from_pretrained(run / "supernet")
@@ -72,6 +83,13 @@ def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space, 
         with torch.no_grad():
             expected = net(ids, mask, arch=arch)
             got = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            if member.extra.get("calibration"):  # a teacher cut's pruned FFNs, calibrated on the run's corpus
+                assert member.source == "teacher"
+                cut = net.extract(arch, drop_identity_adapters=True)
+                rows = _corpus(run, tiny_teacher_dir).train[:512]
+                records = calibrate_cut(cut, arch, tiny_space, tiny_teacher, rows)
+                assert [r.to_dict() for r in records] == member.extra["calibration"]
+                expected = cut(input_ids=ids, attention_mask=mask).last_hidden_state
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
         onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
@@ -149,8 +167,10 @@ def test_export_with_whole_model_distillation_records_it(run, tmp_path, monkeypa
     for member in family.models:
         assert member.valid_loss_before_distill is not None and member.valid_loss != member.valid_loss_before_distill
         assert "before whole-model distillation" in (tmp_path / "family" / member.path / "README.md").read_text()
-    # "before" is the loss the undistilled export chose on (same batches); measured latency may pick other models
-    plain = {(m.source, str(Arch.from_dict(m.arch))): m.valid_loss for m in Family.load(run / "family").models}
+    # "before" is the loss the undistilled export chose on (same batches; a calibrated member's is the cut's own,
+    # as a distilled member starts from the supernet's weights); measured latency may pick other models
+    plain = {(m.source, str(Arch.from_dict(m.arch))): m.extra.get("uncalibrated", {}).get("valid_loss", m.valid_loss)
+             for m in Family.load(run / "family").models}
     for member in family.models:
         key = (member.source, str(Arch.from_dict(member.arch)))
         if key in plain:
