@@ -28,16 +28,10 @@ from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.calibrate import calibrate_cut
 from nasbert.export.cuts import cut_arch, cut_name
 from nasbert.teacher import load_teacher
+from teacher_cuts import CUTS as TEACHER_CUTS  # bench/ is on sys.path when a script in it runs
 
-#: (kept teacher sub-layers, FFN neurons kept, every FFN pruned), as bench/teacher_cuts.py
-CUTS = {
-    "2x": (range(6), 1152, False),
-    "2x-every": (range(8), 768, True),
-    "3x-ffn": (range(4), 1152, False),
-    "3x-every": (range(5), 768, True),
-    "4x-ffn": (range(4), 768, True),
-    "l3-ffn384": (range(6), 384, True),
-}
+#: the cuts of bench/teacher_cuts.py that prune an FFN and are compared here
+CUTS = {name: TEACHER_CUTS[name] for name in ("2x", "2x-every", "3x-ffn", "3x-every", "4x-ffn", "l3-ffn384")}
 VARIANTS = {  # name -> (neurons, refit); ("magnitude", False) is the cut as the supernet gives it
     "magnitude": ("magnitude", False),
     "output-ranked": ("output", False),

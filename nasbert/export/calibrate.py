@@ -142,11 +142,11 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
             g = act(x @ w_in.T + b_in)  # (tokens, I)
             return g, g @ w_out.T + b_out
 
-        power, tokens = torch.zeros(w_in.shape[0], dtype=torch.float64), 0
-        for x in _inputs(model, op, input_ids, batch_size):
-            g, _ = whole(x)
-            power += g.pow(2).sum(0)
-            tokens += len(x)
+        inputs = list(_inputs(model, op, input_ids, batch_size))  # the layers below run once per FFN
+        tokens = sum(len(x) for x in inputs)
+        power = torch.zeros(w_in.shape[0], dtype=torch.float64)
+        for x in inputs:
+            power += whole(x)[0].pow(2).sum(0)
         score = w_out.norm(dim=0) * (power / tokens).sqrt() if neurons == "output" else \
             w_in.norm(dim=1) * w_out.norm(dim=0)  # importance.neuron_order's criterion
         keep = torch.argsort(-score, stable=True)[:k]  # most important first, as the supernet orders units
@@ -155,7 +155,7 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
         if refit:
             gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
             cross = torch.zeros(k + 1, w_out.shape[0], dtype=torch.float64)
-            for x in _inputs(model, op, input_ids, batch_size):
+            for x in inputs:
                 g, target = whole(x)
                 a = torch.cat([g[:, keep], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
                 gram += a.T @ a
@@ -166,7 +166,7 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
         old = [p.detach().double() for p in (ffn.intermediate.dense.weight, ffn.intermediate.dense.bias,
                                              ffn.output.dense.weight, ffn.output.dense.bias)]
         errors, norm = torch.zeros(2, dtype=torch.float64), 0.0
-        for x in _inputs(model, op, input_ids, batch_size):
+        for x in inputs:
             g, target = whole(x)
             before = act(x @ old[0].T + old[1]) @ old[2].T + old[3]
             after = g[:, keep] @ solution[:-1] + solution[-1]

@@ -297,7 +297,7 @@ def export_family(
     chosen: dict[str, tuple] = {}
     taken: set[str] = set()
     distilled: dict[str, DistillResult] = {}  # candidate key -> DistillResult (two budgets may choose one model)
-    calibrated: dict[str, dict | list] = {}  # candidate key -> its calibration record ([]: nothing to calibrate)
+    calibrated: dict[str, dict | None] = {}  # candidate key -> its calibration record (None: nothing to calibrate)
     # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
@@ -321,10 +321,10 @@ def export_family(
         if calibration is not None and cand.cut and cand.source == "teacher" and not distilling:
             if cand.key not in calibrated:  # a model two budgets chose is calibrated once
                 records = [r.to_dict() for r in calibrate_cut(model, arch, space, teacher, calibration)]
-                calibrated[cand.key] = records and {
+                calibrated[cand.key] = {
                     "ffns": records, "uncalibrated": {"cosine": cos, "valid_loss": loss},
                     "cosine": state_cosine(model, teacher, None, proxy_batches),
-                    "valid_loss": whole_model_loss(model, teacher, None, valid_batches)}
+                    "valid_loss": whole_model_loss(model, teacher, None, valid_batches)} if records else None
             if calibrated[cand.key]:
                 cos, loss = calibrated[cand.key]["cosine"], calibrated[cand.key]["valid_loss"]
         if distilling:
