@@ -31,12 +31,14 @@ from nasbert.teacher import load_teacher
 from teacher_cuts import CUTS as TEACHER_CUTS  # bench/ is on sys.path when a script in it runs
 
 #: the cuts of bench/teacher_cuts.py that prune an FFN and are compared here
-CUTS = {name: TEACHER_CUTS[name] for name in ("2x", "2x-every", "3x-ffn", "3x-every", "4x-ffn", "l3-ffn384")}
-VARIANTS = {  # name -> (neurons, refit); ("magnitude", False) is the cut as the supernet gives it
-    "magnitude": ("magnitude", False),
-    "output-ranked": ("output", False),
-    "magnitude+refit": ("magnitude", True),
-    "output-ranked+refit": ("output", True),
+CUTS = {name: TEACHER_CUTS[name] for name in ("2x", "2x-every", "3x-ffn", "3x-every", "4x-ffn", "l3-ffn384",
+                                              "l3-ffn576")}
+VARIANTS = {  # name -> (neurons, refit, target); ("magnitude", False, ...) is the cut as the supernet gives it
+    "magnitude": ("magnitude", False, "ffn"),
+    "output-ranked": ("output", False, "ffn"),
+    "magnitude+refit": ("magnitude", True, "ffn"),
+    "output-ranked+refit": ("output", True, "ffn"),
+    "output-ranked+refit to states": ("output", True, "states"),  # the unpruned cut's states after each FFN
 }
 
 
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--eval-rows", type=int, default=256)
     parser.add_argument("--only", nargs="+", choices=sorted(CUTS))
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="default: all of them")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,9 +84,11 @@ def main() -> None:
         arch = cut_arch(space, kept, pruned=pruned, every=every)
         reference = _states(net.extract(cut_arch(space, kept), drop_identity_adapters=True), held_out)
         row = {"cut": cut_name(kept, pruned=pruned, every=every)}
-        for variant, (neurons, refit) in VARIANTS.items():
+        for variant, (neurons, refit, target) in VARIANTS.items():
+            if args.variants and variant not in args.variants:
+                continue
             model = net.extract(arch, drop_identity_adapters=True)
-            report = calibrate_cut(model, arch, space, teacher, rows, neurons=neurons, refit=refit)
+            report = calibrate_cut(model, arch, space, teacher, rows, neurons=neurons, refit=refit, target=target)
             row[variant] = {**_compare(_states(model, held_out), reference),
                             "ffn_errors": [round(r.error_after, 5) for r in report]}
             print(f"{name:10s} {variant:20s} " + " ".join(f"{k} {v:.4f}" for k, v in row[variant].items()

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from nasbert import SearchSpace, SuperNet
-from nasbert.export.cuts import teacher_cuts
+from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts
 from nasbert.latency.models import measure_models
 from nasbert.teacher import load_teacher
+from teacher_cuts import CUTS as BENCH_CUTS  # bench/ is on sys.path when a script in it runs
 
 CUTS = ("teacher-L3", "teacher-L2+mha2+ffn2@1152", "teacher-L2+mha2+ffn2@768", "teacher-L2+mha2+ffn2@384",
         "teacher-L2+mha2", "teacher-L2", "teacher-L1+mha1+ffn1@1152", "teacher-L1+mha1+ffn1@768",
@@ -39,6 +40,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/cut_ladder.json")
     ap.add_argument("--weights", choices=["both", "teacher"], default="both",
                     help="teacher: time only the version with the teacher's weights (no run needed)")
+    ap.add_argument("--only", nargs="+", choices=CUTS, metavar="CUT", help="time only these of the ladder's cuts")
+    ap.add_argument("--extra", nargs="+", default=[], choices=sorted(BENCH_CUTS), metavar="NAME",
+                    help="also time these models of bench/teacher_cuts.py (e.g. l3-ffn576, outside the export's cuts)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -47,8 +51,13 @@ def main() -> None:
     space = SearchSpace.load("minilm_l6") if trained is None else trained.space
     raw = SuperNet.from_teacher(space, teacher, reorder="units").eval()
     archs = dict(teacher_cuts(space, max_gaps=0, prune_ffn=True, prune_every=True))
+    extra = []
+    for name in args.extra:
+        kept, pruned, every = BENCH_CUTS[name]
+        extra.append(cut_name(kept, pruned=pruned, every=every))
+        archs[extra[-1]] = cut_arch(space, kept, pruned=pruned, every=every)
     models = {}
-    for name in CUTS:
+    for name in [*(args.only or CUTS), *extra]:
         models[f"{name} (teacher)"] = raw.extract(archs[name], drop_identity_adapters=True)
         if trained is not None:
             models[f"{name} (trained)"] = trained.extract(archs[name])
@@ -67,6 +76,8 @@ def main() -> None:
                        archs[name.split(" ")[0]], adapters=models[name].config.adapters)}
             for name, v in speedups.items()}
     command = f"python bench/cut_ladder.py --reps {args.reps} --out {args.out}"
+    command += (" --only " + " ".join(args.only) if args.only else "") + \
+        (" --extra " + " ".join(args.extra) if args.extra else "")
     record = {"command": command + (" --weights teacher" if trained is None else f" --run {args.run}"),
               "date": dt.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads visible; ONNX Runtime 1 thread, batch 1, 128 tokens",

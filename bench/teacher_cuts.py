@@ -35,6 +35,7 @@ CUTS = {
     "3x-every": (range(5), 768, True),   # teacher-L2+mha2@ffn768 (the same cut as "3x")
     "l3-ffn384": (range(6), 384, True),  # teacher-L3@ffn384: the bottom 3 layers, every FFN at a quarter
     "2x-every": (range(8), 768, True),   # teacher-L4@ffn768: the bottom 4 layers, every FFN halved (2.12x)
+    "l3-ffn576": (range(6), 576, True),  # teacher-L3@ffn576: the bottom 3 layers, every FFN at 3/8 (3.30x bound)
 }
 
 

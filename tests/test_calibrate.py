@@ -189,3 +189,37 @@ def test_magnitude_neurons_without_a_refit_are_the_cut_as_extracted(tiny_space, 
     assert all(r.error_after < r.error_before for r in refitted)
     with pytest.raises(ValueError, match="neurons must be 'output' or 'magnitude'"):
         calibrate_cut(model, arch, tiny_space, tiny_teacher, rows, neurons="random")
+
+
+def _pre_norm_sum(model, op, ids):
+    """What ``model.encoder.layer[op]`` (an FFN) adds up before its LayerNorm (its input plus its branch), and its
+    input."""
+    captured = []
+    handle = model.encoder.layer[op].register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    _states(model, ids)
+    handle.remove()
+    ffn, x = model.encoder.layer[op], captured[0]
+    with torch.no_grad():
+        return x + ffn.output.dense(ffn.act(ffn.intermediate.dense(x))), x
+
+
+def test_the_states_target_makes_up_for_the_pruned_layers_below(tiny_space, tiny_teacher, teacher_net, rows):
+    """With ``target="states"`` an FFN is refitted to give what the unpruned cut has after it, not what the whole
+    FFN gives on the cut's own inputs. The lowest pruned FFN sees the unpruned cut's inputs, so both targets agree
+    there; above it, the states target is the least-squares fit of the unpruned cut's pre-norm sum."""
+    arch, ffn_model = _cut(teacher_net, tiny_space, range(4), pruned=32, every=True)  # layers 0-1, both FFNs at 1/4
+    _, states_model = _cut(teacher_net, tiny_space, range(4), pruned=32, every=True)
+    _, whole = _cut(teacher_net, tiny_space, range(4))
+    calibrate_cut(ffn_model, arch, tiny_space, tiny_teacher, rows)
+    report = calibrate_cut(states_model, arch, tiny_space, tiny_teacher, rows, target="states")
+    low = [k for k in states_model.state_dict() if not k.startswith("encoder.layer.3.")]
+    assert all(torch.allclose(states_model.state_dict()[k], ffn_model.state_dict()[k], atol=1e-6) for k in low)
+    top = [k for k in states_model.state_dict() if k.startswith("encoder.layer.3.output.dense")]
+    assert not all(torch.allclose(states_model.state_dict()[k], ffn_model.state_dict()[k]) for k in top)
+    reference = _pre_norm_sum(whole, 3, rows)[0]
+    errors = [float((_pre_norm_sum(m, 3, rows)[0] - reference).pow(2).sum()) for m in (ffn_model, states_model)]
+    assert errors[1] < 0.9 * errors[0], errors
+    goal = reference - _pre_norm_sum(states_model, 3, rows)[1]  # the branch that would meet it exactly
+    assert report[1].error_after == pytest.approx(errors[1] / float(goal.pow(2).sum()), rel=1e-3)
+    with pytest.raises(ValueError, match="target must be 'ffn' or 'states'"):
+        calibrate_cut(states_model, arch, tiny_space, tiny_teacher, rows, target="teacher")

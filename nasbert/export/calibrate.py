@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..modeling.modeling_nasbert import feed_forward, residual_norm
 from ..space import Arch, SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -87,16 +88,28 @@ class _Stop(Exception):
     pass
 
 
-def _inputs(model, op: int, input_ids: torch.Tensor, batch_size: int):
+def _inputs(model, op: int, input_ids: torch.Tensor, batch_size: int, unpruned: dict | None = None):
     """The inputs of ``model.encoder.layer[op]`` on ``input_ids`` (every token real), batch by batch, as (tokens,
-    width) float64 matrices."""
+    width) float64 matrices. ``unpruned``: {op index: the teacher layer whose whole FFN replaces that pruned FFN}
+    (those below ``op`` matter), to get the inputs the unpruned cut gives that layer instead."""
     captured = []
 
     def hook(_module, args):
         captured.append(args[0])
         raise _Stop
 
-    handle = model.encoder.layer[op].register_forward_pre_hook(hook)
+    def whole(layer):
+        def replace(module, args, _output):
+            x = args[0]
+            branch = feed_forward(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias,
+                                  layer.output.dense.weight, layer.output.dense.bias, act=module.act)
+            norm = module.output.LayerNorm
+            return residual_norm(x, branch, norm.weight, norm.bias, eps=norm.eps, dropout=0.0, training=False)
+        return replace
+
+    handles = [model.encoder.layer[op].register_forward_pre_hook(hook)]
+    handles += [model.encoder.layer[n].register_forward_hook(whole(layer)) for n, layer in (unpruned or {}).items()
+                if n < op]
     try:
         for start in range(0, len(input_ids), batch_size):
             ids = input_ids[start : start + batch_size]
@@ -107,27 +120,35 @@ def _inputs(model, op: int, input_ids: torch.Tensor, batch_size: int):
             x = captured.pop()
             yield x.reshape(-1, x.shape[-1]).double()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
 def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: torch.Tensor, *,
                   ridge: float = DEFAULT_RIDGE, batch_size: int = 32, neurons: str = "output",
-                  refit: bool = True) -> list[FfnCalibration]:
+                  refit: bool = True, target: str = "ffn") -> list[FfnCalibration]:
     """Calibrate every pruned FFN of the teacher cut ``model`` (extracted from ``arch``) in place, bottom-up, on
     ``input_ids`` (N, T) of unlabelled text with no padding (e.g. rows of a :class:`TokenizedCorpus`), against
     the FFNs of ``teacher`` (a ``BertModel``, whose hidden channels the cut keeps). Returns one record per FFN;
     none for a cut without a pruned FFN.
 
     ``neurons="magnitude"`` keeps the neurons the weight magnitudes rank first (those the cut has) and
-    ``refit=False`` the teacher's output weights: the two steps can be measured apart (bench/calibration.py)."""
+    ``refit=False`` the teacher's output weights: the two steps can be measured apart (bench/calibration.py).
+
+    ``target``: what the refitted FFN reproduces on the cut's inputs: ``"ffn"``, the whole FFN's output on those
+    inputs; ``"states"``, what the unpruned cut has after that FFN (before its LayerNorm), so that the refit also
+    makes up for what the pruned layers below changed."""
     if input_ids.dim() != 2 or len(input_ids) == 0:
         raise ValueError(f"calibration needs token ids of shape (rows, seq_len), got {tuple(input_ids.shape)}")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     if neurons not in ("output", "magnitude"):
         raise ValueError(f"neurons must be 'output' or 'magnitude', got {neurons!r}")
+    if target not in ("ffn", "states"):
+        raise ValueError(f"target must be 'ffn' or 'states', got {target!r}")
     todo = pruned_ffns(model, arch, space, teacher)
+    unpruned = {op: teacher.encoder.layer[layer] for op, layer in todo}
     was_training = model.training
     model.eval()
     out = []
@@ -143,6 +164,12 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
             return g, g @ w_out.T + b_out
 
         inputs = list(_inputs(model, op, input_ids, batch_size))  # the layers below run once per FFN
+        if target == "states":
+            references = list(_inputs(model, op, input_ids, batch_size, unpruned))
+            goals = [r + whole(r)[1] - x for r, x in zip(references, inputs)]
+            del references
+        else:
+            goals = [whole(x)[1] for x in inputs]
         tokens = sum(len(x) for x in inputs)
         power = torch.zeros(w_in.shape[0], dtype=torch.float64)
         for x in inputs:
@@ -155,23 +182,23 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
         if refit:
             gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
             cross = torch.zeros(k + 1, w_out.shape[0], dtype=torch.float64)
-            for x in inputs:
-                g, target = whole(x)
+            for x, goal in zip(inputs, goals):
+                g = whole(x)[0]
                 a = torch.cat([g[:, keep], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
                 gram += a.T @ a
-                cross += a.T @ target
+                cross += a.T @ goal
             gram += ridge * gram.diagonal().mean() * torch.eye(k + 1, dtype=gram.dtype)
             solution = torch.linalg.solve(gram, cross)
 
         old = [p.detach().double() for p in (ffn.intermediate.dense.weight, ffn.intermediate.dense.bias,
                                              ffn.output.dense.weight, ffn.output.dense.bias)]
         errors, norm = torch.zeros(2, dtype=torch.float64), 0.0
-        for x in inputs:
-            g, target = whole(x)
+        for x, goal in zip(inputs, goals):
+            g = whole(x)[0]
             before = act(x @ old[0].T + old[1]) @ old[2].T + old[3]
             after = g[:, keep] @ solution[:-1] + solution[-1]
-            errors += torch.stack([(before - target).pow(2).sum(), (after - target).pow(2).sum()])
-            norm += float(target.pow(2).sum())
+            errors += torch.stack([(before - goal).pow(2).sum(), (after - goal).pow(2).sum()])
+            norm += float(goal.pow(2).sum())
         dtype = ffn.output.dense.weight.dtype
         ffn.intermediate.dense.weight.copy_(w_in[keep].to(dtype))
         ffn.intermediate.dense.bias.copy_(b_in[keep].to(dtype))
