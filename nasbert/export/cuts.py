@@ -184,10 +184,10 @@ def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = Fal
     bottom ``m`` sub-layers for m = 1 .. 2L - 1, and (``max_gaps=1``) each of them with one sub-layer below the
     top removed, where the space can express it; with ``prune_ffn``, also every cut that ends on an FFN with
     that FFN pruned to each of :meth:`SearchSpace.pruned_ffn_inners` (the full teacher's last FFN included);
-    with ``prune_every``, also every cut with an FFN, the full teacher included, with every FFN pruned to half
-    its neurons (the middle of :meth:`SearchSpace.pruned_ffn_inners`), which trades FFN neurons for attention
-    sub-layers: the bottom 3 attentions with half of the 2 FFNs between them run at the speed of the bottom 2
-    layers with 3/4 of the second FFN.
+    with ``prune_every``, also every cut with an FFN, the full teacher included, with every FFN pruned to each of
+    :meth:`SearchSpace.every_ffn_inners` (3/8 and half of its neurons), which trades FFN neurons for attention
+    sub-layers: the bottom 3 attentions with half of the 2 FFNs between them, and the bottom 3 layers with 3/8 of
+    each FFN, run at about the speed of the bottom 2 layers with 3/4 of the second FFN.
     Ordered by size (kept sub-layers, a pruned FFN counting as its fraction), then by name; the full teacher is
     left out (its version with every FFN halved is not).
 
@@ -210,8 +210,8 @@ def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = Fal
             kept = prefix - {hole}
             inners = space.pruned_ffn_inners()
             sizes = [(None, False)] + [(p, False) for p in (inners if prune_ffn and top % 2 == 1 else ())]
-            if prune_every and inners and any(j % 2 for j in kept):
-                sizes.append((inners[len(inners) // 2], True))
+            if prune_every and any(j % 2 for j in kept):
+                sizes += [(p, True) for p in space.every_ffn_inners()]
             for pruned, every in sizes:
                 if len(kept) == n and pruned is None:
                     continue

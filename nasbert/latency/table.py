@@ -47,11 +47,12 @@ def arch_adapters(arch: Arch) -> list[tuple[int, int]]:
 
 def table_keys(space: SearchSpace) -> list[str]:
     """Every entry a model of ``space`` can need, and the pruned FFNs of teacher cuts (:meth:`SearchSpace.
-    pruned_ffn_inners`, at the teacher's width)."""
+    pruned_ffn_inners` and :meth:`SearchSpace.every_ffn_inners`, at the teacher's width)."""
     widths = list(space.hidden_choices)
     keys = [f"embeddings@{w}" for w in widths]
     keys += [f"{op}@{w}" for op in space.ops if op != "identity" for w in widths]
-    keys += [f"ffn{inner}@{space.teacher.hidden_size}" for inner in space.pruned_ffn_inners()]
+    inners = sorted(set(space.pruned_ffn_inners()) | set(space.every_ffn_inners()))
+    keys += [f"ffn{inner}@{space.teacher.hidden_size}" for inner in inners]
     keys += [f"adapter@{a}->{b}" for a in widths for b in widths]
     keys += [f"output@{w}" for w in widths]
     return keys
