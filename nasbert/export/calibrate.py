@@ -164,12 +164,13 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
             return g, g @ w_out.T + b_out
 
         inputs = list(_inputs(model, op, input_ids, batch_size))  # the layers below run once per FFN
-        if target == "states":
-            references = list(_inputs(model, op, input_ids, batch_size, unpruned))
-            goals = [r + whole(r)[1] - x for r, x in zip(references, inputs)]
-            del references
-        else:
-            goals = [whole(x)[1] for x in inputs]
+        # what the FFN's branch should give on each batch of inputs (kept only for "states": its inputs differ)
+        drifts = [r + whole(r)[1] - x for r, x in zip(_inputs(model, op, input_ids, batch_size, unpruned), inputs)] \
+            if target == "states" else None
+
+        def goal(i, x):
+            return drifts[i] if drifts is not None else whole(x)[1]
+
         tokens = sum(len(x) for x in inputs)
         power = torch.zeros(w_in.shape[0], dtype=torch.float64)
         for x in inputs:
@@ -182,23 +183,23 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
         if refit:
             gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
             cross = torch.zeros(k + 1, w_out.shape[0], dtype=torch.float64)
-            for x, goal in zip(inputs, goals):
+            for i, x in enumerate(inputs):
                 g = whole(x)[0]
                 a = torch.cat([g[:, keep], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
                 gram += a.T @ a
-                cross += a.T @ goal
+                cross += a.T @ goal(i, x)
             gram += ridge * gram.diagonal().mean() * torch.eye(k + 1, dtype=gram.dtype)
             solution = torch.linalg.solve(gram, cross)
 
         old = [p.detach().double() for p in (ffn.intermediate.dense.weight, ffn.intermediate.dense.bias,
                                              ffn.output.dense.weight, ffn.output.dense.bias)]
         errors, norm = torch.zeros(2, dtype=torch.float64), 0.0
-        for x, goal in zip(inputs, goals):
-            g = whole(x)[0]
+        for i, x in enumerate(inputs):
+            g, y = whole(x)[0], goal(i, x)
             before = act(x @ old[0].T + old[1]) @ old[2].T + old[3]
             after = g[:, keep] @ solution[:-1] + solution[-1]
-            errors += torch.stack([(before - goal).pow(2).sum(), (after - goal).pow(2).sum()])
-            norm += float(goal.pow(2).sum())
+            errors += torch.stack([(before - y).pow(2).sum(), (after - y).pow(2).sum()])
+            norm += float(y.pow(2).sum())
         dtype = ffn.output.dense.weight.dtype
         ffn.intermediate.dense.weight.copy_(w_in[keep].to(dtype))
         ffn.intermediate.dense.bias.copy_(b_in[keep].to(dtype))
