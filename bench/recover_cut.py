@@ -32,6 +32,8 @@ from nasbert.export.hf import save_hf_model
 from nasbert.modeling import NasBertModel
 from transformers import AutoTokenizer
 
+from calibration import _compare, _states  # bench/ is on sys.path when a script in it runs
+
 
 def _sublayer_states(model, ids: torch.Tensor) -> list[torch.Tensor]:
     """The output of every sub-layer of ``model`` on ``ids`` (all tokens real)."""
@@ -52,17 +54,8 @@ def _loss(student_states, reference_states) -> torch.Tensor:
                         for s, r in zip(student_states, reference_states)]).mean()
 
 
-@torch.no_grad()
-def _final_error(student, reference, rows: torch.Tensor, batch_size: int = 32) -> float:
-    error = norm = 0.0
-    for start in range(0, len(rows), batch_size):
-        ids = rows[start : start + batch_size]
-        mask = torch.ones_like(ids)
-        out = student(input_ids=ids, attention_mask=mask).last_hidden_state
-        ref = reference(input_ids=ids, attention_mask=mask).last_hidden_state
-        error += float((out - ref).pow(2).sum())
-        norm += float(ref.pow(2).sum())
-    return error / norm
+def _final_error(student, reference, rows: torch.Tensor) -> float:
+    return _compare(_states(student, rows), _states(reference, rows))["relative_error"]
 
 
 def main() -> None:

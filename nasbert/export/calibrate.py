@@ -168,8 +168,8 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
         drifts = [r + whole(r)[1] - x for r, x in zip(_inputs(model, op, input_ids, batch_size, unpruned), inputs)] \
             if target == "states" else None
 
-        def goal(i, x):
-            return drifts[i] if drifts is not None else whole(x)[1]
+        def goal(i, full):  # full: the whole FFN's output on the i-th batch of inputs
+            return drifts[i] if drifts is not None else full
 
         tokens = sum(len(x) for x in inputs)
         power = torch.zeros(w_in.shape[0], dtype=torch.float64)
@@ -184,10 +184,10 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
             gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
             cross = torch.zeros(k + 1, w_out.shape[0], dtype=torch.float64)
             for i, x in enumerate(inputs):
-                g = whole(x)[0]
+                g, full = whole(x)
                 a = torch.cat([g[:, keep], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
                 gram += a.T @ a
-                cross += a.T @ goal(i, x)
+                cross += a.T @ goal(i, full)
             gram += ridge * gram.diagonal().mean() * torch.eye(k + 1, dtype=gram.dtype)
             solution = torch.linalg.solve(gram, cross)
 
@@ -195,7 +195,8 @@ def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: tor
                                              ffn.output.dense.weight, ffn.output.dense.bias)]
         errors, norm = torch.zeros(2, dtype=torch.float64), 0.0
         for i, x in enumerate(inputs):
-            g, y = whole(x)[0], goal(i, x)
+            g, full = whole(x)
+            y = goal(i, full)
             before = act(x @ old[0].T + old[1]) @ old[2].T + old[3]
             after = g[:, keep] @ solution[:-1] + solution[-1]
             errors += torch.stack([(before - y).pow(2).sum(), (after - y).pow(2).sum()])
