@@ -7,7 +7,8 @@
 1. ``nasbert run`` (skipped when RUN/family/family.json exists).
 2. ``nasbert report RUN --data-dir ../shared/data`` with the panel SST-2, CoLA and SICK (resumable: a stopped
    benchmark goes on where it was).
-3. The results are copied to ``bench/quality_results.json``, ``bench/quality.md`` and ``docs/quality.png``.
+3. The results are copied to ``bench/quality_report.json``, ``bench/quality_report.md`` and
+   ``docs/quality_report.png`` (``bench/quality_results.json`` is the CPU panel's table, ``bench/quality_family.py``).
 
 Needs ``../shared/data`` (GLUE SST-2 / CoLA and SICK); without it, pass ``--data-dir`` or report from the hub.
 """
@@ -48,10 +49,10 @@ def main() -> int:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     results = json.loads((out / "quality_results.json").read_text())
-    shutil.copy(out / "quality_results.json", ROOT / "bench" / "quality_results.json")
-    shutil.copy(out / "quality.md", ROOT / "bench" / "quality.md")
-    shutil.copy(out / "quality.png", ROOT / "docs" / "quality.png")
-    print(f"{len(results['rows'])} rows; bench/quality_results.json, bench/quality.md, docs/quality.png")
+    shutil.copy(out / "quality_results.json", ROOT / "bench" / "quality_report.json")
+    shutil.copy(out / "quality.md", ROOT / "bench" / "quality_report.md")
+    shutil.copy(out / "quality.png", ROOT / "docs" / "quality_report.png")
+    print(f"{len(results['rows'])} rows; bench/quality_report.json, bench/quality_report.md, docs/quality_report.png")
     return 0
 
 

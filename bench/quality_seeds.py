@@ -6,7 +6,8 @@ point with ``--seeds 3 4 --lrs TASK=LR``), and the panel (the mean of the tasks,
     python bench/quality_seeds.py --json bench/quality_lr_grid_family.json bench/quality_lr_grid_free.json \\
         bench/quality_pair_bi.json runs/seeds34_*.json --sick-bi 3x 4x bottom2 bottom1 --out bench/quality_5seeds.json
 
-A JSON with a ``bundle`` key holds several such files (name -> content), e.g. those of runs made elsewhere.
+A JSON with a ``bundle`` (or ``runs``) key holds several such files (name -> content), e.g. those of runs made
+elsewhere.
 ``--member 3x=3x-ffn`` also compares another model at a budget, as if it were that budget's member.
 """
 
@@ -27,15 +28,16 @@ def _stats(values: list[float]) -> dict:
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def pool(files: list[Path], sick_bi: set[str]) -> dict[str, dict[str, dict[int, float]]]:
+def pool(files: list[Path], sick_bi: set[str], points: dict | None = None) -> dict[str, dict[str, dict[int, float]]]:
     """model -> task -> seed -> score, for the point each model was run at on that task (SICK read apart for the
-    models in ``sick_bi``); two files that give one (model, task, seed) different scores are an error."""
+    models in ``sick_bi``); two files that give one (model, task, seed) different scores are an error. ``points``,
+    where given, is filled with model -> task -> {"lr", "pair_encoding"} (the point of the file read last)."""
     scores: dict = {}
     sources = []
     for path in files:
         data = json.loads(path.read_text())
-        sources += [(f"{path}:{name}", part) for name, part in data["bundle"].items()] if "bundle" in data \
-            else [(str(path), data)]
+        parts = data.get("bundle") or (data["runs"] if isinstance(data.get("runs"), dict) else None)
+        sources += [(f"{path}:{name}", part) for name, part in parts.items()] if parts else [(str(path), data)]
     for path, data in sources:
         for model, entry in data["models"].items():
             for key, result in entry.items():
@@ -45,6 +47,8 @@ def pool(files: list[Path], sick_bi: set[str]) -> dict[str, dict[str, dict[int, 
                 encoding = result.get("pair_encoding", "cross")
                 if task == "sick" and (encoding == "bi") != (model in sick_bi):
                     continue
+                if points is not None:
+                    points.setdefault(model, {})[task] = {"lr": float(result["lr"]), "pair_encoding": encoding}
                 for seed, score in zip(result["seeds"], result["scores"]):
                     known = scores.setdefault(model, {}).setdefault(task, {}).get(seed)
                     if known is not None and abs(known - score) > 1e-9:
