@@ -151,7 +151,8 @@ def main() -> None:
     ap.add_argument("--retime", action="store_true", help="time again even where --timing covers every row")
     ap.add_argument("--out", type=Path, required=True, help="the results JSON (the table goes next to it, .md)")
     ap.add_argument("--plot", type=Path, help="the plot (PNG)")
-    ap.add_argument("--lrs", nargs="+", type=float, default=[2e-4, 5e-4, 1e-3], help="the grid, for the table's note")
+    ap.add_argument("--lrs", nargs="+", type=float, default=[2e-4, 5e-4, 1e-3, 2e-3],
+                    help="the rates the runs could choose from, for the table's note")
     args = ap.parse_args()
 
     points: dict = {}
@@ -166,7 +167,7 @@ def main() -> None:
     results["date"] = dt.date.today().isoformat()
     results["sources"] = [str(p) for p in args.json]
     results["config"] = {"seeds": max(len(r["seeds"]) for r in results["rows"]), "lrs": args.lrs,
-                         "lr_select": "the point chosen on seed 0", "pair_encodings": ["cross", "bi"]}
+                         "lr_select": "first-seed", "pair_encodings": ["cross", "bi"]}
     atomic_write_json(args.out, results)
     table = markdown_table(results)
     atomic_write_text(args.out.with_suffix(".md"), table)

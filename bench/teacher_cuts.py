@@ -50,13 +50,16 @@ def main() -> None:
                         help="calibrate the pruned FFNs (nasbert.export.calibrate) on this many 128-token rows of "
                              "--corpus (0: the neurons and weights the export has without calibration)")
     parser.add_argument("--corpus", nargs="+", default=["../shared/data/wikipedia-en-sample"],
-                        help="text files or directories for --calibrate")
+                        help="text files or directories for --calibrate; builtin: the built-in corpus (what the "
+                             "offline `nasbert run` calibrates on)")
     parser.add_argument("--suffix", default="", help="appended to every model's directory name")
     args = parser.parse_args()
     teacher, tokenizer, _ = load_teacher(args.teacher)
     rows = None
     if args.calibrate:
-        corpus = load_corpus(CorpusConfig(source="files", paths=tuple(args.corpus)), tokenizer)
+        config = CorpusConfig(source="builtin") if args.corpus == ["builtin"] else \
+            CorpusConfig(source="files", paths=tuple(args.corpus))
+        corpus = load_corpus(config, tokenizer)
         rows = corpus.train[: args.calibrate]
     space = SearchSpace.load(args.space)
     net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
