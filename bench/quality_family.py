@@ -12,8 +12,8 @@ A row is ``BUDGET:KIND:NAME=DIR``: NAME is the model's name in the fine-tuning J
 ``bench/quality_seeds.py`` does: the point each model chose per task, SICK read apart for ``--sick-bi``), DIR its
 model directory (timed; a directory in several rows is timed once). Each row gets the seeds of ``--seeds`` it has
 on every task (at least ``--min-seeds``); the teacher every seed it has, per task, and its panel is the mean of its
-task means. ``--timing`` keeps the timing, so that a second call with more runs does not time again
-(``--retime`` does).
+task means. A lead is the mean of the per-seed differences over the seeds both rows have. ``--timing`` keeps the
+timing, so that a second call with more runs does not time again (``--retime`` does).
 """
 
 from __future__ import annotations
@@ -120,12 +120,13 @@ def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: lis
                 per_seed = [member["panel"][member["seeds"].index(i)] - best["panel"][best["seeds"].index(i)]
                             for i in common]
                 leads[f"{budget} {member['name']} - {best['name']}"] = {
-                    "lead": member["panel_mean"] - best["panel_mean"],
+                    "lead": statistics.mean(per_seed), "seeds": common,
                     "spreads": [member["panel_spread"], best["panel_spread"]],
-                    "beats_by_more_than_spread": member["panel_mean"] - best["panel_mean"]
+                    "beats_by_more_than_spread": statistics.mean(per_seed)
                     > max(member["panel_spread"], best["panel_spread"]),
                     "per_seed": dict(zip(common, per_seed)),
-                    "per_task": {k: statistics.mean(member["scores"][k]) - statistics.mean(best["scores"][k])
+                    "per_task": {k: statistics.mean(member["scores"][k][member["seeds"].index(i)]
+                                                    - best["scores"][k][best["seeds"].index(i)] for i in common)
                                  for k in TASKS}}
     return {"teacher": teacher, "teacher_seeds": {t: sorted(scores["teacher"][t]) for t in TASKS},
             "teacher_lr": {t: points["teacher"][t]["lr"] for t in TASKS},

@@ -49,7 +49,7 @@ def test_build_panels_leads_and_teacher_seeds():
     assert lead["lead"] == pytest.approx(2.0) and lead["per_seed"] == pytest.approx({s: 2.0 for s in range(5)})
     assert lead["beats_by_more_than_spread"]
     lead = out["leads"]["2x member - uni"]
-    assert lead["lead"] == pytest.approx(80.0 - 71.5)  # the member over 5 seeds, the uniform over 3
+    assert lead["lead"] == pytest.approx(8.0)  # over the seeds both have (0-2), not 80.0 - 71.5
     assert set(lead["per_seed"]) == {0, 1, 2}
 
 
