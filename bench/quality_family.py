@@ -11,9 +11,9 @@ its plot (panel score against measured latency).
 A row is ``BUDGET:KIND:NAME=DIR``: NAME is the model's name in the fine-tuning JSONs (``--json``, pooled as
 ``bench/quality_seeds.py`` does: the point each model chose per task, SICK read apart for ``--sick-bi``), DIR its
 model directory (timed; a directory in several rows is timed once). Each row gets the seeds of ``--seeds`` it has
-on every task (at least ``--min-seeds``); the teacher every seed it has, per task, and its panel is the mean of its
-task means. A lead is the mean of the per-seed differences over the seeds both rows have. ``--timing`` keeps the
-timing, so that a second call with more runs does not time again (``--retime`` does).
+on every task (at least ``--min-seeds``); the teacher (the runs named ``teacher``) every seed it has, per task, and
+its panel is the mean of its task means. A lead is the mean of the per-seed differences over the seeds both rows
+have. ``--timing`` keeps the timing, so that a second call with more runs does not time again (``--retime`` does).
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: lis
             best = max((r for r in free if r["kind"] == kind), key=lambda r: r["panel_mean"], default=None)
             for member in members if best else []:
                 common = [i for i in member["seeds"] if i in best["seeds"]]
+                if not common:
+                    continue
                 per_seed = [member["panel"][member["seeds"].index(i)] - best["panel"][best["seeds"].index(i)]
                             for i in common]
                 leads[f"{budget} {member['name']} - {best['name']}"] = {
