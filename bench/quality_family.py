@@ -22,7 +22,9 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shlex
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,7 @@ def main() -> None:
             atomic_write_json(args.timing, timing)
     results = build(args.row, scores, points, timing, args.seeds, args.min_seeds)
     results["date"] = dt.date.today().isoformat()
+    results["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     results["sources"] = [str(p) for p in args.json]
     results["config"] = {"seeds": max(len(r["seeds"]) for r in results["rows"]), "lrs": args.lrs,
                          "lr_select": "first-seed", "pair_encodings": ["cross", "bi"]}
