@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 
 from nasbert import SearchSpace, SuperNet
-from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.calibrate import calibrate_cut
 from nasbert.export.cuts import cut_arch, cut_name
 from nasbert.teacher import load_teacher
-from teacher_cuts import CUTS as TEACHER_CUTS  # bench/ is on sys.path when a script in it runs
+from teacher_cuts import CUTS as TEACHER_CUTS, load_text  # bench/ is on sys.path when a script in it runs
 
 #: the cuts of bench/teacher_cuts.py that prune an FFN and are compared here
 CUTS = {name: TEACHER_CUTS[name] for name in ("2x", "2x-every", "3x-ffn", "3x-every", "4x-ffn", "l3-ffn384",
@@ -70,12 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     teacher, tokenizer, _ = load_teacher()
-
-    def corpus(paths):
-        config = CorpusConfig() if paths == ["builtin"] else CorpusConfig(source="files", paths=tuple(paths))
-        return load_corpus(config, tokenizer)
-
-    rows, held_out = corpus(args.corpus).train[: args.rows], corpus(args.eval_corpus).valid[: args.eval_rows]
+    rows = load_text(args.corpus, tokenizer).train[: args.rows]
+    held_out = load_text(args.eval_corpus, tokenizer).valid[: args.eval_rows]
     space = SearchSpace.load("minilm_l6")
     net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
     results, start = {}, time.time()

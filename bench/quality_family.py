@@ -32,10 +32,11 @@ import numpy as np
 from nasbert.io import atomic_write_json, atomic_write_text
 from nasbert.latency.models import measure_models
 from nasbert.modeling import NasBertModel
+from nasbert.quality.baselines import KINDS as BASELINE_KINDS
 from nasbert.quality.report import markdown_table, plot
-from quality_seeds import TASKS, pool  # bench/ is on sys.path when a script in it runs
+from quality_seeds import TASKS, _stats, pool  # bench/ is on sys.path when a script in it runs
 
-KINDS = ("searched", "layerdrop", "uniform")
+KINDS = ("searched", *BASELINE_KINDS)
 
 
 def parse_row(text: str) -> dict:
@@ -77,10 +78,6 @@ def time_models(paths: list[str], teacher: str, reps: int) -> dict:
                            "params": sum(x.numel() for x in models[p].parameters())} for p in paths}}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: list[int], min_seeds: int) -> dict:
     if "teacher" not in scores or any(t not in scores["teacher"] for t in TASKS):
         raise SystemExit(f"the fine-tuning JSONs hold no teacher runs on every task of {TASKS}")
@@ -97,7 +94,7 @@ def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: lis
                              f"{min_seeds}; fine-tune it on the missing seeds (bench/finetune_models.py)")
         s = {t: [have[t][i] for i in used] for t in TASKS}
         panel = [statistics.mean(s[t][i] for t in TASKS) for i in range(len(used))]
-        mean, spread = _mean_std(panel)
+        stats = _stats(panel)
         t = timing["models"][row["path"]]
         speedup = float(np.median(t["speedups"]))
         if speedup < budget_factor(row["budget"]):
@@ -108,14 +105,14 @@ def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: lis
                     "speedup_range": [min(t["speedups"]), max(t["speedups"])], "scores": s,
                     "lr": {k: points[row["name"]][k]["lr"] for k in TASKS},
                     "pair_encoding": {k: points[row["name"]][k]["pair_encoding"] for k in TASKS},
-                    "panel": panel, "panel_mean": mean, "panel_spread": spread,
+                    "panel": panel, "panel_mean": stats["mean"], "panel_spread": stats["std"],
                     "pct_of_teacher": {k: 100.0 * statistics.mean(s[k]) / statistics.mean(teacher[k]) for k in TASKS},
-                    "panel_pct_of_teacher": 100.0 * mean / teacher_panel, "proxies": None})
+                    "panel_pct_of_teacher": 100.0 * stats["mean"] / teacher_panel, "proxies": None})
     leads = {}
     for budget in dict.fromkeys(r["budget"] for r in out):
         members = [r for r in out if r["budget"] == budget and r["kind"] == "searched"]
         free = [r for r in out if r["budget"] == budget and r["kind"] != "searched"]
-        for kind in ("layerdrop", "uniform"):
+        for kind in BASELINE_KINDS:
             best = max((r for r in free if r["kind"] == kind), key=lambda r: r["panel_mean"], default=None)
             for member in members if best else []:
                 common = [i for i in member["seeds"] if i in best["seeds"]]
@@ -123,11 +120,10 @@ def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: lis
                     continue
                 per_seed = [member["panel"][member["seeds"].index(i)] - best["panel"][best["seeds"].index(i)]
                             for i in common]
+                lead = statistics.mean(per_seed)
                 leads[f"{budget} {member['name']} - {best['name']}"] = {
-                    "lead": statistics.mean(per_seed), "seeds": common,
-                    "spreads": [member["panel_spread"], best["panel_spread"]],
-                    "beats_by_more_than_spread": statistics.mean(per_seed)
-                    > max(member["panel_spread"], best["panel_spread"]),
+                    "lead": lead, "seeds": common, "spreads": [member["panel_spread"], best["panel_spread"]],
+                    "beats_by_more_than_spread": lead > max(member["panel_spread"], best["panel_spread"]),
                     "per_seed": dict(zip(common, per_seed)),
                     "per_task": {k: statistics.mean(member["scores"][k][member["seeds"].index(i)]
                                                     - best["scores"][k][best["seeds"].index(i)] for i in common)
@@ -136,8 +132,8 @@ def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: lis
             "teacher_lr": {t: points["teacher"][t]["lr"] for t in TASKS},
             "teacher_pair_encoding": {t: points["teacher"][t]["pair_encoding"] for t in TASKS},
             "teacher_panel_mean": teacher_panel,
-            "teacher_panel_spread": _mean_std([statistics.mean(scores["teacher"][t][s] for t in TASKS)
-                                               for s in shared])[1],
+            "teacher_panel_spread": _stats([statistics.mean(scores["teacher"][t][s] for t in TASKS)
+                                            for s in shared])["std"],
             "teacher_latency_ms": teacher_ms, "teacher_params": timing["teacher_params"], "tasks": list(TASKS),
             "device": {"key": "cpu, ONNX Runtime, 1 thread, batch 1, 128 tokens"}, "timing": timing,
             "proxy_correlation": None, "leads": leads, "rows": out}

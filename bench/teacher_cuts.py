@@ -39,6 +39,12 @@ CUTS = {
 }
 
 
+def load_text(paths: list[str], tokenizer):
+    """The corpus of ``paths`` (text files or directories), or the built-in one for ``["builtin"]``."""
+    config = CorpusConfig() if paths == ["builtin"] else CorpusConfig(source="files", paths=tuple(paths))
+    return load_corpus(config, tokenizer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -57,10 +63,7 @@ def main() -> None:
     teacher, tokenizer, _ = load_teacher(args.teacher)
     rows = None
     if args.calibrate:
-        config = CorpusConfig(source="builtin") if args.corpus == ["builtin"] else \
-            CorpusConfig(source="files", paths=tuple(args.corpus))
-        corpus = load_corpus(config, tokenizer)
-        rows = corpus.train[: args.calibrate]
+        rows = load_text(args.corpus, tokenizer).train[: args.calibrate]
     space = SearchSpace.load(args.space)
     net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
     for name in args.only or CUTS:
