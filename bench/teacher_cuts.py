@@ -36,6 +36,13 @@ CUTS = {
     "l3-ffn384": (range(6), 384, True),  # teacher-L3@ffn384: the bottom 3 layers, every FFN at a quarter
     "2x-every": (range(8), 768, True),   # teacher-L4@ffn768: the bottom 4 layers, every FFN halved (2.12x)
     "l3-ffn576": (range(6), 576, True),  # teacher-L3@ffn576: the bottom 3 layers, every FFN at 3/8 (3.30x bound)
+    # three attentions at 4x: the bottom 3 layers with every FFN at 1/6 and 1/8 (4.22x and 4.47x bounds)
+    "l3-ffn256": (range(6), 256, True),
+    "l3-ffn192": (range(6), 192, True),
+    # more attentions, fewer FFN neurons at 2x and 3x: every attention of the bottom 4 / 5 / 6 layers
+    "l4-ffn192": (range(8), 192, True),    # 3.36x bound
+    "l5-ffn384": (range(10), 384, True),   # 2.28x bound
+    "l6-ffn192": (range(12), 192, True),   # 2.24x bound
 }
 
 
