@@ -604,15 +604,16 @@ class SearchSpace:
         return tuple(q * inner // 4 for q in (1, 2, 3))
 
     def every_ffn_inners(self) -> tuple[int, ...]:
-        """The inner sizes every FFN of a teacher cut may be pruned to at once: 3/8 and half of the teacher's FFN
-        (none in a space without ``ffn``). A cut with every FFN pruned buys attention sub-layers with FFN neurons
-        (:func:`nasbert.export.cuts.teacher_cuts`); once calibrated (:mod:`nasbert.export.calibrate`), the bottom 3
-        layers with every FFN at 3/8 run at 3x the built-in teacher's speed and keep more of it than the bottom 2
-        layers with 3/4 of the second FFN (docs/benchmarks.md)."""
+        """The inner sizes every FFN of a teacher cut may be pruned to at once: 1/8, 3/8 and half of the teacher's
+        FFN (none in a space without ``ffn``). A cut with every FFN pruned buys attention sub-layers with FFN neurons
+        (:func:`nasbert.export.cuts.teacher_cuts`, which offers 1/8 only to cuts of a few layers); once calibrated
+        (:mod:`nasbert.export.calibrate`), the bottom 3 layers with every FFN at 3/8 run at 3x the built-in teacher's
+        speed and keep more of it than the bottom 2 layers with 3/4 of the second FFN, and at 1/8 they run at 4x and
+        keep more than the bottom 2 layers with both FFNs halved (docs/benchmarks.md)."""
         if "ffn" not in self.ops:
             return ()
         inner = self.ffn_ratio * self.teacher.hidden_size
-        return tuple(q * inner // 8 for q in (3, 4))
+        return tuple(q * inner // 8 for q in (1, 3, 4))
 
     def teacher_arch(self) -> Arch:
         """The architecture that is the teacher itself: full teacher width, MHA and FFN alternating.

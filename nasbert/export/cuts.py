@@ -106,6 +106,15 @@ EVERY_FFN_WEIGHT = 0.8
 TOP_ATTENTION_WEIGHT = 0.5
 
 
+#: every FFN pruned to the thinnest of :meth:`SearchSpace.every_ffn_inners` (1/8 of its neurons) is offered only to
+#: cuts of at most this many layers. On the built-in teacher (docs/benchmarks.md, calibrated cuts, fine-tuned panel)
+#: the bottom 3 layers with every FFN at 1/8 are the best 4x cut (58.59 over 5 seeds against 58.26 for the bottom 2
+#: layers with both FFNs halved: SICK +1.9, read as one sequence), while deeper cuts with FFNs that thin lose CoLA,
+#: which :func:`cut_size` cannot see: on seed 0 the bottom 4 layers at 1/8 scored 59.59 against 61.11 for the bottom
+#: 3 at 3/8 at 3x (CoLA 14.6 against 18.9), and the bottom 6 at 1/8 57.69 against 63.43 for the 2x member (CoLA 8.6)
+THIN_FFN_MAX_LAYERS = 3
+
+
 def _specs(arch: Arch) -> list[tuple]:
     return [(op_spec(op), block.width) for block in arch.blocks for op in block.layers]
 
@@ -185,9 +194,10 @@ def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = Fal
     top removed, where the space can express it; with ``prune_ffn``, also every cut that ends on an FFN with
     that FFN pruned to each of :meth:`SearchSpace.pruned_ffn_inners` (the full teacher's last FFN included);
     with ``prune_every``, also every cut with an FFN, the full teacher included, with every FFN pruned to each of
-    :meth:`SearchSpace.every_ffn_inners` (3/8 and half of its neurons), which trades FFN neurons for attention
-    sub-layers: the bottom 3 attentions with half of the 2 FFNs between them, and the bottom 3 layers with 3/8 of
-    each FFN, run at about the speed of the bottom 2 layers with 3/4 of the second FFN.
+    :meth:`SearchSpace.every_ffn_inners` (1/8, 3/8 and half of its neurons; 1/8 only in cuts of at most
+    :data:`THIN_FFN_MAX_LAYERS` layers), which trades FFN neurons for attention sub-layers: the bottom 3 attentions
+    with half of the 2 FFNs between them, and the bottom 3 layers with 3/8 of each FFN, run at about the speed of
+    the bottom 2 layers with 3/4 of the second FFN.
     Ordered by size (kept sub-layers, a pruned FFN counting as its fraction), then by name; the full teacher is
     left out (its version with every FFN halved is not).
 
@@ -211,7 +221,8 @@ def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = Fal
             inners = space.pruned_ffn_inners()
             sizes = [(None, False)] + [(p, False) for p in (inners if prune_ffn and top % 2 == 1 else ())]
             if prune_every and any(j % 2 for j in kept):
-                sizes += [(p, True) for p in space.every_ffn_inners()]
+                thin, layers = min(space.every_ffn_inners()), len({j // 2 for j in kept})
+                sizes += [(p, True) for p in space.every_ffn_inners() if p > thin or layers <= THIN_FFN_MAX_LAYERS]
             for pruned, every in sizes:
                 if len(kept) == n and pruned is None:
                     continue
