@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from nasbert import SearchSpace, SuperNet
-from nasbert.export.cuts import cut_arch, cut_name, teacher_cuts
+from nasbert.export.cuts import teacher_cuts
 from nasbert.latency.models import measure_models
 from nasbert.teacher import load_teacher
-from teacher_cuts import CUTS as BENCH_CUTS  # bench/ is on sys.path when a script in it runs
+from teacher_cuts import CUTS as BENCH_CUTS, bench_cut  # bench/ is on sys.path when a script in it runs
 
 CUTS = ("teacher-L3", "teacher-L2+mha2+ffn2@1152", "teacher-L2+mha2+ffn2@768", "teacher-L2+mha2+ffn2@384",
         "teacher-L2+mha2", "teacher-L2", "teacher-L1+mha1+ffn1@1152", "teacher-L1+mha1+ffn1@768",
@@ -53,9 +53,9 @@ def main() -> None:
     archs = dict(teacher_cuts(space, max_gaps=0, prune_ffn=True, prune_every=True))
     extra = []
     for name in args.extra:
-        kept, pruned, every = BENCH_CUTS[name]
-        extra.append(cut_name(kept, pruned=pruned, every=every))
-        archs[extra[-1]] = cut_arch(space, kept, pruned=pruned, every=every)
+        label, arch = bench_cut(space, name)
+        extra.append(label)
+        archs[label] = arch
     models = {}
     for name in [*(args.only or CUTS), *extra]:
         models[f"{name} (teacher)"] = raw.extract(archs[name], drop_identity_adapters=True)

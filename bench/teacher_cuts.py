@@ -13,13 +13,15 @@ import argparse
 from pathlib import Path
 
 from nasbert import SearchSpace, SuperNet
+from nasbert.space import Arch
 from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.calibrate import calibrate_cut
 from nasbert.export.cuts import cut_arch, cut_name
 from nasbert.export.hf import save_hf_model
 from nasbert.teacher import load_teacher
 
-#: name -> (teacher sub-layers kept: 2i is layer i's attention, 2i + 1 its FFN; FFN neurons kept; every FFN pruned)
+#: name -> (teacher sub-layers kept: 2i is layer i's attention, 2i + 1 its FFN; FFN neurons kept; every FFN pruned),
+#: or an architecture string for a cut with FFNs of different sizes (slot 2i holds layer i's attention, 2i + 1 its FFN)
 CUTS = {
     "teacher": (range(12), None, False),
     "2x": (range(6), 1152, False),    # teacher-L2+mha2+ffn2@1152
@@ -43,7 +45,19 @@ CUTS = {
     "l4-ffn192": (range(8), 192, True),    # 3.36x bound
     "l5-ffn384": (range(10), 384, True),   # 2.28x bound
     "l6-ffn192": (range(12), 192, True),   # 2.24x bound
+    # the bottom 4 layers at 2x with the FFN neurons kept low: layer 0 whole, 3/4 of layer 1's, 1/4 of layers 2-3'
+    "l4-mixed": "384:mha,ffn,mha,ffn1152|384:mha,ffn384,mha,ffn384|384:identity,identity,identity,identity",
 }
+
+
+def bench_cut(space: SearchSpace, name: str) -> tuple[str, Arch]:
+    """The cut ``name`` of :data:`CUTS`: its name as the export gives it (``name`` itself for an architecture
+    string) and its architecture."""
+    spec = CUTS[name]
+    if isinstance(spec, str):
+        return name, Arch.parse(spec)
+    kept, pruned, every = spec
+    return cut_name(kept, pruned=pruned, every=every), cut_arch(space, kept, pruned=pruned, every=every)
 
 
 def load_text(paths: list[str], tokenizer):
@@ -74,12 +88,11 @@ def main() -> None:
     space = SearchSpace.load(args.space)
     net = SuperNet.from_teacher(space, teacher, reorder="units").eval()
     for name in args.only or CUTS:
-        kept, pruned, every = CUTS[name]
-        arch = cut_arch(space, kept, pruned=pruned, every=every)
+        label, arch = bench_cut(space, name)
         model = net.extract(arch, drop_identity_adapters=True)
         report = calibrate_cut(model, arch, space, teacher, rows) if rows is not None else []
         save_hf_model(model, args.out / (name + args.suffix), tokenizer=tokenizer)
-        print(f"{args.out / (name + args.suffix)}: {cut_name(kept, pruned=pruned, every=every)} ({arch})"
+        print(f"{args.out / (name + args.suffix)}: {label} ({arch})"
               + "".join(f"; layer {r.teacher_layer}'s FFN {r.neurons} neurons, error {r.error_before:.4f} -> "
                         f"{r.error_after:.4f}" for r in report))
 
