@@ -153,8 +153,8 @@ def test_table_sum_is_the_sum_of_its_parts(tiny_space):
 def test_table_is_measured_for_every_entry(tiny_space):
     table, timings = build_table(tiny_space, seq_len=8, warmup=1, repeats=2, rounds=1)
     assert set(table.entries) == set(table_keys(tiny_space)) == set(timings)
-    assert len(table.entries) == 3 + 5 * 3 + 9 + 3 + 4  # ... + a teacher-wide FFN pruned to 1/4, 3/8, 1/2, 3/4
-    assert {"ffn32@32", "ffn64@32", "ffn96@32"} <= set(table.entries)
+    assert len(table.entries) == 3 + 5 * 3 + 9 + 3 + 5  # ... + a teacher-wide FFN at 1/8, 1/4, 3/8, 1/2, 3/4
+    assert {"ffn16@32", "ffn32@32", "ffn48@32", "ffn64@32", "ffn96@32"} <= set(table.entries)
     assert all(v > 0 for v in table.entries.values())
 
 
