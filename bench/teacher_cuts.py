@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nasbert import SearchSpace, SuperNet
-from nasbert.space import Arch
+from nasbert import Arch, SearchSpace, SuperNet
 from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.calibrate import calibrate_cut
 from nasbert.export.cuts import cut_arch, cut_name

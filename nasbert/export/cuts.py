@@ -214,15 +214,16 @@ def teacher_cuts(space: SearchSpace, *, max_gaps: int = 1, prune_ffn: bool = Fal
         raise ValueError(f"max_gaps must be 0 or 1, got {max_gaps!r}")
     seen: set[Arch] = set()
     out: list[tuple[float, str, Arch]] = []
+    top_inners, every_inners = space.pruned_ffn_inners(), space.every_ffn_inners()
+    thin = min(every_inners, default=None)
     for top in range(n):
         prefix = set(range(top + 1))
         for hole in (None, *range(top)) if max_gaps else (None,):
             kept = prefix - {hole}
-            inners = space.pruned_ffn_inners()
-            sizes = [(None, False)] + [(p, False) for p in (inners if prune_ffn and top % 2 == 1 else ())]
+            sizes = [(None, False)] + [(p, False) for p in (top_inners if prune_ffn and top % 2 == 1 else ())]
             if prune_every and any(j % 2 for j in kept):
-                thin, layers = min(space.every_ffn_inners()), len({j // 2 for j in kept})
-                sizes += [(p, True) for p in space.every_ffn_inners() if p > thin or layers <= THIN_FFN_MAX_LAYERS]
+                shallow = len({j // 2 for j in kept}) <= THIN_FFN_MAX_LAYERS
+                sizes += [(p, True) for p in every_inners if p != thin or shallow]
             for pruned, every in sizes:
                 if len(kept) == n and pruned is None:
                     continue
