@@ -604,16 +604,17 @@ class SearchSpace:
         return tuple(q * inner // 4 for q in (1, 2, 3))
 
     def every_ffn_inners(self) -> tuple[int, ...]:
-        """The inner sizes every FFN of a teacher cut may be pruned to at once: 1/8, 3/8 and half of the teacher's
-        FFN (none in a space without ``ffn``). A cut with every FFN pruned buys attention sub-layers with FFN neurons
-        (:func:`nasbert.export.cuts.teacher_cuts`, which offers 1/8 only to cuts of a few layers); once calibrated
-        (:mod:`nasbert.export.calibrate`), the bottom 3 layers with every FFN at 3/8 run at 3x the built-in teacher's
-        speed and keep more of it than the bottom 2 layers with 3/4 of the second FFN, and at 1/8 they run at 4x and
-        keep more than the bottom 2 layers with both FFNs halved (docs/benchmarks.md)."""
+        """The inner sizes every FFN of a teacher cut may be pruned to at once: 1/8, 3/8, half and 3/4 of the
+        teacher's FFN (none in a space without ``ffn``). A cut with every FFN pruned buys attention sub-layers with
+        FFN neurons (:func:`nasbert.export.cuts.teacher_cuts`, which offers less than half only to cuts of a few
+        layers); once calibrated (:mod:`nasbert.export.calibrate`), on the built-in teacher the bottom 4 attentions
+        with 3/4 of the 3 FFNs between them run at 2x its speed, the bottom 3 layers with every FFN at 3/8 at 3x and
+        at 1/8 at 4x, and each keeps more of it than the cuts with fewer attentions that meet the same budget
+        (docs/benchmarks.md)."""
         if "ffn" not in self.ops:
             return ()
         inner = self.ffn_ratio * self.teacher.hidden_size
-        return tuple(q * inner // 8 for q in (1, 3, 4))
+        return tuple(q * inner // 8 for q in (1, 3, 4, 6))
 
     def teacher_arch(self) -> Arch:
         """The architecture that is the teacher itself: full teacher width, MHA and FFN alternating.

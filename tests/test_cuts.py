@@ -110,22 +110,23 @@ def test_cuts_with_every_ffn_pruned_keep_each_ffns_most_important_neurons(tiny_s
     teacher_net = SuperNet.from_teacher(tiny_space, tiny_teacher, reorder="units").eval()
     ids = torch.randint(5, tiny_space.teacher.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     n = 2 * tiny_space.teacher.num_hidden_layers
-    assert tiny_space.every_ffn_inners() == (16, 48, 64)  # 1/8, 3/8 and half of the teacher's 128
+    assert tiny_space.every_ffn_inners() == (16, 48, 64, 96)  # 1/8, 3/8, half and 3/4 of the teacher's 128
     top_pruned = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True)
     cuts = teacher_cuts(tiny_space, max_gaps=0, prune_ffn=True, prune_every=True)
     pruned = [(name, arch) for name, arch in cuts if "@ffn" in name]
     assert [c for c in cuts if "@ffn" not in c[0]] == top_pruned
-    # every gap-free prefix with an FFN, the whole teacher too, at each size; at half, not the bottom layer: with its
-    # one FFN on top, it is the top-pruned cut teacher-L0+mha0+ffn0@64 (3/8 is no top-pruned size); at 1/8 only the
-    # prefixes of at most THIN_FFN_MAX_LAYERS layers (6 sub-layers)
+    # every gap-free prefix with an FFN, the whole teacher too, at each size; at half and 3/4, not the bottom layer:
+    # with its one FFN on top, it is a top-pruned cut (teacher-L0+mha0+ffn0@64; 3/8 is no top-pruned size); under
+    # half only the prefixes of at most THIN_FFN_MAX_LAYERS layers (6 sub-layers)
     assert THIN_FFN_MAX_LAYERS == 3
-    expected = [cut_name(range(m), pruned=48, every=True) for m in range(2, n + 1)] + \
-        [cut_name(range(m), pruned=64, every=True) for m in range(3, n + 1)] + \
-        [cut_name(range(m), pruned=16, every=True) for m in range(2, 2 * THIN_FFN_MAX_LAYERS + 1)]
+    expected = [cut_name(range(m), pruned=p, every=True) for p in (64, 96) for m in range(3, n + 1)] + \
+        [cut_name(range(m), pruned=p, every=True) for p in (16, 48) for m in range(2, 2 * THIN_FFN_MAX_LAYERS + 1)]
     assert [name for name, _ in pruned] == sorted(expected, key=lambda name: [c[0] for c in cuts].index(name))
     assert {"teacher-L4@ffn64", "teacher-L1+mha1@ffn64", "teacher-L3@ffn48", "teacher-L1@ffn48",
             "teacher-L3@ffn16", "teacher-L2+mha2@ffn16"} <= set(dict(pruned))
-    assert {"teacher-L1@ffn64", "teacher-L4@ffn16", "teacher-L3+mha3@ffn16"}.isdisjoint(dict(cuts))
+    assert {"teacher-L4@ffn96", "teacher-L3+mha3@ffn96"} <= set(dict(pruned))
+    assert {"teacher-L1@ffn64", "teacher-L1@ffn96", "teacher-L4@ffn16", "teacher-L3+mha3@ffn16", "teacher-L4@ffn48",
+            "teacher-L3+mha3@ffn48"}.isdisjoint(dict(cuts))
     for name, arch in pruned:
         inner = int(name.rsplit("@ffn", 1)[1])
         kept = _sublayers(name.removesuffix(f"@ffn{inner}"))
@@ -174,24 +175,26 @@ def test_cuts_without_gaps_are_the_bottom_sublayers(tiny_space):
 
 def test_on_the_built_in_teacher_the_largest_cut_each_budgets_work_allows_is_the_measured_best():
     """The export's cut for each budget (the largest, by ``cut_size``, whose work meets it; the default options) is
-    the one the fine-tuned panel ranked first among the cuts that meet it (docs/benchmarks.md): at 3x the bottom 3
-    layers with every FFN at 3/8, calibrated, before the bottom 2 layers with 3/4 of the second FFN, and that before
-    a cut of the same work that ends on an attention; at 4x the bottom 3 layers with every FFN at 1/8, calibrated,
-    before the bottom 2 layers with both FFNs halved."""
+    the one the fine-tuned panel ranked first among the cuts that meet it (docs/benchmarks.md): at 2x the bottom 4
+    attentions with 3/4 of the 3 FFNs between them, calibrated, before the bottom 3 layers with 3/4 of the third FFN,
+    and that before the bottom 4 layers with every FFN halved; at 3x the bottom 3 layers with every FFN at 3/8,
+    calibrated, before the bottom 2 layers with 3/4 of the second FFN; at 4x the bottom 3 layers with every FFN at
+    1/8, calibrated, before the bottom 2 layers with both FFNs halved."""
     space = SearchSpace.load("minilm_l6")
     cuts = teacher_cuts(space, max_gaps=0, prune_ffn=True, prune_every=True)
     largest = {}
     for budget in (2.0, 3.0, 4.0):
         fits = [(name, arch) for name, arch in cuts if work_speedup(space, arch, 128) >= budget]
         largest[budget] = max(fits, key=lambda c: cut_size(space, c[1]))[0]
-    assert largest == {2.0: "teacher-L2+mha2+ffn2@1152", 3.0: "teacher-L3@ffn576", 4.0: "teacher-L3@ffn192"}
-    # the bottom 4 and 6 layers with every FFN at 1/8 (3.36x, 2.24x bounds) lost CoLA: not offered
-    assert {"teacher-L4@ffn192", "teacher-L6@ffn192"}.isdisjoint(dict(cuts))
+    assert largest == {2.0: "teacher-L3+mha3@ffn1152", 3.0: "teacher-L3@ffn576", 4.0: "teacher-L3@ffn192"}
+    # deeper cuts with every FFN under half lost CoLA (the bottom 4 and 6 layers at 1/8: 3.36x, 2.24x bounds): not
+    # offered, nor the bottom 5 attentions with 3/8 of the 4 FFNs between them (2.15x bound)
+    assert {"teacher-L4@ffn192", "teacher-L6@ffn192", "teacher-L4+mha4@ffn576"}.isdisjoint(dict(cuts))
     sizes = {name: cut_size(space, arch) for name, arch in cuts}
-    # ... and a top attention still counts: layer 0 with layer 1's attention before layer 0 alone
-    assert sizes["teacher-L1"] < sizes["teacher-L1+mha1"] < sizes["teacher-L2@ffn768"]
-    assert sizes["teacher-L2+mha2@ffn768"] < sizes["teacher-L1+mha1+ffn1@1152"] < sizes["teacher-L3@ffn576"]
-    # at 4x, three attentions with every FFN at 1/8 before two layers with both FFNs halved
+    # ... a top attention counts: layer 0 with layer 1's attention before layer 0 alone
+    assert sizes["teacher-L1"] < sizes["teacher-L1+mha1"]
+    assert sizes["teacher-L4@ffn768"] < sizes["teacher-L2+mha2+ffn2@1152"] < sizes["teacher-L3+mha3@ffn1152"]
+    assert sizes["teacher-L1+mha1+ffn1@1152"] < sizes["teacher-L3@ffn576"]
     assert sizes["teacher-L2@ffn768"] < sizes["teacher-L3@ffn192"]
 
 
