@@ -13,7 +13,8 @@ A row is ``BUDGET:KIND:NAME=DIR``: NAME is the model's name in the fine-tuning J
 model directory (timed; a directory in several rows is timed once). Each row gets the seeds of ``--seeds`` it has
 on every task (at least ``--min-seeds``); the teacher (the runs named ``teacher``) every seed it has, per task, and
 its panel is the mean of its task means. A lead is the mean of the per-seed differences over the seeds both rows
-have. ``--timing`` keeps the timing, so that a second call with more runs does not time again (``--retime`` does).
+have. ``--timing`` keeps the timing, so that a second call with more runs does not time again (``--retime`` does);
+rows it lacks are timed in a run of their own with the teacher, their speed-ups that run's (``run`` in the timing).
 """
 
 from __future__ import annotations
@@ -78,6 +79,27 @@ def time_models(paths: list[str], teacher: str, reps: int) -> dict:
                            "params": sum(x.numel() for x in models[p].parameters())} for p in paths}}
 
 
+def add_timing(timing: dict, extra: dict) -> dict:
+    """``timing`` with the models of ``extra``, a later run's: each keeps the speed-ups of the run it was timed in
+    (against the teacher of that run), with that run's date and teacher latency (``run``), as a host that has
+    slowed since moves every latency but much less the ratios."""
+    run = {"date": extra["date"], "teacher_ms": extra["teacher_ms"], "machine": extra["machine"]}
+    models = {**timing["models"], **{p: {**m, "run": run} for p, m in extra["models"].items()}}
+    return {**timing, "models": models}
+
+
+def timed_apart_note(results: dict) -> str:
+    """A line for the table naming the rows timed in a later run than the rest (:func:`add_timing`), or ''."""
+    apart = {}
+    for row in results["rows"]:
+        run = results["timing"]["models"][row["path"]].get("run")
+        if run:
+            apart.setdefault((run["date"], float(np.median(run["teacher_ms"]))), []).append(row["name"])
+    return "".join(f"\nTimed in a later run of their own with the teacher ({date}, teacher {ms:.2f} ms; their "
+                   f"speed-ups are that run's, their latency this table's teacher latency over it): "
+                   f"{', '.join(dict.fromkeys(names))}.\n" for (date, ms), names in apart.items())
+
+
 def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: list[int], min_seeds: int) -> dict:
     if "teacher" not in scores or any(t not in scores["teacher"] for t in TASKS):
         raise SystemExit(f"the fine-tuning JSONs hold no teacher runs on every task of {TASKS}")
@@ -100,8 +122,10 @@ def build(rows: list[dict], scores: dict, points: dict, timing: dict, seeds: lis
         if speedup < budget_factor(row["budget"]):
             raise SystemExit(f"{row['name']} runs at {speedup:.2f}x, which misses its budget {row['budget']}: give "
                              "it a budget it meets")
+        # a row timed in a later run (add_timing) is placed at this run's teacher latency over its speed-up
+        latency = float(np.median(t["latency_ms"])) if "run" not in t else teacher_ms / speedup
         out.append({**row, "seeds": used, "arch": None, "distill_steps": 0, "params": t["params"],
-                    "latency_ms": float(np.median(t["latency_ms"])), "speedup": speedup,
+                    "latency_ms": latency, "speedup": speedup,
                     "speedup_range": [min(t["speedups"]), max(t["speedups"])], "scores": s,
                     "lr": {k: points[row["name"]][k]["lr"] for k in TASKS},
                     "pair_encoding": {k: points[row["name"]][k]["pair_encoding"] for k in TASKS},
@@ -160,10 +184,12 @@ def main() -> None:
     scores = pool(args.json, set(args.sick_bi), points)
     paths = list(dict.fromkeys(r["path"] for r in args.row))
     timing = json.loads(args.timing.read_text()) if args.timing and args.timing.is_file() else None
-    if args.retime or timing is None or timing["teacher"] != args.teacher or set(paths) - set(timing["models"]):
+    if args.retime or timing is None or timing["teacher"] != args.teacher:
         timing = time_models(paths, args.teacher, args.reps)
-        if args.timing:
-            atomic_write_json(args.timing, timing)
+    elif missing := [p for p in paths if p not in timing["models"]]:
+        timing = add_timing(timing, time_models(missing, args.teacher, args.reps))
+    if args.timing:
+        atomic_write_json(args.timing, timing)
     results = build(args.row, scores, points, timing, args.seeds, args.min_seeds)
     results["date"] = dt.date.today().isoformat()
     results["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -171,7 +197,7 @@ def main() -> None:
     results["config"] = {"seeds": max(len(r["seeds"]) for r in results["rows"]), "lrs": args.lrs,
                          "lr_select": "first-seed", "pair_encodings": ["cross", "bi"]}
     atomic_write_json(args.out, results)
-    table = markdown_table(results)
+    table = markdown_table(results) + timed_apart_note(results)
     atomic_write_text(args.out.with_suffix(".md"), table)
     if args.plot:
         plot(results, args.plot)

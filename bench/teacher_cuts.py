@@ -46,6 +46,7 @@ CUTS = {
     "l6-ffn192": (range(12), 192, True),   # 2.24x bound
     "l3-mha3-ffn1152": (range(7), 1152, True),  # 4 attentions, the 3 FFNs between them at 3/4 (2.07x bound)
     "l3-mha3-ffn1088": (range(7), 1088, True),  # the same with FFNs at 1088 (2.13x bound)
+    "l2-mha2-ffn192": (range(5), 192, True),    # 3 attentions, the 2 FFNs between them at 1/8: 4x runner-up
     # the bottom 4 layers at 2x with the FFN neurons kept low: layer 0 whole, 3/4 of layer 1's, 1/4 of layers 2-3'
     "l4-mixed": "384:mha,ffn,mha,ffn1152|384:mha,ffn384,mha,ffn384|384:identity,identity,identity,identity",
 }

@@ -69,3 +69,19 @@ def test_row_parsing():
     for bad in ("4x:other:name=dir", "4x:uniform:name", "four:uniform:name=dir", "4x:name=dir"):
         with pytest.raises(SystemExit):
             quality_family.parse_row(bad)
+
+
+def test_add_timing_keeps_each_models_run():
+    first = {**_timing({"m": [2.1, 2.2, 2.0]}), "date": "d1", "machine": "x"}
+    later = {**_timing({"n": [2.5, 2.6, 2.4]}), "date": "d2", "machine": "y", "teacher_ms": [50.0, 52.0, 51.0]}
+    merged = quality_family.add_timing(first, later)
+    assert merged["teacher_ms"] == first["teacher_ms"] and merged["models"]["m"] == first["models"]["m"]
+    assert merged["models"]["n"]["run"] == {"date": "d2", "teacher_ms": [50.0, 52.0, 51.0], "machine": "y"}
+    assert "n" not in first["models"]  # the kept timing is not changed in place
+    scores = {"teacher": _scores(80.0, range(5)), "new": _scores(78.0, range(5))}
+    rows = [{"budget": "2x", "kind": "searched", "name": "new", "path": "n"}]
+    out = quality_family.build(rows, scores, _points(scores), merged, [0, 1, 2, 3, 4], 3)
+    assert out["rows"][0]["speedup"] == pytest.approx(2.5)
+    assert out["rows"][0]["latency_ms"] == pytest.approx(30.0 / 2.5)  # at this table's teacher latency
+    assert "new" in quality_family.timed_apart_note(out) and "teacher 51.00 ms" in quality_family.timed_apart_note(out)
+    assert quality_family.timed_apart_note({**out, "timing": first, "rows": []}) == ""
