@@ -30,7 +30,7 @@ import yaml
 
 from .modeling.configuration_nasbert import (BOTTLENECK_ACTS, LAYER_OPS, NORMS, SEPCONV_KERNELS, OpSpec,
                                              adapter_shapes, bottleneck_shape, is_layer_op, op_spec,
-                                             pruned_ffn_inner)
+                                             pruned_ffn_inner, pruned_mha_heads)
 
 __all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec", "op_params", "op_flops"]
 
@@ -161,9 +161,22 @@ def _linear_params(n_in: int, n_out: int) -> int:
     return n_in * n_out + n_out
 
 
-def _known_op(op: str) -> bool:
-    """An op a space may list: a pruned ``ffn{I}`` is not one (it belongs to every space with ``ffn``)."""
-    return op == "identity" or (is_layer_op(op) and pruned_ffn_inner(op) is None)
+def _attention_inner(spec: OpSpec, width: int, head_size: int | None) -> int:
+    if spec.heads and head_size is None:
+        raise ValueError(f"an attention of {spec.heads} heads needs head_size= to count its cost")
+    return spec.attention_inner(width, head_size or 1)
+
+
+def _known_op(op: str, elastic: bool = False) -> bool:
+    """An op a space may list: a pruned ``ffn{I}`` or ``mha{h}`` only in an elastic space, which lists attentions,
+    FFNs and identity only (elsewhere an ``ffn{I}`` belongs to every space with ``ffn``)."""
+    if op == "identity":
+        return True
+    if not is_layer_op(op):
+        return False
+    if elastic:
+        return op_spec(op).kind in ("mha", "ffn")
+    return pruned_ffn_inner(op) is None and pruned_mha_heads(op) is None
 
 
 def _spec(op: str) -> OpSpec:
@@ -173,8 +186,8 @@ def _spec(op: str) -> OpSpec:
         raise SpaceError(f"unknown op {op!r}; known ops: {', '.join(OPS)}") from None
 
 
-def op_params(op: str, width: int, *, ffn_ratio: int) -> int:
-    """Parameters of one layer (op + its LayerNorm) at ``width``."""
+def op_params(op: str, width: int, *, ffn_ratio: int, head_size: int | None = None) -> int:
+    """Parameters of one layer (op + its LayerNorm) at ``width`` (``head_size``: needed by ``mha{h}``)."""
     spec, layer_norm = _spec(op), 2 * width
     if spec.kind == "identity":
         return 0
@@ -183,8 +196,9 @@ def op_params(op: str, width: int, *, ffn_ratio: int) -> int:
         ffn = _linear_params(b, ffn_ratio * b) + _linear_params(ffn_ratio * b, b) + 2 * b
         return (2 * (_linear_params(width, b) + 2 * b) + 2 * _linear_params(b, b) + _linear_params(width, b)
                 + _linear_params(b, b) + 2 * b + n * ffn + _linear_params(b, width) + 2 * width)
-    if spec.kind == "mha":  # query, key, value, output dense
-        return 4 * _linear_params(width, width) + layer_norm
+    if spec.kind == "mha":  # query, key, value (width -> a), output dense (a -> width)
+        a = _attention_inner(spec, width, head_size)
+        return 3 * _linear_params(width, a) + _linear_params(a, width) + layer_norm
     if spec.kind == "ffn":
         inner = spec.ffn_inner(width, ffn_ratio)
         return _linear_params(width, inner) + _linear_params(inner, width) + layer_norm
@@ -192,7 +206,7 @@ def op_params(op: str, width: int, *, ffn_ratio: int) -> int:
     return width * spec.kernel + width + _linear_params(width, width) + layer_norm
 
 
-def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int) -> int:
+def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int, head_size: int | None = None) -> int:
     """FLOPs (2 x multiply-accumulates) of one layer for one sequence of ``seq_len`` tokens.
 
     Counts matrix products (linear layers, attention scores and context) and convolutions; element-wise work
@@ -204,8 +218,9 @@ def op_flops(op: str, width: int, seq_len: int, *, ffn_ratio: int) -> int:
     if spec.kind == "bottleneck":  # 3 (T x w x b) in, q, k, out: 3 (T x b x b), N FFNs, (T x b x w) out, attention
         b, n = spec.intra, spec.num_ffn
         return 2 * (4 * t * w * b + 3 * t * b * b + n * 2 * t * b * ffn_ratio * b + 2 * t * t * b)
-    if spec.kind == "mha":  # q, k, v, out: 4 (T x w x w); scores and context: 2 (T x T x w)
-        return 2 * (4 * t * w * w + 2 * t * t * w)
+    if spec.kind == "mha":  # q, k, v, out: 4 (T x w x a); scores and context: 2 (T x T x a); a = w for mha
+        a = _attention_inner(spec, w, head_size)
+        return 2 * (4 * t * w * a + 2 * t * t * a)
     if spec.kind == "ffn":
         return 2 * (2 * t * w * spec.ffn_inner(w, ffn_ratio))
     return 2 * (t * w * spec.kernel + t * w * w)  # sepconv
@@ -294,8 +309,42 @@ class SearchSpace:
     bottleneck_act: str = "relu"
     factorized_embedding_size: int | None = None
     embedding_norm: str = "layernorm"
+    #: an elastic teacher space (:meth:`elastic_for`): one block per teacher layer at the teacher's width, whose two
+    #: slots hold that layer's attention with h of its heads (``mha{h}``, ``mha`` for all) and its FFN with n of its
+    #: neurons (``ffn{n}``, ``ffn``), each optional; ``ops`` lists the head and neuron counts offered
+    elastic: bool = False
     #: after progressive shrinking: the surviving paths of each block (None = every path of the space)
     candidates: tuple[tuple[BlockArch, ...], ...] | None = None
+
+    @classmethod
+    def elastic_for(cls, teacher: TeacherSpec, *, name: str = "elastic", head_step: int = 1,
+                    ffn_steps: int = 8, description: str = "") -> SearchSpace:
+        """The elastic teacher space of any BERT-like ``teacher``: per teacher layer, its attention with every
+        ``head_step``-th count of its heads or skipped, and its FFN with every 1/``ffn_steps`` of its neurons or
+        skipped, all at the teacher's width (DynaBERT's and Minitron's per-layer heads, neurons and depth over the
+        teacher's own weights). The teacher is one of its architectures, and so is every layer-dropped teacher.
+
+        >>> spec = TeacherSpec(384, 6, 12, 1536, 30522, 512, 2)
+        >>> space = SearchSpace.elastic_for(spec)
+        >>> space.num_blocks, space.num_paths(0), space.ops[:3], space.ops[-3:]
+        (6, 117, ('mha1', 'mha2', 'mha3'), ('ffn1344', 'ffn', 'identity'))
+        """
+        heads, inner = teacher.num_attention_heads, teacher.intermediate_size
+        if not 1 <= head_step <= heads or not 1 <= ffn_steps <= inner or inner % ffn_steps:
+            raise SpaceError(f"elastic space: head_step must be 1..{heads} and ffn_steps a divisor of the teacher's "
+                             f"{inner} FFN neurons, got head_step={head_step}, ffn_steps={ffn_steps}")
+        head_counts = sorted({*range(head_step, heads, head_step), heads})
+        inners = [q * inner // ffn_steps for q in range(1, ffn_steps + 1)]
+        ops = ([f"mha{h}" for h in head_counts if h < heads] + ["mha"] + [f"ffn{n}" for n in inners if n < inner]
+               + ["ffn", "identity"])
+        space = cls(name=name, teacher=teacher, num_blocks=teacher.num_hidden_layers,
+                    hidden_choices=(teacher.hidden_size,), ops=tuple(ops),
+                    head_size=teacher.hidden_size // teacher.num_attention_heads,
+                    ffn_ratio=inner // teacher.hidden_size, elastic=True,
+                    description=description or f"elastic teacher space: per layer, 0..{heads} heads and 0..{inner} "
+                                               f"FFN neurons in steps of {inner // ffn_steps}")
+        space._validate(name)
+        return space
 
     # ---------------------------------------------------------------- loading and validation
 
@@ -334,7 +383,10 @@ class SearchSpace:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise SpaceError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}")
-        for key in ("name", "teacher", "num_blocks", "hidden_choices"):
+        elastic = data.get("elastic", False)
+        if not isinstance(elastic, bool):
+            raise SpaceError(f"{source}: 'elastic' must be true or false, got {elastic!r}")
+        for key in ("name", "teacher") if elastic else ("name", "teacher", "num_blocks", "hidden_choices"):
             if key not in data:
                 raise SpaceError(f"{source}: missing required key {key!r}")
 
@@ -361,6 +413,8 @@ class SearchSpace:
                 raise SpaceError(f"{source}: {key!r} must be a positive integer, got {value!r}")
             return int(value)
 
+        if elastic:
+            return cls._elastic_from_dict(data, source)
         choices = data["hidden_choices"]
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{source}: 'hidden_choices' must be a non-empty list of widths")
@@ -393,6 +447,33 @@ class SearchSpace:
             space = space.with_candidates(_parse_candidates(data["candidates"], source), source=source)
         return space
 
+    @classmethod
+    def _elastic_from_dict(cls, data: Mapping[str, Any], source: str) -> SearchSpace:
+        """An elastic space from its YAML: the teacher, optionally ``ops`` (else every head count and every 1/8 of
+        the FFN), and the derived keys (``num_blocks``, ``hidden_choices``, ``head_size``, ``ffn_ratio``), which
+        may be given but must then agree with the teacher."""
+        t = data["teacher"]
+        teacher = TeacherSpec(**{k: (int(v) if k != "name" else v) for k, v in t.items()})
+        space = cls.elastic_for(teacher, name=str(data["name"]), description=str(data.get("description", "")))
+        if data.get("ops") is not None:
+            ops = data["ops"]
+            if not isinstance(ops, list) or not ops or not all(isinstance(o, str) for o in ops):
+                raise SpaceError(f"{source}: 'ops' must be a non-empty list of op names")
+            space = dataclasses.replace(space, ops=tuple(ops))
+        derived = {"num_blocks": space.num_blocks, "hidden_choices": list(space.hidden_choices),
+                   "head_size": space.head_size, "ffn_ratio": space.ffn_ratio}
+        for key, value in derived.items():
+            if key in data and data[key] != value:
+                raise SpaceError(f"{source}: an elastic space has {key} = {value} (from its teacher), got "
+                                 f"{data[key]!r}; leave the key out")
+        others = sorted(set(data) - {"name", "description", "teacher", "elastic", "ops", "candidates", *derived})
+        if others:
+            raise SpaceError(f"{source}: {others[0]!r} does not apply to an elastic space")
+        space._validate(source)
+        if data.get("candidates") is not None:
+            space = space.with_candidates(_parse_candidates(data["candidates"], source), source=source)
+        return space
+
     def with_candidates(self, candidates, *, source: str = "candidates") -> SearchSpace:
         """This space restricted to ``candidates`` (one sequence of :class:`BlockArch` per block)."""
         candidates = tuple(tuple(block) for block in candidates)
@@ -414,7 +495,9 @@ class SearchSpace:
 
     def _validate(self, source: str) -> None:
         t = self.teacher
-        bad_ops = [o for o in self.ops if not _known_op(o)]
+        bad_ops = [o for o in self.ops if not _known_op(o, self.elastic)]
+        if self.elastic:
+            self._validate_elastic(source, bad_ops)
         if bad_ops:
             pruned = pruned_ffn_inner(bad_ops[0]) is not None
             raise SpaceError(f"{source}: 'ops' has unknown op {bad_ops[0]!r}; known ops: {', '.join(OPS)} and "
@@ -469,9 +552,38 @@ class SearchSpace:
                 "ffn ops start from the teacher's FFNs, so they must match"
             )
 
+    def _validate_elastic(self, source: str, bad_ops: list[str]) -> None:
+        t = self.teacher
+        if bad_ops:
+            raise SpaceError(f"{source}: an elastic space lists attentions (mha, mha{{h}}), FFNs (ffn, ffn{{n}}) and "
+                             f"identity; got {bad_ops[0]!r}")
+        if self.hidden_choices != (t.hidden_size,) or self.num_blocks != t.num_hidden_layers:
+            raise SpaceError(f"{source}: an elastic space has one block per teacher layer at the teacher's width")
+        if "identity" not in self.ops:
+            raise SpaceError(f"{source}: an elastic space needs 'identity' (a skipped sub-layer)")
+        for op in self.ops:
+            spec = op_spec(op)
+            if spec.heads and not spec.heads < t.num_attention_heads:
+                raise SpaceError(f"{source}: {op} keeps {spec.heads} heads; the teacher has {t.num_attention_heads} "
+                                 "(all of them: 'mha')")
+            if spec.inner and not spec.inner < t.intermediate_size:
+                raise SpaceError(f"{source}: {op} keeps {spec.inner} FFN neurons; the teacher has "
+                                 f"{t.intermediate_size} (all of them: 'ffn')")
+        kinds = {op_spec(op).kind for op in self.ops if op != "identity"}
+        if not kinds >= {"mha", "ffn"}:
+            raise SpaceError(f"{source}: an elastic space needs at least one attention and one FFN op")
+
+    def _elastic_ops(self, kind: str) -> tuple[str, ...]:
+        return tuple(op for op in self.ops if op != "identity" and op_spec(op).kind == kind)
+
     # ---------------------------------------------------------------- serialisation
 
     def to_dict(self) -> dict[str, Any]:
+        if self.elastic:
+            return {"name": self.name, "description": self.description, "elastic": True,
+                    "teacher": dataclasses.asdict(self.teacher), "ops": list(self.ops),
+                    **({"candidates": [[str(p) for p in block] for block in self.candidates]}
+                       if self.candidates else {})}
         return {
             "name": self.name,
             "description": self.description,
@@ -528,6 +640,8 @@ class SearchSpace:
         return tuple(o for o in self.ops if o != "identity")
 
     def _paths_per_width(self) -> int:
+        if self.elastic:  # (attention or none, FFN or none)
+            return (len(self._elastic_ops("mha")) + 1) * (len(self._elastic_ops("ffn")) + 1)
         k, n_ops = self.slots_per_block, len(self._layer_ops)
         if "identity" in self.ops:  # j layers then k - j identities, j = 0..k
             return sum(n_ops**j for j in range(k + 1))
@@ -549,6 +663,11 @@ class SearchSpace:
             return
         import itertools
 
+        if self.elastic:
+            for attention in ("identity", *self._elastic_ops("mha")):
+                for ffn in ("identity", *self._elastic_ops("ffn")):
+                    yield self._elastic_path(attention, ffn)
+            return
         k = self.slots_per_block
         lengths = range(k + 1) if "identity" in self.ops else [k]
         for width in self.hidden_choices:
@@ -565,6 +684,10 @@ class SearchSpace:
         self._check_block_index(block)
         if self.candidates is not None:
             return self.candidates[block][int(rng.integers(len(self.candidates[block])))]
+        if self.elastic:  # each sub-layer: one of its sizes or skipped, uniformly
+            attention = ("identity", *self._elastic_ops("mha"))
+            ffn = ("identity", *self._elastic_ops("ffn"))
+            return self._elastic_path(attention[int(rng.integers(len(attention)))], ffn[int(rng.integers(len(ffn)))])
         k, layer_ops = self.slots_per_block, self._layer_ops
         width = int(rng.choice(self.hidden_choices))
         if "identity" in self.ops:
@@ -574,6 +697,11 @@ class SearchSpace:
             j = k
         layers = tuple(layer_ops[i] for i in rng.integers(0, len(layer_ops), size=j))
         return BlockArch(width, layers + ("identity",) * (k - j))
+
+    def _elastic_path(self, attention: str, ffn: str) -> BlockArch:
+        """One layer of an elastic space: its attention op then its FFN op, a skipped one (identity) last."""
+        layers = tuple(op for op in (attention, ffn) if op != "identity")
+        return BlockArch(self.teacher.hidden_size, layers + ("identity",) * (2 - len(layers)))
 
     def sample(self, rng: np.random.Generator) -> Arch:
         """An architecture whose blocks are drawn independently and uniformly from their paths."""
@@ -588,33 +716,11 @@ class SearchSpace:
     def smallest_arch(self) -> Arch:
         """Narrowest width with the cheapest non-empty path: one op per block, the lightest available."""
         w = min(self.hidden_choices)
-        cheapest = min(self._layer_ops, key=lambda o: op_params(o, w, ffn_ratio=self.ffn_ratio))
+        cheapest = min(self._layer_ops, key=lambda o: op_params(o, w, ffn_ratio=self.ffn_ratio, head_size=self.head_size))
         fill = ("identity",) * (self.slots_per_block - 1) if "identity" in self.ops else (cheapest,) * (
             self.slots_per_block - 1
         )
         return Arch(tuple(BlockArch(w, (cheapest,) + fill) for _ in range(self.num_blocks)))
-
-    def pruned_ffn_inners(self) -> tuple[int, ...]:
-        """The inner sizes of the pruned FFNs teacher cuts may end with: a quarter, a half and three quarters of
-        the teacher's FFN (none in a space without ``ffn``). A cut's top FFN pruned to its most important units
-        fills a budget that falls between two sub-layers (:func:`nasbert.export.cuts.teacher_cuts`)."""
-        if "ffn" not in self.ops:
-            return ()
-        inner = self.ffn_ratio * self.teacher.hidden_size
-        return tuple(q * inner // 4 for q in (1, 2, 3))
-
-    def every_ffn_inners(self) -> tuple[int, ...]:
-        """The inner sizes every FFN of a teacher cut may be pruned to at once: 1/8, 3/8, half and 3/4 of the
-        teacher's FFN (none in a space without ``ffn``). A cut with every FFN pruned buys attention sub-layers with
-        FFN neurons (:func:`nasbert.export.cuts.teacher_cuts`, which offers less than half only to cuts of a few
-        layers); once calibrated (:mod:`nasbert.export.calibrate`), on the built-in teacher the bottom 4 attentions
-        with 3/4 of the 3 FFNs between them run at 2x its speed, the bottom 3 layers with every FFN at 3/8 at 3x and
-        at 1/8 at 4x, and each keeps more of it than the cuts with fewer attentions that meet the same budget
-        (docs/benchmarks.md)."""
-        if "ffn" not in self.ops:
-            return ()
-        inner = self.ffn_ratio * self.teacher.hidden_size
-        return tuple(q * inner // 8 for q in (1, 3, 4, 6))
 
     def teacher_arch(self) -> Arch:
         """The architecture that is the teacher itself: full teacher width, MHA and FFN alternating.
@@ -623,6 +729,13 @@ class SearchSpace:
         NAS-BERT space); the supernet still runs it, which is how its initialisation is checked.
         """
         return self._alternating(self.teacher.hidden_size)
+
+    def layer_dropped(self, k: int) -> Arch:
+        """The teacher's bottom ``k`` layers, whole (an elastic space's architecture of a layer-dropped teacher)."""
+        if not self.elastic or not 1 <= k <= self.teacher.num_hidden_layers:
+            raise SpaceError(f"layer_dropped needs an elastic space and 1 <= k <= {self.teacher.num_hidden_layers}")
+        keep, skip = self._elastic_path("mha", "ffn"), self._elastic_path("identity", "identity")
+        return Arch(tuple(keep if n < k else skip for n in range(self.num_blocks)))
 
     def _alternating(self, width: int) -> Arch:
         ops = tuple("mha" if s % 2 == 0 else "ffn" for s in range(self.slots_per_block))
@@ -657,6 +770,9 @@ class SearchSpace:
                                          f"{block.width} has {self.ffn_ratio * block.width}: a pruned FFN keeps fewer")
                 elif op not in allowed:
                     raise SpaceError(f"block {n}: op {op!r} is not in this space's ops {list(self.ops)}")
+            if self.elastic and [op_spec(op).kind for op in block.layers] not in (["mha", "ffn"], ["mha"], ["ffn"], []):
+                raise SpaceError(f"block {n}: {str(block)!r} is not a layer of an elastic space: its attention, then "
+                                 "its FFN, either of them skipped (identity last)")
             first_identity = block.ops.index("identity") if "identity" in block.ops else len(block.ops)
             if any(op != "identity" for op in block.ops[first_identity:]):
                 raise SpaceError(
@@ -686,7 +802,7 @@ class SearchSpace:
         e = self.factorized_embedding_size
         params += t.vocab_size * e + 3 * e * w[0] + w[0] if e else t.vocab_size * w[0]
         for block in arch.blocks:
-            params += sum(op_params(op, block.width, ffn_ratio=self.ffn_ratio) for op in block.layers)
+            params += sum(op_params(op, block.width, ffn_ratio=self.ffn_ratio, head_size=self.head_size) for op in block.layers)
         return params + sum(_linear_params(a, b) for a, b in self.adapter_shapes(arch, adapters))
 
     def flops(self, arch: Arch, seq_len: int, *, adapters: bool | list[bool] | None = None) -> int:
@@ -697,7 +813,7 @@ class SearchSpace:
         e = self.factorized_embedding_size
         flops = 2 * seq_len * 3 * e * arch.widths[0] if e else 0  # the factorised embedding's kernel-3 convolution
         for block in arch.blocks:
-            flops += sum(op_flops(op, block.width, seq_len, ffn_ratio=self.ffn_ratio) for op in block.layers)
+            flops += sum(op_flops(op, block.width, seq_len, ffn_ratio=self.ffn_ratio, head_size=self.head_size) for op in block.layers)
         return flops + sum(2 * seq_len * a * b for a, b in self.adapter_shapes(arch, adapters))
 
     def adapter_shapes(self, arch: Arch, adapters: bool | list[bool] | None = None) -> list[tuple[int, int]]:

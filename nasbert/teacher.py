@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer, BertModel, PreTrainedTokenizerBase
 
 __all__ = ["BUILTIN_TEACHER", "TeacherError", "builtin_teacher_path", "load_teacher", "locate_model",
-           "resolve_teacher"]
+           "resolve_teacher", "teacher_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,17 @@ def load_teacher(
 
     >>> model, tokenizer, source = load_teacher()  # the built-in MiniLM-L6-H384  # doctest: +SKIP
     """
+    config, source = teacher_config(teacher)
+    model = BertModel.from_pretrained(source, attn_implementation="eager")  # the pooler, if any, is unused
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    logger.info("teacher %s: %d layers, hidden %d", source, config.num_hidden_layers, config.hidden_size)
+    return model, tokenizer, source
+
+
+def teacher_config(teacher: str | os.PathLike | None = None):
+    """``(config, source)``: a BERT teacher's config, checked as :func:`load_teacher` checks it, without loading
+    its weights (e.g. to build its elastic space)."""
     source = resolve_teacher(teacher)
     try:
         config = AutoConfig.from_pretrained(source)
@@ -124,8 +135,4 @@ def load_teacher(
         raise TeacherError(f"teacher {source!r} uses {config.position_embedding_type!r} positions; only absolute ones are supported")
     if config.hidden_act not in ("gelu", "relu", "gelu_new", "gelu_python"):
         raise TeacherError(f"teacher {source!r} uses activation {config.hidden_act!r}; supported: gelu, relu")
-    model = BertModel.from_pretrained(source, attn_implementation="eager")  # the pooler, if any, is unused
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    logger.info("teacher %s: %d layers, hidden %d", source, config.num_hidden_layers, config.hidden_size)
-    return model, tokenizer, source
+    return config, source

@@ -1,24 +1,28 @@
-"""Calibrating the pruned FFNs of a teacher cut on unlabelled text: which neurons to keep, and their output weights.
+"""Calibrating a model of the teacher's own sub-layers on unlabelled text: which heads and neurons to keep, and
+the output weights that make up for the rest.
 
-A teacher cut that prunes an FFN (:mod:`nasbert.export.cuts`) keeps the neurons that the weight-magnitude criterion
-ranks first (:func:`nasbert.supernet.importance.neuron_order`) and their output weights as the teacher has them. On
-real inputs neither is the best the teacher's own weights allow. Calibration, bottom-up over the cut's pruned FFNs,
-each on the inputs the calibrated layers below give it:
+An architecture of an elastic teacher space (:meth:`nasbert.space.SearchSpace.elastic_for`; a teacher cut is one)
+keeps each teacher layer's attention with h of its heads and its FFN with n of its neurons, or skips them. Extracted
+from ``SuperNet.from_teacher(space, teacher, reorder="units")`` it keeps the heads and neurons that the weight
+magnitudes rank first (:mod:`nasbert.supernet.importance`) and their output weights as the teacher has them: the
+magnitude-pruned model. On real inputs neither is the best the teacher's own weights allow. Calibration walks the
+model bottom-up, once, each pruned sub-layer on the inputs the calibrated layers below give it:
 
-1. **Neurons.** Keep the ``k`` neurons whose output contributes the most on the calibration tokens,
-   ``||W_out[:, j]|| * rms(g_j)`` with ``g = act(x W_in^T + b_in)`` the whole FFN's activations (the structured form
-   of Wanda's ``|W| * ||X||``; FLAP ranks by the same product with the variance).
-2. **Output weights.** Refit ``W_out`` and ``b_out`` of the kept neurons by ridge-regularised least squares, so that
-   on the same tokens the pruned FFN reproduces the whole FFN's output ``g W_out^T + b_out`` (the layer-wise
-   reconstruction of Kwon et al., 2022, "A Fast Post-Training Pruning Framework for Transformers", with the whole
-   output matrix refitted instead of one scale per neuron).
+1. **Units.** Keep the ``k`` units (FFN neurons, or attention heads) whose output contributes the most on the
+   calibration tokens: ``||W_out[:, j]|| * rms(g_j)`` for a neuron with activation ``g_j`` (the structured form of
+   Wanda's ``|W| * ||X||``; FLAP ranks by the same product with the variance), and the rms of ``ctx_h W_o[:, h]^T``
+   for a head with context ``ctx_h``.
+2. **Output weights.** Refit the output dense (``W_out``, ``b_out``; ``W_o``, ``b_o``) of the kept units by
+   ridge-regularised least squares, so that on the same tokens the pruned sub-layer reproduces the whole one's
+   output (the layer-wise reconstruction of Kwon et al., 2022, "A Fast Post-Training Pruning Framework for
+   Transformers", with the whole output matrix refitted instead of one scale per unit).
 
-The input weights of the kept neurons stay the teacher's; the model keeps its shapes, so its latency does not
-change. On the built-in teacher the relative error of the final states against the unpruned cut falls from 0.21 to
-0.04 for the bottom 2 layers with both FFNs halved (docs/benchmarks.md).
+The input weights of the kept units stay the teacher's and the model keeps its shapes, so its latency does not
+change. One pass costs about one forward of the model and one least-squares solve per pruned sub-layer, which is
+cheap enough to run on every candidate of a search (:mod:`nasbert.search.calibrated`).
 
 >>> # model = SuperNet.from_teacher(space, teacher, reorder="units").extract(arch, drop_identity_adapters=True)
->>> # report = calibrate_cut(model, arch, space, teacher, corpus.train[:512])  # doctest: +SKIP
+>>> # records = calibrate(model, arch, space, teacher, corpus.train[:128])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,27 +32,31 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..modeling.modeling_nasbert import feed_forward, residual_norm
+from ..modeling.configuration_nasbert import op_spec
+from ..modeling.modeling_nasbert import additive_attention_mask, multi_head_attention
 from ..space import Arch, SearchSpace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_RIDGE", "FfnCalibration", "calibrate_cut", "pruned_ffns"]
+__all__ = ["DEFAULT_RIDGE", "Calibration", "TeacherCalibration", "calibrate", "teacher_sublayers"]
 
-#: the ridge added to the least-squares system, as a fraction of the mean of its diagonal
+#: the ridge added to the least-squares system, as a fraction of the mean of its diagonal: enough to keep the
+#: system well-posed when kept units are nearly collinear on a few thousand tokens, small next to its signal
 DEFAULT_RIDGE = 1e-3
 
 
 @dataclass(frozen=True)
-class FfnCalibration:
-    """What calibrating one pruned FFN did: the teacher layer it comes from, the neurons kept of that layer's, and
-    the relative squared error of its output against the whole FFN's on the calibration tokens, before (the
-    magnitude-ranked neurons, the teacher's output weights) and after."""
+class Calibration:
+    """What calibrating one pruned sub-layer did: its kind (``mha`` or ``ffn``), the teacher layer it comes from,
+    the units (heads or neurons) kept of that layer's, and the relative squared error of its output against the
+    whole sub-layer's on the calibration tokens, before (the magnitude-ranked units, the teacher's output weights)
+    and after."""
 
     op: int  # index of the layer in model.encoder.layer
+    kind: str
     teacher_layer: int
-    neurons: int
-    teacher_neurons: int
+    units: int
+    teacher_units: int
     tokens: int
     error_before: float
     error_after: float
@@ -57,159 +65,261 @@ class FfnCalibration:
         return asdict(self)
 
 
-def pruned_ffns(model, arch: Arch, space: SearchSpace, teacher) -> list[tuple[int, int]]:
-    """``(op index in model.encoder.layer, teacher layer)`` of every FFN of a teacher cut with fewer neurons than
-    its teacher layer. Raises ValueError for a model that is not a teacher cut at the teacher's width without
-    adapters (what :meth:`SuperNet.extract` gives with ``drop_identity_adapters`` from a supernet built with
+def teacher_sublayers(model, arch: Arch, space: SearchSpace) -> list[tuple[int, str, int]]:
+    """``(op index in model.encoder.layer, kind, teacher layer)`` of every layer of ``model``: slot ``s`` of the
+    space holds teacher layer ``s // 2``'s attention and FFN (:meth:`SuperNet.from_teacher`). Raises ValueError for
+    a model that is not made of the teacher's sub-layers at its width without adapters (what
+    :meth:`SuperNet.extract` gives with ``drop_identity_adapters`` from a supernet built with
     ``SuperNet.from_teacher(space, teacher, reorder="units")``)."""
     width = space.teacher.hidden_size
     if getattr(model.config, "adapters", True) is not False or any(b.width != width for b in arch.blocks):
-        raise ValueError("calibration needs a teacher cut at the teacher's width without adapters: extract it from "
-                         "SuperNet.from_teacher(space, teacher, reorder=\"units\") with drop_identity_adapters=True")
-    layers = list(model.encoder.layer)
+        raise ValueError("calibration needs a model of the teacher's sub-layers at the teacher's width without "
+                         "adapters: extract it from SuperNet.from_teacher(space, teacher, reorder=\"units\") with "
+                         "drop_identity_adapters=True")
     ops = [(slot, op) for b, block in enumerate(arch.blocks) for slot, op in zip(space.block_slots(b), block.layers)]
-    if len(ops) != len(layers):
-        raise ValueError(f"the model has {len(layers)} layers, the architecture {len(ops)}: pass the arch it was "
-                         "extracted from")
-    found = []
+    if len(ops) != len(model.encoder.layer):
+        raise ValueError(f"the model has {len(model.encoder.layer)} layers, the architecture {len(ops)}: pass the "
+                         "arch it was extracted from")
+    out = []
     for n, (slot, op) in enumerate(ops):
-        teacher_layer = slot // 2
-        if op.startswith("ffn"):
-            if slot % 2 != 1 or teacher_layer >= len(teacher.encoder.layer):
-                raise ValueError(f"{arch}: the FFN in slot {slot} does not hold a teacher FFN's weights; only "
-                                 "teacher cuts (nasbert.export.cuts.cut_arch) can be calibrated")
-            if layers[n].intermediate.dense.out_features < \
-                    teacher.encoder.layer[teacher_layer].intermediate.dense.out_features:
-                found.append((n, teacher_layer))
-    return found
+        kind = op_spec(op).kind
+        if kind not in ("mha", "ffn") or slot // 2 >= space.teacher.num_hidden_layers:
+            raise ValueError(f"{arch}: {op} in slot {slot} is not one of the teacher's sub-layers; only "
+                             "architectures of the teacher's own attentions and FFNs can be calibrated")
+        out.append((n, kind, slot // 2))
+    return out
 
 
-class _Stop(Exception):
-    pass
+def _solve(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    return torch.linalg.solve(gram, cross)
 
 
-def _inputs(model, op: int, input_ids: torch.Tensor, batch_size: int, unpruned: dict | None = None):
-    """The inputs of ``model.encoder.layer[op]`` on ``input_ids`` (every token real), batch by batch, as (tokens,
-    width) float64 matrices. ``unpruned``: {op index: the teacher layer whose whole FFN replaces that pruned FFN}
-    (those below ``op`` matter), to get the inputs the unpruned cut gives that layer instead."""
-    captured = []
+class _Sublayer:
+    """One pruned sub-layer's teacher weights in float64, as ``features(x) -> g`` (per-unit activations, units
+    of ``unit`` columns) and the output dense ``g W^T + b``."""
 
-    def hook(_module, args):
-        captured.append(args[0])
-        raise _Stop
+    def __init__(self, kind: str, source, head_size: int, act):
+        self.kind, self.head_size, self.act = kind, head_size, act
+        if kind == "ffn":
+            self.w_in = source.intermediate.dense.weight.double()
+            self.b_in = source.intermediate.dense.bias.double()
+            self.w_out = source.output.dense.weight.double()  # (H, I)
+            self.b_out = source.output.dense.bias.double()
+            self.unit = 1
+        else:
+            a = source.attention
+            self.qkv = [(m.weight.double(), m.bias.double()) for m in (a.self.query, a.self.key, a.self.value)]
+            self.w_out, self.b_out = a.output.dense.weight.double(), a.output.dense.bias.double()  # (H, heads*hs)
+            self.unit = head_size
+        self.units = self.w_out.shape[1] // self.unit
 
-    def whole(layer):
-        def replace(module, args, _output):
-            x = args[0]
-            branch = feed_forward(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias,
-                                  layer.output.dense.weight, layer.output.dense.bias, act=module.act)
-            norm = module.output.LayerNorm
-            return residual_norm(x, branch, norm.weight, norm.bias, eps=norm.eps, dropout=0.0, training=False)
-        return replace
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B * T, units * unit): the FFN's activations, or the attention heads' contexts."""
+        if self.kind == "ffn":
+            return self.act(x.reshape(-1, x.shape[-1]) @ self.w_in.T + self.b_in)
+        q, k, v = (x @ w.T + b for w, b in self.qkv)
+        mask = additive_attention_mask(torch.ones(x.shape[:2], dtype=torch.long), x.dtype)
+        ctx = multi_head_attention(q, k, v, mask, head_size=self.head_size, dropout=0.0, training=False)
+        return ctx.reshape(-1, ctx.shape[-1])
 
-    handles = [model.encoder.layer[op].register_forward_pre_hook(hook)]
-    handles += [model.encoder.layer[n].register_forward_hook(whole(layer)) for n, layer in (unpruned or {}).items()
-                if n < op]
-    try:
-        for start in range(0, len(input_ids), batch_size):
-            ids = input_ids[start : start + batch_size]
-            try:
-                model(input_ids=ids, attention_mask=torch.ones_like(ids))
-            except _Stop:
-                pass
-            x = captured.pop()
-            yield x.reshape(-1, x.shape[-1]).double()
-    finally:
-        for handle in handles:
-            handle.remove()
+    def columns(self, units: torch.Tensor) -> torch.Tensor:
+        return (units[:, None] * self.unit + torch.arange(self.unit)[None, :]).reshape(-1)
+
+    def contribution(self, g: torch.Tensor) -> torch.Tensor:
+        """Per unit, the summed squared norm of its share of the output, ``||g_u W_u^T||^2``, over the tokens."""
+        if self.unit == 1:  # the output of one neuron is rank one: ||g_j||^2 ||W[:, j]||^2
+            return g.pow(2).sum(0) * self.w_out.pow(2).sum(0)
+        share = torch.einsum("nuc,huc->nuh", g.view(len(g), self.units, self.unit),
+                             self.w_out.view(-1, self.units, self.unit))
+        return share.pow(2).sum(dim=(0, 2))
+
+    def magnitude(self) -> torch.Tensor:
+        """The criterion the supernet's unit order uses (:mod:`nasbert.supernet.importance`)."""
+        if self.kind == "ffn":
+            return self.w_in.norm(dim=1) * self.w_out.norm(dim=0)
+        v, hs = self.qkv[2][0], self.unit
+        return v.view(self.units, hs, -1).pow(2).sum(dim=(1, 2)).sqrt() * \
+            self.w_out.view(-1, self.units, hs).pow(2).sum(dim=(0, 2)).sqrt()
+
+    @torch.no_grad()
+    def load(self, layer, keep: torch.Tensor, solution: torch.Tensor) -> None:
+        """Copy the kept units' input weights and the refitted output dense into ``layer`` (the model's)."""
+        cols = self.columns(keep)
+        if self.kind == "ffn":
+            pairs = [(layer.intermediate.dense.weight, self.w_in[cols]), (layer.intermediate.dense.bias, self.b_in[cols])]
+            out = layer.output.dense
+        else:
+            s = layer.self
+            pairs = [(p, src) for m, (w, b) in zip((s.query, s.key, s.value), self.qkv)
+                     for p, src in ((m.weight, w[cols]), (m.bias, b[cols]))]
+            out = layer.output.dense
+        pairs += [(out.weight, solution[:-1].T), (out.bias, solution[-1])]
+        for param, value in pairs:
+            param.copy_(value.to(param.dtype))
 
 
 @torch.no_grad()
-def calibrate_cut(model, arch: Arch, space: SearchSpace, teacher, input_ids: torch.Tensor, *,
-                  ridge: float = DEFAULT_RIDGE, batch_size: int = 32, neurons: str = "output",
-                  refit: bool = True, target: str = "ffn") -> list[FfnCalibration]:
-    """Calibrate every pruned FFN of the teacher cut ``model`` (extracted from ``arch``) in place, bottom-up, on
-    ``input_ids`` (N, T) of unlabelled text with no padding (e.g. rows of a :class:`TokenizedCorpus`), against
-    the FFNs of ``teacher`` (a ``BertModel``, whose hidden channels the cut keeps). Returns one record per FFN;
-    none for a cut without a pruned FFN.
+def calibrate(model, arch: Arch, space: SearchSpace, teacher, input_ids: torch.Tensor, *,
+              ridge: float = DEFAULT_RIDGE, batch_size: int = 32, units: str = "output",
+              refit: bool = True) -> list[Calibration]:
+    """Calibrate every pruned attention and FFN of ``model`` (extracted from ``arch``, made of the teacher's own
+    sub-layers) in place, bottom-up in one pass, on ``input_ids`` (N, T) of unlabelled text with no padding (e.g.
+    rows of a :class:`TokenizedCorpus`), against the sub-layers of ``teacher`` (a ``BertModel``). Returns one record
+    per pruned sub-layer; none for a model with none.
 
-    ``neurons="magnitude"`` keeps the neurons the weight magnitudes rank first (those the cut has) and
-    ``refit=False`` the teacher's output weights: the two steps can be measured apart (bench/calibration.py).
-
-    ``target``: what the refitted FFN reproduces on the cut's inputs: ``"ffn"``, the whole FFN's output on those
-    inputs; ``"states"``, what the unpruned cut has after that FFN (before its LayerNorm), so that the refit also
-    makes up for what the pruned layers below changed."""
+    ``units="magnitude"`` keeps the units the weight magnitudes rank first (those the model has) and ``refit=False``
+    the teacher's output weights, so the two steps can be measured apart."""
     if input_ids.dim() != 2 or len(input_ids) == 0:
         raise ValueError(f"calibration needs token ids of shape (rows, seq_len), got {tuple(input_ids.shape)}")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
-    if neurons not in ("output", "magnitude"):
-        raise ValueError(f"neurons must be 'output' or 'magnitude', got {neurons!r}")
-    if target not in ("ffn", "states"):
-        raise ValueError(f"target must be 'ffn' or 'states', got {target!r}")
-    todo = pruned_ffns(model, arch, space, teacher)
-    unpruned = {op: teacher.encoder.layer[layer] for op, layer in todo}
+    if units not in ("output", "magnitude"):
+        raise ValueError(f"units must be 'output' or 'magnitude', got {units!r}")
+    layers = teacher_sublayers(model, arch, space)
     was_training = model.training
     model.eval()
+    ones = torch.ones_like(input_ids[:batch_size])
+    additive = additive_attention_mask(ones, torch.float32)
+    xs = [model.embeddings(ids, torch.zeros_like(ids), torch.ones_like(ids))
+          for ids in input_ids.split(batch_size)]  # (B, T, H) per batch: the current layer's inputs
     out = []
-    for op, layer in todo:
-        ffn, source = model.encoder.layer[op], teacher.encoder.layer[layer]
-        w_in, b_in = source.intermediate.dense.weight.double(), source.intermediate.dense.bias.double()
-        w_out, b_out = source.output.dense.weight.double(), source.output.dense.bias.double()  # (H, I), (H,)
-        act = ffn.act
-        k = ffn.intermediate.dense.out_features
-
-        def whole(x):
-            g = act(x @ w_in.T + b_in)  # (tokens, I)
-            return g, g @ w_out.T + b_out
-
-        inputs = list(_inputs(model, op, input_ids, batch_size))  # the layers below run once per FFN
-        # what the FFN's branch should give on each batch of inputs (kept only for "states": its inputs differ)
-        drifts = [r + whole(r)[1] - x for r, x in zip(_inputs(model, op, input_ids, batch_size, unpruned), inputs)] \
-            if target == "states" else None
-
-        def goal(i, full):  # full: the whole FFN's output on the i-th batch of inputs
-            return drifts[i] if drifts is not None else full
-
-        tokens = sum(len(x) for x in inputs)
-        power = torch.zeros(w_in.shape[0], dtype=torch.float64)
-        for x in inputs:
-            power += whole(x)[0].pow(2).sum(0)
-        score = w_out.norm(dim=0) * (power / tokens).sqrt() if neurons == "output" else \
-            w_in.norm(dim=1) * w_out.norm(dim=0)  # importance.neuron_order's criterion
-        keep = torch.argsort(-score, stable=True)[:k]  # most important first, as the supernet orders units
-
-        solution = torch.cat([w_out[:, keep].T, b_out[None]])  # (k + 1, H): the teacher's output weights
-        if refit:
-            gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
-            cross = torch.zeros(k + 1, w_out.shape[0], dtype=torch.float64)
-            for i, x in enumerate(inputs):
-                g, full = whole(x)
-                a = torch.cat([g[:, keep], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
-                gram += a.T @ a
-                cross += a.T @ goal(i, full)
-            gram += ridge * gram.diagonal().mean() * torch.eye(k + 1, dtype=gram.dtype)
-            solution = torch.linalg.solve(gram, cross)
-
-        old = [p.detach().double() for p in (ffn.intermediate.dense.weight, ffn.intermediate.dense.bias,
-                                             ffn.output.dense.weight, ffn.output.dense.bias)]
-        errors, norm = torch.zeros(2, dtype=torch.float64), 0.0
-        for i, x in enumerate(inputs):
-            g, full = whole(x)
-            y = goal(i, full)
-            before = act(x @ old[0].T + old[1]) @ old[2].T + old[3]
-            after = g[:, keep] @ solution[:-1] + solution[-1]
-            errors += torch.stack([(before - y).pow(2).sum(), (after - y).pow(2).sum()])
-            norm += float(y.pow(2).sum())
-        dtype = ffn.output.dense.weight.dtype
-        ffn.intermediate.dense.weight.copy_(w_in[keep].to(dtype))
-        ffn.intermediate.dense.bias.copy_(b_in[keep].to(dtype))
-        ffn.output.dense.weight.copy_(solution[:-1].T.to(dtype))
-        ffn.output.dense.bias.copy_(solution[-1].to(dtype))
-        record = FfnCalibration(op=op, teacher_layer=layer, neurons=k, teacher_neurons=w_in.shape[0], tokens=tokens,
-                                error_before=float(errors[0]) / norm, error_after=float(errors[1]) / norm)
-        logger.info("calibrated layer %d's FFN (%d of %d neurons) on %d tokens: relative error %.4f -> %.4f", layer,
-                    k, record.teacher_neurons, tokens, record.error_before, record.error_after)
-        out.append(record)
+    for n, kind, t_layer in layers:
+        layer = model.encoder.layer[n]
+        source = teacher.encoder.layer[t_layer]
+        sub = _Sublayer(kind, source, space.head_size, getattr(layer, "act", None))
+        kept = (layer.intermediate.dense.out_features if kind == "ffn"
+                else layer.self.query.out_features // space.head_size)
+        if kept < sub.units:
+            out.append(_calibrate_sublayer(sub, layer, n, t_layer, kept, xs, ridge=ridge, units=units, refit=refit))
+        xs = [layer(x, additive[: len(x)], ones[: len(x)]) for x in xs]
     model.train(was_training)
     return out
+
+
+def _calibrate_sublayer(sub: _Sublayer, layer, n: int, t_layer: int, kept: int, xs: list[torch.Tensor], *,
+                        ridge: float, units: str, refit: bool) -> Calibration:
+    tokens = sum(x.shape[0] * x.shape[1] for x in xs)
+    if units == "output":
+        score = torch.zeros(sub.units, dtype=torch.float64)
+        for x in xs:
+            score += sub.contribution(sub.features(x.double()))
+    else:
+        score = sub.magnitude()
+    keep = torch.argsort(-score, stable=True)[:kept]  # most important first, as the supernet orders units
+    cols = sub.columns(keep)
+    solution = torch.cat([sub.w_out[:, cols].T, sub.b_out[None]])  # (k + 1, H): the teacher's output weights
+    if refit:
+        gram = torch.zeros(len(cols) + 1, len(cols) + 1, dtype=torch.float64)
+        cross = torch.zeros(len(cols) + 1, sub.w_out.shape[0], dtype=torch.float64)
+        for x in xs:
+            g = sub.features(x.double())
+            a = torch.cat([g[:, cols], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
+            gram += a.T @ a
+            cross += a.T @ (g @ sub.w_out.T + sub.b_out)
+        solution = _solve(gram, cross, ridge)
+    errors, norm = torch.zeros(2, dtype=torch.float64), 0.0
+    before = layer.output.dense  # the magnitude-ranked model's own output weights and units
+    for x in xs:
+        g = sub.features(x.double())
+        y = g @ sub.w_out.T + sub.b_out
+        mine = _own_features(layer, sub, x.double())
+        was = mine @ before.weight.double().T + before.bias.double()
+        now = g[:, cols] @ solution[:-1] + solution[-1]
+        errors += torch.stack([(was - y).pow(2).sum(), (now - y).pow(2).sum()])
+        norm += float(y.pow(2).sum())
+    sub.load(layer, keep, solution)
+    record = Calibration(op=n, kind=sub.kind, teacher_layer=t_layer, units=kept, teacher_units=sub.units,
+                         tokens=tokens, error_before=float(errors[0]) / norm, error_after=float(errors[1]) / norm)
+    logger.debug("calibrated layer %d's %s (%d of %d units) on %d tokens: relative error %.4f -> %.4f", t_layer,
+                 sub.kind, kept, sub.units, tokens, record.error_before, record.error_after)
+    return record
+
+
+def _own_features(layer, sub: _Sublayer, x: torch.Tensor) -> torch.Tensor:
+    """The model layer's own (uncalibrated) activations or contexts on ``x``."""
+    if sub.kind == "ffn":
+        d = layer.intermediate.dense
+        return sub.act(x.reshape(-1, x.shape[-1]) @ d.weight.double().T + d.bias.double())
+    s = layer.self
+    q, k, v = (x @ m.weight.double().T + m.bias.double() for m in (s.query, s.key, s.value))
+    mask = additive_attention_mask(torch.ones(x.shape[:2], dtype=torch.long), x.dtype)
+    ctx = multi_head_attention(q, k, v, mask, head_size=sub.head_size, dropout=0.0, training=False)
+    return ctx.reshape(-1, ctx.shape[-1])
+
+
+class TeacherCalibration:
+    """Calibration of every teacher sub-layer at every size, fitted once on the *teacher's* inputs to that
+    sub-layer, so that a search trial only looks it up.
+
+    :func:`calibrate` fits each pruned sub-layer on the inputs the model's own calibrated layers below give it,
+    which costs a forward pass and a least-squares system per pruned sub-layer of every candidate. Here the inputs
+    are the teacher's (its hidden states on ``input_ids``), the same for every candidate, so per sub-layer one Gram
+    matrix of its units' outputs serves every size: the units kept at size k are the k that contribute the most, and
+    their least-squares system is a sub-matrix of the whole one. A trial then costs a few cached solves, and the
+    export recalibrates its chosen models bottom-up with :func:`calibrate`.
+
+    >>> # calib = TeacherCalibration(teacher, space, corpus.train[:128])
+    >>> # calib.apply(model, arch)   # model: extracted from SuperNet.from_teacher(..., reorder="units")
+    """
+
+    @torch.no_grad()
+    def __init__(self, teacher, space: SearchSpace, input_ids: torch.Tensor, *, ridge: float = DEFAULT_RIDGE,
+                 batch_size: int = 32):
+        if input_ids.dim() != 2 or len(input_ids) == 0:
+            raise ValueError(f"calibration needs token ids of shape (rows, seq_len), got {tuple(input_ids.shape)}")
+        self.space, self.ridge = space, ridge
+        teacher = teacher.eval()
+        act = teacher.encoder.layer[0].intermediate.intermediate_act_fn
+        self._subs = {(layer, kind): _Sublayer(kind, source, space.head_size, act)
+                      for layer, source in enumerate(teacher.encoder.layer) for kind in ("mha", "ffn")}
+        self._stats: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._solved: dict[tuple[int, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for ids in input_ids.split(batch_size):
+            states = teacher(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+            for layer, source in enumerate(teacher.encoder.layer):
+                x = states.hidden_states[layer].double()  # (B, T, H): the input of layer's attention
+                sub = self._subs[layer, "mha"]
+                g = sub.features(x)
+                self._accumulate(layer, "mha", sub, g)
+                norm = source.attention.output.LayerNorm
+                y = torch.nn.functional.layer_norm(
+                    x.reshape(-1, x.shape[-1]) + g @ sub.w_out.T + sub.b_out, (x.shape[-1],),
+                    norm.weight.double(), norm.bias.double(), norm.eps)  # the input of layer's FFN
+                sub = self._subs[layer, "ffn"]
+                self._accumulate(layer, "ffn", sub, sub.features(y[None]))
+
+    def _accumulate(self, layer: int, kind: str, sub: _Sublayer, g: torch.Tensor) -> None:
+        a = torch.cat([g, torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
+        gram, cross, score = a.T @ a, a.T @ (g @ sub.w_out.T + sub.b_out), sub.contribution(g)
+        if (layer, kind) in self._stats:
+            g0, c0, s0 = self._stats[layer, kind]
+            gram, cross, score = g0 + gram, c0 + cross, s0 + score
+        self._stats[layer, kind] = (gram, cross, score)
+
+    def solve(self, layer: int, kind: str, units: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(kept units, output weights and bias (k + 1, H))`` of teacher ``layer``'s ``kind`` sub-layer at
+        ``units`` heads or neurons."""
+        key = (layer, kind, units)
+        if key not in self._solved:
+            sub = self._subs[layer, kind]
+            gram, cross, score = self._stats[layer, kind]
+            keep = torch.argsort(-score, stable=True)[:units]
+            rows = torch.cat([sub.columns(keep), torch.tensor([len(gram) - 1])])  # the kept columns and the bias
+            self._solved[key] = (keep, _solve(gram[rows][:, rows], cross[rows], self.ridge))
+        return self._solved[key]
+
+    @torch.no_grad()
+    def apply(self, model, arch: Arch) -> int:
+        """Load the calibrated weights of every pruned sub-layer of ``model`` (extracted from ``arch``, made of the
+        teacher's own sub-layers, as :func:`calibrate` needs); returns how many it changed."""
+        changed = 0
+        for n, kind, t_layer in teacher_sublayers(model, arch, self.space):
+            layer, sub = model.encoder.layer[n], self._subs[t_layer, kind]
+            kept = (layer.intermediate.dense.out_features if kind == "ffn"
+                    else layer.self.query.out_features // self.space.head_size)
+            if kept < sub.units:
+                sub.load(layer, *self.solve(t_layer, kind, kept))
+                changed += 1
+        return changed
+

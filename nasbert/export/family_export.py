@@ -8,18 +8,14 @@
       <member>/                a Hugging Face model directory: config.json, model.safetensors, tokenizer,
                                modeling code, model.onnx, README.md (model card with the measured numbers)
 
-The candidates of a budget are the search's top ones and, where the space allows, the largest teacher cuts whose
-work can meet the budget (:mod:`nasbert.export.cuts`: the teacher's bottom sub-layers, kept as they are, with the
-teacher's weights and optionally the trained supernet's too). All are timed with the teacher in one interleaved
-run; a cut timed faster than its work allows (a busy host) is judged at that bound
-(:func:`~nasbert.export.cuts.work_speedup`). Per budget, among those that meet it on *measured* latency, the
-largest cut is the member (``cuts_first``; in the version with the higher cosine where both compete); where no
-cut meets the budget, the search's candidate whose final hidden states have the highest mean per-token cosine to
-the teacher's is. The cosine replaced the whole-model MSE as the ranking: on the fine-tuned scores of the quality
-report's models (teacher cuts, searched members, baselines) it ranked +0.21 (SST-2) and +0.64 / +0.74 (SICK) in
-Kendall tau, the MSE -0.07 and -0.64 / -0.63; over 24 architectures spread across the space it ranked at +0.03,
-below the parameter count's +0.39 (docs/benchmarks.md), which is why a cut comes first where one meets the
-budget. Each member's ``choice`` in family.json says why it won and what came second.
+The candidates of a budget are the search's top ones. In an elastic teacher space each is made of the teacher's own
+sub-layers: extracted from the teacher's weights with no adapters and calibrated bottom-up on the corpus
+(:func:`~nasbert.export.calibrate.calibrate`), and, with ``weights="both"``, also in the block-wise trained
+supernet's version. All are timed with the teacher in one interleaved run; a model of the teacher's sub-layers
+timed faster than its work allows (a busy host) is judged at that bound (:func:`~nasbert.export.cuts.work_speedup`).
+Per budget, among those that meet it on *measured* latency, the one whose final hidden states have the highest
+mean per-token cosine to the teacher's wins (for a calibrated candidate, after calibration: the search's own
+proxy). Each member's ``choice`` in family.json names the search trial it came from and what came second.
 
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
 teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
@@ -45,10 +41,10 @@ from ..budgets import latency_limits
 from ..latency.models import EDGE_MARGIN, measure_models, speedup
 from ..onnxio import OnnxParityError, export_int8, export_onnx
 from ..training.evaluation import state_cosine, whole_model_loss
-from .calibrate import calibrate_cut
+from .calibrate import calibrate
 from .card import write_model_card
-from .config import CUT_WEIGHTS
-from .cuts import busy, cut_size, judged_ms, work_speedup
+from .config import WEIGHTS
+from .cuts import busy, judged_ms, work_speedup
 from .family import Family, FamilyMember
 from .hf import write_hf_files
 
@@ -71,13 +67,11 @@ class _Candidate:
 
     arch: Arch
     source: str  # "supernet" (the trained supernet) or "teacher" (the teacher's own sub-layers)
-    label: str  # the search's rank or the teacher cut's name, for the log and the choice record
+    label: str  # the search's rank and trial, for the log and the choice record
     predicted_ms: float | None
     proxy_loss: float | None
-    #: a teacher cut, and its size (:func:`~nasbert.export.cuts.cut_size`: the teacher sub-layers it keeps)
-    cut: bool = False
-    size: float = 0.0
-    #: a cut's :func:`~nasbert.export.cuts.work_speedup`: the most it can be faster than the teacher
+    trial: int | None = None
+    #: a model of the teacher's sub-layers: :func:`~nasbert.export.cuts.work_speedup`, the most it can be faster
     bound: float | None = None
 
     @property
@@ -85,52 +79,18 @@ class _Candidate:
         return f"{self.source}:{self.arch}"
 
 
-def _contenders(feasible: list[tuple], cuts_first: bool = True) -> list[tuple]:
-    """The candidates that compete on the cosine. Of the teacher cuts only the largest that meets the budget (both
-    weight versions) does: among cuts the cosine misranks (training raises every path's cosine, so a trained
-    smaller cut outscored the teacher's own larger one, 0.3151 against 0.2885, that fine-tuned better), and at every
-    budget measured the gap-free cut with the most sub-layers was the best model (docs/benchmarks.md). With
-    ``cuts_first`` that cut is also preferred to the search's candidates, which compete only where no cut meets the
-    budget: across architectures the cosine does not rank fine-tuned quality (Kendall tau +0.03 over 24), and a
-    searched model whose cosine beat the cut's (0.3226 against 0.29) fine-tuned below it (docs/benchmarks.md)."""
-    cuts = [f for f in feasible if f[2].cut]
-    if not cuts:
-        return feasible
-    most = max(f[2].size for f in cuts)
-    largest = [f for f in cuts if f[2].size == most]
-    return largest if cuts_first else [f for f in feasible if not f[2].cut] + largest
-
-
 def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None,
-                 cuts_first: bool = True, taken: int = 0, timed_ms: float | None = None) -> str:
+                 taken: int = 0, timed_ms: float | None = None) -> str:
     """Why ``chosen`` won among ``feasible`` (the candidates that meet the budget and are not yet the member of a
-    tighter budget; ``taken`` more are). ``timed_ms``: the chosen cut's timing where it beat the cut's work bound,
+    tighter budget; ``taken`` more are). ``timed_ms``: the chosen model's timing where it beat its work bound,
     which then judged it."""
     cos, ms, cand = chosen
-    contenders = _contenders(feasible, cuts_first)
-    rest = sorted((f for f in contenders if f[2].key != cand.key), key=lambda f: -f[0])
-    if cand.cut and cuts_first:
-        text = (f"the largest teacher cut that meets {budget.name} on measured latency ({cand.label}, {cand.source} "
-                f"weights, {speedup(teacher_ms, ms):.2f}x, cosine {cos:.4f})")
-        if len(contenders) > 1:
-            text += f"; of its {len(contenders)} weight versions the one with the highest cosine"
-    else:
-        text = (f"highest cosine to the teacher ({cos:.4f}) of {len(contenders)} candidates that meet {budget.name} "
-                f"on measured latency ({cand.label}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
+    rest = sorted((f for f in feasible if f[2].key != cand.key), key=lambda f: -f[0])
+    trial = f", search trial {cand.trial}" if cand.trial is not None else ""
+    text = (f"highest cosine to the teacher ({cos:.4f}) of {len(feasible)} candidates that meet {budget.name} "
+            f"on measured latency ({cand.label}{trial}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
     if taken:
         text += f"; {taken} more that meet it are already members of tighter budgets"
-    competing = {f[2].key for f in contenders}
-    left_cuts = [f for f in feasible if f[2].cut and f[2].key not in competing]
-    if left_cuts:
-        size = max(f[2].size for f in contenders if f[2].cut)
-        text += (f"; of the teacher cuts only the largest that meets it competes ({size:g} sub-layers; "
-                 f"{len(left_cuts)} versions of smaller cuts left out)")
-    searched = sorted((f for f in feasible if not f[2].cut and f[2].key not in competing), key=lambda f: -f[0])
-    if searched:
-        s_cos, s_ms, s = searched[0]
-        text += (f"; a teacher cut meets the budget, so the search's {len(searched)} candidates that do were left out "
-                 f"(export.cuts_first; the best of them by cosine: {s.label} at {s_cos:.4f}, "
-                 f"{speedup(teacher_ms, s_ms):.2f}x)")
     if rest:
         r_cos, r_ms, r = rest[0]
         text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
@@ -144,7 +104,7 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
     elif first is not None:
         text += (f"; it was timed near the budget's edge ({first['speedup']:.2f}x) and again, longer, at "
                  f"{speedup(teacher_ms, ms if timed_ms is None else timed_ms):.2f}x, which decided")
-    slowest = max(contenders, key=lambda f: f[1])
+    slowest = max(feasible, key=lambda f: f[1])
     if slowest[2].key != cand.key:
         text += (f"; a slower candidate that meets the budget ({slowest[2].label}, "
                  f"{speedup(teacher_ms, slowest[1]):.2f}x) ranks lower on the proxy, so the faster model is chosen")
@@ -205,26 +165,23 @@ def export_family(
     evaluate=None,
     distill: DistillConfig | None = None,
     corpus: TokenizedCorpus | None = None,
-    cuts: dict[str, list[tuple[str, Arch, float | None]]] | None = None,
     teacher_supernet: SuperNet | None = None,
     proxy_batches: list[dict] | None = None,
     write_int8: bool = False,
     teacher_cache=None,
     edge_margin: float = EDGE_MARGIN,
-    cuts_first: bool = True,
-    cut_weights: str = "teacher",
+    weights: str = "teacher",
     work_bound: bool = True,
     calibration=None,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
-    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted). ``cuts[budget.name]`` adds teacher cuts
-    (``(name, arch, predicted ms)``, :func:`~nasbert.export.cuts.teacher_cuts`): each is a candidate with the
-    weights of ``teacher_supernet`` (built with ``reorder="units"``, extracted with no adapters, so the faster one)
-    and, with ``cut_weights="both"``, another with those of the trained supernet. With ``cuts_first`` the largest
-    cut that meets a budget is its member; otherwise (or where no cut meets it) the best candidate is the one with
-    the highest per-token cosine of its final hidden states to the teacher's, over ``proxy_batches`` (unmasked
-    validation sequences; default ``valid_batches``).
+    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted), or ``(arch, evaluation, trial number)``.
+    In an elastic space (``teacher_supernet``: ``SuperNet.from_teacher(space, teacher, reorder="units")``) each
+    candidate competes with the teacher's own weights, no adapters, calibrated on ``calibration`` (token ids
+    (rows, seq_len) of unlabelled text; None: magnitude-pruned), and with ``weights="supernet"`` or ``"both"`` with
+    the trained supernet's. The best candidate is the one with the highest per-token cosine of its final hidden
+    states to the teacher's, over ``proxy_batches`` (unmasked validation sequences; default ``valid_batches``).
     ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
     computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
     ``distill.steps > 0`` every chosen model is distilled as a whole on ``corpus`` (the training corpus) before
@@ -232,55 +189,56 @@ def export_family(
     with the teacher (``int8_latency_ms``, ``int8_speedup``). ``teacher_cache`` (a
     :class:`~nasbert.training.teacher_cache.TeacherStateCache` of ``corpus.train``) feeds the distillation. A
     candidate timed within ``edge_margin`` of a budget's latency limit is timed again, longer, and that run decides
-    (:func:`~nasbert.latency.models.measure_models`). With ``work_bound``, a cut timed faster than its work allows
-    (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that bound. ``calibration`` (token ids
-    (rows, seq_len) of unlabelled text, e.g. the first rows of ``corpus.train``): a teacher-cut member with pruned FFNs
-    has them calibrated on it (:func:`~nasbert.export.calibrate.calibrate_cut`: the neurons that matter on the text,
-    output weights refitted by least squares) unless it is distilled: ``extra["calibration"]`` records each FFN's,
-    the member's ``cosine`` and ``valid_loss`` are the calibrated model's and ``extra["uncalibrated"]`` keeps the
-    cut's own."""
+    (:func:`~nasbert.latency.models.measure_models`). With ``work_bound``, a model of the teacher's sub-layers timed
+    faster than its work allows (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that
+    bound."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
     if distilling and corpus is None:
         raise ValueError("export with distill.steps > 0 needs the training corpus: pass corpus=")
-    if cuts and teacher_supernet is None:
-        raise ValueError("teacher cuts need teacher_supernet=SuperNet.from_teacher(space, teacher, reorder=\"units\")")
-    if cut_weights not in CUT_WEIGHTS:
-        raise ValueError(f"cut_weights must be one of {sorted(CUT_WEIGHTS)}, got {cut_weights!r}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {sorted(WEIGHTS)}, got {weights!r}")
+    if space.elastic and teacher_supernet is None and weights != "supernet":
+        raise ValueError("an elastic space's candidates need teacher_supernet=SuperNet.from_teacher(space, teacher, "
+                         "reorder=\"units\")")
     proxy_batches = proxy_batches or valid_batches
     sources = {"supernet": supernet, "teacher": teacher_supernet}
+    versions = WEIGHTS[weights] if space.elastic else ("supernet",)
 
-    shortlist: dict[str, list[_Candidate]] = {
-        b.name: [_Candidate(arch, "supernet", f"search #{i + 1}", float(ev.latency_ms), float(ev.proxy_loss))
-                 for i, (arch, ev) in enumerate(list(candidates.get(b.name, []))[:top_k])] for b in budgets}
-    cosine: dict[str, float] = {}
-
-    def cos_of(c: _Candidate) -> float:
-        if c.key not in cosine:
-            cosine[c.key] = state_cosine(sources[c.source], teacher, c.arch, proxy_batches)
-        return cosine[c.key]
-
-    for b in budgets:  # the versions of a cut: the trained one is usually closer, the teacher's one faster
-        for name, arch, predicted in (cuts or {}).get(b.name, []):
-            shortlist[b.name] += [_Candidate(arch, src, name, predicted, None, cut=True, size=cut_size(space, arch),
-                                             bound=work_speedup(space, arch, device["seq_len"]) if work_bound
-                                             else None)
-                                  for src in CUT_WEIGHTS[cut_weights]]
+    shortlist: dict[str, list[_Candidate]] = {b.name: [] for b in budgets}
+    for b in budgets:
+        for i, entry in enumerate(list(candidates.get(b.name, []))[:top_k]):
+            arch, ev, trial = (*entry, None) if len(entry) == 2 else entry
+            bound = work_speedup(space, arch, device["seq_len"]) if work_bound and space.elastic else None
+            shortlist[b.name] += [_Candidate(arch, src, f"search #{i + 1}", float(ev.latency_ms),
+                                             float(ev.proxy_loss), trial=trial,
+                                             bound=bound if src == "teacher" else None) for src in versions]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
                          "(e.g. --budgets 1.5x) or run more trials")
     logger.info("re-evaluating %d candidate models as whole models", len(unique))
+    models = {key: sources[c.source].extract(c.arch, drop_identity_adapters=c.source == "teacher")
+              for key, c in unique.items()}
+    calibrated: dict[str, dict] = {}  # candidate key -> its calibration record
+    for key, c in unique.items():
+        if c.source == "teacher" and calibration is not None:
+            before = {"cosine": state_cosine(models[key], teacher, None, proxy_batches),
+                      "valid_loss": whole_model_loss(models[key], teacher, None, valid_batches)}
+            records = [r.to_dict() for r in calibrate(models[key], c.arch, space, teacher, calibration)]
+            if records:
+                calibrated[key] = {"sublayers": records, "uncalibrated": before}
     on_supernet = {str(c.arch): c.arch for c in unique.values() if c.source == "supernet"}
     remote = evaluate(on_supernet) if evaluate is not None and on_supernet else {}
     losses = {f"supernet:{a}": v for a, v in remote.items()}
+    cosine: dict[str, float] = {}
     for key, c in unique.items():
-        cos_of(c)
+        standalone = c.source == "teacher"  # the extracted (and calibrated) model itself
+        net, arch = (models[key], None) if standalone else (sources[c.source], c.arch)
+        cosine[key] = state_cosine(net, teacher, arch, proxy_batches)
         if key not in losses:
-            losses[key] = whole_model_loss(sources[c.source], teacher, c.arch, valid_batches)
-    models = {key: sources[c.source].extract(c.arch, drop_identity_adapters=c.source == "teacher")
-              for key, c in unique.items()}
+            losses[key] = whole_model_loss(net, teacher, arch, valid_batches)
     # exact, and without adapters where the extraction dropped them (a teacher cut from the teacher's weights)
     params = {key: space.num_params(c.arch, adapters=models[key].config.adapters) for key, c in unique.items()}
     measured = measure_models(models, teacher, engine=device["engine"], device=device["device"],
@@ -297,7 +255,6 @@ def export_family(
     chosen: dict[str, tuple] = {}
     taken: set[str] = set()
     distilled: dict[str, DistillResult] = {}  # candidate key -> DistillResult (two budgets may choose one model)
-    calibrated: dict[str, dict | None] = {}  # candidate key -> its calibration record (None: nothing to calibrate)
     # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
@@ -309,24 +266,14 @@ def export_family(
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
         pool = [f for f in feasible if f[2].key not in taken] or feasible
-        fresh = _contenders(pool, cuts_first)
-        top = max(f[0] for f in fresh)  # ties (within COSINE_TIE, e.g. a cut's two versions untrained): the faster
-        best = min((f for f in fresh if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
+        top = max(f[0] for f in pool)  # ties (within COSINE_TIE, e.g. two weight versions untrained): the faster
+        best = min((f for f in pool if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
         cos, latency, cand = best
         timed = measured.latency_ms[cand.key]
         taken.add(cand.key)
         arch, loss, loss_before = cand.arch, losses[cand.key], None
         model = models[cand.key]
         member_dir = _member_name(budget.name, params[cand.key])
-        if calibration is not None and cand.cut and cand.source == "teacher" and not distilling:
-            if cand.key not in calibrated:  # a model two budgets chose is calibrated once
-                records = [r.to_dict() for r in calibrate_cut(model, arch, space, teacher, calibration)]
-                calibrated[cand.key] = {
-                    "ffns": records, "uncalibrated": {"cosine": cos, "valid_loss": loss},
-                    "cosine": state_cosine(model, teacher, None, proxy_batches),
-                    "valid_loss": whole_model_loss(model, teacher, None, valid_batches)} if records else None
-            if calibrated[cand.key]:
-                cos, loss = calibrated[cand.key]["cosine"], calibrated[cand.key]["valid_loss"]
         if distilling:
             if cand.key not in distilled:
                 distilled[cand.key] = distill_arch(sources[cand.source], arch, teacher, corpus, tokenizer,
@@ -344,13 +291,12 @@ def export_family(
             onnx=f"{member_dir}/model.onnx" if write_onnx else None,
             distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
             source=cand.source, cosine=cos,
-            choice=_choice_text(budget, best, pool, teacher_ms, measured.retimed.get(cand.key), cuts_first,
+            choice=_choice_text(budget, best, pool, teacher_ms, measured.retimed.get(cand.key),
                                 taken=len(feasible) - len(pool), timed_ms=timed if timed != latency else None),
-            # chosen for being the largest cut: `nasbert pick` ranks such members the same way
-            extra={**({"cut": cand.label, "cut_size": cand.size} if cand.cut and cuts_first else {}),
+            extra={**({"trial": cand.trial} if cand.trial is not None else {}),
                    **_bound_record(cand, timed, latency, teacher_ms),
-                   **({"calibration": calibrated[cand.key]["ffns"],
-                       "uncalibrated": calibrated[cand.key]["uncalibrated"]} if calibrated.get(cand.key) else {})},
+                   **({"calibration": calibrated[cand.key]["sublayers"],
+                       "uncalibrated": calibrated[cand.key]["uncalibrated"]} if cand.key in calibrated else {})},
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "

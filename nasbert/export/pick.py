@@ -1,5 +1,5 @@
 """Pick the family member that fits a budget: the best among the members that meet it, as the export ranks (the
-largest teacher cut, then the highest cosine to the teacher; the lowest loss for members that have no cosine).
+highest cosine to the teacher; the lowest loss for members that have no cosine).
 
 A budget is one of: a latency in ms on the family's device, a speed-up over the teacher on that device, or a
 parameter count. With ``measure=True`` every member (and the teacher, where the family has ``teacher.onnx``) is
@@ -137,13 +137,11 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
 # ---------------------------------------------------------------------------------------------------- picking
 
 
-def _rank(m: FamilyMember) -> tuple[float, float, float, float, str]:
-    """Best first, as the export ranks: teacher cuts chosen as cuts (``cut_size`` in family.json, with
-    ``export.cuts_first``), the largest first; then the highest cosine to the teacher (members of older families
-    have none), then the lowest loss, then the faster member."""
-    loss, size = m.loss, m.extra.get("cut_size")
-    return (-float(size) if size is not None else math.inf, -m.cosine if m.cosine is not None else math.inf,
-            math.inf if loss is None else loss, m.latency_ms, m.name)
+def _rank(m: FamilyMember) -> tuple[float, float, float, str]:
+    """Best first, as the export ranks: the highest cosine to the teacher (members of older families have none),
+    then the lowest loss, then the faster member."""
+    loss = m.loss
+    return (-m.cosine if m.cosine is not None else math.inf, math.inf if loss is None else loss, m.latency_ms, m.name)
 
 
 def _no_fit(family: Family, latency_ms, speedup, max_params) -> NoFit:

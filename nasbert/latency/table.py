@@ -46,13 +46,10 @@ def arch_adapters(arch: Arch) -> list[tuple[int, int]]:
 
 
 def table_keys(space: SearchSpace) -> list[str]:
-    """Every entry a model of ``space`` can need, and the pruned FFNs of teacher cuts (:meth:`SearchSpace.
-    pruned_ffn_inners` and :meth:`SearchSpace.every_ffn_inners`, at the teacher's width)."""
+    """Every entry a model of ``space`` can need (an elastic space's every head and neuron count among them)."""
     widths = list(space.hidden_choices)
     keys = [f"embeddings@{w}" for w in widths]
     keys += [f"{op}@{w}" for op in space.ops if op != "identity" for w in widths]
-    inners = sorted(set(space.pruned_ffn_inners()) | set(space.every_ffn_inners()))
-    keys += [f"ffn{inner}@{space.teacher.hidden_size}" for inner in inners]
     keys += [f"adapter@{a}->{b}" for a in widths for b in widths]
     keys += [f"output@{w}" for w in widths]
     return keys
@@ -68,8 +65,8 @@ class LatencyTable:
     def parts(self, arch: Arch) -> dict[str, float]:
         missing = [k for k in arch_entries(arch) if k not in self.entries]
         if missing:
-            raise KeyError(f"the latency table has no entry {missing[0]!r}: it was built for another space, or "
-                           "before nasbert measured pruned FFNs (rebuild it: nasbert latency --run RUN --force)")
+            raise KeyError(f"the latency table has no entry {missing[0]!r}: it was built for another space "
+                           "(rebuild it: nasbert latency --run RUN --force)")
         out: dict[str, float] = {}
         for key in arch_entries(arch):
             out[key] = out.get(key, 0.0) + self.entries[key]

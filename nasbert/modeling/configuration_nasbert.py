@@ -17,6 +17,8 @@ SEPCONV_KERNELS = {"sepconv3": 3, "sepconv5": 5, "sepconv7": 7}
 BOTTLENECK_OP = re.compile(r"bottleneck([1-9][0-9]*)x([1-4])")
 #: ``ffn{I}``: an FFN layer pruned to its first I inner units (an ``ffn`` layer of width w has ffn_ratio * w)
 PRUNED_FFN_OP = re.compile(r"ffn([1-9][0-9]*)")
+#: ``mha{h}``: an attention layer with h heads (of ``head_size``) at the block's width; ``mha`` has width / head_size
+PRUNED_MHA_OP = re.compile(r"mha([1-9][0-9]*)")
 NORMS = ("layernorm", "nonorm")
 BOTTLENECK_ACTS = ("relu", "gelu")
 #: how a sequence classifier reads a pair of texts (``NasBertConfig.pair_encoding``)
@@ -35,8 +37,15 @@ def pruned_ffn_inner(op: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def pruned_mha_heads(op: str) -> int | None:
+    """The heads of a pruned ``mha{h}`` op; None for any other op name (``mha`` included)."""
+    match = PRUNED_MHA_OP.fullmatch(op)
+    return int(match.group(1)) if match else None
+
+
 def is_layer_op(op: str) -> bool:
-    return op in LAYER_OPS or bottleneck_shape(op) is not None or pruned_ffn_inner(op) is not None
+    return (op in LAYER_OPS or bottleneck_shape(op) is not None or pruned_ffn_inner(op) is not None
+            or pruned_mha_heads(op) is not None)
 
 
 class OpSpec(NamedTuple):
@@ -48,17 +57,22 @@ class OpSpec(NamedTuple):
     intra: int = 0  # bottleneck: the intra-block width
     num_ffn: int = 0  # bottleneck: stacked FFNs
     inner: int = 0  # ffn: the inner units of a pruned ``ffn{I}``; 0 for ``ffn`` (ffn_ratio x width)
+    heads: int = 0  # mha: the heads of a pruned ``mha{h}``; 0 for ``mha`` (width / head_size)
 
     def ffn_inner(self, width: int, ffn_ratio: int) -> int:
         """The inner units of an ``ffn`` or ``ffn{I}`` layer of ``width``."""
         return self.inner or ffn_ratio * width
 
+    def attention_inner(self, width: int, head_size: int) -> int:
+        """The width of the queries, keys and values of an ``mha`` or ``mha{h}`` layer of ``width``."""
+        return self.heads * head_size if self.heads else width
+
 
 def op_spec(op: str) -> OpSpec:
     """The :class:`OpSpec` of an op name; ValueError for a name that is no op.
 
-    >>> op_spec("sepconv5"), op_spec("bottleneck128x4").num_ffn, op_spec("ffn768").inner
-    (OpSpec(kind='sepconv', kernel=5, intra=0, num_ffn=0, inner=0), 4, 768)
+    >>> op_spec("sepconv5"), op_spec("bottleneck128x4").num_ffn, op_spec("ffn768").inner, op_spec("mha4").heads
+    (OpSpec(kind='sepconv', kernel=5, intra=0, num_ffn=0, inner=0, heads=0), 4, 768, 4)
     """
     if op in ("identity", "mha", "ffn"):
         return OpSpec(op)
@@ -70,8 +84,11 @@ def op_spec(op: str) -> OpSpec:
     inner = pruned_ffn_inner(op)
     if inner is not None:
         return OpSpec("ffn", inner=inner)
-    raise ValueError(f"unknown op {op!r}; known: {', '.join(LAYER_OPS)}, ffn{{I}} (I inner units), "
-                     "bottleneck{B}x{N} (N = 1..4), identity")
+    heads = pruned_mha_heads(op)
+    if heads is not None:
+        return OpSpec("mha", heads=heads)
+    raise ValueError(f"unknown op {op!r}; known: {', '.join(LAYER_OPS)}, ffn{{I}} (I inner units), mha{{h}} "
+                     "(h heads), bottleneck{B}x{N} (N = 1..4), identity")
 
 
 def adapter_shapes(blocks: list[dict], hidden_size: int, adapters) -> list[tuple[int, int] | None]:
@@ -106,7 +123,8 @@ class NasBertConfig(PretrainedConfig):
 
     Args:
         blocks: one ``{"width": int, "ops": [op, ...]}`` per block; ops are ``mha``, ``ffn``, ``sepconv3``,
-            ``sepconv5``, ``sepconv7``, ``ffn{I}`` (an FFN pruned to I inner units), ``bottleneck{B}x{N}`` or
+            ``sepconv5``, ``sepconv7``, ``ffn{I}`` (an FFN pruned to I inner units), ``mha{h}`` (an attention with
+            h heads), ``bottleneck{B}x{N}`` or
             ``identity`` (skipped).
         hidden_size: width of the model's output (the teacher's width; the last block is projected to it).
         head_size: width of one attention head; an ``mha`` layer of width ``w`` has ``w / head_size`` heads.

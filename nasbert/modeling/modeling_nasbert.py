@@ -245,11 +245,11 @@ class NasBertEmbeddings(nn.Module):
 
 
 class NasBertSelfAttention(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, inner: int):
         super().__init__()
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(width, width)
-        self.value = nn.Linear(width, width)
+        self.query = nn.Linear(width, inner)
+        self.key = nn.Linear(width, inner)
+        self.value = nn.Linear(width, inner)
 
 
 class NasBertDenseNorm(nn.Module):
@@ -262,12 +262,13 @@ class NasBertDenseNorm(nn.Module):
 
 
 class NasBertAttention(nn.Module):
-    """An ``mha`` layer."""
+    """An ``mha`` layer of ``inner`` query / key / value channels (``OpSpec.attention_inner``: ``width``, or
+    h x head_size for ``mha{h}``)."""
 
-    def __init__(self, config: NasBertConfig, width: int):
+    def __init__(self, config: NasBertConfig, width: int, inner: int):
         super().__init__()
-        self.self = NasBertSelfAttention(width)
-        self.output = NasBertDenseNorm(width, width, config.layer_norm_eps)
+        self.self = NasBertSelfAttention(width, inner)
+        self.output = NasBertDenseNorm(inner, width, config.layer_norm_eps)
         self.head_size = config.head_size
         self.attention_dropout = config.attention_probs_dropout_prob
         self.hidden_dropout = config.hidden_dropout_prob
@@ -378,7 +379,7 @@ class NasBertBottleneck(nn.Module):
 def build_layer(config: NasBertConfig, op: str, width: int) -> nn.Module:
     spec = op_spec(op)
     if spec.kind == "mha":
-        return NasBertAttention(config, width)
+        return NasBertAttention(config, width, spec.attention_inner(width, config.head_size))
     if spec.kind == "ffn":
         return NasBertFeedForward(config, width, spec.ffn_inner(width, config.ffn_ratio))
     if spec.kind == "sepconv":

@@ -51,8 +51,9 @@ PACKAGES = ("nasbert", "torch", "transformers", "optuna", "ray", "datasets", "nu
 class RunConfig:
     """Configuration of a run. Unknown keys and wrong types are errors that name the key."""
 
-    #: a shipped space name (``minilm_l6``, ``bert_base``, ``tiny``) or a YAML path
-    space: str = "minilm_l6"
+    #: ``elastic`` (the elastic teacher space built from the teacher's config: per layer, its heads, FFN neurons
+    #: and depth), a shipped space name (``minilm_l6``, ``bert_base``, ``minilm_l6_elastic``, ``tiny``) or a YAML path
+    space: str = "elastic"
     #: a local HF BERT directory, a hub id, or null for the space's default (the built-in MiniLM-L6-H384)
     teacher: str | None = None
     seed: int = 0

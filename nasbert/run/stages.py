@@ -22,10 +22,10 @@ from ..data import load_corpus
 from ..io import atomic_write_text
 from ..redact import redact_url
 from .rundir import STAGES, RunConfig, RunDir
-from ..space import SearchSpace
+from ..space import SearchSpace, TeacherSpec
 from ..supernet import SuperNet
 from ..supernet.parity import check_teacher_parity, teacher_parity
-from ..teacher import load_teacher
+from ..teacher import load_teacher, teacher_config
 from ..utils import cache_dir
 
 __all__ = ["run_stage", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
@@ -38,6 +38,19 @@ def _teacher_for(config: RunConfig, space: SearchSpace):
     return load_teacher(config.teacher if config.teacher is not None else space.teacher.name)
 
 
+def space_for(config: RunConfig) -> SearchSpace:
+    """The run's search space: a shipped name or YAML path, or ``elastic``: the elastic teacher space built from
+    the teacher's own config (:meth:`SearchSpace.elastic_for`), for any BERT-like teacher."""
+    if config.space != "elastic":
+        return SearchSpace.load(config.space)
+    c, source = teacher_config(config.teacher)  # the config alone: the weights are loaded where they are used
+    spec = TeacherSpec(hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                       num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                       vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings,
+                       type_vocab_size=c.type_vocab_size, name=config.teacher)
+    return SearchSpace.elastic_for(spec, name="elastic", description=f"elastic teacher space of {source}")
+
+
 def stage_supernet(run: RunDir, config: RunConfig, *, force: bool = False) -> SearchSpace | None:
     """Build the supernet from the teacher, check that it reproduces the teacher, and save it with the space;
     returns the space (None when the stage was already done)."""
@@ -45,7 +58,7 @@ def stage_supernet(run: RunDir, config: RunConfig, *, force: bool = False) -> Se
         logger.info("stage supernet: already done (%s); --force to redo", run.supernet_dir)
         return None
     start = time.perf_counter()
-    space = SearchSpace.load(config.space)
+    space = space_for(config)
     teacher, tokenizer, source = _teacher_for(config, space)
     logger.info("building the supernet from teacher %s", source)
     supernet = SuperNet.from_teacher(space, teacher).eval()
@@ -74,7 +87,7 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     workdir = run.train_dir
     if force and workdir.exists():
         shutil.rmtree(workdir)
-    space = SearchSpace.load(config.space)
+    space = space_for(config)
     teacher, tokenizer, source = _teacher_for(config, space)
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=show_progress)
     logger.info("corpus: %d training and %d validation sequences of %d tokens", len(corpus.train),
@@ -149,7 +162,7 @@ def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_p
         logger.info("stage latency: already done for %s (%s); --force to redo", key, out)
         return None
     space_file = run.space_file
-    space = SearchSpace.load(space_file) if space_file.is_file() else SearchSpace.load(config.space)
+    space = SearchSpace.load(space_file) if space_file.is_file() else space_for(config)
     teacher, _, _ = _teacher_for(config, space)
     logger.info("profiling %s: %d ops in the table, %d whole models", key, len(table_keys(space)), c.archs)
     report = profile_device(space, out, config=c, teacher=teacher, seed=config.seed, show_progress=show_progress)
@@ -191,6 +204,9 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
         shutil.rmtree(out)
     study_name = _study_name(run, storage, force)
     objective = Objective.from_run(run.path, latency_profile=latency_profile or _existing_profile(run, config))
+    enqueue = []
+    if objective.space.elastic:
+        objective, enqueue = _calibrated_objective(objective, config)
     kwargs = {"budgets": tuple(budgets or c.budgets), "trials": trials or c.trials, "seed": config.seed,
               "out_dir": out, "top_k": c.top_k, "show_progress": show_progress}
     if ray_address is not None:
@@ -200,7 +216,7 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
         result = run_ray_search(objective, address=address, **kwargs)
     else:
         result = run_search(objective, sampler=sampler or c.sampler, storage=storage, study_name=study_name,
-                            **kwargs)
+                            enqueue=enqueue, **kwargs)
     summary = {b.name: (None if not result.selections[b.name] else
                         {"arch": str(result.selections[b.name][0].arch),
                          **result.selections[b.name][0].evaluation.to_dict()}) for b in result.budgets}
@@ -212,6 +228,33 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
                     f"proxy loss {best['proxy_loss']:.4f}, predicted {best['latency_ms']:.2f} ms, "
                     f"{best['params'] / 1e6:.2f} M params")
     return result
+
+
+def _full(space: SearchSpace) -> SearchSpace:
+    """The space without its shrunk candidates (the supernet of the teacher's weights holds every op)."""
+    import dataclasses
+
+    return dataclasses.replace(space, candidates=None)
+
+
+def _calibrated_objective(objective, config: RunConfig):
+    """An elastic space's objective (:class:`~nasbert.search.calibrated.CalibratedObjective`: every candidate
+    calibrated and compared with the teacher) in place of the block-loss one, and the architectures its study
+    starts from: the teacher's bottom k layers for every k, the models a user would try first."""
+    from ..search.calibrated import CalibratedObjective
+    from ..training.evaluation import plain_batches
+
+    space = objective.space
+    teacher, tokenizer, _ = _teacher_for(config, space)
+    corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
+    c = config.search
+    logger.info("elastic space: every candidate is calibrated (%d rows, fitted once per sub-layer and size) and "
+                "ranked by its %s to the teacher on %d validation batches", c.calibrate_rows, c.proxy, c.proxy_batches)
+    calibrated = CalibratedObjective(space, objective.predictor, teacher, calibration=corpus.train[: c.calibrate_rows],
+                                     batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
+                                                           n_batches=c.proxy_batches),
+                                     proxy=c.proxy, seq_len=objective.seq_len)
+    return calibrated, [space.layer_dropped(k) for k in range(1, space.teacher.num_hidden_layers)]
 
 
 def _study_name(run: RunDir, storage: str | None, force: bool) -> str:
@@ -238,57 +281,11 @@ def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
     return str(path) if (path / "predictor.json").is_file() else None
 
 
-def _cuts_for(config: RunConfig, space: SearchSpace, budgets, profile: Path, teacher, seq_len: int):
-    """The teacher cuts each budget's export considers, and the supernet of the teacher's own weights they are cut
-    from; ``({}, None)`` when ``export.teacher_cuts`` is off or the space cannot express cuts.
-
-    A budget's cuts are the ``top_k`` largest (:func:`~nasbert.export.cuts.cut_size`, then the slowest predicted)
-    that can meet it, as the export takes the largest that meets it on measured latency. A cut can meet it when its
-    work can (:func:`~nasbert.export.cuts.work_speedup` on ``seq_len`` tokens, with ``export.work_bound``: timed
-    0-5% under it on the built-in teacher); a cut without a bound, when the latency predictor puts it under the
-    budget or over it by less than ``export.edge_margin``. The predictor errs more than the bound: it put the
-    bottom 3 attentions with both FFNs between them halved at 2.65x, timed at 3.26x."""
-    from ..export.cuts import cut_size, teacher_cuts, work_speedup
-    from ..latency import LatencyPredictor
-
-    if not config.export.teacher_cuts:
-        return {}, None
-    try:
-        cuts = teacher_cuts(space, max_gaps=config.export.teacher_cut_gaps, prune_ffn=config.export.teacher_cut_ffn,
-                            prune_every=config.export.teacher_cut_ffn_every)
-    except ValueError as e:
-        logger.info("no teacher cuts among the export's candidates: %s", e)
-        return {}, None
-    predictor = LatencyPredictor.load(profile)
-    teacher_ms = predictor.predict(space.teacher_arch())
-    predicted = {}
-    for name, arch in cuts:
-        try:
-            predicted[name] = predictor.predict(arch)
-        except KeyError:  # a profile measured before pruned FFNs had table entries
-            pass
-    if len(predicted) < len(cuts):
-        logger.warning("the latency profile %s has no entries for pruned FFNs, so the %d teacher cuts with one are "
-                       "left out; rebuild it to consider them: nasbert latency --run RUN --force", profile,
-                       len(cuts) - len(predicted))
-        cuts = [(name, arch) for name, arch in cuts if name in predicted]
-    slack = 1.0 + config.export.edge_margin  # e.g. the 4x member, predicted 3.92x, measured 4.13-4.17x
-    bounds = {name: work_speedup(space, arch, seq_len) if config.export.work_bound else None for name, arch in cuts}
-    chosen = {}
-    for budget in budgets:
-        fits = [(name, arch, predicted[name]) for name, arch in cuts
-                if budget.allows(teacher_ms / bounds[name] if bounds[name] else predicted[name] / slack,
-                                 space.num_params(arch, adapters=False), teacher_ms)]
-        chosen[budget.name] = sorted(fits, key=lambda c: (-cut_size(space, c[1]), -c[2]))[: config.search.top_k]
-        logger.info("budget %s: teacher cuts %s", budget.name, ", ".join(c[0] for c in chosen[budget.name]) or "none")
-    return chosen, SuperNet.from_teacher(space, teacher, reorder="units").eval()
-
-
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
                  latency_profile: str | None = None, ray_address: str | None = None) -> None:
-    """Export the family: per budget, the best of the search's top candidates and the teacher cuts (highest
-    cosine to the teacher) that meets the budget on measured latency, as Hugging Face directories with ONNX (fp32
-    and int8) and model cards, plus family.json."""
+    """Export the family: per budget, the best of the search's top candidates (highest cosine to the teacher;
+    in an elastic space, calibrated) that meets the budget on measured latency, as Hugging Face directories with
+    ONNX (fp32 and int8) and model cards, plus family.json."""
     import json
 
     from ..export.family_export import export_family
@@ -308,7 +305,11 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                                  n_batches=config.export.eval_batches, seed=config.seed)
     profile = Path(latency_profile) if latency_profile else run.profile_dir(config.latency)
     device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
-    cuts, teacher_supernet = _cuts_for(config, space, budgets, profile, teacher, device["seq_len"])
+    teacher_supernet = SuperNet.from_teacher(_full(space), teacher, reorder="units") if space.elastic else None
+    trials = {b["budget"]: [c.get("number") for c in b["best"]]
+              for b in json.loads(run.pareto_file.read_text(encoding="utf-8"))["budgets"]}
+    candidates = {name: [(arch, ev, trial) for (arch, ev), trial in zip(ranked, trials.get(name, []))]
+                  for name, ranked in candidates.items()}
     teacher_cache = None
     if config.train.teacher_cache and config.export.distill.steps:  # the training's cache, where settings agree
         from ..training.teacher_cache import TeacherStateCache
@@ -332,11 +333,10 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                            space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
                            device=device, out=target, top_k=config.search.top_k,
                            write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate,
-                           distill=config.export.distill, corpus=corpus, cuts=cuts,
+                           distill=config.export.distill, corpus=corpus,
                            teacher_supernet=teacher_supernet, write_int8=config.export.int8,
                            teacher_cache=teacher_cache, edge_margin=config.export.edge_margin,
-                           cuts_first=config.export.cuts_first, cut_weights=config.export.cut_weights,
-                           work_bound=config.export.work_bound,
+                           weights=config.export.weights, work_bound=config.export.work_bound,
                            calibration=corpus.train[: config.export.calibrate_rows]
                            if config.export.calibrate_rows else None,
                            proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point
 from ..redact import redact_url
-from ..space import Arch
+from ..space import Arch, SpaceError
 from ..budgets import DEFAULT_BUDGETS, Budget, any_budget_violation, parse_budgets
 from .objective import Evaluation, Objective
 
@@ -224,6 +224,7 @@ def run_search(
     top_k: int = 5,
     population_size: int = 50,
     show_progress: bool = True,
+    enqueue: Sequence[Arch] = (),
 ) -> SearchResult:
     """Search ``objective`` under ``budgets`` with Optuna and write trials.csv, pareto.json, pareto.png to
     ``out_dir`` (nothing is written without one).
@@ -231,7 +232,9 @@ def run_search(
     ``storage``: an Optuna RDB URL or storage object; None means ``sqlite:///out_dir/study.db`` (in memory
     without ``out_dir``), ``"memory"`` forces memory. ``trials`` is the total a study should hold: trials
     already in it (from an interrupted run, or other workers) count. With ``sampler="tpe"`` each budget has
-    its own study (``{study_name}-{budget}``) of ``trials`` trials.
+    its own study (``{study_name}-{budget}``) of ``trials`` trials. ``enqueue``: architectures a new study
+    evaluates first (Optuna's ``enqueue_trial``), e.g. the layer-dropped teachers, so that the search starts from
+    them and keeps them only where its proxy agrees; those outside the searched candidates are left out.
 
     >>> result = run_search(objective, budgets=["3x"], trials=100, storage="memory")  # doctest: +SKIP
     """
@@ -272,6 +275,12 @@ def run_search(
                 _, ev = suggest_arch(trial, objective, constraint)
                 return (ev.proxy_loss, ev.latency_ms) if multi else ev.proxy_loss
 
+            if not study.get_trials(deepcopy=False):
+                for arch in enqueue:
+                    try:
+                        study.enqueue_trial(objective.params_from_arch(arch))
+                    except SpaceError:
+                        logger.info("not enqueued (outside the searched candidates): %s", arch)
             complete = (optuna.trial.TrialState.COMPLETE,)
             done = len(study.get_trials(deepcopy=False, states=complete))
             missing = max(0, trials - done)

@@ -84,18 +84,22 @@ class ElasticAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.hidden_dropout = hidden_dropout
 
-    def sliced(self, width: int) -> Tensors:
+    def sliced(self, width: int, heads: int = 0) -> Tensors:
+        """The weights of ``mha`` at ``width`` (width / head_size heads), or of ``mha{heads}``: the first ``heads``
+        heads, which reach the full ``width`` through the first heads x head_size columns of the output dense."""
+        inner = heads * self.head_size if heads else width
         p = {}
-        for name, layer in (("self.query", self.query), ("self.key", self.key), ("self.value", self.value),
-                            ("output.dense", self.dense)):
-            p[f"{name}.weight"] = prefix(layer.weight, width, width)
-            p[f"{name}.bias"] = prefix(layer.bias, width)
+        for name, layer in (("self.query", self.query), ("self.key", self.key), ("self.value", self.value)):
+            p[f"{name}.weight"] = prefix(layer.weight, inner, width)
+            p[f"{name}.bias"] = prefix(layer.bias, inner)
+        p["output.dense.weight"] = prefix(self.dense.weight, width, inner)
+        p["output.dense.bias"] = prefix(self.dense.bias, width)
         p["output.LayerNorm.weight"] = prefix(self.LayerNorm.weight, width)
         p["output.LayerNorm.bias"] = prefix(self.LayerNorm.bias, width)
         return p
 
-    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        p = self.sliced(x.shape[-1])
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor, keep: torch.Tensor, heads: int = 0) -> torch.Tensor:
+        p = self.sliced(x.shape[-1], heads)
         branch = attention(
             x, additive_mask,
             p["self.query.weight"], p["self.query.bias"], p["self.key.weight"], p["self.key.bias"],
@@ -229,14 +233,17 @@ class Slot(nn.Module):
             return self.bottleneck.sliced(width, spec.intra, spec.num_ffn)
         if spec.kind == "ffn":
             return self.ffn.sliced(width, spec.inner)
+        if spec.kind == "mha":
+            return self.mha.sliced(width, spec.heads)
         return getattr(self, spec.kind).sliced(width)
 
     def attention_probs(self, x: torch.Tensor, op: str, additive_mask: torch.Tensor) -> torch.Tensor | None:
         """The attention distributions (B, heads, T, T) that ``op`` computes on ``x``; None for ops without
         attention. (Recomputed from the same sliced weights; progressive transfer matches them to the teacher's.)"""
-        width, kind = x.shape[-1], op_spec(op).kind
+        width, spec = x.shape[-1], op_spec(op)
+        kind = spec.kind
         if kind == "mha":
-            p, head_size = self.mha.sliced(width), self.mha.head_size
+            p, head_size = self.mha.sliced(width, spec.heads), self.mha.head_size
             q = F.linear(x, p["self.query.weight"], p["self.query.bias"])
             k = F.linear(x, p["self.key.weight"], p["self.key.bias"])
         elif kind == "bottleneck":
@@ -261,6 +268,8 @@ class Slot(nn.Module):
             return self.bottleneck(x, additive_mask, keep, spec.intra, spec.num_ffn)
         if spec.kind == "ffn":
             return self.ffn(x, additive_mask, keep, spec.inner)
+        if spec.kind == "mha":
+            return self.mha(x, additive_mask, keep, spec.heads)
         return getattr(self, spec.kind)(x, additive_mask, keep)
 
 

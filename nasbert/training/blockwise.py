@@ -64,7 +64,7 @@ def block_loss(supernet: SuperNet, block: int, path: BlockArch, batch: BlockBatc
 
 
 def _path_params(space: SearchSpace, path: BlockArch) -> int:
-    return sum(op_params(op, path.width, ffn_ratio=space.ffn_ratio) for op in path.layers)
+    return sum(op_params(op, path.width, ffn_ratio=space.ffn_ratio, head_size=space.head_size) for op in path.layers)
 
 
 def sandwich_paths(space: SearchSpace, candidates: Sequence[BlockArch]) -> tuple[BlockArch, BlockArch]:

@@ -22,8 +22,8 @@ __all__ = ["BlockCandidates", "block_cost", "shrink_round", "bin_of"]
 
 def block_cost(space: SearchSpace, path: BlockArch, seq_len: int) -> tuple[int, int]:
     """(parameters, FLOPs) of a block's layers alone (no embeddings or adapters)."""
-    params = sum(op_params(op, path.width, ffn_ratio=space.ffn_ratio) for op in path.layers)
-    flops = sum(op_flops(op, path.width, seq_len, ffn_ratio=space.ffn_ratio) for op in path.layers)
+    params = sum(op_params(op, path.width, ffn_ratio=space.ffn_ratio, head_size=space.head_size) for op in path.layers)
+    flops = sum(op_flops(op, path.width, seq_len, ffn_ratio=space.ffn_ratio, head_size=space.head_size) for op in path.layers)
     return params, flops
 
 
