@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_BUDGETS", "Budget", "any_budget_violation", "budget_violatio
            "parse_budgets", "parse_params"]
 
 #: What ``nasbert search`` looks for when no budget is given: speed-ups over the teacher.
-DEFAULT_BUDGETS: tuple[str, ...] = ("2x", "3x", "4x")
+DEFAULT_BUDGETS: tuple[str, ...] = ("2x", "3x", "4x", "6x")
 
 KINDS = ("latency_ms", "speedup", "params")
 _ACCEPTED = "a latency such as '12.5ms', a speed-up over the teacher such as '4x', or a parameter count such " \

@@ -70,7 +70,16 @@ def test_space_default_is_minilm(capsys):
 
 def test_space_list(capsys):
     assert main(["space", "--list"]) == 0
-    assert capsys.readouterr().out.split() == ["bert_base", "minilm_l6", "mobilebert", "mobilebert_minilm", "tiny"]
+    assert capsys.readouterr().out.split() == ["bert_base", "bert_base_elastic", "minilm_l6", "minilm_l6_elastic",
+                                               "mobilebert", "mobilebert_minilm", "tiny"]
+
+
+def test_space_elastic_is_the_builtin_teachers(capsys):
+    assert main(["space", "elastic"]) == 0
+    out = capsys.readouterr().out
+    assert "search space 'elastic'" in out and "paths/block   117" in out
+    assert main(["space", "minilm_l6_elastic"]) == 0
+    assert "paths/block   117" in capsys.readouterr().out
 
 
 def test_space_unknown_name(capsys):

@@ -19,8 +19,10 @@ def test_there_are_experiment_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
 def test_experiment_config_loads(path):
+    from nasbert.run.stages import space_for
+
     config = RunConfig.load(path)
-    space = SearchSpace.load(config.space)
+    space = space_for(config)  # ``elastic``: built from the teacher's config
     assert config.train.batch_size >= 1 and config.corpus.seq_len <= space.teacher.max_position_embeddings
     assert (path.parent / "README.md").is_file(), "every experiment states its command and numbers"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasbert import Arch, SuperNet
+from nasbert import Arch, SearchSpace, SuperNet
 from nasbert.config import ConfigError
 from nasbert.onnxio import OnnxParityError, export_onnx, onnx_parity
 from nasbert.latency import (
@@ -141,21 +141,34 @@ def test_table_sum_is_the_sum_of_its_parts(tiny_space):
     assert table.parts(arch)["mha@16"] == pytest.approx(2 * entries["mha@16"])
     with pytest.raises(KeyError, match="no entry"):
         LatencyTable({}).predict(arch)
-    # a teacher cut's pruned FFN has its own entry, and the predictor counts it with the FFNs
-    pruned = Arch.parse("32:mha,ffn64,identity,identity|32:identity,identity,identity,identity")
-    assert arch_entries(pruned) == ["embeddings@32", "mha@32", "ffn64@32", "output@32"]
+    # an elastic space's pruned attentions and FFNs have their own entries, counted with the attentions and FFNs
+    elastic = SearchSpace.elastic_for(tiny_space.teacher, name="tiny_elastic")
+    entries = {key: float(i + 1) for i, key in enumerate(table_keys(elastic))}
+    table = LatencyTable(entries)
+    pruned = Arch.parse("32:mha2,ffn64|32:identity,identity|32:mha,identity|32:identity,identity")
+    assert arch_entries(pruned) == ["embeddings@32", "mha2@32", "ffn64@32", "mha@32", "adapter@32->32", "output@32"]
     assert table.predict(pruned) == pytest.approx(sum(entries[k] for k in arch_entries(pruned)))
-    assert features(pruned, table)[FEATURE_NAMES.index("table_ffn_ms")] == entries["ffn64@32"]
-    with pytest.raises(KeyError, match="before nasbert measured pruned FFNs"):
+    f = features(pruned, table)
+    assert f[FEATURE_NAMES.index("table_ffn_ms")] == entries["ffn64@32"]
+    assert f[FEATURE_NAMES.index("table_mha_ms")] == entries["mha2@32"] + entries["mha@32"]
+    with pytest.raises(KeyError, match="built for another space"):
         LatencyTable({k: v for k, v in entries.items() if k != "ffn64@32"}).predict(pruned)
 
 
 def test_table_is_measured_for_every_entry(tiny_space):
     table, timings = build_table(tiny_space, seq_len=8, warmup=1, repeats=2, rounds=1)
     assert set(table.entries) == set(table_keys(tiny_space)) == set(timings)
-    assert len(table.entries) == 3 + 5 * 3 + 9 + 3 + 5  # ... + a teacher-wide FFN at 1/8, 1/4, 3/8, 1/2, 3/4
-    assert {"ffn16@32", "ffn32@32", "ffn48@32", "ffn64@32", "ffn96@32"} <= set(table.entries)
+    assert len(table.entries) == 3 + 5 * 3 + 9 + 3  # embeddings, 5 ops, adapters, outputs at 3 widths
     assert all(v > 0 for v in table.entries.values())
+
+
+def test_elastic_table_has_every_head_and_neuron_count(tiny_space):
+    elastic = SearchSpace.elastic_for(tiny_space.teacher, name="tiny_elastic")
+    keys = table_keys(elastic)
+    assert keys == (["embeddings@32", "mha1@32", "mha2@32", "mha3@32", "mha@32"]
+                    + [f"ffn{16 * q}@32" for q in range(1, 8)] + ["ffn@32", "adapter@32->32", "output@32"])
+    table, _ = build_table(elastic, seq_len=8, warmup=1, repeats=2, rounds=1)
+    assert set(table.entries) == set(keys) and all(v > 0 for v in table.entries.values())
 
 
 def _synthetic(tiny_space):

@@ -403,20 +403,24 @@ def test_pick_ranks_on_the_cosine_where_members_have_one(tmp_path):
                                                              ("supernet", 0.20)]
 
 
-def test_pick_ranks_the_largest_teacher_cut_first_as_the_export_does(tmp_path):
-    """A member the export took for being the largest cut that meets its budget (``cut_size``) beats one with a
-    higher cosine, the way ``export.cuts_first`` chose; among cuts the larger wins; the rest go by the cosine."""
+def test_pick_ranks_by_cosine_then_loss_and_ignores_an_old_cut_size(tmp_path):
+    """Best first as the export ranks: the highest cosine, then (at equal cosine) the lowest loss, then the faster
+    member; a member without a cosine comes after those with one. An older family's ``cut_size`` no longer ranks."""
     make_family(tmp_path, [
-        dataclass_replace(member("searched", 2.0), cosine=0.40),
-        dataclass_replace(member("cut-3", 2.5), cosine=0.29, source="teacher",
+        dataclass_replace(member("close", 3.0, valid_loss=2.0), cosine=0.40),
+        dataclass_replace(member("close-low-loss", 3.5, valid_loss=1.0), cosine=0.40),
+        dataclass_replace(member("old-cut", 2.5, valid_loss=0.5), cosine=0.29, source="teacher",
                           extra={"cut": "teacher-L1+mha1", "cut_size": 3.0}),
-        dataclass_replace(member("cut-3.75", 3.2), cosine=0.31, source="teacher",
-                          extra={"cut": "teacher-L1+mha1+ffn1@1152", "cut_size": 3.75}),
+        dataclass_replace(member("no-cosine", 2.0, valid_loss=0.1)),
+        dataclass_replace(member("close-twin", 1.5, valid_loss=2.0), cosine=0.40),
     ])
-    assert pick(tmp_path, latency_ms=4.0).name == "cut-3.75"
-    assert pick(tmp_path, latency_ms=3.0).name == "cut-3"
-    assert pick(tmp_path, latency_ms=2.2).name == "searched"
-    assert Family.load(tmp_path).models[2].extra == {"cut": "teacher-L1+mha1+ffn1@1152", "cut_size": 3.75}
+    assert pick(tmp_path, latency_ms=4.0).name == "close-low-loss"  # equal cosine: the lower loss
+    assert pick(tmp_path, latency_ms=3.2).name == "close-twin"  # equal cosine and loss: the faster
+    family = Family.load(tmp_path)
+    family.models.pop(4)  # without the twin, the 0.29 cut beats a lower loss without a cosine
+    assert pick(family, latency_ms=2.6).name == "old-cut"
+    assert pick(family, latency_ms=2.2).name == "no-cosine"
+    assert Family.load(tmp_path).models[2].extra == {"cut": "teacher-L1+mha1", "cut_size": 3.0}  # kept as written
 
 
 def _int8_family(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModel
 
 from nasbert import Arch, SuperNet
-from nasbert.export.calibrate import calibrate_cut
+from nasbert.export.calibrate import calibrate
 from nasbert.export.family import Family
 
 from conftest import copy_run
@@ -58,7 +58,7 @@ def test_every_stage_is_done_and_recorded(run):
     assert (run / "search" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space, tiny_teacher, tiny_teacher_dir):
+def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space):
     family = Family.load(run / "family")
     assert 1 <= len(family.models) <= 3 and family.teacher_latency_ms > 0
     supernet = SuperNet.from_pretrained(run / "supernet")
@@ -72,24 +72,15 @@ def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space, 
         limit = {"1.2x": 1.2, "1.5x": 1.5, "2x": 2.0}[member.budget]
         assert member.latency_ms * limit <= family.teacher_latency_ms + 1e-9
         assert member.speedup == pytest.approx(family.teacher_latency_ms / member.latency_ms)
-        # a teacher cut is the teacher's own sub-layers (no adapters); any other member a supernet path
-        assert member.params == tiny_space.num_params(arch, adapters=None if member.source == "supernet" else False)
+        # the NAS-BERT space (not elastic): every member is a path of the trained supernet, with its adapters
+        assert member.source == "supernet" and "calibration" not in member.extra
+        assert member.params == tiny_space.num_params(arch)
         directory = run / "family" / member.path
         model = AutoModel.from_pretrained(directory)
         assert sum(p.numel() for p in model.parameters()) == member.params
-        # the export's teacher weights: heads and neurons in importance order (a pruned FFN keeps the first ones)
-        net = supernet if member.source == "supernet" else SuperNet.from_teacher(tiny_space, tiny_teacher_dir,
-                                                                                  reorder="units").eval()
         with torch.no_grad():
-            expected = net(ids, mask, arch=arch)
+            expected = supernet(ids, mask, arch=arch)
             got = model(input_ids=ids, attention_mask=mask).last_hidden_state
-            if member.extra.get("calibration"):  # a teacher cut's pruned FFNs, calibrated on the run's corpus
-                assert member.source == "teacher"
-                cut = net.extract(arch, drop_identity_adapters=True)
-                rows = _corpus(run, tiny_teacher_dir).train[:512]
-                records = calibrate_cut(cut, arch, tiny_space, tiny_teacher, rows)
-                assert [r.to_dict() for r in records] == member.extra["calibration"]
-                expected = cut(input_ids=ids, attention_mask=mask).last_hidden_state
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
         onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
@@ -111,10 +102,8 @@ def test_pick_chooses_from_the_family_and_fails_right(run):
     assert done.returncode == 0, done.stderr
     chosen = json.loads(done.stdout)
     eligible = [m for m in family.models if m.latency_ms * 1.2 <= family.teacher_latency_ms]
-    # the export's own ranking: the largest teacher cut (chosen as one), then the highest cosine to the teacher,
-    # then the lower loss, then the faster
-    size = {m.name: m.extra.get("cut_size", -1) for m in family.models}
-    assert chosen["name"] == min(eligible, key=lambda m: (-size[m.name], -m.cosine, m.valid_loss, m.latency_ms)).name
+    # the export's own ranking: the highest cosine to the teacher, then the lower loss, then the faster
+    assert chosen["name"] == min(eligible, key=lambda m: (-m.cosine, m.valid_loss, m.latency_ms)).name
     done = subprocess.run(_nasbert() + ["pick", str(run / "family"), "--speedup", str(fastest * 10)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "ask for at most" in done.stderr
@@ -126,6 +115,83 @@ def test_search_resumes_from_its_storage(run):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "60 trials done, running 15" in done.stderr
     assert json.loads((run / "manifest.json").read_text())["stages"]["search"]["trials"] == 75
+
+
+# ---------------------------------------------------------------------------------------------------- elastic
+
+#: the default space (``elastic``: built from the teacher's config) on the tiny teacher; a parameter budget that
+#: the teacher's own sub-layers meet whatever the host's timing, and a latency budget they may miss (then skipped)
+ELASTIC = [*TINY, "search.trials=24", "search.budgets=[1.2x, 40k]", "search.calibrate_rows=64",
+           "export.calibrate_rows=64", "export.int8=false"]
+
+
+@pytest.fixture(scope="module")
+def elastic_run(tiny_teacher_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("elastic") / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(out.parent / "cache")}
+    done = subprocess.run(_nasbert() + ["run", "--teacher", tiny_teacher_dir, "--out", str(out), "--no-progress",
+                                        *ELASTIC], check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def test_elastic_run_exports_calibrated_members_that_reload_exactly(elastic_run, tiny_space, tiny_teacher,
+                                                                    tiny_teacher_dir):
+    """The default run: the elastic space of the teacher, every member the teacher's own heads and neurons,
+    calibrated; its Hugging Face directory and ONNX graph compute what :func:`calibrate` makes of it."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from nasbert import SearchSpace
+
+    config = json.loads((elastic_run / "manifest.json").read_text())
+    assert [config["stages"][s]["status"] for s in ("supernet", "latency", "train", "search", "export")] == \
+        ["done"] * 5
+    space = SearchSpace.load(elastic_run / "space.yaml")
+    assert space.elastic and space.teacher.hidden_size == tiny_space.teacher.hidden_size
+    assert space.num_blocks == tiny_space.teacher.num_hidden_layers and space.candidates is not None
+    family = Family.load(elastic_run / "family")
+    assert "40k" in {m.budget for m in family.models}
+    source = SuperNet.from_teacher(dataclasses.replace(space, candidates=None), tiny_teacher_dir,
+                                   reorder="units").eval()
+    rows = load_corpus_rows(elastic_run, tiny_teacher_dir)[:64]
+    ids = torch.randint(5, 99, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    for member in family.models:
+        arch = Arch.from_dict(member.arch)
+        space.validate(arch)
+        assert member.source == "teacher" and member.extra["trial"] is not None
+        assert member.params == space.num_params(arch, adapters=False)  # the teacher's sub-layers, no adapters
+        if member.budget == "40k":
+            assert member.params <= 40_000
+        model = source.extract(arch, drop_identity_adapters=True)
+        records = [r.to_dict() for r in calibrate(model, arch, space, tiny_teacher, rows)]
+        pruned = sum(1 for b in arch.blocks for op in b.layers if op not in ("mha", "ffn"))
+        assert len(records) == pruned == len(member.extra.get("calibration", []))
+        for got, want in zip(records, member.extra.get("calibration", [])):
+            assert {k: v for k, v in got.items() if "error" not in k} == \
+                {k: v for k, v in want.items() if "error" not in k}
+            assert got["error_after"] == pytest.approx(want["error_after"], rel=1e-6, abs=1e-12)
+            assert got["error_after"] <= got["error_before"]
+        directory = elastic_run / "family" / member.path
+        reloaded = AutoModel.from_pretrained(directory)
+        assert sum(p.numel() for p in reloaded.parameters()) == member.params
+        with torch.no_grad():
+            expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            got = reloaded(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                                      "token_type_ids": np.zeros_like(ids.numpy())})[0]
+        keep = mask.bool().numpy()
+        np.testing.assert_allclose(onnx_out[keep], expected.numpy()[keep], atol=1e-4)
+
+
+def load_corpus_rows(run: Path, tokenizer_dir: str) -> torch.Tensor:
+    """The training rows of ``run``'s corpus (the rows its export calibrated on come first)."""
+    return _corpus(run, tokenizer_dir).train
 
 
 @pytest.mark.slow  # Ray in the default suite: tests/test_search.py (Tune) and tests/test_training.py (actors)

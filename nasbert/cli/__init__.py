@@ -51,6 +51,12 @@ def cmd_space(args: argparse.Namespace) -> int:
         for name in SearchSpace.shipped():
             print(name)
         return 0
+    if args.space == "elastic":  # what a run's default ``space: elastic`` builds for the built-in teacher
+        from ..run import RunConfig
+        from ..run.stages import space_for
+
+        print(space_for(RunConfig()).summary())
+        return 0
     print(SearchSpace.load(args.space).summary())
     return 0
 
@@ -332,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="a YAML run config (see experiments/)")
         p.add_argument("--out", default="runs/default", help="run directory (default: runs/default)")
-        p.add_argument("--space", help="search space name or YAML path (default: minilm_l6)")
+        p.add_argument("--space", help="search space name or YAML path (default: elastic, the elastic teacher "
+                                       "space built from the teacher's config)")
         p.add_argument("--teacher", help="local HF BERT directory or hub id (default: the built-in MiniLM-L6-H384)")
         p.add_argument("--seed", type=int)
         p.add_argument("--ray-address", help="train the blocks as Ray actors: 'local', 'auto' or ray://HOST:PORT")
@@ -447,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("space", help="describe a search space")
-    p.add_argument("space", nargs="?", default="minilm_l6", help="shipped name or YAML path (default: minilm_l6)")
+    p.add_argument("space", nargs="?", default="minilm_l6",
+                   help="shipped name, YAML path or 'elastic' (the built-in teacher's; default: minilm_l6)")
     p.add_argument("--list", action="store_true", help="list the shipped spaces")
     p.set_defaults(func=cmd_space)
 

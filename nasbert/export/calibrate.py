@@ -115,24 +115,46 @@ class _Sublayer:
         self.units = self.w_out.shape[1] // self.unit
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> (B * T, units * unit): the FFN's activations, or the attention heads' contexts."""
+        """(B, T, H) -> (B * T, units * unit): the FFN's activations, or the attention heads' contexts, in the dtype
+        of ``x``."""
         if self.kind == "ffn":
-            return self.act(x.reshape(-1, x.shape[-1]) @ self.w_in.T + self.b_in)
-        q, k, v = (x @ w.T + b for w, b in self.qkv)
+            return self.act(x.reshape(-1, x.shape[-1]) @ self.w_in.T.to(x.dtype) + self.b_in.to(x.dtype))
+        q, k, v = (x @ w.T.to(x.dtype) + b.to(x.dtype) for w, b in self.qkv)
         mask = additive_attention_mask(torch.ones(x.shape[:2], dtype=torch.long), x.dtype)
         ctx = multi_head_attention(q, k, v, mask, head_size=self.head_size, dropout=0.0, training=False)
         return ctx.reshape(-1, ctx.shape[-1])
 
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``[g, 1]^T [g, 1]`` (float64) of the features on ``x``: every statistic calibration needs, since the
+        whole sub-layer's output is ``[g, 1] @ target`` (:attr:`target`)."""
+        g = self.features(x.float())
+        a = torch.cat([g, torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
+        return (a.T @ a).double()
+
+    @property
+    def target(self) -> torch.Tensor:
+        """(units * unit + 1, H): the whole output dense, ``[W^T; b]``."""
+        return torch.cat([self.w_out.T, self.b_out[None]])
+
+    def scores(self, gram: torch.Tensor) -> torch.Tensor:
+        """Per unit, the summed squared norm of its share of the output over the tokens, from their Gram matrix:
+        ``||g_j||^2 ||W[:, j]||^2`` for a neuron, ``tr(W_h G_hh W_h^T)`` for a head."""
+        d = self.units * self.unit
+        w = self.w_out.view(-1, self.units, self.unit)  # (H, units, unit)
+        blocks = gram[:d, :d].view(self.units, self.unit, self.units, self.unit).diagonal(dim1=0, dim2=2)
+        blocks = blocks.permute(2, 0, 1)  # (units, unit, unit): each unit's own block
+        return torch.einsum("hui,uij,huj->u", w, blocks, w)
+
+    def error(self, gram: torch.Tensor, rows: torch.Tensor, solution: torch.Tensor) -> float:
+        """Relative squared error of ``[g, 1][:, rows] @ solution`` against the whole output, from the Gram matrix."""
+        t = self.target
+        cross = gram[rows] @ t  # (r, H)
+        fit = (solution * (gram[rows][:, rows] @ solution)).sum() - 2 * (solution * cross).sum()
+        norm = (t * (gram @ t)).sum()
+        return float((fit + norm) / norm)
+
     def columns(self, units: torch.Tensor) -> torch.Tensor:
         return (units[:, None] * self.unit + torch.arange(self.unit)[None, :]).reshape(-1)
-
-    def contribution(self, g: torch.Tensor) -> torch.Tensor:
-        """Per unit, the summed squared norm of its share of the output, ``||g_u W_u^T||^2``, over the tokens."""
-        if self.unit == 1:  # the output of one neuron is rank one: ||g_j||^2 ||W[:, j]||^2
-            return g.pow(2).sum(0) * self.w_out.pow(2).sum(0)
-        share = torch.einsum("nuc,huc->nuh", g.view(len(g), self.units, self.unit),
-                             self.w_out.view(-1, self.units, self.unit))
-        return share.pow(2).sum(dim=(0, 2))
 
     def magnitude(self) -> torch.Tensor:
         """The criterion the supernet's unit order uses (:mod:`nasbert.supernet.importance`)."""
@@ -199,53 +221,24 @@ def calibrate(model, arch: Arch, space: SearchSpace, teacher, input_ids: torch.T
 
 def _calibrate_sublayer(sub: _Sublayer, layer, n: int, t_layer: int, kept: int, xs: list[torch.Tensor], *,
                         ridge: float, units: str, refit: bool) -> Calibration:
+    """One pass over the sub-layer's inputs for the Gram matrix of its units' outputs; the units to keep, the
+    refitted output dense and both errors follow from it."""
     tokens = sum(x.shape[0] * x.shape[1] for x in xs)
-    if units == "output":
-        score = torch.zeros(sub.units, dtype=torch.float64)
-        for x in xs:
-            score += sub.contribution(sub.features(x.double()))
-    else:
-        score = sub.magnitude()
+    gram = sum(sub.gram(x) for x in xs)
+    bias = torch.tensor([len(gram) - 1])
+    score = sub.scores(gram) if units == "output" else sub.magnitude()
     keep = torch.argsort(-score, stable=True)[:kept]  # most important first, as the supernet orders units
-    cols = sub.columns(keep)
-    solution = torch.cat([sub.w_out[:, cols].T, sub.b_out[None]])  # (k + 1, H): the teacher's output weights
-    if refit:
-        gram = torch.zeros(len(cols) + 1, len(cols) + 1, dtype=torch.float64)
-        cross = torch.zeros(len(cols) + 1, sub.w_out.shape[0], dtype=torch.float64)
-        for x in xs:
-            g = sub.features(x.double())
-            a = torch.cat([g[:, cols], torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
-            gram += a.T @ a
-            cross += a.T @ (g @ sub.w_out.T + sub.b_out)
-        solution = _solve(gram, cross, ridge)
-    errors, norm = torch.zeros(2, dtype=torch.float64), 0.0
-    before = layer.output.dense  # the magnitude-ranked model's own output weights and units
-    for x in xs:
-        g = sub.features(x.double())
-        y = g @ sub.w_out.T + sub.b_out
-        mine = _own_features(layer, sub, x.double())
-        was = mine @ before.weight.double().T + before.bias.double()
-        now = g[:, cols] @ solution[:-1] + solution[-1]
-        errors += torch.stack([(was - y).pow(2).sum(), (now - y).pow(2).sum()])
-        norm += float(y.pow(2).sum())
+    rows = torch.cat([sub.columns(keep), bias])
+    solution = _solve(gram[rows][:, rows], gram[rows] @ sub.target, ridge) if refit else sub.target[rows]
+    # before: the magnitude-ranked units with the teacher's output weights (what the extracted model holds)
+    before = torch.cat([sub.columns(torch.argsort(-sub.magnitude(), stable=True)[:kept]), bias])
+    error_before = sub.error(gram, before, sub.target[before])
     sub.load(layer, keep, solution)
     record = Calibration(op=n, kind=sub.kind, teacher_layer=t_layer, units=kept, teacher_units=sub.units,
-                         tokens=tokens, error_before=float(errors[0]) / norm, error_after=float(errors[1]) / norm)
+                         tokens=tokens, error_before=error_before, error_after=sub.error(gram, rows, solution))
     logger.debug("calibrated layer %d's %s (%d of %d units) on %d tokens: relative error %.4f -> %.4f", t_layer,
                  sub.kind, kept, sub.units, tokens, record.error_before, record.error_after)
     return record
-
-
-def _own_features(layer, sub: _Sublayer, x: torch.Tensor) -> torch.Tensor:
-    """The model layer's own (uncalibrated) activations or contexts on ``x``."""
-    if sub.kind == "ffn":
-        d = layer.intermediate.dense
-        return sub.act(x.reshape(-1, x.shape[-1]) @ d.weight.double().T + d.bias.double())
-    s = layer.self
-    q, k, v = (x @ m.weight.double().T + m.bias.double() for m in (s.query, s.key, s.value))
-    mask = additive_attention_mask(torch.ones(x.shape[:2], dtype=torch.long), x.dtype)
-    ctx = multi_head_attention(q, k, v, mask, head_size=sub.head_size, dropout=0.0, training=False)
-    return ctx.reshape(-1, ctx.shape[-1])
 
 
 class TeacherCalibration:
@@ -273,40 +266,30 @@ class TeacherCalibration:
         act = teacher.encoder.layer[0].intermediate.intermediate_act_fn
         self._subs = {(layer, kind): _Sublayer(kind, source, space.head_size, act)
                       for layer, source in enumerate(teacher.encoder.layer) for kind in ("mha", "ffn")}
-        self._stats: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._grams: dict[tuple[int, str], torch.Tensor] = {}
         self._solved: dict[tuple[int, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for ids in input_ids.split(batch_size):
             states = teacher(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
             for layer, source in enumerate(teacher.encoder.layer):
-                x = states.hidden_states[layer].double()  # (B, T, H): the input of layer's attention
-                sub = self._subs[layer, "mha"]
-                g = sub.features(x)
-                self._accumulate(layer, "mha", sub, g)
+                x = states.hidden_states[layer]  # (B, T, H): the input of layer's attention
+                mha, ffn = self._subs[layer, "mha"], self._subs[layer, "ffn"]
                 norm = source.attention.output.LayerNorm
-                y = torch.nn.functional.layer_norm(
-                    x.reshape(-1, x.shape[-1]) + g @ sub.w_out.T + sub.b_out, (x.shape[-1],),
-                    norm.weight.double(), norm.bias.double(), norm.eps)  # the input of layer's FFN
-                sub = self._subs[layer, "ffn"]
-                self._accumulate(layer, "ffn", sub, sub.features(y[None]))
-
-    def _accumulate(self, layer: int, kind: str, sub: _Sublayer, g: torch.Tensor) -> None:
-        a = torch.cat([g, torch.ones(len(g), 1, dtype=g.dtype)], dim=1)
-        gram, cross, score = a.T @ a, a.T @ (g @ sub.w_out.T + sub.b_out), sub.contribution(g)
-        if (layer, kind) in self._stats:
-            g0, c0, s0 = self._stats[layer, kind]
-            gram, cross, score = g0 + gram, c0 + cross, s0 + score
-        self._stats[layer, kind] = (gram, cross, score)
+                y = torch.nn.functional.layer_norm(x + mha.features(x).view(x.shape[0], x.shape[1], -1)
+                                                   @ mha.w_out.T.float() + mha.b_out.float(), (x.shape[-1],),
+                                                   norm.weight, norm.bias, norm.eps)  # the input of layer's FFN
+                for kind, inputs in (("mha", x), ("ffn", y)):
+                    gram = self._subs[layer, kind].gram(inputs)
+                    self._grams[layer, kind] = self._grams.get((layer, kind), 0) + gram
 
     def solve(self, layer: int, kind: str, units: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(kept units, output weights and bias (k + 1, H))`` of teacher ``layer``'s ``kind`` sub-layer at
         ``units`` heads or neurons."""
         key = (layer, kind, units)
         if key not in self._solved:
-            sub = self._subs[layer, kind]
-            gram, cross, score = self._stats[layer, kind]
-            keep = torch.argsort(-score, stable=True)[:units]
+            sub, gram = self._subs[layer, kind], self._grams[layer, kind]
+            keep = torch.argsort(-sub.scores(gram), stable=True)[:units]
             rows = torch.cat([sub.columns(keep), torch.tensor([len(gram) - 1])])  # the kept columns and the bias
-            self._solved[key] = (keep, _solve(gram[rows][:, rows], cross[rows], self.ridge))
+            self._solved[key] = (keep, _solve(gram[rows][:, rows], gram[rows] @ sub.target, self.ridge))
         return self._solved[key]
 
     @torch.no_grad()

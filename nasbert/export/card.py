@@ -63,10 +63,11 @@ def model_card(member: FamilyMember, family: Family, *, space_summary: str | Non
         f"# {member.name}",
         "",
         (f"A compressed, task-agnostic BERT found by nasbert for the budget **{member.budget}**: "
-         + (f"sub-layers of the teacher `{family.teacher}`, "
-            + ("its pruned FFNs calibrated on unlabelled text (the neurons whose output matters most, output weights "
-               "refitted by least squares; a calibrated teacher cut)" if member.extra.get("calibration") else
-               "kept as they are (a teacher cut)")
+         + (f"sub-layers of the teacher `{family.teacher}`, chosen by the search over its heads, FFN neurons and "
+            "layers, "
+            + ("its pruned attentions and FFNs calibrated on unlabelled text (the heads and neurons whose output "
+               "matters most, output weights refitted by least squares)" if member.extra.get("calibration") else
+               "kept as they are")
             if member.source == "teacher" else
             f"distilled from the teacher `{family.teacher}` through a weight-sharing supernet (NAS-BERT, Xu et al. "
             "2021)")

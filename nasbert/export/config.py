@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..budgets import DEFAULT_BUDGETS
 from ..config import ConfigError
 from ..latency.models import EDGE_MARGIN
 from ..training.config import DistillConfig
@@ -19,7 +20,7 @@ class SearchConfig:
     """The search under budgets (``nasbert search``)."""
 
     #: latency in ms on the profiled device ("12ms"), speed-up over the teacher ("4x"), or parameters ("10M")
-    budgets: tuple[str, ...] = ("2x", "3x", "4x")
+    budgets: tuple[str, ...] = DEFAULT_BUDGETS
     #: "nsga2" (multi-objective, default), "tpe" (one constrained study per budget) or "random"
     sampler: str = "nsga2"
     trials: int = 200

@@ -113,8 +113,8 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
 
 def _judged_latency(candidates: dict[str, _Candidate], latency_ms: dict[str, float], teacher_ms: float
                     ) -> dict[str, float]:
-    """The latency each candidate is judged at: the measured one, except for a cut timed faster than its work
-    allows (:func:`~nasbert.export.cuts.work_speedup`), which is judged at that bound. On a busy host the teacher
+    """The latency each candidate is judged at: the measured one, except for a model of the teacher's own
+    sub-layers timed faster than its work allows (:func:`~nasbert.export.cuts.work_speedup`), which is judged at that bound. On a busy host the teacher
     slows down more than a small model: one export timed the bottom 3 of 6 layers at 2.39x (1.94-1.99x on an idle
     host) and took them as the 2x member (docs/benchmarks.md). Warns when a cut is over by more than
     :data:`~nasbert.export.cuts.BUSY_MARGIN`."""
@@ -126,14 +126,14 @@ def _judged_latency(candidates: dict[str, _Candidate], latency_ms: dict[str, flo
                          f"{candidates[k].bound:.3f}x" for k in over)
         percent = 100 * (judged[worst] / latency_ms[worst] - 1)
         if not busy(latency_ms[worst], judged[worst]):
-            logger.info("%d teacher cuts timed up to %.1f%% faster than their work allows (%s), within the timing's "
+            logger.info("%d models of the teacher's sub-layers timed up to %.1f%% faster than their work allows (%s), within the timing's "
                         "noise: judged at their work's speed-up", len(over), percent, text)
         else:
-            logger.warning("%d teacher cuts timed faster than their work allows (%s; up to %.1f%% over): the host was "
+            logger.warning("%d models of the teacher's sub-layers timed faster than their work allows (%s; up to %.1f%% over): the host was "
                            "probably busy while they and the teacher (%.2f ms) were timed, which inflates the "
-                           "speed-ups of small models, so those cuts are judged at their work's speed-up. Export on "
+                           "speed-ups of small models, so those models are judged at their work's speed-up. Export on "
                            "an idle machine, and check the family with `nasbert pick --measure`. (Where per-call "
-                           "overheads dominate, small models or a GPU, a cut can beat its work legitimately: set "
+                           "overheads dominate, small models or a GPU, such a model can beat its work legitimately: set "
                            "export.work_bound: false there.)", len(over), text, percent, teacher_ms)
     return judged
 

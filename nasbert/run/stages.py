@@ -28,7 +28,7 @@ from ..supernet.parity import check_teacher_parity, teacher_parity
 from ..teacher import load_teacher, teacher_config
 from ..utils import cache_dir
 
-__all__ = ["run_stage", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
+__all__ = ["calibrated_objective", "run_stage", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
            "teacher_parity"]
 
 logger = logging.getLogger(__name__)
@@ -203,10 +203,12 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
 
         shutil.rmtree(out)
     study_name = _study_name(run, storage, force)
-    objective = Objective.from_run(run.path, latency_profile=latency_profile or _existing_profile(run, config))
     enqueue = []
-    if objective.space.elastic:
-        objective, enqueue = _calibrated_objective(objective, config)
+    if run.space_file.is_file() and SearchSpace.load(run.space_file).elastic:
+        objective, _ = calibrated_objective(run, config, latency_profile=latency_profile)
+        enqueue = objective.starting_points()
+    else:
+        objective = Objective.from_run(run.path, latency_profile=latency_profile or _existing_profile(run, config))
     kwargs = {"budgets": tuple(budgets or c.budgets), "trials": trials or c.trials, "seed": config.seed,
               "out_dir": out, "top_k": c.top_k, "show_progress": show_progress}
     if ray_address is not None:
@@ -237,24 +239,29 @@ def _full(space: SearchSpace) -> SearchSpace:
     return dataclasses.replace(space, candidates=None)
 
 
-def _calibrated_objective(objective, config: RunConfig):
-    """An elastic space's objective (:class:`~nasbert.search.calibrated.CalibratedObjective`: every candidate
-    calibrated and compared with the teacher) in place of the block-loss one, and the architectures its study
-    starts from: the teacher's bottom k layers for every k, the models a user would try first."""
+def calibrated_objective(run: RunDir, config: RunConfig, *, latency_profile: str | None = None):
+    """The search objective of a run whose space is elastic (:class:`~nasbert.search.calibrated.
+    CalibratedObjective`: every candidate calibrated and compared with the teacher), on every path of the run's
+    space, its latency profile and corpus; returns it and the corpus."""
+    from ..latency.predictor import LatencyPredictor
     from ..search.calibrated import CalibratedObjective
+    from ..search.objective import find_profile
     from ..training.evaluation import plain_batches
 
-    space = objective.space
+    # every path: shrinking ranks a block's paths by how well each reproduces its teacher block alone, which
+    # drops the skipped layers that a calibrated whole model can afford
+    space = _full(SearchSpace.load(run.space_file))
+    predictor = LatencyPredictor.load(find_profile(run.path, latency_profile or _existing_profile(run, config)))
     teacher, tokenizer, _ = _teacher_for(config, space)
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
     c = config.search
     logger.info("elastic space: every candidate is calibrated (%d rows, fitted once per sub-layer and size) and "
                 "ranked by its %s to the teacher on %d validation batches", c.calibrate_rows, c.proxy, c.proxy_batches)
-    calibrated = CalibratedObjective(space, objective.predictor, teacher, calibration=corpus.train[: c.calibrate_rows],
-                                     batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
-                                                           n_batches=c.proxy_batches),
-                                     proxy=c.proxy, seq_len=objective.seq_len)
-    return calibrated, [space.layer_dropped(k) for k in range(1, space.teacher.num_hidden_layers)]
+    objective = CalibratedObjective(space, predictor, teacher, calibration=corpus.train[: c.calibrate_rows],
+                                    batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
+                                                          n_batches=c.proxy_batches),
+                                    proxy=c.proxy)
+    return objective, corpus
 
 
 def _study_name(run: RunDir, storage: str | None, force: bool) -> str:

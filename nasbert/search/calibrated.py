@@ -23,6 +23,7 @@ Evaluation(proxy_loss=0.12, latency_ms=14.1, params=11324160, flops=1450000000)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -32,7 +33,7 @@ from ..export.calibrate import TeacherCalibration, calibrate
 from ..latency.predictor import LatencyPredictor
 from ..space import Arch, SearchSpace, SpaceError
 from ..supernet import SuperNet
-from .objective import Objective
+from .objective import Evaluation, Objective
 
 __all__ = ["PROXIES", "CalibratedObjective", "calibrated_model"]
 
@@ -78,6 +79,75 @@ class CalibratedObjective(Objective):
             self._targets = [teacher(**b).last_hidden_state[b["attention_mask"].bool()] for b in self.batches]
         self._cache: dict[str, float] = {}
 
+    def __call__(self, arch: Arch) -> Evaluation:
+        """As :meth:`Objective.__call__`, with the parameters and FLOPs of the model this objective scores and the
+        export writes: the teacher's sub-layers without adapters (``drop_identity_adapters``)."""
+        ev = super().__call__(arch)
+        return dataclasses.replace(ev, params=self.space.num_params(arch, adapters=False),
+                                   flops=self.space.flops(arch, self.seq_len, adapters=False))
+
+    # ---------------------------------------------------------------- sampler encoding: per layer, two counts
+
+    def _options(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        space = self.space
+        return ("identity", *space._elastic_ops("mha")), ("identity", *space._elastic_ops("ffn"))
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(f"layer{n}.{part}" for n in range(self.space.num_blocks) for part in ("attention", "ffn"))
+
+    def choice_counts(self) -> dict[str, int]:
+        """Per layer, the attention's sizes and the FFN's, each with "skipped" (index 0) first, then by size: an
+        ordinal choice, which samplers can exploit better than one categorical over their 117 pairs."""
+        attention, ffn = self._options()
+        return {name: len(attention if name.endswith("attention") else ffn) for name in self.param_names}
+
+    def suggest_params(self, trial) -> dict[str, int]:
+        return {key: trial.suggest_int(key, 0, n - 1) for key, n in self.choice_counts().items()}
+
+    def arch_from_params(self, params) -> Arch:
+        attention, ffn = self._options()
+        blocks = []
+        for n in range(self.space.num_blocks):
+            a, f = params[f"layer{n}.attention"], params[f"layer{n}.ffn"]
+            if not (0 <= a < len(attention) and 0 <= f < len(ffn)):
+                raise ValueError(f"layer {n}: attention {a!r} / ffn {f!r} are not indices into its "
+                                 f"{len(attention)} / {len(ffn)} sizes")
+            blocks.append(self.space._elastic_path(attention[int(a)], ffn[int(f)]))
+        return Arch(tuple(blocks))
+
+    def params_from_arch(self, arch: Arch) -> dict[str, int]:
+        self.space.validate(arch)
+        attention, ffn = self._options()
+        out = {}
+        for n, block in enumerate(arch.blocks):
+            ops = [op for op in block.layers]
+            mha = next((op for op in ops if op.startswith("mha")), "identity")
+            fc = next((op for op in ops if op.startswith("ffn")), "identity")
+            out[f"layer{n}.attention"], out[f"layer{n}.ffn"] = attention.index(mha), ffn.index(fc)
+        return out
+
+    def starting_points(self) -> list[Arch]:
+        """Architectures a new search evaluates first, so that it starts from every size: the teacher's bottom k
+        layers for every k (what a user gets for free), then each with every FFN at each offered size and with or
+        without the next layer's attention (the teacher cuts of earlier releases), in an order that spreads over
+        predicted latency. The search keeps them only where its proxy agrees."""
+        space, (attention, ffn) = self.space, self._options()
+        layers = space.num_blocks
+        dropped = [space.layer_dropped(k) for k in range(1, layers)]
+        rest = []
+        for k in range(1, layers + 1):
+            for f in ffn[1:]:
+                for top in (False, True) if k < layers else (False,):
+                    blocks = [space._elastic_path("mha", f) for _ in range(k)]
+                    blocks += [space._elastic_path("mha", "identity")] if top else []
+                    blocks += [space._elastic_path("identity", "identity")] * (layers - len(blocks))
+                    arch = Arch(tuple(blocks))
+                    if arch not in dropped and arch != space.teacher_arch():
+                        rest.append(arch)
+        rest.sort(key=self.predictor.predict)
+        return dropped + [rest[i] for i in _spread_order(len(rest))]
+
     @torch.no_grad()
     def proxy_loss(self, arch: Arch) -> float:
         key = str(arch)
@@ -99,6 +169,29 @@ class CalibratedObjective(Objective):
             else:
                 total += float(torch.nn.functional.mse_loss(out, target))
         return total / len(self.batches)
+
+
+def _spread_order(n: int) -> list[int]:
+    """0..n-1 in the order of the van der Corput sequence (0, 1/2, 1/4, 3/4, ...) over [0, n): every prefix spreads
+    over the range.
+
+    >>> _spread_order(8)
+    [0, 4, 2, 6, 1, 5, 3, 7]
+    """
+    order, seen, k = [], set(), 0
+    while len(order) < n:
+        x, denominator, i = 0.0, 1.0, k
+        while i:
+            denominator *= 2
+            x += (i % 2) / denominator
+            i //= 2
+        k += 1
+        j = int(x * n)
+        while j in seen:
+            j = (j + 1) % n
+        seen.add(j)
+        order.append(j)
+    return order
 
 
 def _full(space: SearchSpace) -> SearchSpace:

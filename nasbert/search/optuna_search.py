@@ -110,10 +110,10 @@ class BudgetConstraint:
 
 
 def suggest_arch(trial, objective: Objective, constraint: BudgetConstraint | None = None) -> tuple[Arch, Evaluation]:
-    """Sample an architecture in an Optuna trial (one categorical per block), evaluate it, and record the
-    evaluation (user attribute ``evaluation``) and the budget constraint on the trial."""
-    params = {key: trial.suggest_categorical(key, list(range(n))) for key, n in objective.choice_counts().items()}
-    arch = objective.arch_from_params(params)
+    """Sample an architecture in an Optuna trial (:meth:`Objective.suggest_params`: one categorical per block, or an
+    elastic space's head and neuron counts per layer), evaluate it, and record the evaluation (user attribute
+    ``evaluation``) and the budget constraint on the trial."""
+    arch = objective.arch_from_params(objective.suggest_params(trial))
     ev = objective(arch)
     # One attribute, not five: each is a committed write in an RDB storage.
     trial.set_user_attr("evaluation", {"arch": str(arch), **ev.to_dict()})

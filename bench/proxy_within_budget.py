@@ -1,0 +1,179 @@
+"""Does a proxy rank fine-tuned quality *within* a budget? For each budget, architectures of a run's elastic teacher
+space whose predicted latency falls just inside it (so all are of one size band), spread over the search proxy's
+range, calibrated as the export calibrates them, fine-tuned on the panel with one recipe, and the Kendall tau of
+every candidate proxy against the panel mean.
+
+    python bench/proxy_within_budget.py --run runs/default --budgets 3x --archs 10 --seeds 0 1 \\
+        --data-dir ../shared/data --out runs/proxy-ft --json bench/results/proxy_within_budget.json
+
+The search's proxy (1 - cosine after its look-up calibration) picks the spread; the run's own chosen member for the
+budget is always one of the architectures. Proxies compared (each computed before any fine-tuning, on the run's
+corpus): cosine and MSE of the final states to the teacher's after bottom-up calibration, the cosine without
+calibration (magnitude-pruned), parameters, FLOPs, and the share of the teacher's attention heads kept. Recipe,
+the same for every model and a prior, not tuned: mean pooling, batch 32, 128 tokens, lr 2e-4, and per task a fixed
+seeded subset of the training set (``--train-examples``) and ``--epochs``. A fine-tuning run that is finished is
+read, not trained again, so the script resumes where it was stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nasbert.budgets import parse_budgets
+from nasbert.export.hf import write_hf_files
+from nasbert.finetune import FinetuneConfig, finetune, load_task
+from nasbert.io import atomic_write_json
+from nasbert.latency.measure import device_info
+from nasbert.latency.predictor import kendall_tau
+from nasbert.quality.report import _score
+from nasbert.run.rundir import RunDir
+from nasbert.run.stages import calibrated_objective
+from nasbert.search.calibrated import calibrated_model
+from nasbert.space import Arch
+from nasbert.training.evaluation import plain_batches, state_cosine, whole_model_loss
+
+DEFAULTS = {"sst2": (1500, 2.0), "sick": (1500, 3.0), "cola": (2000, 2.0)}
+
+
+def _candidates(objective, budget, rng, pool: int, band: float) -> list[tuple[Arch, float, float]]:
+    """``pool`` random architectures whose predicted speed-up lies in [budget, budget * band], with their search
+    proxy and predicted latency."""
+    teacher_ms, limit = objective.teacher_latency_ms, budget.latency_limit_ms(objective.teacher_latency_ms)
+    space, found, tries = objective.space, {}, 0
+    while len(found) < pool and tries < 200 * pool:
+        tries += 1
+        arch = space.sample(rng)
+        ms = objective.predictor.predict(arch)
+        if limit / band <= ms <= limit and arch not in found:
+            found[arch] = ms
+    print(f"{budget.name}: {len(found)} architectures in the band ({tries} drawn; teacher {teacher_ms:.2f} ms)",
+          flush=True)
+    return [(arch, objective.proxy_loss(arch), ms) for arch, ms in found.items()]
+
+
+def _spread(scored: list[tuple[Arch, float, float]], n: int) -> list[tuple[Arch, float, float]]:
+    """``n`` of them at evenly spaced ranks of the proxy, best and worst included."""
+    ranked = sorted(scored, key=lambda t: t[1])
+    picks = sorted({round(i * (len(ranked) - 1) / max(n - 1, 1)) for i in range(n)})
+    return [ranked[i] for i in picks]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--budgets", nargs="+", default=["3x"])
+    parser.add_argument("--archs", type=int, default=10)
+    parser.add_argument("--pool", type=int, default=200, help="random architectures in the band per budget")
+    parser.add_argument("--band", type=float, default=1.15, help="predicted speed-up within [budget, budget*band]")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "sick", "cola"], choices=sorted(DEFAULTS))
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--calibrate-rows", type=int, default=512)
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    run = RunDir.load(args.run)
+    objective, corpus = calibrated_objective(run, run.config)
+    teacher, space = objective.teacher, objective.space
+    rows = corpus.train[: args.calibrate_rows]
+    proxy_batches = plain_batches(corpus.valid, batch_size=16, n_batches=4)
+    family = json.loads((run.family_dir / "family.json").read_text()) if (run.family_dir / "family.json").is_file() \
+        else {"models": []}
+    members = {m["budget"]: Arch.from_dict(m["arch"]) for m in family["models"]}
+    rng = np.random.default_rng(args.seed)
+    out, started = Path(args.out), time.perf_counter()
+    tasks = {t: load_task(t, data_dir=args.data_dir, max_train_examples=DEFAULTS[t][0]) for t in args.tasks}
+    report = {"command": " ".join(["python", *sys.argv]), "date": dt.date.today().isoformat(),
+              "machine": device_info(engine="onnxruntime", device="cpu", threads=args.threads, batch=1,
+                                     seq_len=128).to_dict(),
+              "recipe": {"lr": args.lr, "batch_size": 32, "pooling": "mean", "max_seq_len": 128,
+                         "tasks": {t: {"train_examples": DEFAULTS[t][0], "epochs": DEFAULTS[t][1]} for t in tasks}},
+              "run": str(run.path), "budgets": {}}
+    for budget in parse_budgets(args.budgets):
+        scored = _candidates(objective, budget, rng, args.pool, args.band)
+        chosen = _spread(scored, args.archs)
+        if budget.name in members and members[budget.name] not in {a for a, _, _ in chosen}:
+            arch = members[budget.name]
+            chosen.append((arch, objective.proxy_loss(arch), objective.predictor.predict(arch)))
+        rows_out = []
+        for i, (arch, search_proxy, ms) in enumerate(chosen):
+            name = f"{budget.name}-{i:02d}"
+            model, _ = calibrated_model(objective.source, arch, teacher, rows)
+            magnitude, _ = calibrated_model(objective.source, arch, teacher, None)
+            directory = out / budget.name / name / "model"
+            if not (directory / "config.json").is_file():
+                write_hf_files(model, directory, tokenizer=run_tokenizer(run))
+            heads = sum(model.encoder.layer[n].self.query.out_features for n in range(len(model.encoder.layer))
+                        if hasattr(model.encoder.layer[n], "self")) // space.head_size
+            row = {"name": name, "arch": str(arch), "member": members.get(budget.name) == arch,
+                   "predicted_ms": ms, "predicted_speedup": objective.teacher_latency_ms / ms,
+                   "proxies": {"search_proxy": search_proxy,
+                               "cosine": state_cosine(model, teacher, None, proxy_batches),
+                               "mse": whole_model_loss(model, teacher, None, proxy_batches),
+                               "cosine_uncalibrated": state_cosine(magnitude, teacher, None, proxy_batches),
+                               "params": space.num_params(arch, adapters=False),
+                               "flops": space.flops(arch, 128, adapters=False),
+                               "heads": heads / (space.teacher.num_attention_heads * space.teacher.num_hidden_layers)},
+                   "scores": {}}
+            for task_name, data in tasks.items():
+                n, epochs = DEFAULTS[task_name]
+                scores = []
+                for seed in args.seeds:
+                    job = out / budget.name / name / task_name / f"seed{seed}"
+                    score = _score(job, data.task)
+                    if score is None:
+                        t0 = time.perf_counter()
+                        finetune(directory, data, out=job, config=FinetuneConfig(
+                            epochs=epochs, batch_size=32, lr=args.lr, max_seq_len=128, seed=seed, pooling="mean",
+                            threads=args.threads, max_train_examples=n), onnx=False, progress=False)
+                        score = _score(job, data.task)
+                        print(f"{name} {task_name} seed {seed}: {score:.2f} ({time.perf_counter() - t0:.0f} s)",
+                              flush=True)
+                    scores.append(score)
+                row["scores"][task_name] = scores
+            row["panel"] = statistics.mean(statistics.mean(s) for s in row["scores"].values())
+            row["panel_per_seed"] = [statistics.mean(row["scores"][t][k] for t in tasks)
+                                     for k in range(len(args.seeds))]
+            rows_out.append(row)
+            print(json.dumps({k: row[k] for k in ("name", "arch", "panel", "proxies")}), flush=True)
+            entry = _taus(rows_out)
+            report["budgets"][budget.name] = {"rows": rows_out, "kendall_tau": entry}
+            report["seconds"] = time.perf_counter() - started
+            atomic_write_json(args.json, report)
+
+
+def _taus(rows: list[dict]) -> dict:
+    """Kendall tau of each proxy against the panel mean; a loss (lower is better) is negated so that +1 is a perfect
+    ranking for every proxy."""
+    if len(rows) < 3:
+        return {}
+    panel = [r["panel"] for r in rows]
+    lower_better = {"search_proxy", "mse"}
+    return {name: kendall_tau([-r["proxies"][name] if name in lower_better else r["proxies"][name] for r in rows],
+                              panel) for name in rows[0]["proxies"]}
+
+
+def run_tokenizer(run: RunDir):
+    from nasbert.teacher import load_teacher
+
+    if not hasattr(run_tokenizer, "cache"):
+        run_tokenizer.cache = load_teacher(run.config.teacher)[1]
+    return run_tokenizer.cache
+
+
+if __name__ == "__main__":
+    main()
