@@ -31,7 +31,8 @@ class SearchConfig:
     #: elastic spaces: what ranks a calibrated candidate against the teacher's final states on unmasked
     #: validation sequences (nasbert.search.calibrated): "cosine" (1 - the mean per-token cosine) or "mse"
     proxy: str = "cosine"
-    #: elastic spaces: rows of the training corpus every sub-layer is calibrated on, once, for every size
+    #: elastic spaces: rows of the training corpus every sub-layer is calibrated on, once, for every size (as
+    #: export.calibrate_rows: at least 10 tokens per unknown of the widest least-squares system)
     calibrate_rows: int = 128
     #: elastic spaces: validation batches (of train.batch_size sequences) the proxy is computed on
     proxy_batches: int = 2
@@ -72,8 +73,9 @@ class ExportConfig:
     #: a candidate made of the teacher's own sub-layers is calibrated bottom-up on this many rows of the training
     #: corpus before it is compared and exported (nasbert.export.calibrate): the heads and neurons whose output
     #: matters most on the text are kept and their output weights refitted by least squares. 0 keeps the units the
-    #: weight magnitudes rank first, with the teacher's output weights (the magnitude-pruned model)
-    calibrate_rows: int = 512
+    #: weight magnitudes rank first, with the teacher's output weights (the magnitude-pruned model). 128 rows of 128
+    #: tokens give every least-squares system at least 10 tokens per unknown (1,537 for the built-in teacher's FFN)
+    calibrate_rows: int = 128
     #: also write model.int8.onnx (ONNX Runtime dynamic quantisation, within a relative-error bound) and time it
     int8: bool = True
     #: whole-model distillation of every chosen member before it is written (steps 0 = none)
