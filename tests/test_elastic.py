@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -25,6 +26,15 @@ from nasbert.space import op_flops, op_params
 
 #: every kind of elastic layer: pruned heads and neurons, a skipped layer, an FFN alone, an attention alone
 MIXED = Arch.parse("32:mha2,ffn48|32:identity,identity|32:ffn,identity|32:mha3,identity")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread, so that a busy host does not slow every forward pass tenfold."""
+    from nasbert.utils import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +59,7 @@ def _inputs(space, batch=3, seq_len=9, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, space.teacher.vocab_size, (batch, seq_len), generator=g)
     mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
+    mask[-1, 6:] = 0
     ids[mask == 0] = 0
     types = torch.zeros_like(ids)
     types[:, 5:] = 1
@@ -283,7 +293,8 @@ def test_an_extracted_elastic_model_is_the_teachers_kept_heads_and_neurons(elast
 def test_supernet_extracted_model_and_onnx_agree_on_an_elastic_arch(elastic, teacher, reorder, tmp_path):
     source = SuperNet.from_teacher(elastic, teacher, reorder=reorder).eval()
     model = source.extract(MIXED, drop_identity_adapters=True)
-    assert model.config.adapters is (False if reorder == "units" else True)  # a hidden permutation needs adapters
+    # a hidden permutation needs the adapters (those into a skipped layer folded into the next)
+    assert model.config.adapters == (False if reorder == "units" else MIXED.adapters)
     ids, mask, types = _inputs(elastic)
     with torch.no_grad():
         expected = source(ids, mask, types, arch=MIXED)
@@ -368,9 +379,12 @@ def test_the_calibrated_objective_scores_the_calibrated_candidate(objective, ela
 
 def test_the_calibrated_objective_offers_every_path_and_refuses_bad_settings(objective, elastic, teacher, rows,
                                                                              batches, tiny_space):
-    assert objective.choice_counts() == {f"block{n}": 45 for n in range(4)}
+    # the sampler's choices cover every path of every layer (45 = 5 attentions x 9 FFNs), each architecture once
+    assert math.prod(objective.choice_counts().values()) == 45 ** 4
+    rng = np.random.default_rng(3)
+    for arch in [elastic.layer_dropped(2), MIXED, *(elastic.sample(rng) for _ in range(10))]:
+        assert objective.arch_from_params(objective.params_from_arch(arch)) == arch
     arch = elastic.layer_dropped(2)
-    assert objective.arch_from_params(objective.params_from_arch(arch)) == arch
     mse = CalibratedObjective(elastic, _Predictor(elastic), teacher, calibration=rows, batches=batches, proxy="mse",
                               source=objective.source)
     model = objective.source.extract(arch, drop_identity_adapters=True)
@@ -389,34 +403,56 @@ def test_the_calibrated_objective_offers_every_path_and_refuses_bad_settings(obj
 # ---------------------------------------------------------------------------------------------------- search
 
 
-PLANTED = Arch.parse("32:mha1,ffn16|32:mha,ffn|32:identity,identity|32:mha3,ffn112")
+#: the search's target: the coarse space's (below) architecture made clearly the best
+PLANTED = Arch.parse("32:mha2,ffn64|32:mha,ffn|32:identity,identity|32:mha2,identity")
+
+
+def _size(op: str) -> int:
+    """A sub-layer's rank by size in the coarse space: skipped 0, half 1, whole 2."""
+    return {"identity": 0, "mha2": 1, "ffn64": 1, "mha": 2, "ffn": 2}[op]
+
+
+def _sublayers(arch: Arch) -> list[str]:
+    out = []
+    for block in arch.blocks:
+        ops = block.layers
+        out += [next((op for op in ops if op.startswith(kind)), "identity") for kind in ("mha", "ffn")]
+    return out
 
 
 class _Planted(CalibratedObjective):
-    """The calibrated objective with one architecture made clearly the best: its proxy loss lowered by 1, and by
-    0.2 for each of its layers an architecture shares (a landscape a search can climb, as real ones are)."""
+    """The calibrated objective with one architecture made clearly the best: its proxy loss lowered by 1, and
+    every other's raised by 0.1 per size step between its sub-layers and the planted one's (a landscape a search
+    can descend, as real ones are, with the planted architecture at its bottom)."""
 
     def proxy_loss(self, arch: Arch) -> float:
-        shared = sum(a == b for a, b in zip(arch.blocks, PLANTED.blocks))
-        return super().proxy_loss(arch) - 0.2 * shared - (1.0 if arch == PLANTED else 0.0)
+        steps = sum(abs(_size(a) - _size(b)) for a, b in zip(_sublayers(arch), _sublayers(PLANTED)))
+        return super().proxy_loss(arch) + 0.1 * steps - (1.0 if arch == PLANTED else 0.0)
 
 
-def test_the_search_finds_a_planted_better_architecture(elastic, teacher, rows, batches, objective):
-    # per layer, the planted path and two others: 81 architectures, most of them under the budget
-    others = [BlockArch(32, ("mha2", "ffn64")), BlockArch(32, ("ffn32", "identity"))]
-    candidates = [[PLANTED.blocks[n], *(p for p in others if p != PLANTED.blocks[n])][:3] for n in range(4)]
-    space = elastic.with_candidates(candidates)
-    planted = _Planted(space, _Predictor(elastic), teacher, calibration=rows, batches=batches,
-                       source=objective.source)
-    t = planted.teacher_latency_ms
-    assert _Predictor(elastic).predict(PLANTED) * 1.5 <= t  # it meets the budget
-    result = run_search(planted, budgets=["1.5x"], trials=60, storage="memory", seed=0, population_size=12,
+def test_the_search_finds_a_planted_better_architecture(elastic, teacher, rows, batches):
+    # half or all of each layer's heads and neurons, or none: 9 paths a layer, 6,561 architectures
+    coarse = SearchSpace.elastic_for(elastic.teacher, name="tiny_coarse", head_step=2, ffn_steps=2)
+    assert coarse.ops == ("mha2", "mha", "ffn64", "ffn", "identity") and coarse.contains(PLANTED)
+    planted = _Planted(coarse, _Predictor(coarse), teacher, calibration=rows, batches=batches)
+    assert planted.predictor.predict(PLANTED) * 1.5 <= planted.teacher_latency_ms  # it meets the budget
+    result = run_search(planted, budgets=["1.5x"], trials=600, storage="memory", seed=0, population_size=20,
                         show_progress=False, top_k=3)
-    best = result.best(result.budgets[0])
-    assert best.arch == PLANTED and best.evaluation.proxy_loss < -1.5
-    assert planted.calibration is not None and PLANTED in {r.arch for r in result.front}
-    # started from it (as the search stage starts from the layer-dropped teachers), a short search keeps it; one
-    # outside the candidates is left out
-    short = run_search(planted, budgets=["1.5x"], trials=4, storage="memory", seed=1, show_progress=False,
-                       enqueue=[elastic.layer_dropped(1), PLANTED])
-    assert short.best(short.budgets[0]).arch == PLANTED
+    best = result.best("1.5x")
+    assert best.arch == PLANTED and best.evaluation == planted(PLANTED)
+    assert best.evaluation.proxy_loss < 0 and PLANTED in {c.arch for c in result.front}
+    # every trial was the calibrated objective's evaluation (the planted one's real loss beneath its bonus)
+    assert all(r.evaluation == planted(r.arch) for r in result.trials[:50])
+    assert planted.proxy_loss(PLANTED) + 1.0 == pytest.approx(CalibratedObjective.proxy_loss(planted, PLANTED))
+    # a search started from given architectures (as the search stage starts from the objective's starting
+    # points) evaluates them first, in order; one outside the space is left out
+    outside = Arch.parse("32:mha1,ffn16|32:mha,ffn|32:identity,identity|32:identity,identity")
+    starts = [coarse.layer_dropped(1), outside, PLANTED, coarse.layer_dropped(3)]
+    short = run_search(planted, budgets=["1.5x"], trials=5, storage="memory", seed=1, show_progress=False,
+                       enqueue=starts)
+    first = [r.arch for r in sorted(short.trials, key=lambda r: r.number)][:3]
+    assert first == [coarse.layer_dropped(1), PLANTED, coarse.layer_dropped(3)]
+    assert short.best("1.5x").arch == PLANTED
+    starting = planted.starting_points()
+    assert starting[:3] == [coarse.layer_dropped(k) for k in (1, 2, 3)] and len(set(starting)) == len(starting)
+    assert all(coarse.contains(a) for a in starting)
