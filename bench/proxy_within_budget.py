@@ -18,6 +18,7 @@ read, not trained again, so the script resumes where it was stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import datetime as dt
 import json
 import statistics
@@ -82,6 +83,11 @@ def _spread(scored: list[tuple[Arch, float, float]], n: int) -> list[tuple[Arch,
     return [ranked[i] for i in picks]
 
 
+def _ends_first(n: int) -> list[int]:
+    """0, n-1, 1, n-2, ...: the best and the worst of a ranking first, so that a short run already spans it."""
+    return [i // 2 if i % 2 == 0 else n - 1 - i // 2 for i in range(n)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True)
@@ -98,6 +104,7 @@ def main() -> None:
     parser.add_argument("--json", required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probe", action="store_true", help="also the QNLI probe proxy (a short fine-tune)")
     parser.add_argument("--include", action="append", default=[], metavar="BUDGET=ARCH",
                         help="also fine-tune this architecture at this budget (e.g. a hand-picked point to compare)")
     args = parser.parse_args()
@@ -123,15 +130,16 @@ def main() -> None:
               "run": str(run.path), "budgets": {}}
     for budget in parse_budgets(args.budgets):
         scored = _candidates(objective, budget, rng, args.pool, args.band)
-        chosen = _spread(scored, args.archs)
+        spread = _spread(scored, args.archs)
         extra = [members[budget.name]] if budget.name in members else []
         extra += [Arch.parse(text) for name, _, text in (i.partition("=") for i in args.include) if name == budget.name]
-        for arch in extra:
-            if arch not in {a for a, _, _ in chosen}:
-                chosen.append((arch, objective.proxy_loss(arch), objective.predictor.predict(arch)))
+        # the run's member and the named architectures first, then the spread from both ends of the proxy's range
+        chosen = [(arch, objective.proxy_loss(arch), objective.predictor.predict(arch))
+                  for arch in dict.fromkeys(extra) if arch not in {a for a, _, _ in spread}]
+        chosen += [spread[i] for i in _ends_first(len(spread))]
         rows_out = []
         for i, (arch, search_proxy, ms) in enumerate(chosen):
-            name = f"{budget.name}-{i:02d}"
+            name = f"{budget.name}-{hashlib.sha1(str(arch).encode()).hexdigest()[:8]}"
             model, _ = calibrated_model(objective.source, arch, teacher, rows)
             magnitude, _ = calibrated_model(objective.source, arch, teacher, None)
             directory = out / budget.name / name / "model"
@@ -150,11 +158,12 @@ def main() -> None:
                                "heads": heads / (space.teacher.num_attention_heads * space.teacher.num_hidden_layers)},
                    "scores": {}}
             job = out / budget.name / name / "probe-qnli"
-            if _score(job, probe.task) is None:
+            if args.probe and _score(job, probe.task) is None:
                 finetune(directory, probe, out=job, config=FinetuneConfig(
                     epochs=1.0, batch_size=32, lr=args.lr, max_seq_len=64, seed=0, pooling="mean",
                     threads=args.threads), onnx=False, progress=False)
-            row["proxies"]["probe_qnli"] = _score(job, probe.task)
+            if args.probe:
+                row["proxies"]["probe_qnli"] = _score(job, probe.task)
             for task_name, data in tasks.items():
                 n, epochs = DEFAULTS[task_name]
                 scores = []

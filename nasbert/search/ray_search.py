@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import optuna
 from tqdm.auto import tqdm
 
 from ..budgets import DEFAULT_BUDGETS, Budget, parse_budgets
@@ -41,6 +43,18 @@ class _DefineByRun:
 
     def __call__(self, ot_trial) -> None:
         suggest_arch(ot_trial, self.objective, self.constraint)
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler, picklable: Tune pickles its search algorithm with the experiment, and the sampler
+    holds a thread lock (Optuna 5), which is left out and made anew on unpickling."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def _evaluate_trial(config: dict, objective: Objective) -> None:
@@ -92,7 +106,7 @@ def run_ray_search(
 
     started = _ray_init(address, num_cpus)
     try:
-        sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+        sampler = PicklableNSGAIISampler(population_size=population_size, seed=seed)
         with _quiet_optuna():  # OptunaSearch creates its study at once, which Optuna logs at INFO
             searcher = OptunaSearch(space=_DefineByRun(objective, BudgetConstraint(budgets, teacher_ms)),
                                     metric=["proxy_loss", "latency_ms"], mode=["min", "min"], sampler=sampler,
@@ -100,8 +114,18 @@ def run_ray_search(
         bar = tqdm(total=trials, desc="ray search", unit="trial", disable=not show_progress)
 
         class _Progress(tune.Callback):
+            """Advances the driver's progress bar; Tune pickles its callbacks with the experiment, and the bar
+            (it holds a lock) stays in this process."""
+
+            def __init__(self, progress):
+                self.progress = progress
+
+            def __getstate__(self):
+                return {"progress": None}
+
             def on_trial_complete(self, iteration, trials, trial, **info):
-                bar.update(1)
+                if self.progress is not None:
+                    self.progress.update(1)
 
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_evaluate_trial, objective=objective), {"cpu": 1}),
@@ -109,7 +133,7 @@ def run_ray_search(
                                         num_samples=trials, reuse_actors=True),
             run_config=tune.RunConfig(name=experiment_name, storage_path=str(out / "ray"), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=max_failures),
-                                      callbacks=[_Progress()]),
+                                      callbacks=[_Progress(bar)]),
         )
         # The legacy reporter honours verbose=0; the default one prints its tables regardless.
         previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
