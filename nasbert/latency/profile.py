@@ -175,8 +175,12 @@ def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict
     archs = sample_archs(space, config.archs, rng)
     if len(archs) < 4:
         raise ValueError(f"the space has only {len(archs)} distinct architectures; at least 4 are needed")
-    # Latency does not depend on the weights: a random supernet of the full space extracts any arch.
+    # Latency does not depend on the weights: a random supernet of the full space extracts any arch. An elastic
+    # space's models are the teacher's sub-layers without adapters (as the export writes them): from a supernet whose
+    # adapters are the identity, which the extraction then leaves out.
     supernet = SuperNet(dataclasses.replace(space, candidates=None), seed=seed).eval()
+    if space.elastic:
+        supernet.reset_adapters()
     bar = tqdm(total=len(table_keys(space)) + len(archs), desc="latency", unit="model", disable=not show_progress)
 
     table, table_timings = build_table(space, engine=config.engine, device=config.device, threads=config.threads,
@@ -190,7 +194,7 @@ def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict
         reference = models.engine(teacher, precision="fp32") if teacher is not None else None
         for g, first in enumerate(range(0, len(archs), config.group_size)):
             group = archs[first : first + config.group_size]
-            engines = {str(a): models.engine(supernet.extract(a)) for a in group}
+            engines = {str(a): models.engine(supernet.extract(a, drop_identity_adapters=space.elastic)) for a in group}
             if reference is not None:
                 engines[TEACHER] = reference
             timings = measure_interleaved(engines, warmup=config.warmup, repeats=config.repeats,

@@ -123,6 +123,12 @@ class SuperNet(nn.Module):
         self._set_adapters(torch.arange(self.space.teacher.hidden_size))
 
     @torch.no_grad()
+    @torch.no_grad()
+    def reset_adapters(self) -> None:
+        """Make every adapter the identity (the teacher's channel order), so that a full-width path extracts without
+        them (``extract(..., drop_identity_adapters=True)``)."""
+        self._set_adapters(torch.arange(self.space.teacher.hidden_size))
+
     def _set_adapters(self, perm: torch.Tensor) -> None:
         """Input adapters select the reordered channels (P), output adapters put them back (P^T)."""
         H = len(perm)
