@@ -65,8 +65,6 @@ def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space):
     ids = torch.randint(5, 99, (2, 10))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
-    import onnxruntime as ort
-
     for member in family.models:
         arch = Arch.from_dict(member.arch)
         limit = {"1.2x": 1.2, "1.5x": 1.5, "2x": 2.0}[member.budget]
@@ -76,17 +74,9 @@ def test_family_members_meet_their_budgets_and_load_everywhere(run, tiny_space):
         assert member.source == "supernet" and "calibration" not in member.extra
         assert member.params == tiny_space.num_params(arch)
         directory = run / "family" / member.path
-        model = AutoModel.from_pretrained(directory)
-        assert sum(p.numel() for p in model.parameters()) == member.params
         with torch.no_grad():
             expected = supernet(ids, mask, arch=arch)
-            got = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-        session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
-        onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                      "token_type_ids": np.zeros_like(ids.numpy())})[0]
-        keep = mask.bool().numpy()
-        np.testing.assert_allclose(onnx_out[keep], expected.numpy()[keep], atol=1e-4)
+        _assert_reload_and_onnx(directory, member, expected, ids, mask)
         # the int8 graph: written within its error bound, timed with the teacher
         assert member.int8_onnx == f"{member.path}/model.int8.onnx" and (run / "family" / member.int8_onnx).is_file()
         assert 0 < member.int8_error <= 0.25 and member.int8_latency_ms > 0 and member.int8_speedup > 0
@@ -175,18 +165,25 @@ def test_elastic_run_exports_calibrated_members_that_reload_exactly(elastic_run,
                 {k: v for k, v in want.items() if "error" not in k}
             assert got["error_after"] == pytest.approx(want["error_after"], rel=1e-6, abs=1e-12)
             assert got["error_after"] <= got["error_before"]
-        directory = elastic_run / "family" / member.path
-        reloaded = AutoModel.from_pretrained(directory)
-        assert sum(p.numel() for p in reloaded.parameters()) == member.params
         with torch.no_grad():
             expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
-            got = reloaded(input_ids=ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-        session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
-        onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                      "token_type_ids": np.zeros_like(ids.numpy())})[0]
-        keep = mask.bool().numpy()
-        np.testing.assert_allclose(onnx_out[keep], expected.numpy()[keep], atol=1e-4)
+        _assert_reload_and_onnx(elastic_run / "family" / member.path, member, expected, ids, mask)
+
+
+def _assert_reload_and_onnx(directory: Path, member, expected: torch.Tensor, ids, mask) -> None:
+    """The exported member, reloaded with transformers and run with ONNX Runtime, computes ``expected``."""
+    import onnxruntime as ort
+
+    reloaded = AutoModel.from_pretrained(directory)
+    assert sum(p.numel() for p in reloaded.parameters()) == member.params
+    with torch.no_grad():
+        got = reloaded(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                                  "token_type_ids": np.zeros_like(ids.numpy())})[0]
+    keep = mask.bool().numpy()
+    np.testing.assert_allclose(onnx_out[keep], expected.numpy()[keep], atol=1e-4)
 
 
 def load_corpus_rows(run: Path, tokenizer_dir: str) -> torch.Tensor:
