@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nasbert import Arch, BlockArch, SearchSpace, SpaceError, SuperNet, TeacherSpec
+from nasbert import Arch, BlockArch, SearchSpace, SpaceError, SuperNet
 from nasbert.export.calibrate import TeacherCalibration
 from nasbert.modeling import NasBertConfig
 from nasbert.modeling.modeling_nasbert import build_layer

@@ -131,8 +131,6 @@ def test_elastic_run_exports_calibrated_members_that_reload_exactly(elastic_run,
     calibrated; its Hugging Face directory and ONNX graph compute what :func:`calibrate` makes of it."""
     import dataclasses
 
-    import onnxruntime as ort
-
     from nasbert import SearchSpace
 
     config = json.loads((elastic_run / "manifest.json").read_text())

@@ -272,7 +272,7 @@ class TeacherCalibration:
             states = teacher(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
             for layer, source in enumerate(teacher.encoder.layer):
                 x = states.hidden_states[layer]  # (B, T, H): the input of layer's attention
-                mha, ffn = self._subs[layer, "mha"], self._subs[layer, "ffn"]
+                mha = self._subs[layer, "mha"]
                 norm = source.attention.output.LayerNorm
                 y = torch.nn.functional.layer_norm(x + mha.features(x).view(x.shape[0], x.shape[1], -1)
                                                    @ mha.w_out.T.float() + mha.b_out.float(), (x.shape[-1],),

@@ -132,7 +132,7 @@ class CalibratedObjective(Objective):
         layers for every k (what a user gets for free), then each with every FFN at each offered size and with or
         without the next layer's attention (the teacher cuts of earlier releases), in an order that spreads over
         predicted latency. The search keeps them only where its proxy agrees."""
-        space, (attention, ffn) = self.space, self._options()
+        space, ffn = self.space, self._options()[1]
         layers = space.num_blocks
         dropped = [space.layer_dropped(k) for k in range(1, layers)]
         rest = []

@@ -87,7 +87,6 @@ def run_ray_search(
     ``address``: None starts a local Ray instance (``num_cpus`` of them) that is shut down afterwards;
     ``"auto"`` or ``"ray://host:10001"`` joins a running cluster. An already initialised Ray is used as is.
     """
-    import optuna
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
