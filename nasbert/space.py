@@ -474,12 +474,16 @@ class SearchSpace:
             space = space.with_candidates(_parse_candidates(data["candidates"], source), source=source)
         return space
 
+    def without_candidates(self) -> SearchSpace:
+        """This space with every path, before shrinking (what a supernet holds and a latency profile samples)."""
+        return dataclasses.replace(self, candidates=None)
+
     def with_candidates(self, candidates, *, source: str = "candidates") -> SearchSpace:
         """This space restricted to ``candidates`` (one sequence of :class:`BlockArch` per block)."""
         candidates = tuple(tuple(block) for block in candidates)
         if len(candidates) != self.num_blocks:
             raise SpaceError(f"{source}: 'candidates' has {len(candidates)} blocks, the space has {self.num_blocks}")
-        full = dataclasses.replace(self, candidates=None)
+        full = self.without_candidates()
         for n, paths in enumerate(candidates):
             if not paths:
                 raise SpaceError(f"{source}: 'candidates' of block {n} is empty")

@@ -17,7 +17,6 @@ A profile is self-contained: copy the folder to another machine and load it with
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import logging
 import tempfile
@@ -178,7 +177,7 @@ def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict
     # Latency does not depend on the weights: a random supernet of the full space extracts any arch. An elastic
     # space's models are the teacher's sub-layers without adapters (as the export writes them): from a supernet whose
     # adapters are the identity, which the extraction then leaves out.
-    supernet = SuperNet(dataclasses.replace(space, candidates=None), seed=seed).eval()
+    supernet = SuperNet(space.without_candidates(), seed=seed).eval()
     if space.elastic:
         supernet.reset_adapters()
     bar = tqdm(total=len(table_keys(space)) + len(archs), desc="latency", unit="model", disable=not show_progress)

@@ -28,8 +28,8 @@ from ..supernet.parity import check_teacher_parity, teacher_parity
 from ..teacher import load_teacher, teacher_config
 from ..utils import cache_dir
 
-__all__ = ["calibrated_objective", "run_stage", "stage_export", "stage_latency", "stage_search", "stage_supernet", "stage_train",
-           "teacher_parity"]
+__all__ = ["calibrated_objective", "run_stage", "space_for", "stage_export", "stage_latency", "stage_search",
+           "stage_supernet", "stage_train", "teacher_parity"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,13 +232,6 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
     return result
 
 
-def _full(space: SearchSpace) -> SearchSpace:
-    """The space without its shrunk candidates (the supernet of the teacher's weights holds every op)."""
-    import dataclasses
-
-    return dataclasses.replace(space, candidates=None)
-
-
 def calibrated_objective(run: RunDir, config: RunConfig, *, latency_profile: str | None = None):
     """The search objective of a run whose space is elastic (:class:`~nasbert.search.calibrated.
     CalibratedObjective`: every candidate calibrated and compared with the teacher), on every path of the run's
@@ -250,7 +243,7 @@ def calibrated_objective(run: RunDir, config: RunConfig, *, latency_profile: str
 
     # every path: shrinking ranks a block's paths by how well each reproduces its teacher block alone, which
     # drops the skipped layers that a calibrated whole model can afford
-    space = _full(SearchSpace.load(run.space_file))
+    space = SearchSpace.load(run.space_file).without_candidates()
     predictor = LatencyPredictor.load(find_profile(run.path, latency_profile or _existing_profile(run, config)))
     teacher, tokenizer, _ = _teacher_for(config, space)
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
@@ -312,7 +305,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
                                  n_batches=config.export.eval_batches, seed=config.seed)
     profile = Path(latency_profile) if latency_profile else run.profile_dir(config.latency)
     device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
-    teacher_supernet = SuperNet.from_teacher(_full(space), teacher, reorder="units") if space.elastic else None
+    teacher_supernet = SuperNet.from_teacher(space.without_candidates(), teacher, reorder="units") if space.elastic else None
     trials = {b["budget"]: [c.get("number") for c in b["best"]]
               for b in json.loads(run.pareto_file.read_text(encoding="utf-8"))["budgets"]}
     candidates = {name: [(arch, ev, trial) for (arch, ev), trial in zip(ranked, trials.get(name, []))]

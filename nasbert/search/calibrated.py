@@ -31,6 +31,7 @@ import torch
 
 from ..export.calibrate import TeacherCalibration, calibrate
 from ..latency.predictor import LatencyPredictor
+from ..modeling.configuration_nasbert import op_spec
 from ..space import Arch, SearchSpace, SpaceError
 from ..supernet import SuperNet
 from .objective import Evaluation, Objective
@@ -72,7 +73,7 @@ class CalibratedObjective(Objective):
             space = space.with_candidates([tuple(space.iter_block_paths(n)) for n in range(space.num_blocks)])
         super().__init__(space, [{str(p): 0.0 for p in c} for c in space.candidates], predictor, seq_len=seq_len)
         self.teacher = teacher.eval()
-        self.source = (source or SuperNet.from_teacher(_full(space), teacher, reorder="units")).eval()
+        self.source = (source or SuperNet.from_teacher(space.without_candidates(), teacher, reorder="units")).eval()
         self.batches, self.proxy = list(batches), proxy
         self.calibration = TeacherCalibration(teacher, self.source.space, calibration)
         with torch.no_grad():
@@ -121,9 +122,8 @@ class CalibratedObjective(Objective):
         attention, ffn = self._options()
         out = {}
         for n, block in enumerate(arch.blocks):
-            ops = [op for op in block.layers]
-            mha = next((op for op in ops if op.startswith("mha")), "identity")
-            fc = next((op for op in ops if op.startswith("ffn")), "identity")
+            kinds = {op_spec(op).kind: op for op in block.layers}
+            mha, fc = kinds.get("mha", "identity"), kinds.get("ffn", "identity")
             out[f"layer{n}.attention"], out[f"layer{n}.ffn"] = attention.index(mha), ffn.index(fc)
         return out
 
@@ -192,10 +192,3 @@ def _spread_order(n: int) -> list[int]:
         seen.add(j)
         order.append(j)
     return order
-
-
-def _full(space: SearchSpace) -> SearchSpace:
-    """The space without its shrunk candidates: the supernet of the teacher's weights holds every op."""
-    import dataclasses
-
-    return dataclasses.replace(space, candidates=None)
