@@ -18,6 +18,7 @@ from nasbert.latency import (
 )
 from nasbert.latency.measure import device_info
 from nasbert.latency.predictor import FEATURE_NAMES
+from nasbert.latency.profile import LatencyProfile
 from nasbert.latency.table import table_keys
 
 
@@ -248,6 +249,30 @@ def test_profile_writes_a_complete_portable_profile(tiny_space, tiny_teacher, tm
     predictor = LatencyPredictor.load(tmp_path / "profile")
     assert predictor.predict(Arch.parse(rows[0]["arch"])) == pytest.approx(float(rows[0]["predicted_ms"]))
     assert not list(itertools.chain((tmp_path).glob(".profile*")))
+
+    # what the search, export and report read of it
+    profile = LatencyProfile(tmp_path / "profile")
+    assert profile.complete and profile.device["seq_len"] == 16 and profile.accuracy == saved
+    assert profile.predictor.predict(Arch.parse(rows[0]["arch"])) == pytest.approx(float(rows[0]["predicted_ms"]))
+    arch = Arch.parse(rows[0]["arch"])
+    blocks = sum(profile.table.path_ms(block) for block in arch.blocks)
+    ops = sum(v for k, v in profile.table.parts(arch).items()
+              if not k.startswith(("embeddings@", "adapter@", "output@")))
+    assert blocks == pytest.approx(ops) and blocks > 0
+
+
+def test_a_run_with_no_or_several_profiles_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nasbert latency --run"):
+        LatencyProfile.find(tmp_path)
+    for key in ("a", "b"):
+        (tmp_path / "latency" / key).mkdir(parents=True)
+        for name in ("table.json", "predictor.json"):
+            (tmp_path / "latency" / key / name).write_text("{}")
+    with pytest.raises(ValueError, match="holds 2 latency profiles .*latency_profile="):
+        LatencyProfile.find(tmp_path)
+    (tmp_path / "latency" / "b" / "predictor.json").unlink()  # an incomplete one does not count
+    assert LatencyProfile.find(tmp_path).path == tmp_path / "latency" / "a"
+    assert LatencyProfile.find(tmp_path, tmp_path / "elsewhere").path == tmp_path / "elsewhere"
 
 
 def test_int8_profile_times_int8_graphs_and_keeps_the_teacher_fp32(tiny_space, tiny_teacher, tmp_path, monkeypatch):

@@ -2,9 +2,9 @@
 
 from .measure import OnnxRuntimeEngine, Timing, TorchEngine, device_info, measure_interleaved, summarize
 from .predictor import LatencyPredictor, accuracy, features, kendall_tau
-from .profile import LatencyConfig, profile_device
+from .profile import LatencyConfig, LatencyProfile, profile_device
 from .table import LatencyTable, arch_entries, build_table
 
-__all__ = ["LatencyConfig", "LatencyPredictor", "LatencyTable", "OnnxRuntimeEngine", "Timing", "TorchEngine",
-           "accuracy", "arch_entries", "build_table", "device_info", "features", "kendall_tau",
+__all__ = ["LatencyConfig", "LatencyPredictor", "LatencyProfile", "LatencyTable", "OnnxRuntimeEngine", "Timing",
+           "TorchEngine", "accuracy", "arch_entries", "build_table", "device_info", "features", "kendall_tau",
            "measure_interleaved", "profile_device", "summarize"]

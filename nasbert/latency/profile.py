@@ -10,18 +10,22 @@
       accuracy.json                MAPE, worst error and Kendall tau on held-out models, table and predictor
       predicted_vs_measured.png
 
-A profile is self-contained: copy the folder to another machine and load it with
-``LatencyPredictor.load(folder)``.
+A profile is self-contained: copy the folder to another machine and load it with ``LatencyProfile(folder)``.
+:class:`LatencyProfile` is what the search, the export and the report read of it; no module outside
+``nasbert.latency`` names its files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +39,69 @@ from ..supernet import SuperNet
 from ..utils import torch_threads
 from .measure import OnnxRuntimeEngine, TorchEngine, device_info, measure_interleaved
 from .predictor import LatencyPredictor, accuracy
-from .table import build_table, table_keys
+from .table import LatencyTable, build_table, table_keys
 
-__all__ = ["LatencyConfig", "profile_device", "sample_archs"]
+__all__ = ["LatencyConfig", "LatencyProfile", "profile_device", "sample_archs"]
 
 logger = logging.getLogger(__name__)
 
 TEACHER = "teacher"
+DEVICE_FILE, TABLE_FILE, PREDICTOR_FILE, ACCURACY_FILE = "device.json", "table.json", "predictor.json", "accuracy.json"
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """One device's latency profile, the folder :func:`profile_device` writes: its device description, op table
+    and fitted predictor, each read once when first used.
+
+    >>> profile = LatencyProfile.find("runs/default")            # doctest: +SKIP
+    >>> profile.predictor.predict(arch), profile.device["key"]   # doctest: +SKIP
+    (6.49, 'intel-r-xeon-r-processor-cpu-onnxruntime-t1-b1-s128')
+    """
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def complete(self) -> bool:
+        """Whether the profile has been written in full (its predictor is the last file to land)."""
+        return (self.path / PREDICTOR_FILE).is_file() and (self.path / TABLE_FILE).is_file()
+
+    @cached_property
+    def device(self) -> dict:
+        """The profiled device: processor, engine and version, threads, batch, sequence length, key."""
+        return json.loads((self.path / DEVICE_FILE).read_text(encoding="utf-8"))
+
+    @cached_property
+    def table(self) -> LatencyTable:
+        return LatencyTable.load(self.path / TABLE_FILE)
+
+    @cached_property
+    def predictor(self) -> LatencyPredictor:
+        return LatencyPredictor.load(self.path)
+
+    @cached_property
+    def accuracy(self) -> dict:
+        """Held-out MAPE, worst error and Kendall tau of the table and the predictor."""
+        return json.loads((self.path / ACCURACY_FILE).read_text(encoding="utf-8"))
+
+    @classmethod
+    def find(cls, run_dir: str | os.PathLike, explicit: str | os.PathLike | None = None) -> LatencyProfile:
+        """``explicit`` if given (a profile folder, possibly made on another machine), else the run's only complete
+        profile under ``RUN/latency/``."""
+        if explicit is not None:
+            return cls(Path(explicit))
+        latency_dir = Path(run_dir) / "latency"
+        found = sorted(p for p in latency_dir.iterdir() if cls(p).complete) if latency_dir.is_dir() else []
+        if not found:
+            raise FileNotFoundError(f"no latency profile under {latency_dir}: run `nasbert latency --run {run_dir}`, "
+                                    "or pass the profile directory of another machine")
+        if len(found) > 1:
+            raise ValueError(f"{latency_dir} holds {len(found)} latency profiles "
+                             f"({', '.join(p.name for p in found)}): choose one with latency_profile=")
+        return cls(found[0])
 
 
 @dataclass(frozen=True)
@@ -241,10 +301,10 @@ def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict
     }
     with atomic_dir(out) as tmp:
         predictor.save(tmp)
-        (tmp / "device.json").write_text(_json(info.to_dict()), encoding="utf-8")
+        (tmp / DEVICE_FILE).write_text(_json(info.to_dict()), encoding="utf-8")
         (tmp / "table_timings.json").write_text(_json(table_timings), encoding="utf-8")
         (tmp / "measurements.csv").write_text(_csv(rows), encoding="utf-8")
-        (tmp / "accuracy.json").write_text(_json(report), encoding="utf-8")
+        (tmp / ACCURACY_FILE).write_text(_json(report), encoding="utf-8")
         _plot(rows, report, tmp / "predicted_vs_measured.png")
     return report
 

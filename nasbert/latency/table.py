@@ -24,7 +24,12 @@ from ..space import Arch, SearchSpace
 from ..utils import torch_threads
 from .measure import OnnxRuntimeEngine, TorchEngine, measure_interleaved
 
-__all__ = ["LatencyTable", "arch_adapters", "arch_entries", "build_table", "table_keys"]
+__all__ = ["LatencyTable", "arch_adapters", "arch_entries", "build_table", "op_key", "table_keys"]
+
+
+def op_key(op: str, width: int) -> str:
+    """The table entry of one layer op at one hidden width."""
+    return f"{op}@{width}"
 
 
 def arch_entries(arch: Arch) -> list[str]:
@@ -32,7 +37,7 @@ def arch_entries(arch: Arch) -> list[str]:
     widths = arch.widths
     keys = [f"embeddings@{widths[0]}"]
     for block in arch.blocks:
-        keys += [f"{op}@{block.width}" for op in block.layers]
+        keys += [op_key(op, block.width) for op in block.layers]
     *between, (last, _) = arch_adapters(arch)
     keys += [f"adapter@{a}->{b}" for a, b in between]
     keys.append(f"output@{last}")
@@ -49,7 +54,7 @@ def table_keys(space: SearchSpace) -> list[str]:
     """Every entry a model of ``space`` can need (an elastic space's every head and neuron count among them)."""
     widths = list(space.hidden_choices)
     keys = [f"embeddings@{w}" for w in widths]
-    keys += [f"{op}@{w}" for op in space.ops if op != "identity" for w in widths]
+    keys += [op_key(op, w) for op in space.ops if op != "identity" for w in widths]
     keys += [f"adapter@{a}->{b}" for a in widths for b in widths]
     keys += [f"output@{w}" for w in widths]
     return keys
@@ -71,6 +76,10 @@ class LatencyTable:
         for key in arch_entries(arch):
             out[key] = out.get(key, 0.0) + self.entries[key]
         return out
+
+    def path_ms(self, path) -> float:
+        """The table latency of one block path (:class:`~nasbert.space.Path`): the sum of its layers' entries."""
+        return float(sum(self.entries[op_key(op, path.width)] for op in path.layers))
 
     def predict(self, arch: Arch) -> float:
         """The table latency: the sum of ``arch``'s entries, in ms."""

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..io import atomic_dir, atomic_write_json, atomic_write_text
+from ..latency.profile import LatencyProfile
 from .baselines import KINDS, LAYERDROP_MODES, Baseline, baseline_params, build_raw, choose_baselines, \
     layerdrop_baselines, uniform_baselines
 
@@ -143,7 +144,7 @@ class _Run:
     family: Any
     family_dir: Path
     #: the latency profile of the run's configured device (RUN/latency/<device-key>/)
-    profile: Path
+    profile: LatencyProfile
     device: dict
 
     @property
@@ -184,9 +185,8 @@ def _load_run(run: Path, family_dir: Path | None) -> _Run:
     supernet = SuperNet.from_pretrained(rundir.supernet_dir)
     teacher, tokenizer, source = load_teacher(config.teacher if config.teacher is not None
                                               else supernet.space.teacher.name)
-    profile = rundir.profile_dir(config.latency)
-    device_file = profile / "device.json"
-    device = json.loads(device_file.read_text()) if device_file.is_file() else dict(family.device)
+    profile = rundir.profile(config.latency)
+    device = profile.device if profile.complete else dict(family.device)
     return _Run(run, rundir, config, supernet, teacher, tokenizer, source, family, family_dir, profile, device)
 
 
@@ -219,7 +219,6 @@ def _settings(run: _Run, config: ReportConfig) -> dict:
 def sampled_archs(run: _Run, n: int) -> list:
     """``n`` architectures of the run's shrunk space spread evenly over its predicted latency range (the latency
     profile's predictor), drawn with the run's seed."""
-    from ..latency import LatencyPredictor
     from ..latency.profile import sample_archs
     from ..space import SearchSpace
 
@@ -227,10 +226,10 @@ def sampled_archs(run: _Run, n: int) -> list:
         return []
     space = SearchSpace.load(run.rundir.space_file)
     pool = sample_archs(space, 20 * n, np.random.default_rng(run.config.seed + 4242))
-    if not (run.profile / "predictor.json").is_file():
-        raise ReportError(f"--sampled needs the run's latency profile ({run.profile}): run `nasbert latency --run "
+    if not run.profile.complete:
+        raise ReportError(f"--sampled needs the run's latency profile ({run.profile.path}): run `nasbert latency --run "
                           f"{run.path}`")
-    predicted = LatencyPredictor.load(run.profile).predict_many(pool)
+    predicted = run.profile.predictor.predict_many(pool)
     order = np.argsort(predicted)
     picks = sorted({int(order[round(i * (len(pool) - 1) / max(1, n - 1))]) for i in range(n)})
     return [pool[i] for i in picks]

@@ -32,7 +32,7 @@ from ..config import ConfigError, from_mapping, to_mapping
 from ..data import CorpusConfig
 from ..export.config import ExportConfig, SearchConfig
 from ..io import atomic_write_json, fault_point
-from ..latency.profile import LatencyConfig
+from ..latency.profile import LatencyConfig, LatencyProfile
 from ..redact import strip_password
 from ..training.config import RayConfig, TrainConfig
 
@@ -205,13 +205,14 @@ class RunDir:
     def latency_dir(self) -> Path:
         return self.path / "latency"
 
-    def profile_dir(self, latency: LatencyConfig) -> Path:
-        """The latency profile of the device ``latency`` describes (``latency/<device-key>/``)."""
+    def profile(self, latency: LatencyConfig) -> LatencyProfile:
+        """The latency profile of the device ``latency`` describes (``latency/<device-key>/``; it may not exist yet:
+        see :attr:`LatencyProfile.complete`)."""
         from ..latency import device_info
 
         key = device_info(engine=latency.engine, device=latency.device, threads=latency.threads,
                           batch=latency.batch, seq_len=latency.seq_len, precision=latency.precision).key
-        return self.latency_dir / key
+        return LatencyProfile(self.latency_dir / key)
 
     @property
     def search_dir(self) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..data import load_corpus
 from ..io import atomic_write_text
+from ..latency.profile import LatencyProfile
 from ..redact import redact_url
 from .rundir import STAGES, RunConfig, RunDir
 from ..space import SearchSpace, TeacherSpec
@@ -125,19 +126,12 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
 
 def _block_latency(run: RunDir, config: RunConfig):
     """``path -> ms`` from the run's latency table for shrinking's bins, or (None, "flops") without a profile."""
-    from ..latency import LatencyTable
-
-    table_file = run.profile_dir(config.latency) / "table.json"
-    if not table_file.is_file():
+    profile = run.profile(config.latency)
+    if not profile.complete:
         logger.info("no latency profile in %s: shrinking bins paths by parameters and FLOPs", run.latency_dir)
         return None, "params+flops"
-    table = LatencyTable.load(table_file)
-
-    def block_latency(path) -> float:
-        return sum(table.entries[f"{op}@{path.width}"] for op in path.layers)
-
-    logger.info("shrinking bins paths by parameters and the latency table %s", table_file)
-    return block_latency, f"params+latency table {table_file.parent.name}"
+    logger.info("shrinking bins paths by parameters and the latency table of %s", profile.path)
+    return profile.table.path_ms, f"params+latency table {profile.path.name}"
 
 
 def _write_space_yaml(path: Path, space: SearchSpace, candidates) -> None:
@@ -155,7 +149,7 @@ def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_p
     from ..latency.table import table_keys
 
     c = config.latency
-    out = run.profile_dir(config.latency)
+    out = run.profile(config.latency).path
     key = out.name
     done = run.manifest["stages"].get("latency", {})
     if run.stage_done("latency") and done.get("device_key") == key and not force:
@@ -236,15 +230,13 @@ def calibrated_objective(run: RunDir, config: RunConfig, *, latency_profile: str
     """The search objective of a run whose space is elastic (:class:`~nasbert.search.calibrated.
     CalibratedObjective`: every candidate calibrated and compared with the teacher), on every path of the run's
     space, its latency profile and corpus; returns it and the corpus."""
-    from ..latency.predictor import LatencyPredictor
     from ..search.calibrated import CalibratedObjective
-    from ..search.objective import find_profile
     from ..training.evaluation import plain_batches
 
     # every path: shrinking ranks a block's paths by how well each reproduces its teacher block alone, which
     # drops the skipped layers that a calibrated whole model can afford
     space = SearchSpace.load(run.space_file).without_candidates()
-    predictor = LatencyPredictor.load(find_profile(run.path, latency_profile or _existing_profile(run, config)))
+    predictor = LatencyProfile.find(run.path, latency_profile or _existing_profile(run, config)).predictor
     teacher, tokenizer, _ = _teacher_for(config, space)
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
     c = config.search
@@ -277,8 +269,8 @@ def _study_name(run: RunDir, storage: str | None, force: bool) -> str:
 
 def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
     """The profile for the configured device if the run has it (so several profiles can coexist)."""
-    path = run.profile_dir(config.latency)
-    return str(path) if (path / "predictor.json").is_file() else None
+    profile = run.profile(config.latency)
+    return str(profile.path) if profile.complete else None
 
 
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
@@ -303,9 +295,9 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
     batches = validation_batches(corpus.valid, tokenizer, batch_size=config.train.batch_size,
                                  n_batches=config.export.eval_batches, seed=config.seed)
-    profile = Path(latency_profile) if latency_profile else run.profile_dir(config.latency)
-    device = json.loads((profile / "device.json").read_text(encoding="utf-8"))
-    teacher_supernet = SuperNet.from_teacher(space.without_candidates(), teacher, reorder="units") if space.elastic else None
+    device = (LatencyProfile(latency_profile) if latency_profile else run.profile(config.latency)).device
+    teacher_supernet = SuperNet.from_teacher(space.without_candidates(), teacher, reorder="units") \
+        if space.elastic else None
     trials = {b["budget"]: [c.get("number") for c in b["best"]]
               for b in json.loads(run.pareto_file.read_text(encoding="utf-8"))["budgets"]}
     candidates = {name: [(arch, ev, trial) for (arch, ev), trial in zip(ranked, trials.get(name, []))]

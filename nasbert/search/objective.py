@@ -27,9 +27,10 @@ from typing import Any
 import yaml
 
 from ..latency.predictor import LatencyPredictor
+from ..latency.profile import LatencyProfile
 from ..space import Arch, BlockArch, SearchSpace, SpaceError
 
-__all__ = ["Evaluation", "Objective", "find_profile", "load_block_losses"]
+__all__ = ["Evaluation", "Objective", "load_block_losses"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Objective:
         if not space_file.is_file():
             raise FileNotFoundError(f"{space_file} does not exist: train the supernet first "
                                     f"(`nasbert train --out {run}`)")
-        predictor = LatencyPredictor.load(find_profile(run, latency_profile))
+        predictor = LatencyProfile.find(run, latency_profile).predictor
         return cls(SearchSpace.load(space_file), load_block_losses(space_file), predictor, seq_len=seq_len)
 
     @property
@@ -182,20 +183,3 @@ class Objective:
                 raise SpaceError(f"block {n}: path {str(block)!r} is not among the searched candidates")
             out[name] = self._index[n][block]
         return out
-
-
-def find_profile(run_dir: str | os.PathLike, latency_profile: str | os.PathLike | None = None) -> Path:
-    """The latency profile directory a run's search uses: ``latency_profile`` if given, else the run's only one."""
-    if latency_profile is not None:
-        return Path(latency_profile)
-    run = Path(run_dir)
-    latency_dir = run / "latency"
-    profiles = sorted(p for p in latency_dir.iterdir() if (p / "predictor.json").is_file()) \
-        if latency_dir.is_dir() else []
-    if not profiles:
-        raise FileNotFoundError(f"no latency profile under {latency_dir}: run `nasbert latency --run {run}`, "
-                                "or pass the profile directory of another machine")
-    if len(profiles) > 1:
-        raise ValueError(f"{latency_dir} holds {len(profiles)} latency profiles "
-                         f"({', '.join(p.name for p in profiles)}): choose one with latency_profile=")
-    return profiles[0]
