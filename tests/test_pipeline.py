@@ -112,7 +112,7 @@ def test_search_resumes_from_its_storage(run):
 #: the default space (``elastic``: built from the teacher's config) on the tiny teacher; a parameter budget that
 #: the teacher's own sub-layers meet whatever the host's timing, and a latency budget they may miss (then skipped)
 ELASTIC = [*TINY, "search.trials=24", "search.budgets=[1.2x, 40k]", "search.calibrate_rows=64",
-           "export.calibrate_rows=64", "export.int8=false"]
+           "export.calibrate_rows=64", "export.int8=false", "search.probe_train=48", "search.probe_test=32"]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,18 @@ def test_elastic_run_exports_calibrated_members_that_reload_exactly(elastic_run,
     assert space.num_blocks == tiny_space.teacher.num_hidden_layers and space.candidates is not None
     family = Family.load(elastic_run / "family")
     assert "40k" in {m.budget for m in family.models}
+    # the probe chose: every member has the best probe score among the candidates that meet its budget and no
+    # tighter budget took (every probed candidate's fine-tuning run is in the run, with that score)
+    pareto = json.loads((elastic_run / "search" / "pareto.json").read_text())
+    assert any(c["enqueued"] for b in pareto["budgets"] for c in b["best"])  # starting points are candidates
+    probed = {c["arch"]: c["probe"] for c in family.extra["candidates"] if "probe" in c}
+    runs = sorted((elastic_run / "search" / "probe").glob("*/run/metrics.json"))
+    assert len(runs) == len(probed) >= len(family.models)
+    assert sorted(100 * json.loads(r.read_text())["dev"]["accuracy"] for r in runs) == pytest.approx(
+        sorted(probed.values()))
+    for member in family.models:
+        assert member.choice.startswith("highest score on the qnli probe (48 pairs x 2 epochs, scored on 32)")
+        assert member.extra["probe"] == probed[str(Arch.from_dict(member.arch))]
     source = SuperNet.from_teacher(dataclasses.replace(space, candidates=None), tiny_teacher_dir,
                                    reorder="units").eval()
     rows = load_corpus_rows(elastic_run, tiny_teacher_dir)[:64]

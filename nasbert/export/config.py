@@ -36,6 +36,18 @@ class SearchConfig:
     calibrate_rows: int = 128
     #: elastic spaces: validation batches (of train.batch_size sequences) the proxy is computed on
     proxy_batches: int = 2
+    #: elastic spaces: what chooses among a budget's candidates that meet it on measured latency: a short
+    #: fine-tune on a small sentence-pair task (nasbert.search.probe): "builtin" (2,000 QNLI pairs shipped with
+    #: nasbert), a task name fine-tuning reads (with probe_data_dir), or "none" (the cheap proxy chooses)
+    probe: str = "builtin"
+    probe_data_dir: str | None = None
+    #: rows of the probe task trained on and scored (its first train rows, its first dev rows)
+    probe_train: int = 2000
+    probe_test: int = 1000
+    #: elastic spaces: a budget's candidates are its top_k trials by the cheap proxy and its best starting_k among
+    #: the search's starting points (the teacher's bottom layers and their pruned versions, which the cheap proxy
+    #: ranks low whether or not they fine-tune well); 0: none
+    starting_k: int = 2
 
     def __post_init__(self) -> None:
         if self.sampler not in ("nsga2", "tpe", "random"):
@@ -44,6 +56,9 @@ class SearchConfig:
             raise ConfigError("search.trials and search.top_k must be at least 1")
         if self.proxy not in ("cosine", "mse"):
             raise ConfigError(f"search.proxy must be cosine or mse, got {self.proxy!r}")
+        if self.probe_train < 1 or self.probe_test < 1 or self.starting_k < 0:
+            raise ConfigError("search.probe_train and search.probe_test must be at least 1, search.starting_k at "
+                              "least 0")
         if self.calibrate_rows < 1 or self.proxy_batches < 1:
             raise ConfigError("search.calibrate_rows and search.proxy_batches must be at least 1")
         if not self.budgets:

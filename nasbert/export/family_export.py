@@ -80,20 +80,20 @@ class _Candidate:
 
 
 def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None,
-                 taken: int = 0, timed_ms: float | None = None) -> str:
+                 taken: int = 0, timed_ms: float | None = None, ranked_by: str = "cosine to the teacher") -> str:
     """Why ``chosen`` won among ``feasible`` (the candidates that meet the budget and are not yet the member of a
-    tighter budget; ``taken`` more are). ``timed_ms``: the chosen model's timing where it beat its work bound,
-    which then judged it."""
-    cos, ms, cand = chosen
+    tighter budget; ``taken`` more are), each ``(score, latency, candidate)`` with ``score`` the ``ranked_by``.
+    ``timed_ms``: the chosen model's timing where it beat its work bound, which then judged it."""
+    score, ms, cand = chosen
     rest = sorted((f for f in feasible if f[2].key != cand.key), key=lambda f: -f[0])
     trial = f", search trial {cand.trial}" if cand.trial is not None else ""
-    text = (f"highest cosine to the teacher ({cos:.4f}) of {len(feasible)} candidates that meet {budget.name} "
+    text = (f"highest {ranked_by} ({score:.4g}) of {len(feasible)} candidates that meet {budget.name} "
             f"on measured latency ({cand.label}{trial}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
     if taken:
         text += f"; {taken} more that meet it are already members of tighter budgets"
     if rest:
-        r_cos, r_ms, r = rest[0]
-        text += f"; runner-up {r.label} ({r.source}) at {r_cos:.4f}, {speedup(teacher_ms, r_ms):.2f}x"
+        r_score, r_ms, r = rest[0]
+        text += f"; runner-up {r.label} ({r.source}) at {r_score:.4g}, {speedup(teacher_ms, r_ms):.2f}x"
     if timed_ms is not None:
         text += (f"; it was timed at {speedup(teacher_ms, timed_ms):.3f}x, faster than its work allows, and judged "
                  f"at {cand.bound:.3f}x, the ratio of its work to the teacher's")
@@ -107,7 +107,7 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
     slowest = max(feasible, key=lambda f: f[1])
     if slowest[2].key != cand.key:
         text += (f"; a slower candidate that meets the budget ({slowest[2].label}, "
-                 f"{speedup(teacher_ms, slowest[1]):.2f}x) ranks lower on the proxy, so the faster model is chosen")
+                 f"{speedup(teacher_ms, slowest[1]):.2f}x) ranks lower, so the faster model is chosen")
     return text
 
 
@@ -159,7 +159,7 @@ def export_family(
     valid_batches: list[dict],
     device: dict,
     out: str | Path,
-    top_k: int = 3,
+    top_k: int | None = 3,
     write_onnx: bool = True,
     seed: int = 0,
     evaluate=None,
@@ -173,6 +173,7 @@ def export_family(
     weights: str = "teacher",
     work_bound: bool = True,
     calibration=None,
+    probe=None,
 ) -> Family:
     """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
     that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
@@ -191,7 +192,8 @@ def export_family(
     candidate timed within ``edge_margin`` of a budget's latency limit is timed again, longer, and that run decides
     (:func:`~nasbert.latency.models.measure_models`). With ``work_bound``, a model of the teacher's sub-layers timed
     faster than its work allows (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that
-    bound."""
+    bound. With ``probe`` (a :class:`~nasbert.search.probe.Probe`), the candidates that meet a budget are ranked by
+    their probe score (a short fine-tune) instead of the cosine. ``top_k=None`` takes every candidate given."""
     from .. import __version__
 
     distilling = distill is not None and distill.steps > 0
@@ -209,9 +211,10 @@ def export_family(
     shortlist: dict[str, list[_Candidate]] = {b.name: [] for b in budgets}
     for b in budgets:
         for i, entry in enumerate(list(candidates.get(b.name, []))[:top_k]):
-            arch, ev, trial = (*entry, None) if len(entry) == 2 else entry
+            arch, ev, trial, enqueued = (*entry, None, False, False)[:4]
+            label = "starting point" if enqueued else f"search #{i + 1}"
             bound = work_speedup(space, arch, device["seq_len"]) if work_bound and space.elastic else None
-            shortlist[b.name] += [_Candidate(arch, src, f"search #{i + 1}", float(ev.latency_ms),
+            shortlist[b.name] += [_Candidate(arch, src, label, float(ev.latency_ms),
                                              float(ev.proxy_loss), trial=trial,
                                              bound=bound if src == "teacher" else None) for src in versions]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
@@ -251,6 +254,19 @@ def export_family(
         logger.info("%s (%s) %s", unique[key].label, unique[key].source, measured.retiming(key))
     judged = _judged_latency(unique, measured.latency_ms, teacher_ms)
 
+    probed: dict[str, float] = {}
+
+    def rank(key: str) -> float:
+        """What chooses among a budget's feasible candidates: the probe score where there is a probe."""
+        if probe is None:
+            return cosine[key]
+        if key not in probed:
+            c = unique[key]
+            name = c.source if c.trial is None else f"trial{c.trial}-{c.source}"
+            probed[key] = probe.score(models[key], tokenizer, name=name)
+        return probed[key]
+
+    ranked_by = "cosine to the teacher" if probe is None else f"score on the {probe.describe()}"
     members: list[FamilyMember] = []
     chosen: dict[str, tuple] = {}
     taken: set[str] = set()
@@ -266,9 +282,11 @@ def export_family(
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
         pool = [f for f in feasible if f[2].key not in taken] or feasible
+        pool = [(rank(c.key), ms, c) for _, ms, c in pool]
         top = max(f[0] for f in pool)  # ties (within COSINE_TIE, e.g. two weight versions untrained): the faster
         best = min((f for f in pool if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
-        cos, latency, cand = best
+        _, latency, cand = best
+        cos = cosine[cand.key]
         timed = measured.latency_ms[cand.key]
         taken.add(cand.key)
         arch, loss, loss_before = cand.arch, losses[cand.key], None
@@ -292,8 +310,10 @@ def export_family(
             distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
             source=cand.source, cosine=cos,
             choice=_choice_text(budget, best, pool, teacher_ms, measured.retimed.get(cand.key),
-                                taken=len(feasible) - len(pool), timed_ms=timed if timed != latency else None),
+                                taken=len(feasible) - len(pool), timed_ms=timed if timed != latency else None,
+                                ranked_by=ranked_by),
             extra={**({"trial": cand.trial} if cand.trial is not None else {}),
+                   **({"probe": probed[cand.key], "probe_task": probe.describe()} if cand.key in probed else {}),
                    **_bound_record(cand, timed, latency, teacher_ms),
                    **({"calibration": calibrated[cand.key]["sublayers"],
                        "uncalibrated": calibrated[cand.key]["uncalibrated"]} if cand.key in calibrated else {})},
@@ -312,6 +332,8 @@ def export_family(
     timed = sorted(({"label": c.label, "source": c.source, "arch": str(c.arch), "params": params[key],
                      "latency_ms": measured.latency_ms[key], "speedup": speedup(teacher_ms, measured.latency_ms[key]),
                      "cosine": cosine[key], "valid_loss": losses[key], **measured.first_speedup(key),
+                     **({"probe": probed[key]} if key in probed else {}),
+                     **({"trial": c.trial} if c.trial is not None else {}),
                      **({"work_speedup": c.bound} if c.bound is not None else {})}
                     for key, c in unique.items()),
                    key=lambda row: row["latency_ms"])

@@ -212,7 +212,7 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
         result = run_ray_search(objective, address=address, **kwargs)
     else:
         result = run_search(objective, sampler=sampler or c.sampler, storage=storage, study_name=study_name,
-                            enqueue=enqueue, **kwargs)
+                            enqueue=enqueue, starting_k=c.starting_k if enqueue else 0, **kwargs)
     summary = {b.name: (None if not result.selections[b.name] else
                         {"arch": str(result.selections[b.name][0].arch),
                          **result.selections[b.name][0].evaluation.to_dict()}) for b in result.budgets}
@@ -298,10 +298,18 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     device = (LatencyProfile(latency_profile) if latency_profile else run.profile(config.latency)).device
     teacher_supernet = SuperNet.from_teacher(space.without_candidates(), teacher, reorder="units") \
         if space.elastic else None
-    trials = {b["budget"]: [c.get("number") for c in b["best"]]
+    trials = {b["budget"]: [(c.get("number"), c.get("enqueued", False)) for c in b["best"]]
               for b in json.loads(run.pareto_file.read_text(encoding="utf-8"))["budgets"]}
-    candidates = {name: [(arch, ev, trial) for (arch, ev), trial in zip(ranked, trials.get(name, []))]
+    candidates = {name: [(arch, ev, *trial) for (arch, ev), trial in zip(ranked, trials.get(name, []))]
                   for name, ranked in candidates.items()}
+    probe = None
+    if space.elastic and config.search.probe != "none":
+        from ..search.probe import Probe, load_probe
+
+        c = config.search
+        probe = Probe(load_probe(c.probe, data_dir=c.probe_data_dir, train=c.probe_train, test=c.probe_test),
+                      work_dir=run.search_dir / "probe")
+        logger.info("a budget's candidates that meet it are ranked by the %s", probe.describe())
     teacher_cache = None
     if config.train.teacher_cache and config.export.distill.steps:  # the training's cache, where settings agree
         from ..training.teacher_cache import TeacherStateCache
@@ -323,7 +331,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
 
     family = export_family(supernet=supernet, teacher=teacher, tokenizer=tokenizer, teacher_name=source,
                            space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
-                           device=device, out=target, top_k=config.search.top_k,
+                           device=device, out=target, top_k=None, probe=probe,
                            write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate,
                            distill=config.export.distill, corpus=corpus,
                            teacher_supernet=teacher_supernet, write_int8=config.export.int8,

@@ -60,6 +60,8 @@ class TrialRecord:
     arch: Arch
     evaluation: Evaluation
     study: str = ""
+    #: one of the starting points the study evaluated first (``enqueue``)
+    enqueued: bool = False
 
     @property
     def candidate(self) -> Candidate:
@@ -225,6 +227,7 @@ def run_search(
     population_size: int = 50,
     show_progress: bool = True,
     enqueue: Sequence[Arch] = (),
+    starting_k: int = 0,
 ) -> SearchResult:
     """Search ``objective`` under ``budgets`` with Optuna and write trials.csv, pareto.json, pareto.png to
     ``out_dir`` (nothing is written without one).
@@ -234,7 +237,8 @@ def run_search(
     already in it (from an interrupted run, or other workers) count. With ``sampler="tpe"`` each budget has
     its own study (``{study_name}-{budget}``) of ``trials`` trials. ``enqueue``: architectures a new study
     evaluates first (Optuna's ``enqueue_trial``), e.g. the layer-dropped teachers, so that the search starts from
-    them and keeps them only where its proxy agrees; those outside the searched candidates are left out.
+    them and keeps them only where its proxy agrees; those outside the searched candidates are left out. Each
+    budget's selection is its ``top_k`` trials by proxy loss, then its best ``starting_k`` enqueued ones.
 
     >>> result = run_search(objective, budgets=["3x"], trials=100, storage="memory")  # doctest: +SKIP
     """
@@ -293,11 +297,13 @@ def run_search(
                                               lambda study, trial: (bar.update(1), fault_point("search.trial"))])
             for t in study.get_trials(deepcopy=False, states=complete):
                 records.append(TrialRecord(t.number, objective.arch_from_params(t.params),
-                                           _evaluation_of(t, objective), study=name))
+                                           _evaluation_of(t, objective), study=name,
+                                           enqueued="fixed_params" in t.system_attrs))
 
     info = {"backend": "optuna", "sampler": sampler, "seed": seed, "study_name": study_name,
             "storage": storage_desc, "trials": trials}
-    return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info)
+    return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info,
+                     starting_k=starting_k)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -323,30 +329,35 @@ def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 
 def select_per_budget(records: Sequence[TrialRecord], budgets: Sequence[Budget], teacher_latency_ms: float | None,
-                      *, top_k: int = 5) -> dict[str, list[TrialRecord]]:
-    """For each budget, the ``top_k`` best distinct architectures that meet it, by proxy loss (then latency)."""
+                      *, top_k: int = 5, starting_k: int = 0) -> dict[str, list[TrialRecord]]:
+    """For each budget, the ``top_k`` best distinct architectures that meet it, by proxy loss (then latency), then
+    the ``starting_k`` best of the enqueued starting points that meet it and are not among them."""
     ranked = sorted(records, key=lambda r: (r.evaluation.proxy_loss, r.evaluation.latency_ms, r.study, r.number))
     out = {}
     for b in budgets:
         seen, chosen = set(), []
-        for r in ranked:
-            if r.arch in seen or not b.allows(r.evaluation.latency_ms, r.evaluation.params, teacher_latency_ms):
-                continue
-            seen.add(r.arch)
-            chosen.append(r)
-            if len(chosen) == top_k:
-                break
+        for pool, k in ((ranked, top_k), ([r for r in ranked if r.enqueued], starting_k)):
+            n = 0
+            for r in pool:
+                if n == k:
+                    break
+                if r.arch in seen or not b.allows(r.evaluation.latency_ms, r.evaluation.params, teacher_latency_ms):
+                    continue
+                seen.add(r.arch)
+                chosen.append(r)
+                n += 1
         out[b.name] = chosen
     return out
 
 
 def summarize(records: Sequence[TrialRecord], *, budgets: Sequence[Budget], teacher_latency_ms: float | None,
-              out_dir: str | os.PathLike | None, top_k: int = 5, info: dict | None = None) -> SearchResult:
+              out_dir: str | os.PathLike | None, top_k: int = 5, info: dict | None = None,
+              starting_k: int = 0) -> SearchResult:
     """Turn finished trials into a :class:`SearchResult`; with ``out_dir``, write trials.csv, pareto.json and
     pareto.png there (atomically). Budgets no trial met are warned about, naming the closest trial reached."""
     records = sorted(records, key=lambda r: (r.study, r.number))
     front = pareto_front(records)
-    chosen = select_per_budget(records, budgets, teacher_latency_ms, top_k=top_k)
+    chosen = select_per_budget(records, budgets, teacher_latency_ms, top_k=top_k, starting_k=starting_k)
     warnings = []
     for b in budgets:
         if chosen[b.name]:
@@ -382,7 +393,8 @@ def summarize(records: Sequence[TrialRecord], *, budgets: Sequence[Budget], teac
 
 def _trial_json(r: TrialRecord, teacher_latency_ms: float | None) -> dict:
     ev = r.evaluation
-    return {"number": r.number, "study": r.study, "arch": str(r.arch), "blocks": r.arch.to_dict()["blocks"],
+    return {"number": r.number, "study": r.study, "enqueued": r.enqueued, "arch": str(r.arch),
+            "blocks": r.arch.to_dict()["blocks"],
             **ev.to_dict(),
             "speedup": (teacher_latency_ms / ev.latency_ms) if teacher_latency_ms and ev.latency_ms > 0 else None}
 

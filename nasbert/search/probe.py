@@ -1,0 +1,128 @@
+"""The probe: a short fine-tune on a small, fixed sentence-pair task, the proxy that ranks candidates of one budget.
+
+The cheap proxies compare a candidate's final hidden states with the teacher's; within one budget they do not rank
+fine-tuned quality (docs/benchmarks.md, "A proxy that ranks within a budget"): a candidate that keeps a few of the
+teacher's top sub-layers matches the teacher's final states better and fine-tunes worse than one that keeps a
+coherent stack of its bottom layers. What a user does with a member is fine-tune it, so the proxy with the reason to
+rank is a short fine-tune, as AutoTinyBERT and BootstrapNAS rank their candidates. The probe task is a sentence-pair
+task (pairs are where the candidates of one size differ most) that is none of the tasks a family is reported on.
+
+The built-in probe is QNLI (GLUE; question / sentence pairs from Wikipedia, CC BY-SA 4.0 as SQuAD v1.1): 2,000
+pairs to train on and 1,000 to score on, the first 3,000 rows of its dev set, shipped in
+``nasbert/data/probe_qnli.tsv.gz`` (:func:`write_builtin_probe` makes it), so that the default run ranks offline.
+Any task :func:`~nasbert.finetune.load_task` reads can replace it (``search.probe``).
+
+>>> probe = Probe(load_probe("builtin"), work_dir="runs/default/search/probe")  # doctest: +SKIP
+>>> probe.score(model, tokenizer, name="3x-trial-17")                           # doctest: +SKIP
+74.0
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io import atomic_write_bytes
+from ..finetune.tasks import Example, TaskData, TaskError, get_task, load_task
+
+__all__ = ["BUILTIN_PROBE", "Probe", "ProbeSettings", "load_probe", "weights_digest", "write_builtin_probe"]
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_PROBE = Path(__file__).resolve().parent.parent / "data" / "probe_qnli.tsv.gz"
+#: rows of the built-in probe: the first PROBE_TRAIN train, the next PROBE_TEST scored
+PROBE_TRAIN, PROBE_TEST = 2000, 1000
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The probe's recipe, the same for every candidate. These are priors, not values fitted on any reported task:
+    two epochs of 2,000 pairs are the smallest run of QNLI on which the candidates of one budget left chance (one
+    epoch of 1,000 left every one of them at chance); 2e-4 is the rate the panel's small models fine-tune at;
+    64 tokens hold a QNLI pair."""
+
+    epochs: float = 2.0
+    lr: float = 2e-4
+    max_seq_len: int = 64
+    batch_size: int = 32
+    seed: int = 0
+    threads: int = 0
+
+
+def write_builtin_probe(qnli_dev_tsv: str | os.PathLike, out: str | os.PathLike = BUILTIN_PROBE) -> Path:
+    """Write the built-in probe: the header and the first ``PROBE_TRAIN + PROBE_TEST`` rows of QNLI's dev.tsv
+    (GLUE layout), gzipped, with a fixed timestamp so that the file is the same byte for byte."""
+    lines = Path(qnli_dev_tsv).read_text(encoding="utf-8").splitlines()
+    if len(lines) < 1 + PROBE_TRAIN + PROBE_TEST or not lines[0].startswith("index\tquestion\tsentence\tlabel"):
+        raise TaskError(f"{qnli_dev_tsv} is not QNLI's dev.tsv with at least {PROBE_TRAIN + PROBE_TEST} rows")
+    out = Path(out)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz:
+        gz.write(("\n".join(lines[: 1 + PROBE_TRAIN + PROBE_TEST]) + "\n").encode("utf-8"))
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def load_probe(task: str = "builtin", *, data_dir: str | os.PathLike | None = None, train: int = PROBE_TRAIN,
+               test: int = PROBE_TEST) -> TaskData:
+    """The probe task: ``"builtin"`` (QNLI pairs shipped with nasbert), or any task :func:`load_task` reads (with
+    ``data_dir``), of which the first ``train`` training rows are trained on and the first ``test`` dev rows
+    scored."""
+    if train < 1 or test < 1:
+        raise TaskError(f"the probe needs at least one training and one test row (got {train}, {test})")
+    if task != "builtin":
+        data = load_task(task, data_dir=data_dir)
+        return TaskData(data.task, data.train[:train], data.dev[:test], data.source)
+    spec = get_task("qnli")
+    with gzip.open(BUILTIN_PROBE, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if train + test > len(rows):
+        raise TaskError(f"the built-in probe has {len(rows)} rows: train + test must not exceed them "
+                        f"(got {train} + {test})")
+    examples = [Example(r["question"], r["sentence"], spec.label_names.index(r["label"])) for r in rows]
+    return TaskData(spec, examples[:train], examples[PROBE_TRAIN: PROBE_TRAIN + test], str(BUILTIN_PROBE))
+
+
+def weights_digest(model) -> str:
+    """The first 12 hex digits of the sha256 of a model's parameters and buffers, in name order."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+class Probe:
+    """Scores models by a short fine-tune on ``task`` (:func:`load_probe`). Each model's run lives in
+    ``work_dir/<name>/``; a finished one is read back, not trained again, so a killed export resumes."""
+
+    def __init__(self, task: TaskData, *, work_dir: str | os.PathLike, settings: ProbeSettings = ProbeSettings()):
+        self.task, self.work_dir, self.settings = task, Path(work_dir), settings
+
+    def describe(self) -> str:
+        return (f"{self.task.task.name} probe ({len(self.task.train)} pairs x {self.settings.epochs:g} epochs, "
+                f"scored on {len(self.task.dev)})")
+
+    def score(self, model, tokenizer, *, name: str) -> float:
+        """The probe's main metric (accuracy for QNLI), in percent, of ``model`` fine-tuned on the probe. Its run is
+        ``work_dir/<name>-<digest of its weights>/``: the same model is not fine-tuned twice."""
+        from ..export.hf import save_hf_model
+        from ..finetune.trainer import FinetuneConfig, finetune
+
+        s = self.settings
+        folder = self.work_dir / f"{name}-{weights_digest(model)}"
+        if not (folder / "model" / "config.json").is_file():
+            save_hf_model(model, folder / "model", tokenizer=tokenizer)
+        result = finetune(folder / "model", self.task, out=folder / "run", onnx=False, progress=False,
+                          device="cpu", config=FinetuneConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+                                                              max_seq_len=s.max_seq_len, seed=s.seed, pooling="mean",
+                                                              threads=s.threads))
+        value = 100.0 * float(result.metrics[self.task.task.main_metric])
+        logger.info("probe %s: %.2f (%.0f s)", name, value, result.seconds)
+        return value
