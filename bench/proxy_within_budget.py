@@ -43,9 +43,12 @@ from nasbert.space import Arch
 from nasbert.training.evaluation import plain_batches, state_cosine, whole_model_loss
 
 DEFAULTS = {"sst2": (1000, 2.0), "sick": (1000, 3.0), "cola": (1500, 2.0)}
-#: the probe proxy: one epoch on the first 1,000 pairs of QNLI's dev set (64 tokens), scored on the next 1,000 (QNLI
-#: is not in the panel; AutoTinyBERT and BootstrapNAS rank candidates by a short fine-tune)
-PROBE_TRAIN, PROBE_TEST = 1000, 1000
+#: the probe proxy: two epochs on the first 2,000 pairs of QNLI's dev set (64 tokens), scored on the next 1,000 (QNLI
+#: is not in the panel; AutoTinyBERT and BootstrapNAS rank candidates by a short fine-tune; one epoch on 1,000 pairs
+#: left every model at chance)
+PROBE_TRAIN, PROBE_TEST, PROBE_EPOCHS = 2000, 1000, 2.0
+#: a model within 3% of a budget's speed-up serves it (the bottom-3 teacher layers at 1.98x serve 2x)
+SERVES_TOLERANCE = 0.03
 
 
 def _probe_task(data_dir: str, out: Path):
@@ -96,7 +99,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=200, help="random architectures in the band per budget")
     parser.add_argument("--band", type=float, default=1.15, help="predicted speed-up within [budget, budget*band]")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--tasks", nargs="+", default=["sst2", "sick", "cola"], choices=sorted(DEFAULTS))
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "sick"], choices=sorted(DEFAULTS),
+                        help="CoLA is left out by default: at this recipe its MCC is 0 for every model, so it cannot "
+                             "rank and costs a third of the time")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--calibrate-rows", type=int, default=512)
     parser.add_argument("--data-dir", default="../shared/data")
@@ -147,8 +152,11 @@ def main() -> None:
                 write_hf_files(model, directory, tokenizer=run_tokenizer(run))
             heads = sum(model.encoder.layer[n].self.query.out_features for n in range(len(model.encoder.layer))
                         if hasattr(model.encoder.layer[n], "self")) // space.head_size
+            speedup = objective.teacher_latency_ms / ms
             row = {"name": name, "arch": str(arch), "member": members.get(budget.name) == arch,
-                   "predicted_ms": ms, "predicted_speedup": objective.teacher_latency_ms / ms,
+                   "predicted_ms": ms, "predicted_speedup": speedup,
+                   # a model serves the budget when its predicted speed-up is within 3% of it (or above)
+                   "serves": speedup >= budget.value * (1 - SERVES_TOLERANCE),
                    "proxies": {"search_proxy": search_proxy,
                                "cosine": state_cosine(model, teacher, None, proxy_batches),
                                "mse": whole_model_loss(model, teacher, None, proxy_batches),
@@ -160,7 +168,7 @@ def main() -> None:
             job = out / budget.name / name / "probe-qnli"
             if args.probe and _score(job, probe.task) is None:
                 finetune(directory, probe, out=job, config=FinetuneConfig(
-                    epochs=1.0, batch_size=32, lr=args.lr, max_seq_len=64, seed=0, pooling="mean",
+                    epochs=PROBE_EPOCHS, batch_size=32, lr=args.lr, max_seq_len=64, seed=0, pooling="mean",
                     threads=args.threads), onnx=False, progress=False)
             if args.probe:
                 row["proxies"]["probe_qnli"] = _score(job, probe.task)
@@ -192,8 +200,9 @@ def main() -> None:
 
 
 def _taus(rows: list[dict]) -> dict:
-    """Kendall tau of each proxy against the panel mean; a loss (lower is better) is negated so that +1 is a perfect
-    ranking for every proxy."""
+    """Kendall tau of each proxy against the panel mean over the rows that serve the budget; a loss (lower is better)
+    is negated so that +1 is a perfect ranking for every proxy."""
+    rows = [r for r in rows if r["serves"]]
     if len(rows) < 3:
         return {}
     panel = [r["panel"] for r in rows]

@@ -8,14 +8,16 @@
       <member>/                a Hugging Face model directory: config.json, model.safetensors, tokenizer,
                                modeling code, model.onnx, README.md (model card with the measured numbers)
 
-The candidates of a budget are the search's top ones. In an elastic teacher space each is made of the teacher's own
-sub-layers: extracted from the teacher's weights with no adapters and calibrated bottom-up on the corpus
+The candidates of a budget are the search's top ones (in an elastic space: its top trials by the cheap proxy and
+its best starting points). In an elastic teacher space each is made of the teacher's own sub-layers: extracted from
+the teacher's weights with no adapters and calibrated bottom-up on the corpus
 (:func:`~nasbert.export.calibrate.calibrate`), and, with ``weights="both"``, also in the block-wise trained
 supernet's version. All are timed with the teacher in one interleaved run; a model of the teacher's sub-layers
 timed faster than its work allows (a busy host) is judged at that bound (:func:`~nasbert.export.cuts.work_speedup`).
-Per budget, among those that meet it on *measured* latency, the one whose final hidden states have the highest
-mean per-token cosine to the teacher's wins (for a calibrated candidate, after calibration: the search's own
-proxy). Each member's ``choice`` in family.json names the search trial it came from and what came second.
+Per budget, among those that meet it on *measured* latency, the one with the highest probe score wins (a short
+fine-tune on a sentence-pair task, :mod:`nasbert.search.probe`: the proxy that ranks fine-tuned quality within a
+budget); without a probe, the one whose final hidden states have the highest mean per-token cosine to the
+teacher's. Each member's ``choice`` in family.json names the search trial it came from and what came second.
 
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
 teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
@@ -274,7 +276,8 @@ def export_family(
     # Tightest budget first; a looser budget prefers a model no tighter budget took, so that the family holds
     # distinct models where the candidates allow it (the best model of a tight budget meets the looser ones too).
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
-        # Every re-evaluated candidate is eligible: one shortlisted for a tighter budget may win a looser one.
+        # Every re-evaluated candidate is eligible (one shortlisted for a tighter budget may win a looser one),
+        # except with a probe, where a budget probes only its own shortlist while one of them meets it.
         feasible = [(cosine[key], judged[key], c) for key, c in unique.items()
                     if budget.allows(judged[key], params[key], teacher_ms)]
         if not feasible:
@@ -282,6 +285,9 @@ def export_family(
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
         pool = [f for f in feasible if f[2].key not in taken] or feasible
+        if probe is not None:  # each probe is a fine-tune: a budget ranks its own candidates only
+            own = {c.key for c in shortlist[budget.name]}
+            pool = [f for f in pool if f[2].key in own] or pool
         pool = [(rank(c.key), ms, c) for _, ms, c in pool]
         top = max(f[0] for f in pool)  # ties (within COSINE_TIE, e.g. two weight versions untrained): the faster
         best = min((f for f in pool if f[0] >= top - COSINE_TIE), key=lambda f: f[1])

@@ -275,9 +275,9 @@ def _existing_profile(run: RunDir, config: RunConfig) -> str | None:
 
 def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: str | None = None,
                  latency_profile: str | None = None, ray_address: str | None = None) -> None:
-    """Export the family: per budget, the best of the search's top candidates (highest cosine to the teacher;
-    in an elastic space, calibrated) that meets the budget on measured latency, as Hugging Face directories with
-    ONNX (fp32 and int8) and model cards, plus family.json."""
+    """Export the family: per budget, the best of the search's top candidates that meets the budget on measured
+    latency (in an elastic space: calibrated, and ranked by the probe, search.probe; else by the cosine to the
+    teacher), as Hugging Face directories with ONNX (fp32 and int8) and model cards, plus family.json."""
     import json
 
     from ..export.family_export import export_family
