@@ -423,6 +423,20 @@ def test_pick_ranks_by_cosine_then_loss_and_ignores_an_old_cut_size(tmp_path):
     assert Family.load(tmp_path).models[2].extra == {"cut": "teacher-L1+mha1", "cut_size": 3.0}  # kept as written
 
 
+def test_pick_ranks_by_the_probe_before_the_cosine(tmp_path):
+    """A member the probe scored higher wins over one closer to the teacher; members without a probe score come
+    after those with one, and among those the cosine ranks."""
+    make_family(tmp_path, [
+        dataclass_replace(member("close", 3.0), cosine=0.60, extra={"probe": 61.0}),
+        dataclass_replace(member("reads-pairs", 2.8), cosine=0.35, extra={"probe": 74.0}),
+        dataclass_replace(member("unprobed", 2.5), cosine=0.90),
+        dataclass_replace(member("unprobed-far", 2.0), cosine=0.10),
+    ])
+    assert pick(tmp_path, latency_ms=3.5).name == "reads-pairs"
+    assert pick(tmp_path, latency_ms=2.9).name == "reads-pairs"
+    assert pick(tmp_path, latency_ms=2.6).name == "unprobed"
+
+
 def _int8_family(tmp_path):
     big = dataclasses_replace_int8(member("big", 6.0, valid_loss=1.0), 2.5, "members/big/model.int8.onnx")
     small = member("small", 3.0, valid_loss=2.0)

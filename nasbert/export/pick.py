@@ -1,5 +1,6 @@
 """Pick the family member that fits a budget: the best among the members that meet it, as the export ranks (the
-highest cosine to the teacher; the lowest loss for members that have no cosine).
+highest probe score, a short fine-tune; then the highest cosine to the teacher; the lowest loss for members that
+have neither).
 
 A budget is one of: a latency in ms on the family's device, a speed-up over the teacher on that device, or a
 parameter count. With ``measure=True`` every member (and the teacher, where the family has ``teacher.onnx``) is
@@ -137,11 +138,13 @@ def measure_family(family: Family, *, threads: int | None = None, warmup: int = 
 # ---------------------------------------------------------------------------------------------------- picking
 
 
-def _rank(m: FamilyMember) -> tuple[float, float, float, str]:
-    """Best first, as the export ranks: the highest cosine to the teacher (members of older families have none),
-    then the lowest loss, then the faster member."""
-    loss = m.loss
-    return (-m.cosine if m.cosine is not None else math.inf, math.inf if loss is None else loss, m.latency_ms, m.name)
+def _rank(m: FamilyMember) -> tuple[float, float, float, float, str]:
+    """Best first, as the export ranks: the highest probe score (members chosen without a probe have none), the
+    highest cosine to the teacher (members of older families have none), then the lowest loss, then the faster
+    member."""
+    loss, probe = m.loss, m.extra.get("probe")
+    return (-probe if probe is not None else math.inf, -m.cosine if m.cosine is not None else math.inf,
+            math.inf if loss is None else loss, m.latency_ms, m.name)
 
 
 def _no_fit(family: Family, latency_ms, speedup, max_params) -> NoFit:
@@ -185,8 +188,8 @@ def _views(family: Family, precision: str) -> list[FamilyMember]:
 
 
 def pick(family: Family | str | os.PathLike, **budget) -> FamilyMember:
-    """The best member (highest cosine to the teacher; where members have none, lowest validation loss, or proxy
-    loss) among those that meet the one budget given: ``latency_ms`` (at most, on the family's device),
+    """The best member (highest probe score; then highest cosine to the teacher; where members have neither, lowest
+    validation loss, or proxy loss) among those that meet the one budget given: ``latency_ms`` (at most, on the family's device),
     ``speedup`` (at least, over the teacher on the same device) or ``max_params`` (an int or ``"10M"``). Ties go
     to the faster member. ``precision``: ``"fp32"`` graphs (the default), ``"int8"`` graphs or ``"any"`` (see
     :func:`_views`).
