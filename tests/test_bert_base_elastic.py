@@ -22,7 +22,7 @@ SMALL = ["corpus.seq_len=32", "corpus.max_documents=8", "train.steps=4", "train.
          "latency.seq_len=32", "latency.archs=12", "latency.repeats=3", "latency.rounds=1", "latency.warmup=1",
          "latency.table_repeats=3", "latency.group_size=6", "search.trials=16", "search.budgets=[2x, 4x]",
          "search.top_k=1", "search.calibrate_rows=8", "search.proxy_batches=1", "export.eval_batches=1",
-         "export.calibrate_rows=8", "export.int8=false"]
+         "export.calibrate_rows=8", "export.int8=false", "search.probe_train=32", "search.probe_test=16"]
 
 
 @pytest.fixture(scope="module")
