@@ -249,3 +249,37 @@ def test_export_with_whole_model_distillation_records_it(run, tmp_path, monkeypa
         if key in plain:
             assert member.valid_loss_before_distill == pytest.approx(plain[key], rel=1e-5)
     assert all(m.distill_steps == 0 for m in Family.load(run / "family").models)
+
+
+def test_an_elastic_familys_baselines_hold_each_members_magnitude_pruned_twin(elastic_run, tiny_teacher_dir,
+                                                                              tmp_path):
+    """`nasbert baselines` on the default (elastic) run: each member's twin has its shape, the teacher's heads and
+    neurons by weight magnitude and no calibration, and is timed with the other rows."""
+    import dataclasses
+
+    from nasbert import SearchSpace
+    from nasbert.modeling import NasBertModel
+
+    out = tmp_path / "baselines"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(elastic_run.parent / "cache")}
+    done = subprocess.run(_nasbert() + ["baselines", str(elastic_run), "--out", str(out), "--no-progress",
+                                        "--baselines", "layerdrop", "pruned"],
+                          check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    models = json.loads((out / "models.json").read_text())
+    family = Family.load(elastic_run / "family")
+    space = SearchSpace.load(elastic_run / "space.yaml")
+    source = SuperNet.from_teacher(dataclasses.replace(space, candidates=None), tiny_teacher_dir,
+                                   reorder="units").eval()
+    assert {r["kind"] for r in models["rows"]} <= {"teacher", "searched", "layerdrop", "pruned"}
+    for member in family.models:
+        twin = next(r for r in models["rows"] if r["kind"] == "pruned" and r["budget"] == member.budget)
+        assert twin["name"] == f"pruned-{member.name}" and twin["arch"] == str(Arch.from_dict(member.arch))
+        assert twin["params"] == member.params and twin["latency_ms"] > 0
+        got = NasBertModel.from_pretrained(out / twin["path"]).state_dict()
+        want = source.extract(Arch.from_dict(member.arch), drop_identity_adapters=True).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        calibrated = NasBertModel.from_pretrained(elastic_run / "family" / member.path).state_dict()
+        pruned_layers = any(op not in ("mha", "ffn", "identity") for b in Arch.from_dict(member.arch).blocks
+                            for op in b.layers)
+        assert pruned_layers == any(not torch.equal(got[k], calibrated[k]) for k in got)

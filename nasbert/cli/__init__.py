@@ -299,6 +299,10 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layerdrop", nargs="+", default=["bottom", "spread"], choices=["bottom", "spread"],
                    help="which layer-dropped teachers compete: the bottom k layers, k layers spread over the "
                         "blocks, or both (default)")
+    p.add_argument("--baselines", nargs="+", default=["layerdrop", "uniform", "pruned"],
+                   choices=["layerdrop", "uniform", "pruned"],
+                   help="which free baselines compete: layer-dropped teachers, uniform models sliced from the "
+                        "trained supernet, each member's magnitude-pruned twin (default: all three)")
     p.add_argument("--sampled", type=int, default=0,
                    help="also N architectures of the run's space spread over its latency range (no budget), for "
                         "the proxies' rank correlation with the fine-tuned scores (default 0)")

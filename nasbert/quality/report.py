@@ -4,10 +4,14 @@ For every budget of a run's family, the report puts side by side, at *measured* 
 timing run with the teacher, the run's latency settings):
 
 * the searched member (``kind: searched``);
-* the best layer-dropped teacher and the best uniform model that meet the same budget
-  (:mod:`nasbert.quality.baselines`), raw and, when the family was distilled after the search (or
-  ``distill_steps`` asks for it), with the same whole-model distillation (``+kd{steps}``);
-* the teacher.
+* the best layer-dropped teacher (``layerdrop``) and the best uniform model (``uniform``) that serve the same
+  budget (within 3% of it: :func:`~nasbert.quality.baselines.serves`), raw and, when the family was distilled
+  after the search (or ``distill_steps`` asks for it), with the same whole-model distillation (``+kd{steps}``);
+* a member of the teacher's own sub-layers' magnitude-pruned twin (``pruned``: same shape, no calibration);
+* the teacher (``teacher``).
+
+Those kinds, and ``sampled`` (architectures spread over the space, no budget), are the only ones a row has; every
+row names its architecture.
 
 Every model is fine-tuned on a task panel (GLUE tasks, SICK, ...) with one recipe (mean pooling), for each
 learning rate of a small grid and each seed, and on pair tasks for each way of reading the pair
@@ -49,8 +53,8 @@ from tqdm.auto import tqdm
 from ..config import ConfigError
 from ..io import atomic_dir, atomic_write_json, atomic_write_text
 from ..latency.profile import LatencyProfile
-from .baselines import KINDS, LAYERDROP_MODES, Baseline, baseline_params, build_raw, choose_baselines, \
-    layerdrop_baselines, uniform_baselines
+from .baselines import KINDS, LAYERDROP_MODES, ROW_KINDS, SERVES_TOLERANCE, Baseline, baseline_params, build_raw, \
+    choose_baselines, layerdrop_baselines, uniform_baselines
 
 __all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "summarize"]
 
@@ -58,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 LR_SELECT = ("all", "first-seed")
 PAIR_ENCODINGS = ("cross", "bi")
+BASELINE_KINDS = ("layerdrop", "uniform", "pruned")
 TEACHER = "teacher"
 
 
@@ -88,6 +93,9 @@ class ReportConfig:
     #: whole-model distillation steps for the ``+kd`` rows (None: the family's ``distill_steps``; 0: none)
     distill_steps: int | None = None
     layerdrop: tuple[str, ...] = ("bottom", "spread")
+    #: the baselines that compete: layer-dropped teachers, uniform models sliced from the trained supernet, and
+    #: each member's magnitude-pruned twin (members of the teacher's own sub-layers)
+    baselines: tuple[str, ...] = ("layerdrop", "uniform", "pruned")
     #: more architectures of the run's (shrunk) space, spread over its predicted latency range and sliced from the
     #: trained supernet, for the proxies' rank correlation (rows of kind "sampled", with no budget)
     sampled: int = 0
@@ -114,6 +122,9 @@ class ReportConfig:
             raise ConfigError(f"report: --layerdrop takes {', '.join(LAYERDROP_MODES)}, got {', '.join(unknown)}")
         if self.sampled < 0:
             raise ConfigError(f"report: --sampled must be >= 0, got {self.sampled}")
+        if any(b not in BASELINE_KINDS for b in self.baselines):
+            raise ConfigError(f"report: --baselines takes {', '.join(BASELINE_KINDS)}, got "
+                              f"{', '.join(self.baselines)}")
         if self.distill_steps is not None and self.distill_steps < 0:
             raise ConfigError(f"report: --distill-steps must be >= 0, got {self.distill_steps}")
         for task, n in self.max_train_examples.items():
@@ -157,6 +168,14 @@ class _Run:
         from ..supernet import SuperNet
 
         return SuperNet.from_teacher(self.space, self.teacher, reorder=False).eval()
+
+    @functools.cached_property
+    def units_supernet(self):
+        """The supernet of the teacher with its heads and neurons in weight-magnitude order (``reorder="units"``):
+        magnitude-pruned twins' source."""
+        from ..supernet import SuperNet
+
+        return SuperNet.from_teacher(self.space.without_candidates(), self.teacher, reorder="units").eval()
 
     @functools.cached_property
     def corpus(self):
@@ -275,7 +294,8 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
     teacher_supernet = run.teacher_supernet
 
     # 1. Every candidate, timed once with the family and the teacher: the baselines each budget allows.
-    candidates = [*layerdrop_baselines(space, config.layerdrop), *uniform_baselines(space)]
+    candidates = [*(layerdrop_baselines(space, config.layerdrop) if "layerdrop" in config.baselines else []),
+                  *(uniform_baselines(space) if "uniform" in config.baselines else [])]
     cand_file = out / "candidates.json"
     if cand_file.is_file():
         timed = json.loads(cand_file.read_text())
@@ -316,6 +336,11 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
             builders.setdefault(kd, lambda a=arch: distilled(run.supernet, a, freeze=False))
             rows.append({"budget": budget.name, "kind": "searched", "name": kd, "arch": str(arch),
                          "distill_steps": distill_steps})
+        if "pruned" in config.baselines and member.source == "teacher" and space.elastic:
+            twin = f"pruned-{name}"  # same shape, heads and neurons by weight magnitude, no calibration
+            builders.setdefault(twin, lambda a=arch: run.units_supernet.extract(a, drop_identity_adapters=True))
+            rows.append({"budget": budget.name, "kind": "pruned", "name": twin, "arch": str(arch),
+                         "distill_steps": 0})
         for kind in KINDS:
             b: Baseline | None = chosen[budget.name].get(kind)
             if b is None:
@@ -353,7 +378,9 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
         row.update(path=f"models/{row['name']}", params=sum(p.numel() for p in model.parameters()),
                    latency_ms=latency[row["name"]], speedup=teacher_ms / latency[row["name"]],
                    **m.first_speedup(row["name"]))
+    assert all(row["kind"] in ROW_KINDS for row in rows), rows
     result = {"teacher_latency_ms": teacher_ms, "device": run.device, "rows": rows,
+              "serves_tolerance": SERVES_TOLERANCE,
               "baselines": {b: {k: v.name for k, v in per.items()} for b, per in chosen.items()}}
     atomic_write_json(models_file, result)
     return result
@@ -415,7 +442,10 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
             cosines = [float(torch.nn.functional.cosine_similarity(*_real_tokens(model, b, target), dim=-1).mean())
                        for b, target in zip(plain, plain_targets)]
         # distilled weights are no longer a supernet path: no block-wise proxy for them
-        supernet = None if row["distill_steps"] else \
+        # nor for models of the teacher's own sub-layers chosen by heads and neurons (an elastic space's members
+        # and their twins): their weights are not the block-wise trained supernet's
+        teachers_own = space.elastic and row["kind"] in ("searched", "pruned")
+        supernet = None if row["distill_steps"] or teachers_own else \
             run.supernet if row["kind"] in ("searched", "uniform", "sampled") else run.teacher_supernet
         block_proxy = None
         if supernet is not None:
