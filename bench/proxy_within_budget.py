@@ -95,7 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True)
     parser.add_argument("--budgets", nargs="+", default=["3x"])
-    parser.add_argument("--archs", type=int, default=10)
+    parser.add_argument("--archs", nargs="+", default=["10"], metavar="[BUDGET=]N",
+                        help="random architectures spread over the search proxy's range, per budget (e.g. 9 2x=4)")
+    parser.add_argument("--starting", type=int, default=0,
+                        help="also the search's N starting points that serve the budget and fill most of it")
     parser.add_argument("--pool", type=int, default=200, help="random architectures in the band per budget")
     parser.add_argument("--band", type=float, default=1.15, help="predicted speed-up within [budget, budget*band]")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -133,10 +136,15 @@ def main() -> None:
               "recipe": {"lr": args.lr, "batch_size": 32, "pooling": "mean", "max_seq_len": 128,
                          "tasks": {t: {"train_examples": DEFAULTS[t][0], "epochs": DEFAULTS[t][1]} for t in tasks}},
               "run": str(run.path), "budgets": {}}
+    counts = {name: int(n) for name, _, n in (a.rpartition("=") for a in args.archs)}
+    starting = objective.starting_points()
     for budget in parse_budgets(args.budgets):
         scored = _candidates(objective, budget, rng, args.pool, args.band)
-        spread = _spread(scored, args.archs)
+        spread = _spread(scored, counts.get(budget.name, counts.get("", 10)))
         extra = [members[budget.name]] if budget.name in members else []
+        serving = [a for a in starting if objective.teacher_latency_ms / objective.predictor.predict(a)
+                   >= budget.value * (1 - SERVES_TOLERANCE)]
+        extra += sorted(serving, key=objective.predictor.predict, reverse=True)[: args.starting]
         extra += [Arch.parse(text) for name, _, text in (i.partition("=") for i in args.include) if name == budget.name]
         # the run's member and the named architectures first, then the spread from both ends of the proxy's range
         chosen = [(arch, objective.proxy_loss(arch), objective.predictor.predict(arch))

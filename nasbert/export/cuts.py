@@ -85,8 +85,8 @@ def work_speedup(space: SearchSpace, arch: Arch, seq_len: int) -> float | None:
     teacher's embeddings too: the sum of three lookups and its LayerNorm, counted here as 7 operations per element,
     the layers as their FLOPs (:meth:`SearchSpace.flops`, no adapters). Small kernels do less per second than
     large ones, and an attention sub-layer (softmax, reshapes) less than an FFN, so a cut that keeps at least as
-    much attention as FFN (every gap-free cut) is timed below this ratio: on the built-in teacher by 0-4% on an
-    idle machine (docs/benchmarks.md). A speed-up timed above it says the host was busy while the cut and the
+    much attention as FFN (every gap-free cut) is timed below this ratio on an idle machine. A speed-up timed
+    above it says the host was busy while the cut and the
     teacher were timed (the teacher slows more than a small model), and the export judges the cut at this ratio
     instead. The bottom half of the layers stays just under 2x, as it does when timed on an idle host. A cut that
     drops attention and keeps the FFN can legitimately beat the ratio, so it has no bound.

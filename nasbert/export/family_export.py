@@ -116,10 +116,9 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
 def _judged_latency(candidates: dict[str, _Candidate], latency_ms: dict[str, float], teacher_ms: float
                     ) -> dict[str, float]:
     """The latency each candidate is judged at: the measured one, except for a model of the teacher's own
-    sub-layers timed faster than its work allows (:func:`~nasbert.export.cuts.work_speedup`), which is judged at that bound. On a busy host the teacher
-    slows down more than a small model: one export timed the bottom 3 of 6 layers at 2.39x (1.94-1.99x on an idle
-    host) and took them as the 2x member (docs/benchmarks.md). Warns when a cut is over by more than
-    :data:`~nasbert.export.cuts.BUSY_MARGIN`."""
+    sub-layers timed faster than its work allows (:func:`~nasbert.export.cuts.work_speedup`), which is judged at
+    that bound: on a busy host the teacher slows down more than a small model, which inflates small models'
+    speed-ups. Warns when a cut is over by more than :data:`~nasbert.export.cuts.BUSY_MARGIN`."""
     judged = {key: judged_ms(latency_ms[key], teacher_ms, c.bound) for key, c in candidates.items()}
     over = [key for key in judged if judged[key] != latency_ms[key]]
     if over:

@@ -96,12 +96,12 @@ class FinetuneConfig:
     #: torch threads (0 = torch's default)
     threads: int = 0
     #: what the classifier pools: "cls" (the [CLS] token), "mean" (the mean of the real tokens; nasbert models
-    #: only) or "auto": mean for nasbert models, whose last layers may be local convolutions (on SST-2 it
-    #: gave +12 points over cls for a searched model, docs/benchmarks.md), cls for any other model
+    #: only) or "auto": mean for nasbert models, whose last layers may be local convolutions or skipped (their
+    #: [CLS] state then carries no summary of the text), cls for any other model
     pooling: str = "auto"
     #: how a pair task's two texts are read (nasbert models only): "cross" (one sequence [CLS] a [SEP] b [SEP], as
     #: BERT) or "bi" (each text encoded apart and the classifier reads [u, v, |u - v|, u * v], Sentence-BERT's
-    #: classifier; on SICK it gave the one-and-a-half-layer member +13 points, docs/benchmarks.md)
+    #: classifier: a model with one or two attention layers has too few to relate two texts read as one)
     pair_encoding: str = "cross"
 
     def __post_init__(self) -> None:
@@ -595,9 +595,9 @@ def finetune(
 #: what ``finetune_lr_grid`` writes in its output directory
 LR_GRID_FILE = "lr_grid.json"
 
-#: ``nasbert finetune``'s rates for a nasbert model when none is given: every model of one to three layers in
-#: docs/benchmarks.md scored best at 5e-4 or more (at 5e-5 the 3x member lost CoLA: MCC 0), the six-layer teacher
-#: at 2e-4; then 1e-3 while the larger of the two wins (the rule the benchmarks use for every model)
+#: ``nasbert finetune``'s rates for a nasbert model when none is given: shallow models fine-tune best at higher
+#: rates than BERT's usual 2e-5..5e-5 (fewer layers to keep stable, a freshly initialised head over fewer
+#: features), so the grid starts at 2e-4 and goes on to 1e-3 while the larger rate wins
 AUTO_LRS = (2e-4, 5e-4)
 AUTO_EXTEND = (1e-3,)
 

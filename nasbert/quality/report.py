@@ -406,8 +406,7 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
       teacher supernet), else null;
     * ``cosine``: the export's ranking: the mean per-token cosine similarity of the final states to the
       teacher's on the first validation sequences as they are (no masking; blind to scale, so a layer-dropped
-      teacher whose states are good but not the last layer's is not punished the way MSE punishes it; it ranked
-      best of the task-free proxies measured, docs/benchmarks.md);
+      teacher whose states are good but not the last layer's is not punished the way MSE punishes it);
     * ``params`` and ``flops`` (at the latency profile's sequence length).
     """
     import torch
