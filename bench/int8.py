@@ -14,7 +14,7 @@ For each model (``model.onnx`` of every member, and ``teacher.onnx``), three gra
 All graphs of all models are timed in one interleaved run (ONNX Runtime, 1 thread, batch 1, 128 tokens; the
 median of rounds), so ratios between them are measured under the same conditions. The error is the largest
 absolute difference of the last hidden states from the fp32 graph's, relative to their largest absolute value,
-on 8 sequences of random tokens. Writes ``bench/int8_results.json`` and prints a table.
+on 8 sequences of random tokens. Writes ``bench/results/int8.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", help="a family directory (family.json, teacher.onnx, members)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "int8_results.json"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8.json"))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()

@@ -7,8 +7,8 @@
 1. ``nasbert run`` (skipped when RUN/family/family.json exists).
 2. ``nasbert report RUN --data-dir ../shared/data`` with the panel SST-2, CoLA and SICK (resumable: a stopped
    benchmark goes on where it was).
-3. The results are copied to ``bench/quality_report.json``, ``bench/quality_report.md`` and
-   ``docs/quality_report.png`` (``bench/quality_results.json`` is the CPU panel's table, ``bench/quality_family.py``).
+3. The results are copied to ``bench/results/quality_report.json`` (with the command, machine and date),
+   ``bench/results/quality_report.md`` and ``docs/quality_report.png``.
 
 Needs ``../shared/data`` (GLUE SST-2 / CoLA and SICK); without it, pass ``--data-dir`` or report from the hub.
 """
@@ -16,6 +16,7 @@ Needs ``../shared/data`` (GLUE SST-2 / CoLA and SICK); without it, pass ``--data
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -49,10 +50,14 @@ def main() -> int:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     results = json.loads((out / "quality_results.json").read_text())
-    shutil.copy(out / "quality_results.json", ROOT / "bench" / "quality_report.json")
-    shutil.copy(out / "quality.md", ROOT / "bench" / "quality_report.md")
+    models = json.loads((out / "models.json").read_text())
+    results = {"command": " ".join(["python", *sys.argv]), "report_command": " ".join(cmd),
+               "date": dt.date.today().isoformat(), "machine": models["device"], **results}
+    (ROOT / "bench" / "results" / "quality_report.json").write_text(json.dumps(results, indent=2) + "\n")
+    shutil.copy(out / "quality.md", ROOT / "bench" / "results" / "quality_report.md")
     shutil.copy(out / "quality.png", ROOT / "docs" / "quality_report.png")
-    print(f"{len(results['rows'])} rows; bench/quality_report.json, bench/quality_report.md, docs/quality_report.png")
+    print(f"{len(results['rows'])} rows; bench/results/quality_report.json, bench/results/quality_report.md, "
+          "docs/quality_report.png")
     return 0
 
 

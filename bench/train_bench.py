@@ -7,7 +7,7 @@
 
 Corpus: the Wikipedia sample in ../shared/data/wikipedia-en-sample when it is there (else the built-in corpus,
 which the output says). Teacher: the built-in MiniLM-L6-H384, space minilm_l6. Every result is printed as JSON
-and appended to bench/results.jsonl.
+and appended to bench/results/train_bench.jsonl.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def machine() -> dict:
 def record(result: dict) -> None:
     result = {**result, "machine": machine()}
     print(json.dumps(result, indent=2))
-    with open(ROOT / "bench" / "results.jsonl", "a", encoding="utf-8") as f:
+    with open(ROOT / "bench" / "results" / "train_bench.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
 
 
