@@ -251,10 +251,11 @@ def test_export_with_whole_model_distillation_records_it(run, tmp_path, monkeypa
     assert all(m.distill_steps == 0 for m in Family.load(run / "family").models)
 
 
-def test_an_elastic_familys_baselines_hold_each_members_magnitude_pruned_twin(elastic_run, tiny_teacher_dir,
-                                                                              tmp_path):
+def test_an_elastic_familys_baselines_hold_each_members_magnitude_pruned_twin(elastic_run, tiny_teacher,
+                                                                              tiny_teacher_dir, tmp_path):
     """`nasbert baselines` on the default (elastic) run: each member's twin has its shape, the teacher's heads and
-    neurons by weight magnitude and no calibration, and is timed with the other rows."""
+    neurons by weight magnitude and no calibration, and is timed with the other rows; a rule's choice (--rule) is
+    calibrated as the export calibrates."""
     import dataclasses
 
     from nasbert import SearchSpace
@@ -262,16 +263,28 @@ def test_an_elastic_familys_baselines_hold_each_members_magnitude_pruned_twin(el
 
     out = tmp_path / "baselines"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(elastic_run.parent / "cache")}
+    family = Family.load(elastic_run / "family")
+    space = SearchSpace.load(elastic_run / "space.yaml")
+    rule = space.layer_dropped(1).blocks[:1] + (space._elastic_path("mha1", "identity"),) \
+        + space.layer_dropped(1).blocks[2:]  # a hand-made point: the bottom layer and one head of the next
+    rule = Arch(rule)
     done = subprocess.run(_nasbert() + ["baselines", str(elastic_run), "--out", str(out), "--no-progress",
-                                        "--baselines", "layerdrop", "pruned"],
+                                        "--baselines", "layerdrop", "pruned",
+                                        "--rule", f"{family.models[0].budget}={rule}"],
                           check=False, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     models = json.loads((out / "models.json").read_text())
-    family = Family.load(elastic_run / "family")
-    space = SearchSpace.load(elastic_run / "space.yaml")
+    rule_row = next(r for r in models["rows"] if r["kind"] == "rule")
+    assert rule_row["budget"] == family.models[0].budget and rule_row["arch"] == str(rule)
+    rows = load_corpus_rows(elastic_run, tiny_teacher_dir)[:64]  # export.calibrate_rows of the run
+    want = SuperNet.from_teacher(dataclasses.replace(space, candidates=None), tiny_teacher_dir,
+                                 reorder="units").eval().extract(rule, drop_identity_adapters=True)
+    calibrate(want, rule, space, tiny_teacher, rows)
+    got = NasBertModel.from_pretrained(out / rule_row["path"]).state_dict()
+    assert all(torch.allclose(got[k], v, atol=1e-6) for k, v in want.state_dict().items())
     source = SuperNet.from_teacher(dataclasses.replace(space, candidates=None), tiny_teacher_dir,
                                    reorder="units").eval()
-    assert {r["kind"] for r in models["rows"]} <= {"teacher", "searched", "layerdrop", "pruned"}
+    assert {r["kind"] for r in models["rows"]} <= {"teacher", "searched", "layerdrop", "pruned", "rule"}
     for member in family.models:
         twin = next(r for r in models["rows"] if r["kind"] == "pruned" and r["budget"] == member.budget)
         assert twin["name"] == f"pruned-{member.name}" and twin["arch"] == str(Arch.from_dict(member.arch))

@@ -257,7 +257,8 @@ def _report_config(args: argparse.Namespace):
     from ..quality.report import ReportConfig, parse_max_train
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ReportConfig)
-              if getattr(args, f.name, None) is not None and f.name != "max_train_examples"}
+              if getattr(args, f.name, None) is not None and f.name not in ("max_train_examples", "rule")}
+    values["rule"] = dict(r.partition("=")[::2] for r in getattr(args, "rule", None) or [])
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     tasks = values.get("tasks", ReportConfig.tasks)
     return ReportConfig(**values, max_train_examples=parse_max_train(getattr(args, "max_train_examples", None), tasks))
@@ -303,6 +304,9 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
                    choices=["layerdrop", "uniform", "pruned"],
                    help="which free baselines compete: layer-dropped teachers, uniform models sliced from the "
                         "trained supernet, each member's magnitude-pruned twin (default: all three)")
+    p.add_argument("--rule", nargs="+", metavar="BUDGET=ARCH",
+                   help="a former hand rule's choice for a budget, compared as a row of kind rule (an architecture "
+                        "of the run's elastic space, calibrated as the export calibrates)")
     p.add_argument("--sampled", type=int, default=0,
                    help="also N architectures of the run's space spread over its latency range (no budget), for "
                         "the proxies' rank correlation with the fine-tuned scores (default 0)")

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("layerdrop", "uniform")
 #: every kind of row a report holds
-ROW_KINDS = ("searched", "layerdrop", "pruned", "uniform", "teacher", "sampled")
+ROW_KINDS = ("searched", "rule", "layerdrop", "pruned", "uniform", "teacher", "sampled")
 LAYERDROP_MODES = ("bottom", "spread")
 #: how much slower than a latency budget's limit a baseline may be timed and still serve it (the timing's own
 #: spread between runs on one idle machine is a few percent)

@@ -8,7 +8,9 @@ timing run with the teacher, the run's latency settings):
   budget (within 3% of it: :func:`~nasbert.quality.baselines.serves`), raw and, when the family was distilled
   after the search (or ``distill_steps`` asks for it), with the same whole-model distillation (``+kd{steps}``);
 * a member of the teacher's own sub-layers' magnitude-pruned twin (``pruned``: same shape, no calibration);
-* the teacher (``teacher``).
+* the teacher (``teacher``);
+* where ``rule`` names one, a former hand rule's choice for the budget (``rule``), calibrated as the export
+  calibrates, so that the search's member can be compared with it.
 
 Those kinds, and ``sampled`` (architectures spread over the space, no budget), are the only ones a row has; every
 row names its architecture.
@@ -96,6 +98,9 @@ class ReportConfig:
     #: the baselines that compete: layer-dropped teachers, uniform models sliced from the trained supernet, and
     #: each member's magnitude-pruned twin (members of the teacher's own sub-layers)
     baselines: tuple[str, ...] = ("layerdrop", "uniform", "pruned")
+    #: per budget, a former hand rule's choice to compare the searched member with (an architecture of the run's
+    #: elastic space, calibrated as the export calibrates): rows of kind "rule"
+    rule: dict[str, str] = field(default_factory=dict)
     #: more architectures of the run's (shrunk) space, spread over its predicted latency range and sliced from the
     #: trained supernet, for the proxies' rank correlation (rows of kind "sampled", with no budget)
     sampled: int = 0
@@ -122,6 +127,9 @@ class ReportConfig:
             raise ConfigError(f"report: --layerdrop takes {', '.join(LAYERDROP_MODES)}, got {', '.join(unknown)}")
         if self.sampled < 0:
             raise ConfigError(f"report: --sampled must be >= 0, got {self.sampled}")
+        for budget, arch in self.rule.items():
+            if not arch or not budget:
+                raise ConfigError(f"report: --rule takes BUDGET=ARCH, got {budget}={arch}")
         if any(b not in BASELINE_KINDS for b in self.baselines):
             raise ConfigError(f"report: --baselines takes {', '.join(BASELINE_KINDS)}, got "
                               f"{', '.join(self.baselines)}")
@@ -176,6 +184,16 @@ class _Run:
         from ..supernet import SuperNet
 
         return SuperNet.from_teacher(self.space.without_candidates(), self.teacher, reorder="units").eval()
+
+    def calibrated(self, arch):
+        """``arch`` of the teacher's own sub-layers, calibrated bottom-up as the run's export calibrates."""
+        from ..export.calibrate import calibrate
+
+        model = self.units_supernet.extract(arch, drop_identity_adapters=True)
+        rows = self.config.export.calibrate_rows
+        if rows:
+            calibrate(model, arch, self.space, self.teacher, self.corpus.train[:rows])
+        return model
 
     @functools.cached_property
     def corpus(self):
@@ -336,6 +354,12 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
             builders.setdefault(kd, lambda a=arch: distilled(run.supernet, a, freeze=False))
             rows.append({"budget": budget.name, "kind": "searched", "name": kd, "arch": str(arch),
                          "distill_steps": distill_steps})
+        if budget.name in config.rule:
+            rule = Arch.parse(config.rule[budget.name])
+            space.validate(rule)
+            builders.setdefault(f"rule-{budget.name}", lambda a=rule: run.calibrated(a))
+            rows.append({"budget": budget.name, "kind": "rule", "name": f"rule-{budget.name}", "arch": str(rule),
+                         "distill_steps": 0})
         if "pruned" in config.baselines and member.source == "teacher" and space.elastic:
             twin = f"pruned-{name}"  # same shape, heads and neurons by weight magnitude, no calibration
             builders.setdefault(twin, lambda a=arch: run.units_supernet.extract(a, drop_identity_adapters=True))
@@ -443,7 +467,7 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
         # distilled weights are no longer a supernet path: no block-wise proxy for them
         # nor for models of the teacher's own sub-layers chosen by heads and neurons (an elastic space's members
         # and their twins): their weights are not the block-wise trained supernet's
-        teachers_own = space.elastic and row["kind"] in ("searched", "pruned")
+        teachers_own = space.elastic and row["kind"] in ("searched", "pruned", "rule")
         supernet = None if row["distill_steps"] or teachers_own else \
             run.supernet if row["kind"] in ("searched", "uniform", "sampled") else run.teacher_supernet
         block_proxy = None
