@@ -113,8 +113,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probe", action="store_true", help="also the QNLI probe proxy (a short fine-tune)")
-    parser.add_argument("--include", action="append", default=[], metavar="BUDGET=ARCH",
-                        help="also fine-tune this architecture at this budget (e.g. a hand-picked point to compare)")
+    parser.add_argument("--include", action="append", default=[], metavar="BUDGET=[LABEL=]ARCH",
+                        help="also fine-tune this architecture at this budget, labelled (e.g. rule=..., "
+                             "layerdrop=..., searched=...)")
+    parser.add_argument("--member-label", default="searched", help="the kind of the --run family's members' rows")
+    parser.add_argument("--twins", nargs="*", default=[], metavar="KIND",
+                        help="also fine-tune the magnitude-pruned twin of the rows of these kinds (e.g. searched rule)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -141,14 +145,18 @@ def main() -> None:
     for budget in parse_budgets(args.budgets):
         scored = _candidates(objective, budget, rng, args.pool, args.band)
         spread = _spread(scored, counts.get(budget.name, counts.get("", 10)))
-        extra = [members[budget.name]] if budget.name in members else []
+        kinds = {members[budget.name]: args.member_label} if budget.name in members else {}
         serving = [a for a in starting if objective.teacher_latency_ms / objective.predictor.predict(a)
                    >= budget.value * (1 - SERVES_TOLERANCE)]
-        extra += sorted(serving, key=objective.predictor.predict, reverse=True)[: args.starting]
-        extra += [Arch.parse(text) for name, _, text in (i.partition("=") for i in args.include) if name == budget.name]
+        for arch in sorted(serving, key=objective.predictor.predict, reverse=True)[: args.starting]:
+            kinds.setdefault(arch, "starting")
+        for name, _, rest in (i.partition("=") for i in args.include):
+            label, _, text = rest.rpartition("=")
+            if name == budget.name:
+                kinds[Arch.parse(text)] = label or "include"
         # the run's member and the named architectures first, then the spread from both ends of the proxy's range
         chosen = [(arch, objective.proxy_loss(arch), objective.predictor.predict(arch))
-                  for arch in dict.fromkeys(extra) if arch not in {a for a, _, _ in spread}]
+                  for arch in kinds if arch not in {a for a, _, _ in spread}]
         chosen += [spread[i] for i in _ends_first(len(spread))]
         rows_out = []
         for i, (arch, search_proxy, ms) in enumerate(chosen):
@@ -161,7 +169,7 @@ def main() -> None:
             heads = sum(model.encoder.layer[n].self.query.out_features for n in range(len(model.encoder.layer))
                         if hasattr(model.encoder.layer[n], "self")) // space.head_size
             speedup = objective.teacher_latency_ms / ms
-            row = {"name": name, "arch": str(arch), "member": members.get(budget.name) == arch,
+            row = {"name": name, "arch": str(arch), "kind": kinds.get(arch, "spread"),
                    "predicted_ms": ms, "predicted_speedup": speedup,
                    # a model serves the budget when its predicted speed-up is within 3% of it (or above)
                    "serves": speedup >= budget.value * (1 - SERVES_TOLERANCE),
@@ -180,26 +188,16 @@ def main() -> None:
                     threads=args.threads), onnx=False, progress=False)
             if args.probe:
                 row["proxies"]["probe_qnli"] = _score(job, probe.task)
-            for task_name, data in tasks.items():
-                n, epochs = DEFAULTS[task_name]
-                scores = []
-                for seed in args.seeds:
-                    job = out / budget.name / name / task_name / f"seed{seed}"
-                    score = _score(job, data.task)
-                    if score is None:
-                        t0 = time.perf_counter()
-                        finetune(directory, data, out=job, config=FinetuneConfig(
-                            epochs=epochs, batch_size=32, lr=args.lr, max_seq_len=128, seed=seed, pooling="mean",
-                            threads=args.threads, max_train_examples=n), onnx=False, progress=False)
-                        score = _score(job, data.task)
-                        print(f"{name} {task_name} seed {seed}: {score:.2f} ({time.perf_counter() - t0:.0f} s)",
-                              flush=True)
-                    scores.append(score)
-                row["scores"][task_name] = scores
-            row["panel"] = statistics.mean(statistics.mean(s) for s in row["scores"].values())
-            row["panel_per_seed"] = [statistics.mean(row["scores"][t][k] for t in tasks)
-                                     for k in range(len(args.seeds))]
+            _panel(row, directory, out / budget.name / name, tasks, args)
             rows_out.append(row)
+            if row["kind"] in args.twins:  # its magnitude-pruned twin: same shape, no calibration
+                twin_dir = out / budget.name / f"{name}-pruned" / "model"
+                if not (twin_dir / "config.json").is_file():
+                    write_hf_files(magnitude, twin_dir, tokenizer=run_tokenizer(run))
+                twin = {"name": f"{name}-pruned", "arch": str(arch), "kind": "pruned", "twin_of": name,
+                        "predicted_ms": ms, "predicted_speedup": speedup, "serves": row["serves"], "scores": {}}
+                _panel(twin, twin_dir, out / budget.name / f"{name}-pruned", tasks, args)
+                rows_out.append(twin)
             print(json.dumps({k: row[k] for k in ("name", "arch", "panel", "proxies")}), flush=True)
             entry = _taus(rows_out)
             report["budgets"][budget.name] = {"rows": rows_out, "kendall_tau": entry}
@@ -207,10 +205,34 @@ def main() -> None:
             atomic_write_json(args.json, report)
 
 
+def _panel(row: dict, directory: Path, jobs: Path, tasks: dict, args) -> None:
+    """Fine-tune the model in ``directory`` on every task for every seed (finished runs are read back) and put the
+    scores, their mean (the panel) and the panel per seed in ``row``."""
+    for task_name, data in tasks.items():
+        n, epochs = DEFAULTS[task_name]
+        scores = []
+        for seed in args.seeds:
+            job = jobs / task_name / f"seed{seed}"
+            score = _score(job, data.task)
+            if score is None:
+                t0 = time.perf_counter()
+                finetune(directory, data, out=job, config=FinetuneConfig(
+                    epochs=epochs, batch_size=32, lr=args.lr, max_seq_len=128, seed=seed, pooling="mean",
+                    threads=args.threads, max_train_examples=n), onnx=False, progress=False)
+                score = _score(job, data.task)
+                print(f"{row['name']} {task_name} seed {seed}: {score:.2f} ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+            scores.append(score)
+        row["scores"][task_name] = scores
+    row["panel"] = statistics.mean(statistics.mean(s) for s in row["scores"].values())
+    row["panel_per_seed"] = [statistics.mean(row["scores"][t][k] for t in tasks) for k in range(len(args.seeds))]
+
+
 def _taus(rows: list[dict]) -> dict:
-    """Kendall tau of each proxy against the panel mean over the rows that serve the budget; a loss (lower is better)
-    is negated so that +1 is a perfect ranking for every proxy."""
-    rows = [r for r in rows if r["serves"]]
+    """Kendall tau of each proxy against the panel mean over the rows that serve the budget (a magnitude-pruned twin
+    is not a candidate of the search: left out); a loss (lower is better) is negated so that +1 is a perfect ranking
+    for every proxy."""
+    rows = [r for r in rows if r["serves"] and r["kind"] != "pruned"]
     if len(rows) < 3:
         return {}
     panel = [r["panel"] for r in rows]

@@ -26,8 +26,9 @@ class SearchConfig:
     trials: int = 200
     #: an Optuna RDB URL; null = SQLite in RUN/search/study.db
     storage: str | None = None
-    #: candidates per budget re-evaluated as whole models and timed before one is exported
-    top_k: int = 3
+    #: candidates per budget re-evaluated as whole models and timed before one is exported (the best by the
+    #: search's proxy; in an elastic space each one that meets its budget is also probed, a fine-tune)
+    top_k: int = 1
     #: elastic spaces: what ranks a calibrated candidate against the teacher's final states on unmasked
     #: validation sequences (nasbert.search.calibrated): "cosine" (1 - the mean per-token cosine) or "mse"
     proxy: str = "cosine"

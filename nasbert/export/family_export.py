@@ -284,6 +284,7 @@ def export_family(
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
         pool = [f for f in feasible if f[2].key not in taken] or feasible
+        n_taken = len(feasible) - len(pool)
         if probe is not None:  # each probe is a fine-tune: a budget ranks its own candidates only
             own = {c.key for c in shortlist[budget.name]}
             pool = [f for f in pool if f[2].key in own] or pool
@@ -315,7 +316,7 @@ def export_family(
             distill_steps=distill.steps if distilling else 0, valid_loss_before_distill=loss_before,
             source=cand.source, cosine=cos,
             choice=_choice_text(budget, best, pool, teacher_ms, measured.retimed.get(cand.key),
-                                taken=len(feasible) - len(pool), timed_ms=timed if timed != latency else None,
+                                taken=n_taken, timed_ms=timed if timed != latency else None,
                                 ranked_by=ranked_by),
             extra={**({"trial": cand.trial} if cand.trial is not None else {}),
                    **({"probe": probed[cand.key], "probe_task": probe.describe()} if cand.key in probed else {}),
