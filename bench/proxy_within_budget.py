@@ -119,7 +119,11 @@ def main() -> None:
     parser.add_argument("--member-label", default="searched", help="the kind of the --run family's members' rows")
     parser.add_argument("--twins", nargs="*", default=[], metavar="KIND",
                         help="also fine-tune the magnitude-pruned twin of the rows of these kinds (e.g. searched rule)")
+    parser.add_argument("--table", action="store_true", help="print the tables of --json and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.json).read_text())))
+        return
     torch.set_num_threads(args.threads)
 
     run = RunDir.load(args.run)
@@ -239,6 +243,32 @@ def _taus(rows: list[dict]) -> dict:
     lower_better = {"search_proxy", "mse"}
     return {name: kendall_tau([-r["proxies"][name] if name in lower_better else r["proxies"][name] for r in rows],
                               panel) for name in rows[0]["proxies"]}
+
+
+def markdown(report: dict) -> str:
+    """The tables of docs/benchmarks.md from a report of this script: per budget its rows (best panel first) and
+    the Kendall tau of every proxy."""
+    out = []
+    for name, entry in report["budgets"].items():
+        rows = sorted(entry["rows"], key=lambda r: -r["panel"])
+        tasks = list(rows[0]["scores"])
+        out += [f"**{name}** ({sum(r['serves'] and r['kind'] != 'pruned' for r in rows)} candidates serve it)", "",
+                "| kind | architecture | predicted | " + " | ".join(tasks) + " | panel (seeds) | probe | cosine |",
+                "|---|---|---|" + "---|" * len(tasks) + "---|---|---|"]
+        for r in rows:
+            arch = " / ".join(b.split(":", 1)[1].replace("identity,identity", "-").replace(",identity", "")
+                              .replace("identity,", "") for b in r["arch"].split("|"))
+            scores = " | ".join(f"{statistics.mean(r['scores'][t]):.1f}" for t in tasks)
+            seeds = ", ".join(f"{x:.1f}" for x in r["panel_per_seed"])
+            proxies = r.get("proxies", {})
+            probe = f"{proxies['probe_qnli']:.1f}" if "probe_qnli" in proxies else ""
+            cosine = f"{proxies['cosine']:.3f}" if "cosine" in proxies else ""
+            serves = "" if r["serves"] else " (short)"
+            out.append(f"| {r['kind']} | {arch} | {r['predicted_speedup']:.2f}x{serves} | {scores} | "
+                       f"{r['panel']:.2f} ({seeds}) | {probe} | {cosine} |")
+        taus = entry["kendall_tau"]
+        out += ["", "Kendall tau against the panel: " + ", ".join(f"{k} {v:+.2f}" for k, v in taus.items()), ""]
+    return "\n".join(out)
 
 
 def run_tokenizer(run: RunDir):

@@ -13,8 +13,10 @@ the same way.
 
 Why the cosine: it is blind to the scale of the states, which a pruned model that skips sub-layers changes while
 keeping their direction, and which a fine-tuned classifier does not read through its LayerNorm and pooler; the MSE
-charges a model for that scale. The proxy is a prior with that reason; how it ranks fine-tuned scores within a
-budget is measured in docs/benchmarks.md.
+charges a model for that scale. It is the cheap proxy that lets a search afford hundreds of trials, not the one
+that decides: within a budget it does not rank fine-tuned quality (it rewards keeping a little of every layer up to
+the last, which reads sentence pairs badly; docs/benchmarks.md), so the export ranks each budget's shortlist, the
+best trials and the best starting points, by a short fine-tune (:mod:`nasbert.search.probe`).
 
 >>> objective = CalibratedObjective(space, predictor, teacher, calibration=rows, batches=batches)  # doctest: +SKIP
 >>> objective(arch)  # doctest: +SKIP
