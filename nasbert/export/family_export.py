@@ -87,15 +87,16 @@ def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float
     tighter budget; ``taken`` more are), each ``(score, latency, candidate)`` with ``score`` the ``ranked_by``.
     ``timed_ms``: the chosen model's timing where it beat its work bound, which then judged it."""
     score, ms, cand = chosen
+    digits = 4 if ranked_by.startswith("cosine") else 2
     rest = sorted((f for f in feasible if f[2].key != cand.key), key=lambda f: -f[0])
     trial = f", search trial {cand.trial}" if cand.trial is not None else ""
-    text = (f"highest {ranked_by} ({score:.4g}) of {len(feasible)} candidates that meet {budget.name} "
+    text = (f"highest {ranked_by} ({score:.{digits}f}) of {len(feasible)} candidates that meet {budget.name} "
             f"on measured latency ({cand.label}{trial}, {cand.source} weights, {speedup(teacher_ms, ms):.2f}x)")
     if taken:
         text += f"; {taken} more that meet it are already members of tighter budgets"
     if rest:
         r_score, r_ms, r = rest[0]
-        text += f"; runner-up {r.label} ({r.source}) at {r_score:.4g}, {speedup(teacher_ms, r_ms):.2f}x"
+        text += f"; runner-up {r.label} ({r.source}) at {r_score:.{digits}f}, {speedup(teacher_ms, r_ms):.2f}x"
     if timed_ms is not None:
         text += (f"; it was timed at {speedup(teacher_ms, timed_ms):.3f}x, faster than its work allows, and judged "
                  f"at {cand.bound:.3f}x, the ratio of its work to the teacher's")
