@@ -43,8 +43,8 @@ PROBE_TRAIN, PROBE_TEST = 2000, 1000
 @dataclass(frozen=True)
 class ProbeSettings:
     """The probe's recipe, the same for every candidate. These are priors, not values fitted on any reported task:
-    two epochs of 2,000 pairs are the smallest run of QNLI on which the candidates of one budget left chance (one
-    epoch of 1,000 left every one of them at chance); 2e-4 is the rate the panel's small models fine-tune at;
+    two epochs of 2,000 pairs is the smaller of two runs tried on QNLI alone in which candidates left chance (one
+    epoch of 1,000 left the first model tried at chance); 2e-4 is the rate the panel's small models fine-tune at;
     64 tokens hold a QNLI pair."""
 
     epochs: float = 2.0
