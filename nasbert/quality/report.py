@@ -187,13 +187,10 @@ class _Run:
 
     def calibrated(self, arch):
         """``arch`` of the teacher's own sub-layers, calibrated bottom-up as the run's export calibrates."""
-        from ..export.calibrate import calibrate
+        from ..search.calibrated import calibrated_model
 
-        model = self.units_supernet.extract(arch, drop_identity_adapters=True)
         rows = self.config.export.calibrate_rows
-        if rows:
-            calibrate(model, arch, self.space, self.teacher, self.corpus.train[:rows])
-        return model
+        return calibrated_model(self.units_supernet, arch, self.teacher, self.corpus.train[:rows] if rows else None)[0]
 
     @functools.cached_property
     def corpus(self):

@@ -278,17 +278,15 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     """Export the family: per budget, the best of the search's top candidates that meets the budget on measured
     latency (in an elastic space: calibrated, and ranked by the probe, search.probe; else by the cosine to the
     teacher), as Hugging Face directories with ONNX (fp32 and int8) and model cards, plus family.json."""
-    import json
-
     from ..export.family_export import export_family
     from ..training.evaluation import plain_batches, validation_batches
-    from ..search import load_pareto
+    from ..search.optuna_search import load_shortlists
 
     target = Path(out) if out else run.family_dir
     if run.stage_done("export") and not force and out is None:
         logger.info("stage export: already done (%s); --force to redo", target)
         return None
-    budgets, candidates = load_pareto(run.pareto_file, run=run.path)
+    budgets, candidates = load_shortlists(run.pareto_file, run=run.path)
     space = SearchSpace.load(run.space_file)
     teacher, tokenizer, source = _teacher_for(config, space)
     supernet = SuperNet.from_pretrained(run.supernet_dir)
@@ -298,10 +296,6 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     device = (LatencyProfile(latency_profile) if latency_profile else run.profile(config.latency)).device
     teacher_supernet = SuperNet.from_teacher(space.without_candidates(), teacher, reorder="units") \
         if space.elastic else None
-    trials = {b["budget"]: [(c.get("number"), c.get("enqueued", False)) for c in b["best"]]
-              for b in json.loads(run.pareto_file.read_text(encoding="utf-8"))["budgets"]}
-    candidates = {name: [(arch, ev, *trial) for (arch, ev), trial in zip(ranked, trials.get(name, []))]
-                  for name, ranked in candidates.items()}
     probe = None
     if space.elastic and config.search.probe != "none":
         from ..search.probe import Probe, load_probe

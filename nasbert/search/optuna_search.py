@@ -37,7 +37,7 @@ from ..budgets import DEFAULT_BUDGETS, Budget, any_budget_violation, parse_budge
 from .objective import Evaluation, Objective
 
 __all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchError", "SearchResult", "TrialRecord", "load_pareto",
-           "pareto_front", "run_search", "select_per_budget", "suggest_arch", "summarize"]
+           "load_shortlists", "pareto_front", "run_search", "select_per_budget", "suggest_arch", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -430,18 +430,27 @@ def _write_pareto_json(path: Path, records, front, chosen, budgets, teacher_late
     atomic_write_json(path, data)
 
 
-def load_pareto(path: str | os.PathLike, *, run: str | os.PathLike | None = None
-                ) -> tuple[tuple[Budget, ...], dict[str, list[Candidate]]]:
-    """What a search wrote to ``pareto.json``: its budgets, and each budget's ranked candidates (best first)."""
+def load_shortlists(path: str | os.PathLike, *, run: str | os.PathLike | None = None
+                    ) -> tuple[tuple[Budget, ...], dict[str, list[tuple[Arch, Evaluation, int | None, bool]]]]:
+    """What a search wrote to ``pareto.json``: its budgets, and each budget's ranked candidates (best first) as
+    ``(arch, evaluation, trial number, enqueued)``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the search first (`nasbert search --run "
                                 f"{run if run is not None else path.parent.parent}`)")
     pareto = json.loads(path.read_text(encoding="utf-8"))
     budgets = parse_budgets([b["budget"] for b in pareto["budgets"]])
-    candidates = {b["budget"]: [Candidate(Arch.parse(c["arch"]), Evaluation.from_mapping(c)) for c in b["best"]]
+    shortlists = {b["budget"]: [(Arch.parse(c["arch"]), Evaluation.from_mapping(c), c.get("number"),
+                                 bool(c.get("enqueued", False))) for c in b["best"]]
                   for b in pareto["budgets"]}
-    return budgets, candidates
+    return budgets, shortlists
+
+
+def load_pareto(path: str | os.PathLike, *, run: str | os.PathLike | None = None
+                ) -> tuple[tuple[Budget, ...], dict[str, list[Candidate]]]:
+    """What a search wrote to ``pareto.json``: its budgets, and each budget's ranked candidates (best first)."""
+    budgets, shortlists = load_shortlists(path, run=run)
+    return budgets, {name: [Candidate(arch, ev) for arch, ev, *_ in ranked] for name, ranked in shortlists.items()}
 
 
 def _plot_pareto(path: Path, records, front, chosen, budgets, teacher_latency_ms) -> None:
