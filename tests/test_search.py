@@ -1,4 +1,4 @@
-"""Search: budgets, the pure objective, Optuna (NSGA-II, TPE, random, resume, determinism) and one Ray Tune run.
+"""Search: budgets, the pure objective, Optuna (NSGA-II, TPE, random, resume, determinism) and Ray workers.
 
 The run inputs are fake but shaped like a real run's: the tiny space shrunk to 40 paths per block, block losses
 that fall with more and wider layers, and a latency predictor fitted on a table where wider ops are slower.
@@ -331,19 +331,33 @@ def test_pareto_front_keeps_one_record_per_architecture(nsga2):
     assert [r.candidate for r in pareto_front(doubled)] == result.front
 
 
-# ---------------------------------------------------------------------------------------------------- Ray Tune
+# ---------------------------------------------------------------------------------------------------- Ray
 
 
-def test_ray_tune_search_finds_a_comparable_front(objective, tmp_path):
+def test_ray_workers_share_one_study_and_resume_it(objective, tmp_path):
     pytest.importorskip("ray")
+    import optuna
+    import ray
+
     from nasbert.search.ray_search import run_ray_search
 
     trials = 40
-    result = run_ray_search(objective, budgets=BUDGETS, trials=trials, num_cpus=2, max_concurrent=2,
-                            population_size=10, seed=0, out_dir=tmp_path, show_progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        result = run_ray_search(objective, budgets=BUDGETS, trials=trials, workers=2, population_size=10, seed=0,
+                                out_dir=tmp_path, show_progress=False)
+        study = optuna.load_study(study_name="nasbert", storage=f"sqlite:///{tmp_path / 'study.db'}")
+        states = [t.state for t in study.get_trials()]
+        assert states.count(optuna.trial.TrialState.COMPLETE) == trials  # exactly the count, from both workers
+        more = run_ray_search(objective, budgets=BUDGETS, trials=trials + 10, workers=2, population_size=10,
+                              seed=0, out_dir=tmp_path, show_progress=False)  # the same study, 10 more trials
+    finally:
+        ray.shutdown()
+    assert len(more.trials) == trials + 10 and {(r.number, r.arch) for r in result.trials} <= \
+        {(r.number, r.arch) for r in more.trials}
     reference = run_search(objective, budgets=BUDGETS, trials=trials, population_size=10, storage="memory",
                            seed=0, show_progress=False)
-    assert len(result.trials) == trials and result.info["backend"] == "ray"
+    assert len(result.trials) == trials and result.info["backend"] == "ray" and result.info["workers"] == 2
     t = objective.teacher_latency_ms
     for b in parse_budgets(BUDGETS):
         for trial in result.trials:  # each reported evaluation is the objective's
@@ -354,6 +368,6 @@ def test_ray_tune_search_finds_a_comparable_front(objective, tmp_path):
         assert best.evaluation.proxy_loss <= 1.5 * reference.best(b).evaluation.proxy_loss
     assert len(result.front) >= 2 and len(result.front) >= len(reference.front) / 4
     assert json.loads((tmp_path / "pareto.json").read_text())["search"]["backend"] == "ray"
-    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "ray").is_dir()
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
-    assert len(rows) == trials
+    assert len(rows) == trials + 10

@@ -179,10 +179,10 @@ def test_a_database_without_its_driver_is_one_clear_line(bare_run, capsys):
     assert "driver" in err and "not installed" in err
 
 
-def test_ray_search_refuses_storage_and_sampler_it_would_ignore(bare_run, capsys):
-    for extra in (["--storage", "sqlite:////tmp/x.db"], ["--sampler", "tpe"]):
-        err = _refused(capsys, "search", "--run", str(bare_run), "--ray-address", "local", *extra, "--no-progress")
-        assert "Ray Tune search keeps its own in-memory study" in err
+def test_a_ray_search_in_memory_is_refused(bare_run, capsys):
+    err = _refused(capsys, "search", "--run", str(bare_run), "--ray-address", "local", "--storage", "memory",
+                   "--no-progress")
+    assert "share one study through a database" in err and "study.db" in err
 
 
 @pytest.mark.parametrize("url, shown, stored", [

@@ -160,7 +160,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     run = RunDir.load(args.run)
     stage_search(run, run.config, force=args.force, show_progress=not args.no_progress,
                  ray_address=args.ray_address, latency_profile=args.latency_profile, trials=args.trials,
-                 budgets=args.budgets, sampler=args.sampler, storage=args.storage)
+                 budgets=args.budgets, sampler=args.sampler, storage=args.storage, workers=args.workers)
     print(f"search: {run.search_dir} (trials.csv, pareto.json, pareto.png)")
     return 0
 
@@ -361,14 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--until", choices=STAGES, help="stop after this stage")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("search", help="search a trained run under latency / size budgets (Optuna or Ray Tune)")
+    p = sub.add_parser("search", help="search a trained run under latency / size budgets (Optuna, on Ray workers "
+                                      "or in this process)")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--budgets", nargs="+", help="e.g. 2x 3x 4x, 12ms, 10M (default: the config's)")
     p.add_argument("--sampler", choices=["nsga2", "tpe", "random"])
     p.add_argument("--trials", type=int, help="trials the study should hold (finished ones count)")
-    p.add_argument("--storage", help="Optuna RDB URL (default: SQLite in RUN/search/study.db)")
+    p.add_argument("--storage", help="Optuna RDB URL (default: SQLite in RUN/search/study.db); every process and Ray "
+                                     "worker searching it shares one study, which resumes after a kill")
     p.add_argument("--latency-profile", help="a latency profile directory, e.g. made on another machine")
-    p.add_argument("--ray-address", help="run as a Ray Tune experiment: 'local', 'auto' or ray://HOST:PORT")
+    p.add_argument("--ray-address", help="run the trials on Ray workers: 'local', 'auto' or ray://HOST:PORT")
+    p.add_argument("--workers", type=int, help="Ray workers, one thread each (default: search.workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="start the search again")
     p.set_defaults(func=cmd_search)

@@ -30,10 +30,11 @@ import yaml
 
 from ..config import ConfigError, from_mapping, to_mapping
 from ..data import CorpusConfig
-from ..export.config import ExportConfig, SearchConfig
+from ..export.config import ExportConfig
 from ..io import atomic_write_json, fault_point
 from ..latency.profile import LatencyConfig, LatencyProfile
 from ..redact import strip_password
+from ..search.config import SearchConfig
 from ..training.config import RayConfig, TrainConfig
 
 __all__ = ["MANIFEST", "STAGES", "ConfigError", "RunConfig", "RunDir"]

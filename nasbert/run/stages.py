@@ -172,23 +172,24 @@ def stage_latency(run: RunDir, config: RunConfig, *, force: bool = False, show_p
 
 def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True,
                  ray_address: str | None = None, latency_profile: str | None = None, trials: int | None = None,
-                 budgets: list[str] | None = None, sampler: str | None = None, storage: str | None = None):
-    """Search the run's shrunk space under the budgets; resumes from the study's storage."""
-    from ..search import Objective, SearchError, run_search
-    from ..search.optuna_search import resolve_storage
+                 budgets: list[str] | None = None, sampler: str | None = None, storage: str | None = None,
+                 workers: int | None = None):
+    """Search the run's shrunk space under the budgets, in this process or on ``workers`` Ray workers (with
+    ``ray_address``); resumes from the study's storage, which other processes may be searching too."""
+    from ..search import Objective, run_search
+    from ..search.study import SearchError, resolve_storage
 
     c = config.search
-    asked = trials is not None or budgets is not None or sampler is not None or storage is not None
+    asked = trials is not None or budgets is not None or sampler is not None or storage is not None \
+        or workers is not None
     if run.stage_done("search") and not force and not asked:
         logger.info("stage search: already done (%s); --force to redo", run.search_dir)
         return None
     storage = storage or c.storage
-    if ray_address is not None and (storage is not None or (sampler or c.sampler) != "nsga2"):
-        raise SearchError(
-            "the Ray Tune search keeps its own in-memory study with an NSGA-II sampler: it cannot use "
-            f"{'--storage / search.storage' if storage is not None else f'sampler {sampler or c.sampler!r}'}. "
-            "Leave out --ray-address to search with Optuna (it resumes from the storage, and several processes "
-            "can share one study), or leave out --storage and --sampler to search on Ray")
+    if ray_address is not None and storage in ("memory", ":memory:"):
+        raise SearchError("the Ray search's workers share one study through a database, not this process's memory: "
+                          "give --storage postgresql://USER@HOST/DB, or leave it out for SQLite in "
+                          f"{run.search_dir / 'study.db'} (where every node shares the filesystem)")
     if storage is not None:
         resolve_storage(storage, None)  # a bad URL or an unreachable database fails here, before --force deletes
     out = run.search_dir
@@ -204,15 +205,16 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
     else:
         objective = Objective.from_run(run.path, latency_profile=latency_profile or _existing_profile(run, config))
     kwargs = {"budgets": tuple(budgets or c.budgets), "trials": trials or c.trials, "seed": config.seed,
-              "out_dir": out, "top_k": c.top_k, "show_progress": show_progress}
+              "out_dir": out, "top_k": c.top_k, "show_progress": show_progress, "sampler": sampler or c.sampler,
+              "storage": storage, "study_name": study_name, "enqueue": enqueue,
+              "starting_k": c.starting_k if enqueue else 0, "heartbeat_s": c.heartbeat_s}
     if ray_address is not None:
         from ..search import run_ray_search
 
         address = None if ray_address == "local" else ray_address
-        result = run_ray_search(objective, address=address, **kwargs)
+        result = run_ray_search(objective, address=address, workers=workers or c.workers, **kwargs)
     else:
-        result = run_search(objective, sampler=sampler or c.sampler, storage=storage, study_name=study_name,
-                            enqueue=enqueue, starting_k=c.starting_k if enqueue else 0, **kwargs)
+        result = run_search(objective, **kwargs)
     summary = {b.name: (None if not result.selections[b.name] else
                         {"arch": str(result.selections[b.name][0].arch),
                          **result.selections[b.name][0].evaluation.to_dict()}) for b in result.budgets}

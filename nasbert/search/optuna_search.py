@@ -16,13 +16,11 @@ The writers at the bottom (:func:`summarize`) are shared with :mod:`nasbert.sear
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import os
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +29,18 @@ from typing import Any, NamedTuple
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point
-from ..redact import redact_url
 from ..space import Arch, SpaceError
 from ..budgets import DEFAULT_BUDGETS, Budget, any_budget_violation, parse_budgets
 from .objective import Evaluation, Objective
+from .study import HEARTBEAT_S, SAMPLERS, SearchError, count_states, enqueue_once, open_study, resolve_storage, \
+    run_trials
 
-__all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchError", "SearchResult", "TrialRecord", "load_pareto",
-           "load_shortlists", "pareto_front", "run_search", "select_per_budget", "suggest_arch", "summarize"]
+__all__ = ["SAMPLERS", "BudgetConstraint", "Candidate", "SearchError", "SearchResult", "TrialFunction", "TrialRecord",
+           "load_pareto", "load_shortlists", "pareto_front", "run_search", "select_per_budget", "study_plan",
+           "study_records", "suggest_arch", "summarize"]
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("nsga2", "tpe", "random")
 EVALUATION_FIELDS = ("proxy_loss", "latency_ms", "params", "flops")
 
 
@@ -136,83 +135,6 @@ def _evaluation_of(trial, objective: Objective) -> Evaluation:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def resolve_storage(storage, out_dir: Path | None):
-    """The Optuna storage object and its description for logs and files (the URL, password hidden)."""
-    import optuna
-
-    if isinstance(storage, optuna.storages.BaseStorage):
-        return storage, type(storage).__name__
-    if storage is None and out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{(out_dir / 'study.db').resolve()}"
-        return url, url
-    if storage is None or storage in ("memory", ":memory:"):
-        return optuna.storages.InMemoryStorage(), "memory"
-    if not isinstance(storage, str) or "://" not in storage:
-        shown = redact_url(storage) if isinstance(storage, str) else repr(storage)
-        raise SearchError(f"storage {shown!r} is not an Optuna RDB URL: give e.g. 'sqlite:///RUN/search/study.db' "
-                          "or 'postgresql://user@host/db', 'memory', or None for out_dir/study.db")
-    return open_storage(storage), redact_url(storage)
-
-
-class SearchError(ValueError):
-    """A search that cannot start: a storage URL that is not one, a database that cannot be reached, a missing
-    driver. The message says which, with the URL's password hidden, and what to do."""
-
-
-def open_storage(url: str):
-    """Connect to an Optuna RDB storage; a failure is one clear line (no traceback, no password)."""
-    import optuna
-    import sqlalchemy.exc
-
-    shown = redact_url(url)
-    try:
-        for attempt in range(5):
-            try:
-                return optuna.storages.RDBStorage(url)
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                # Two processes that open a new database at once both create Optuna's tables, and the slower one's
-                # CREATE fails; once the faster one is done, the tables are there.
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
-    except ImportError as e:  # optuna: "Failed to import DB access module"; SQLAlchemy: the driver module
-        driver = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "its driver"
-        raise SearchError(f"storage {shown}: the database driver ({driver}) is not installed: "
-                          "pip install 'psycopg[binary]' for postgresql://, pymysql for mysql+pymysql://") from None
-    except sqlalchemy.exc.NoSuchModuleError:
-        raise SearchError(f"storage {shown}: SQLAlchemy knows no database of this kind; give a sqlite:///, "
-                          "postgresql:// or mysql+pymysql:// URL") from None
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        lines = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise SearchError(f"storage {shown}: cannot open the database ({redact_url(lines[0]) if lines else e}); "
-                          "check that the server runs and that the host, port, user, password and database "
-                          "are right") from None
-
-
-def _make_sampler(kind: str, *, seed: int, population_size: int):
-    import optuna
-
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-@contextlib.contextmanager
-def _quiet_optuna():
-    """Optuna logs every trial at INFO; the progress bar says as much."""
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
-
-
 def run_search(
     objective: Objective,
     *,
@@ -228,25 +150,56 @@ def run_search(
     show_progress: bool = True,
     enqueue: Sequence[Arch] = (),
     starting_k: int = 0,
+    heartbeat_s: int | None = HEARTBEAT_S,
 ) -> SearchResult:
     """Search ``objective`` under ``budgets`` with Optuna and write trials.csv, pareto.json, pareto.png to
     ``out_dir`` (nothing is written without one).
 
     ``storage``: an Optuna RDB URL or storage object; None means ``sqlite:///out_dir/study.db`` (in memory
-    without ``out_dir``), ``"memory"`` forces memory. ``trials`` is the total a study should hold: trials
-    already in it (from an interrupted run, or other workers) count. With ``sampler="tpe"`` each budget has
-    its own study (``{study_name}-{budget}``) of ``trials`` trials. ``enqueue``: architectures a new study
-    evaluates first (Optuna's ``enqueue_trial``), e.g. the layer-dropped teachers, so that the search starts from
-    them and keeps them only where its proxy agrees; those outside the searched candidates are left out. Each
-    budget's selection is its ``top_k`` trials by proxy loss, then its best ``starting_k`` enqueued ones.
+    without ``out_dir``), ``"memory"`` forces memory. ``trials`` is the number of complete trials a study should
+    hold: trials already in it (from an interrupted run, or other processes searching it now) count, and the
+    trials of a process that died are retried (:mod:`nasbert.search.study`; ``heartbeat_s``). With
+    ``sampler="tpe"`` each budget has its own study (``{study_name}-{budget}``) of ``trials`` trials. ``enqueue``:
+    architectures a new study evaluates first (Optuna's ``enqueue_trial``), e.g. the layer-dropped teachers, so
+    that the search starts from them and keeps them only where its proxy agrees; those outside the searched
+    candidates are left out. Each budget's selection is its ``top_k`` trials by proxy loss, then its best
+    ``starting_k`` enqueued ones.
 
     >>> result = run_search(objective, budgets=["3x"], trials=100, storage="memory")  # doctest: +SKIP
     """
-    import optuna
+    budgets, teacher_ms, out = _check_search(objective, sampler, trials, top_k, budgets, out_dir)
+    storage_obj, storage_desc = resolve_storage(storage, out, heartbeat_s=heartbeat_s)
+    records: list[TrialRecord] = []
+    for name, study_budgets, multi in study_plan(sampler, budgets, study_name):
+        study = open_study(storage_obj, name, sampler=sampler, seed=seed, multi=multi,
+                           population_size=population_size, shown=storage_desc)
+        enqueue_starting_points(study, objective, enqueue)
+        trial_fn = TrialFunction(objective, study_budgets, teacher_ms, sampler, multi)
+        logger.info("study %r (%s, %s): %s; %d trials wanted", name, sampler, storage_desc,
+                    _states_text(study), trials)
+        done = len(complete_trials(study))
+        if done < trials:
+            with tqdm(total=trials, initial=done, desc=f"search {name}", disable=not show_progress,
+                      unit="trial") as bar:
+                run_trials(study, trial_fn, trials,
+                           on_trial=lambda: (bar.update(1), fault_point("search.trial")))
+        records += study_records(study, objective)
 
+    info = {"backend": "optuna", "sampler": sampler, "seed": seed, "study_name": study_name,
+            "storage": storage_desc, "trials": trials}
+    return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info,
+                     starting_k=starting_k)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pieces shared with the Ray search
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_search(objective: Objective, sampler: str, trials, top_k: int, budgets, out_dir):
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if not isinstance(trials, int) or trials < 1:
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k!r}")
@@ -254,56 +207,60 @@ def run_search(
     teacher_ms = objective.teacher_latency_ms
     for b in budgets:
         b.latency_limit_ms(teacher_ms)  # a speed-up budget without a teacher latency fails here, before any trial
-    out = Path(out_dir) if out_dir is not None else None
-    storage_obj, storage_desc = resolve_storage(storage, out)
+    return budgets, teacher_ms, (Path(out_dir) if out_dir is not None else None)
 
+
+def study_plan(sampler: str, budgets: Sequence[Budget], study_name: str) -> list[tuple[str, tuple[Budget, ...], bool]]:
+    """The studies of a search, each ``(name, its budgets, multi-objective)``: one for NSGA-II and random search,
+    one per budget for TPE."""
     if sampler == "tpe":
-        plan = [(f"{study_name}-{b.name}", (b,), False) for b in budgets]
-    else:
-        plan = [(study_name, budgets, True)]
+        return [(f"{study_name}-{b.name}", (b,), False) for b in budgets]
+    return [(study_name, tuple(budgets), True)]
 
-    records: list[TrialRecord] = []
-    with _quiet_optuna():
-        for name, study_budgets, multi in plan:
-            constraint = BudgetConstraint(study_budgets, teacher_ms) if sampler != "random" else None
-            study = optuna.create_study(
-                storage=storage_obj, study_name=name, load_if_exists=True,
-                sampler=_make_sampler(sampler, seed=seed, population_size=population_size),
-                **({"directions": ["minimize", "minimize"]} if multi else {"direction": "minimize"}),
-            )
-            if len(study.directions) != (2 if multi else 1):
-                raise ValueError(f"study {name!r} in {storage_desc} has {len(study.directions)} objective(s), this "
-                                 f"search needs {2 if multi else 1}: use another study_name or storage")
 
-            def trial_fn(trial, multi=multi, constraint=constraint):
-                _, ev = suggest_arch(trial, objective, constraint)
-                return (ev.proxy_loss, ev.latency_ms) if multi else ev.proxy_loss
+class TrialFunction:
+    """The Optuna objective of one study: sample an architecture, evaluate it, return (proxy loss, latency) or the
+    proxy loss. A class, so that it travels to Ray workers."""
 
-            if not study.get_trials(deepcopy=False):
-                for arch in enqueue:
-                    try:
-                        study.enqueue_trial(objective.params_from_arch(arch))
-                    except SpaceError:
-                        logger.info("not enqueued (outside the searched candidates): %s", arch)
-            complete = (optuna.trial.TrialState.COMPLETE,)
-            done = len(study.get_trials(deepcopy=False, states=complete))
-            missing = max(0, trials - done)
-            logger.info("study %r (%s, %s): %d trials done, running %d", name, sampler, storage_desc, done, missing)
-            if missing:
-                with tqdm(total=trials, initial=done, desc=f"search {name}", disable=not show_progress,
-                          unit="trial") as bar:
-                    study.optimize(trial_fn, n_trials=missing, gc_after_trial=False,
-                                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=complete),
-                                              lambda study, trial: (bar.update(1), fault_point("search.trial"))])
-            for t in study.get_trials(deepcopy=False, states=complete):
-                records.append(TrialRecord(t.number, objective.arch_from_params(t.params),
-                                           _evaluation_of(t, objective), study=name,
-                                           enqueued="fixed_params" in t.system_attrs))
+    def __init__(self, objective: Objective, budgets: Sequence[Budget], teacher_ms: float | None, sampler: str,
+                 multi: bool):
+        self.objective, self.multi = objective, multi
+        self.constraint = BudgetConstraint(budgets, teacher_ms) if sampler != "random" else None
 
-    info = {"backend": "optuna", "sampler": sampler, "seed": seed, "study_name": study_name,
-            "storage": storage_desc, "trials": trials}
-    return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info,
-                     starting_k=starting_k)
+    def __call__(self, trial):
+        _, ev = suggest_arch(trial, self.objective, self.constraint)
+        return (ev.proxy_loss, ev.latency_ms) if self.multi else ev.proxy_loss
+
+
+def enqueue_starting_points(study, objective: Objective, archs: Sequence[Arch]) -> int:
+    """Queue ``archs`` as a new study's first trials (none if the study has trials); those outside the searched
+    candidates are left out."""
+    params = []
+    for arch in archs:
+        try:
+            params.append(objective.params_from_arch(arch))
+        except SpaceError:
+            logger.info("not enqueued (outside the searched candidates): %s", arch)
+    return enqueue_once(study, params)
+
+
+def complete_trials(study) -> list:
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def study_records(study, objective: Objective) -> list[TrialRecord]:
+    """The complete trials of a study as :class:`TrialRecord` (a retried trial is a starting point if its first
+    try was)."""
+    return [TrialRecord(t.number, objective.arch_from_params(t.params), _evaluation_of(t, objective),
+                        study=study.study_name, enqueued="fixed_params" in t.system_attrs)
+            for t in complete_trials(study)]
+
+
+def _states_text(study) -> str:
+    counts = count_states(study)
+    return ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n) or "no trials yet"
 
 
 # --------------------------------------------------------------------------------------------------------------

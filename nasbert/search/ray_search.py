@@ -1,170 +1,182 @@
-"""Run the search as a Ray Tune experiment, on this machine or on a cluster. The only module that imports Ray.
+"""Run the search on Ray workers, on this machine or on a cluster: one shared Optuna study. The only search module
+that imports Ray.
 
-Ray Tune drives the same :class:`~nasbert.search.objective.Objective` as the Optuna search, through
-``ray.tune.search.optuna.OptunaSearch`` with an NSGA-II sampler over (proxy loss, latency) constrained to the
-loosest budget. Each trial is a Tune trial (retried on failure up to ``max_failures`` times); results go
-through the same writer as the in-process search (trials.csv, pareto.json, pareto.png in ``out_dir``), and
-Tune's own records under ``out_dir/ray/``.
+The driver creates the study in an RDB storage (``storage``: PostgreSQL for a cluster; SQLite, by default
+``RUN/search/study.db``, where every node shares the filesystem) and queues its starting points. It puts the
+objective (the teacher's weights, the calibration data, the latency predictor) in Ray's object store once; each of
+``workers`` Ray actors loads it once, opens the same storage and runs Optuna trials in the study until it holds
+``trials`` complete ones (:func:`nasbert.search.study.run_trials`, Optuna's own distributed pattern: every worker
+asks the shared study's sampler for its next trial). So the heavy trials, each candidate extracted, calibrated and
+scored, run on the workers, and:
+
+- kill the driver at any time and run the same command: the search continues in the same study, its dead
+  workers' trials failed by their heartbeat and retried, none lost or counted twice;
+- a second ``nasbert search`` on the same storage (on Ray or not) joins the same study;
+- a worker that dies is replaced (``max_failures`` times in all), and its trial retried.
+
+The outputs are the in-process search's (trials.csv, pareto.json, pareto.png, via
+:func:`~nasbert.search.optuna_search.summarize`).
 
 >>> from nasbert.search.ray_search import run_ray_search
->>> result = run_ray_search(objective, budgets=["4x"], trials=500, address="auto",  # doctest: +SKIP
-...                         max_concurrent=16, out_dir="RUN/search")
+>>> result = run_ray_search(objective, budgets=["4x"], trials=500, address="auto", workers=16,  # doctest: +SKIP
+...                         storage="postgresql://nas@db/search", out_dir="RUN/search")
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import optuna
 from tqdm.auto import tqdm
 
-from ..budgets import DEFAULT_BUDGETS, Budget, parse_budgets
-from .objective import Evaluation, Objective
+from ..budgets import DEFAULT_BUDGETS, Budget
+from ..redact import redact_url
+from ..space import Arch
+from .objective import Objective
 from .optuna_search import (
-    EVALUATION_FIELDS, BudgetConstraint, SearchResult, TrialRecord, _quiet_optuna, suggest_arch, summarize,
+    SearchResult, TrialFunction, _check_search, complete_trials, enqueue_starting_points, study_plan, study_records,
+    summarize,
 )
+from .study import HEARTBEAT_S, SearchError, open_study, resolve_storage, run_trials
 
 __all__ = ["run_ray_search"]
 
 logger = logging.getLogger(__name__)
 
 
-class _DefineByRun:
-    """OptunaSearch's define-by-run space: sample the blocks and set the budget constraint on the Optuna trial at
-    ask time (the objective is pure and cheap, so the trainable's evaluation is the same)."""
+class SearchWorker:
+    """One Ray worker of a search (made a Ray actor by :func:`run_ray_search`): it holds the objective, loaded once
+    from the object store, and runs trials in the shared study until the study holds its count."""
 
-    def __init__(self, objective: Objective, constraint: BudgetConstraint):
-        self.objective, self.constraint = objective, constraint
+    def __init__(self, objective: Objective, url: str, heartbeat_s: int | None, threads: int):
+        import torch
 
-    def __call__(self, ot_trial) -> None:
-        suggest_arch(ot_trial, self.objective, self.constraint)
+        torch.set_num_threads(threads)
+        self.objective, self.url, self.heartbeat_s = objective, url, heartbeat_s
 
+    def run(self, name: str, budgets: Sequence[Budget], multi: bool, sampler: str, seed: int, population_size: int,
+            trials: int) -> int:
+        """Run trials of study ``name`` until it holds ``trials`` complete ones; returns how many this worker
+        completed."""
+        if self.url.startswith("sqlite:///") and not Path(self.url[len("sqlite:///"):]).is_file():
+            import socket
 
-class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
-    """Optuna's NSGA-II sampler, picklable: Tune pickles its search algorithm with the experiment, and the sampler
-    holds a thread lock (Optuna 5), which is left out and made anew on unpickling."""
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._thread_lock = threading.Lock()
-
-
-def _evaluate_trial(config: dict, objective: Objective) -> None:
-    """The Tune trainable: evaluate one architecture and report its evaluation."""
-    from ray import tune
-
-    arch = objective.arch_from_params(config)
-    ev = objective(arch)
-    tune.report({**ev.to_dict(), "arch": str(arch)})
+            raise SearchError(f"storage {redact_url(self.url)} is not on this node ({socket.gethostname()}): SQLite "
+                              "works where every node shares the filesystem; on a cluster give --storage "
+                              "postgresql://USER@HOST/DB")
+        storage, shown = resolve_storage(self.url, None, heartbeat_s=self.heartbeat_s)
+        study = open_study(storage, name, sampler=sampler, seed=seed, multi=multi, population_size=population_size,
+                           shown=shown)
+        fn = TrialFunction(self.objective, budgets, self.objective.teacher_latency_ms, sampler, multi)
+        return run_trials(study, fn, trials)
 
 
 def run_ray_search(
     objective: Objective,
     *,
     budgets: Iterable[str | Budget] | str = DEFAULT_BUDGETS,
+    sampler: str = "nsga2",
     trials: int = 200,
+    storage: str | None = None,
+    study_name: str = "nasbert",
     address: str | None = None,
     num_cpus: int | None = None,
-    max_concurrent: int = 2,
+    workers: int = 2,
+    threads: int = 1,
     max_failures: int = 2,
     seed: int = 0,
     out_dir: str | os.PathLike,
     top_k: int = 5,
     population_size: int = 50,
-    experiment_name: str = "nasbert-search",
     show_progress: bool = True,
+    enqueue: Sequence[Arch] = (),
+    starting_k: int = 0,
+    heartbeat_s: int = HEARTBEAT_S,
 ) -> SearchResult:
-    """Search with Ray Tune (``OptunaSearch``, NSGA-II) and write the same outputs as :func:`run_search`.
+    """Search with ``workers`` Ray actors (``threads`` CPUs each) sharing one Optuna study in ``storage`` (an RDB
+    URL; None: SQLite in ``out_dir/study.db``), and write the same outputs as :func:`run_search`, whose other
+    arguments these are.
 
     ``address``: None starts a local Ray instance (``num_cpus`` of them) that is shut down afterwards;
     ``"auto"`` or ``"ray://host:10001"`` joins a running cluster. An already initialised Ray is used as is.
+    ``max_failures``: workers that may die (each is replaced, and its trial retried) before the search stops.
     """
     import ray
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive integer, got {trials!r}")
-    if max_concurrent < 1 or max_failures < 0:
-        raise ValueError("max_concurrent must be >= 1 and max_failures >= 0")
-    budgets = parse_budgets(budgets)
-    teacher_ms = objective.teacher_latency_ms
-    for b in budgets:
-        b.latency_limit_ms(teacher_ms)
-    out = Path(out_dir).resolve()
+    budgets, teacher_ms, out = _check_search(objective, sampler, trials, top_k, budgets, out_dir)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1 or threads < 1 or max_failures < 0:
+        raise ValueError(f"workers and threads must be at least 1 and max_failures at least 0, got {workers!r}, "
+                         f"{threads!r}, {max_failures!r}")
+    if storage is not None and (not isinstance(storage, str) or storage in ("memory", ":memory:")):
+        raise SearchError("the Ray search's workers share one study through a database: give an RDB URL "
+                          "(postgresql://USER@HOST/DB on a cluster), or no storage for SQLite in RUN/search/study.db "
+                          "where every node shares the filesystem")
     out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    storage_obj, shown = resolve_storage(url, None, heartbeat_s=heartbeat_s)
+    plan = study_plan(sampler, budgets, study_name)
+    studies = []
+    for name, _, multi in plan:
+        study = open_study(storage_obj, name, sampler=sampler, seed=seed, multi=multi,
+                           population_size=population_size, shown=shown)
+        enqueue_starting_points(study, objective, enqueue)
+        studies.append(study)
 
     started = _ray_init(address, num_cpus)
     try:
-        sampler = PicklableNSGAIISampler(population_size=population_size, seed=seed)
-        with _quiet_optuna():  # OptunaSearch creates its study at once, which Optuna logs at INFO
-            searcher = OptunaSearch(space=_DefineByRun(objective, BudgetConstraint(budgets, teacher_ms)),
-                                    metric=["proxy_loss", "latency_ms"], mode=["min", "min"], sampler=sampler,
-                                    seed=seed)
-        bar = tqdm(total=trials, desc="ray search", unit="trial", disable=not show_progress)
+        actor = ray.remote(SearchWorker).options(num_cpus=threads, max_restarts=0)
+        objective_ref = ray.put(objective)  # the weights reach each worker once, not per trial
 
-        class _Progress(tune.Callback):
-            """Advances the driver's progress bar; Tune pickles its callbacks with the experiment, and the bar
-            (it holds a lock) stays in this process."""
+        def new_worker():
+            return actor.remote(objective_ref, url, heartbeat_s, threads)
 
-            def __init__(self, progress):
-                self.progress = progress
-
-            def __getstate__(self):
-                return {"progress": None}
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                if self.progress is not None:
-                    self.progress.update(1)
-
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_evaluate_trial, objective=objective), {"cpu": 1}),
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
-                                        num_samples=trials, reuse_actors=True),
-            run_config=tune.RunConfig(name=experiment_name, storage_path=str(out / "ray"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=max_failures),
-                                      callbacks=[_Progress(bar)]),
-        )
-        # The legacy reporter honours verbose=0; the default one prints its tables regardless.
-        previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        try:
-            grid = tuner.fit()
-        finally:
-            bar.close()
-            if previous is None:
-                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-            else:
-                os.environ["RAY_AIR_NEW_OUTPUT"] = previous
+        pool = [new_worker() for _ in range(workers)]
+        failures = 0
+        for (name, study_budgets, multi), study in zip(plan, studies):
+            done = len(complete_trials(study))
+            logger.info("ray search: study %r in %s, %d of %d trials done, %d workers", name, shown, done, trials,
+                        workers)
+            args = (name, study_budgets, multi, sampler)
+            running = {pool[i].run.remote(*args, seed + 1 + i, population_size, trials): i for i in range(workers)}
+            with tqdm(total=trials, initial=min(done, trials), desc=f"ray search {name}", unit="trial",
+                      disable=not show_progress) as bar:
+                while running:
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                    now = min(len(complete_trials(study)), trials)
+                    bar.update(now - bar.n)
+                    for ref in ready:
+                        i = running.pop(ref)
+                        try:
+                            ray.get(ref)
+                        except ray.exceptions.RayActorError as e:
+                            failures += 1
+                            if failures > max_failures:
+                                raise SearchError(f"ray search: {failures} workers died (max_failures "
+                                                  f"{max_failures}); the last: {e}. Run the same command again to "
+                                                  "go on with the study") from None
+                            logger.warning("ray search: worker %d died (%s); starting another, and its trial will "
+                                           "be retried", i, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                            pool[i] = new_worker()
+                            running[pool[i].run.remote(*args, seed + 1 + i + workers * failures, population_size,
+                                                       trials)] = i
+                        except ray.exceptions.RayTaskError as e:
+                            raise e.as_instanceof_cause() from None
+        for worker in pool:
+            ray.kill(worker)
     finally:
         if started:
             ray.shutdown()
 
-    finished = []
-    for i in range(len(grid)):
-        res = grid[i]
-        if res.error is not None or not all(k in (res.metrics or {}) for k in EVALUATION_FIELDS):
-            logger.warning("ray trial %s failed: %s", (res.metrics or {}).get("trial_id", i), res.error)
-            continue
-        finished.append(res)
-    finished.sort(key=lambda res: str(res.metrics.get("trial_id", "")))  # ids end in the trial's index
-    records = [TrialRecord(n, objective.arch_from_params({k: res.config[k] for k in objective.param_names}),
-                           Evaluation.from_mapping(res.metrics), study=experiment_name)
-               for n, res in enumerate(finished)]
-    if len(records) < trials:
-        logger.warning("ray search: %d of %d trials finished", len(records), trials)
-    info = {"backend": "ray", "sampler": "nsga2", "seed": seed, "experiment": experiment_name,
-            "storage": str(out / "ray"), "trials": trials, "max_concurrent": max_concurrent}
-    return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info)
+    records = []
+    for study in studies:
+        records += study_records(study, objective)
+    info = {"backend": "ray", "sampler": sampler, "seed": seed, "study_name": study_name, "storage": shown,
+            "trials": trials, "workers": workers, "threads": threads}
+    return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info,
+                     starting_k=starting_k)
 
 
 def _ray_init(address: str | None, num_cpus: int | None) -> bool:

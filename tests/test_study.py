@@ -1,0 +1,137 @@
+"""One Optuna study shared by processes (nasbert.search.study): the count is the study's, a dead process's trial is
+retried with its parameters, a trial past the count is given back. Real processes on a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import optuna
+import pytest
+
+from nasbert.search.study import count_states, open_study, resolve_storage, run_trials
+
+#: a worker process: run_trials on the study in argv[1] until it holds argv[2] trials; a trial sleeps a little (so
+#: that workers overlap) and, when argv[3] names a trial number, that trial kills its own process
+WORKER = textwrap.dedent("""
+    import os, sys, time
+    from nasbert.search.study import open_study, resolve_storage, run_trials
+
+    url, trials, die_at, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    storage, _ = resolve_storage(url, None, heartbeat_s=1)
+    study = open_study(storage, "s", sampler="random", seed=seed, multi=False)
+
+    def fn(trial):
+        x = trial.suggest_int("x", 0, 10_000)
+        if trial.number == die_at:
+            os.kill(os.getpid(), 9)
+        time.sleep(0.05)
+        return float(x)
+
+    print(run_trials(study, fn, trials, poll_s=0.2))
+""")
+
+
+def _workers(url: str, trials: int, n: int, die_at: int = -1) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, str(trials), str(die_at), str(seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(n)]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+def _study(url: str):
+    storage, _ = resolve_storage(url, None, heartbeat_s=1)
+    return open_study(storage, "s", sampler="random", seed=0, multi=False)
+
+
+def test_processes_sharing_a_study_stop_at_its_count(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _study(url)  # created once, as the driver does
+    done = _workers(url, 40, n=3)
+    assert all(d.returncode == 0 for d in done), [d.stderr[-2000:] for d in done]
+    study = _study(url)
+    counts = count_states(study)
+    assert counts["COMPLETE"] == 40 and counts["RUNNING"] == counts["WAITING"] == counts["FAIL"] == 0
+    assert sum(int(d.stdout.strip()) for d in done) == 40  # each trial was counted by the worker that ran it
+    assert all(int(d.stdout.strip()) > 0 for d in done)  # all three worked
+    surplus = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.user_attrs.get("surplus") for t in surplus)
+
+
+def test_a_killed_process_trial_is_retried_with_its_parameters(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _study(url)
+    killed = _workers(url, 12, n=1, die_at=4)[0]
+    assert killed.returncode == -9
+    study = _study(url)
+    lost = study.trials[4]
+    assert lost.state == optuna.trial.TrialState.RUNNING and count_states(study)["COMPLETE"] == 4
+
+    start = time.monotonic()
+    again = _workers(url, 12, n=1)[0]  # the same command again
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert time.monotonic() - start < 60
+    study = _study(url)
+    counts = count_states(study)
+    assert counts["COMPLETE"] == 12 and counts["FAIL"] == 1 and counts["RUNNING"] == counts["WAITING"] == 0
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 4]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].params == lost.params  # the same candidate, run again
+
+
+def test_a_trial_past_the_count_is_given_back_and_a_queued_one_queued_again():
+    storage, _ = resolve_storage("memory", None)
+    study = open_study(storage, "s", sampler="random", seed=0, multi=False)
+    study.enqueue_trial({"x": 7})
+    ran = []
+
+    def fn(trial):
+        ran.append(trial.suggest_int("x", 0, 9))
+        return 0.0
+
+    first = study.ask()  # the queued trial, taken by "another process" that is still running it
+    assert run_trials(study, fn, 1, wait=False) == 0 and ran == []  # complete + running already make the count
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # ... and that process failed it
+    assert run_trials(study, fn, 2) == 2 and len(ran) == 2
+
+
+def test_surplus_rule_counts_what_was_there_before(tmp_path):
+    from nasbert.search.study import _give_back, _surplus
+
+    storage, _ = resolve_storage(f"sqlite:///{tmp_path / 'study.db'}", None, heartbeat_s=1)
+    study = open_study(storage, "s", sampler="random", seed=0, multi=False)
+    a, b = study.ask(), study.ask()  # two processes asked at once for the last trial of a count of 1
+    assert not _surplus(study, a, 1) and _surplus(study, b, 1)
+    study.enqueue_trial({"x": 3})
+    c = study.ask()  # the queued trial
+    assert _surplus(study, c, 2)
+    _give_back(study, c)
+    study.tell(c, state=optuna.trial.TrialState.PRUNED)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == {"x": 3}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_a_bad_heartbeat_is_a_clear_error(tmp_path, bad):
+    from nasbert.search.study import SearchError
+
+    with pytest.raises(SearchError, match="heartbeat_s"):
+        resolve_storage(f"sqlite:///{tmp_path / 'study.db'}", None, heartbeat_s=bad)
+
+
+def test_a_study_from_before_heartbeats_does_not_block_forever(tmp_path, monkeypatch, caplog):
+    """A RUNNING trial with no heartbeat record never goes stale: past a few grace periods, it is not waited for."""
+    import nasbert.search.study as study_module
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    old, _ = resolve_storage(url, None, heartbeat_s=None)
+    open_study(old, "s", sampler="random", seed=0, multi=False).ask()  # left RUNNING, no heartbeat
+    monkeypatch.setattr(study_module, "GRACE_BEATS", 1)
+    study = _study(url)
+    start = time.monotonic()
+    assert run_trials(study, lambda t: float(t.suggest_int("x", 0, 9)), 1, poll_s=0.1) == 1
+    assert 2.5 < time.monotonic() - start < 30
+    assert "not waiting for them" in caplog.text
+    assert os.path.exists(tmp_path / "study.db")
