@@ -197,6 +197,15 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+def host() -> dict:
+    """This machine, for a benchmark's record: CPU, cores, Python, torch, the date."""
+    import datetime
+    import os
+
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+
+
 def device_info(*, engine: str, device: str, threads: int, batch: int, seq_len: int,
                 precision: str = "fp32") -> DeviceInfo:
     if engine == "onnxruntime":

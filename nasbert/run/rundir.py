@@ -87,6 +87,11 @@ class RunConfig:
         return to_mapping(self)
 
 
+#: keys that say how the work is spread, not what is computed: a run may go on with other values
+SPREAD_KEYS = frozenset({"train.workers", "train.threads", "search.workers", "ray.enabled", "ray.address",
+                         "ray.num_cpus"})
+
+
 def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
     """Keys (dotted) whose values differ between two config mappings."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -147,6 +152,8 @@ class RunDir:
             with contextlib.suppress(ConfigError):  # keys added to the config since take their defaults
                 old = RunConfig.from_dict(old, source=str(manifest_path)).to_dict()
             for key, (was, now) in _differences(_stored(old), _stored(config.to_dict())).items():
+                if key in SPREAD_KEYS:
+                    continue
                 raise ConfigError(
                     f"run directory {str(path)!r} was made with {key} = {was!r}, not {now!r}: "
                     "pass another --out, or --force to start it again"

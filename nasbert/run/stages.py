@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..data import load_corpus
 from ..io import atomic_write_text
@@ -77,17 +79,72 @@ def stage_supernet(run: RunDir, config: RunConfig, *, force: bool = False) -> Se
 
 def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True,
                 ray_address: str | None = None) -> dict | None:
-    """Train the supernet block-wise; resumes from RUN/train/checkpoint after an interruption."""
+    """Train the supernet block-wise; resumes from RUN/train/checkpoint after an interruption. With
+    ``train.workers`` > 1, data-parallel on Ray Train (``ray_address``, or a local Ray instance); otherwise in this
+    process, or with one Ray actor per block (``ray_address`` / ``ray.enabled``)."""
     import shutil
-
-    from ..training import BlockwiseTrainer
 
     if run.stage_done("train") and not force:
         logger.info("stage train: already done (%s); --force to redo", run.train_dir)
         return None
-    workdir = run.train_dir
-    if force and workdir.exists():
-        shutil.rmtree(workdir)
+    if force and run.train_dir.exists():
+        shutil.rmtree(run.train_dir)
+    use_ray = config.ray.enabled or ray_address is not None  # "local" starts a local Ray instance
+    address = config.ray.address if ray_address in (None, "local") else ray_address
+    if config.train.workers > 1:
+        from ..training.ray_train import train_data_parallel
+
+        run.mark("train", "running", workers=config.train.workers)
+        result = train_data_parallel(run, config, address=address, num_cpus=config.ray.num_cpus,
+                                     show_progress=show_progress)
+        use_ray = True
+    else:
+        inputs = train_inputs(run, config, show_progress=show_progress)
+        runner = None
+        if use_ray:
+            from ..training.ray_blocks import RayBlockRunner
+
+            runner = RayBlockRunner(inputs.supernet, config.train, address=address,
+                                    num_cpus=config.ray.num_cpus, seed=config.seed)
+        run.mark("train", "running", teacher=inputs.source)
+        try:
+            trainer = inputs.trainer(run, config, show_progress=show_progress, block_runner=runner)
+            result = {**trainer.train(), "binning": inputs.binning}
+        finally:
+            if runner is not None:
+                runner.shutdown()
+        finish_train(run, inputs, trainer)
+    run.mark("train", "done", ray=use_ray, corpus=config.corpus.describe(), **result)
+    logger.info("stage train: done in %.0f s; validation loss %.4f; surviving paths per block %s",
+                result["seconds"], result["valid_loss"], result["surviving_paths"])
+    return result
+
+
+@dataclass
+class TrainInputs:
+    """What block-wise training starts from: the space, the teacher, the corpus and the supernet to train."""
+
+    space: SearchSpace
+    teacher: Any
+    tokenizer: Any
+    source: str
+    corpus: Any
+    supernet: SuperNet
+    block_latency: Any
+    binning: str
+
+    def trainer(self, run: RunDir, config: RunConfig, *, show_progress: bool, block_runner=None,
+                data_parallel=None):
+        from ..training import BlockwiseTrainer
+
+        return BlockwiseTrainer(self.supernet, self.teacher, self.corpus, config.train, tokenizer=self.tokenizer,
+                                workdir=run.train_dir, seed=config.seed, show_progress=show_progress,
+                                block_runner=block_runner, block_latency=self.block_latency,
+                                cache_root=cache_dir() / "teacher-states", data_parallel=data_parallel)
+
+
+def train_inputs(run: RunDir, config: RunConfig, *, show_progress: bool = True) -> TrainInputs:
+    """The training stage's inputs, the same in this process and in each data-parallel worker."""
     space = space_for(config)
     teacher, tokenizer, source = _teacher_for(config, space)
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=show_progress)
@@ -98,30 +155,14 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     else:  # random initialisation, or the saved supernet is a trained one (--force)
         supernet = SuperNet.from_teacher(space, teacher, init=config.train.init, seed=config.seed)
     block_latency, binning = _block_latency(run, config)
-    runner = None
-    use_ray = config.ray.enabled or ray_address is not None  # "local" starts a local Ray instance
-    if use_ray:
-        from ..training.ray_blocks import RayBlockRunner
+    return TrainInputs(space, teacher, tokenizer, source, corpus, supernet, block_latency, binning)
 
-        address = config.ray.address if ray_address in (None, "local") else ray_address
-        runner = RayBlockRunner(supernet, config.train, address=address,
-                                num_cpus=config.ray.num_cpus, seed=config.seed)
-    run.mark("train", "running", teacher=source)
-    try:
-        trainer = BlockwiseTrainer(supernet, teacher, corpus, config.train, tokenizer=tokenizer, workdir=workdir,
-                                   seed=config.seed, show_progress=show_progress, block_runner=runner,
-                                   block_latency=block_latency, cache_root=cache_dir() / "teacher-states")
-        result = trainer.train()
-    finally:
-        if runner is not None:
-            runner.shutdown()
-    trainer.supernet.cpu().save_pretrained(run.supernet_dir, tokenizer=tokenizer)
-    shrunk = space.with_candidates([c.paths for c in trainer.candidates])
+
+def finish_train(run: RunDir, inputs: TrainInputs, trainer) -> None:
+    """Write what training made: the trained supernet and the shrunk space with each path's validation loss."""
+    trainer.supernet.cpu().save_pretrained(run.supernet_dir, tokenizer=inputs.tokenizer)
+    shrunk = inputs.space.with_candidates([c.paths for c in trainer.candidates])
     _write_space_yaml(run.space_file, shrunk, trainer.candidates)
-    run.mark("train", "done", ray=use_ray, corpus=config.corpus.describe(), binning=binning, **result)
-    logger.info("stage train: done in %.0f s; validation loss %.4f; surviving paths per block %s",
-                result["seconds"], result["valid_loss"], result["surviving_paths"])
-    return result
 
 
 def _block_latency(run: RunDir, config: RunConfig):

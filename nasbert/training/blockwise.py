@@ -22,8 +22,8 @@ from ..space import BlockArch, SearchSpace, op_params
 from ..supernet import SuperNet
 from .config import TrainConfig
 
-__all__ = ["BlockBatch", "BlockLearner", "block_batches", "block_loss", "score_paths", "sandwich_paths",
-           "make_optimizer"]
+__all__ = ["BlockBatch", "BlockLearner", "DataParallel", "block_batches", "block_loss", "score_paths",
+           "sandwich_paths", "make_optimizer"]
 
 
 @dataclass
@@ -137,15 +137,68 @@ def make_optimizer(named_parameters, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place among ``world`` data-parallel replicas of the trainer, joined by a
+    ``torch.distributed`` process group (Ray Train sets it up: gloo on CPU, NCCL on GPU).
+
+    Every replica draws the same batch indices, masking and paths (same seed); each runs the teacher and the
+    blocks on its own equal share of the batch's rows, and the gradients are averaged before the optimiser step.
+    The losses are means over tokens and every row has the same number of tokens, so the average of the shards'
+    gradients is the whole batch's: a step is the single-process step, up to the order of floating-point sums.
+    """
+
+    rank: int
+    world: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.world})")
+
+    def shard(self, rows):
+        """This replica's rows of a batch (every ``world``-th, from ``rank``)."""
+        return rows[self.rank :: self.world]
+
+    def average_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Replace each tensor by its mean over the replicas, in place (one all-reduce)."""
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+        # Replicas that diverged (other paths, so other tensors) would make gloo abort the process; say so instead.
+        size = torch.tensor([flat.numel(), -flat.numel()], device=flat.device)
+        dist.all_reduce(size, op=dist.ReduceOp.MAX)
+        if int(size[0]) != flat.numel() or -int(size[1]) != flat.numel():
+            raise RuntimeError(f"data-parallel replica {self.rank} of {self.world} averages {flat.numel()} values, "
+                               f"another {int(size[0]) if int(size[0]) != flat.numel() else -int(size[1])}: the "
+                               "replicas diverged (they must draw the same paths from the same seed)")
+        if not tensors:
+            return
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def mean(self, value: float, device: torch.device | str = "cpu") -> float:
+        out = torch.tensor([value], dtype=torch.float64 if torch.device(device).type == "cpu" else torch.float32,
+                           device=device)
+        self.average_([out])
+        return float(out)
+
+
 class BlockLearner:
     """Trains one block: its own parameters (``SuperNet.block_parameters``), optimiser, schedule and clipping.
 
     The in-process trainer holds one per block over a shared supernet; the Ray trainer holds one per actor over
-    the actor's own copy. Either way a step is the same computation.
+    the actor's own copy. Either way a step is the same computation. With ``data_parallel``, the gradients (and
+    the reported loss) are averaged over the replicas before clipping.
     """
 
-    def __init__(self, supernet: SuperNet, block: int, config: TrainConfig):
+    def __init__(self, supernet: SuperNet, block: int, config: TrainConfig, *,
+                 data_parallel: DataParallel | None = None):
         self.supernet, self.block, self.config = supernet, block, config
+        self.data_parallel = data_parallel
         named = supernet.block_parameters(block)
         self.parameters = [p for _, p in named]
         self.optimizer, self.scheduler = make_optimizer(named, config, config.steps)
@@ -159,6 +212,9 @@ class BlockLearner:
             loss = block_loss(self.supernet, self.block, path, batch) / len(paths)
             loss.backward()  # one path at a time: activations of only one path are alive
             total += loss.item()
+        if self.data_parallel is not None:  # every replica ran the same paths, so the same parameters have grads
+            self.data_parallel.average_([p.grad for p in self.parameters if p.grad is not None])
+            total = self.data_parallel.mean(total, self.parameters[0].device)
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()

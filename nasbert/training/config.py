@@ -70,9 +70,13 @@ class TrainConfig:
     #: fixed paths per block the validation loss is reported on
     eval_paths: int = 8
     checkpoint_every: int = 50
-    #: torch intra-op threads (0 = torch's default)
+    #: torch intra-op threads (0 = torch's default); with workers > 1, each worker's (0: 1)
     threads: int = 0
     device: str = "cpu"
+    #: data-parallel replicas (Ray Train, ``nasbert train --ray-address ... train.workers=N``; gloo on CPU, NCCL on
+    #: GPU): each step's batch is split into ``workers`` equal shares and the gradients averaged, so a step is the
+    #: single-process step (training/ray_train.py). 1: in this process
+    workers: int = 1
     #: "teacher": MHA / FFN ops start from the teacher (the point of nasbert); "random": the baseline
     init: str = "teacher"
     #: "blockwise": NAS-BERT's, every block at once on the teacher's states; "progressive": MobileBERT's
@@ -107,7 +111,7 @@ class TrainConfig:
             raise ConfigError(f"train.init must be 'teacher' or 'random', got {self.init!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        for name in ("steps", "batch_size", "eval_batches", "eval_paths", "checkpoint_every"):
+        for name in ("steps", "batch_size", "eval_batches", "eval_paths", "checkpoint_every", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "sandwich_random", "threads"):
@@ -117,6 +121,9 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError(f"train.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.workers > 1 and (self.mode != "blockwise" or self.batch_size % self.workers):
+            raise ConfigError(f"train.workers = {self.workers} needs train.mode: blockwise and a train.batch_size that "
+                              f"splits into {self.workers} equal shares (got {self.mode}, {self.batch_size})")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must hold two numbers, got {list(self.betas)}")
 

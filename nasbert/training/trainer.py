@@ -28,7 +28,7 @@ from ..io import atomic_dir, atomic_write_json, fault_point, recover_dir, trunca
 from ..space import Arch, BlockArch
 from ..supernet import SuperNet
 from ..utils import torch_threads
-from .blockwise import BlockBatch, BlockLearner, block_batches, sandwich_paths, score_paths
+from .blockwise import BlockBatch, BlockLearner, DataParallel, block_batches, sandwich_paths, score_paths
 from .config import TrainConfig
 from .progressive import ProgressiveSchedule, stage_loss, teacher_targets, whole_model_loss
 from .shrinking import BlockCandidates, shrink_round
@@ -62,6 +62,7 @@ class BlockwiseTrainer:
         block_runner=None,
         block_latency=None,
         cache_root: str | Path | None = None,
+        data_parallel: DataParallel | None = None,
     ):
         self.device = torch.device(config.device)
         self.supernet = supernet.to(self.device)
@@ -87,8 +88,20 @@ class BlockwiseTrainer:
         if self.schedule is not None and block_runner is not None:
             raise ValueError("train.mode: progressive trains one block after another in one process; "
                              "disable ray (ray.enabled: false) or use train.mode: blockwise")
+        #: this process's share of a data-parallel run (Ray Train, training/ray_train.py); None: the whole batch.
+        #: Every replica runs the same loop on the same weights; only replica 0 writes metrics and checkpoints.
+        self.data_parallel = data_parallel
+        if data_parallel is not None:
+            if self.schedule is not None or block_runner is not None:
+                raise ValueError("data-parallel training runs train.mode: blockwise in each worker's own process: "
+                                 "use it without progressive mode and without block actors")
+            if config.batch_size % data_parallel.world:
+                raise ValueError(f"train.batch_size = {config.batch_size} does not split into {data_parallel.world} "
+                                 "equal shares: make it a multiple of the number of workers")
+        self.writes = data_parallel is None or data_parallel.rank == 0
         self.learners = [BlockLearner(self.supernet, n, config if self.schedule is None else
-                                      dataclasses.replace(config, steps=self.schedule.updates_per_block))
+                                      dataclasses.replace(config, steps=self.schedule.updates_per_block),
+                                      data_parallel=data_parallel)
                          for n in range(self.space.num_blocks)]
         self.batches = BatchIterator(corpus.train.shape[0], config.batch_size, seed=seed)
         self.mask_generator = torch.Generator().manual_seed(seed)
@@ -109,8 +122,11 @@ class BlockwiseTrainer:
             from ..utils import cache_dir
             from .teacher_cache import TeacherStateCache
 
+            root = Path(cache_root) if cache_root is not None else cache_dir() / "teacher-states"
+            if data_parallel is not None:  # each replica fills its own rows; one cache per replica, no shared writes
+                root = root / f"replica{data_parallel.rank}-of-{data_parallel.world}"
             self.teacher_cache = TeacherStateCache(
-                cache_root if cache_root is not None else cache_dir() / "teacher-states", self.teacher, self.space,
+                root, self.teacher, self.space,
                 corpus.train, mlm_probability=config.mlm_probability, seed=seed, mask_token_id=self.mask_token_id,
                 special_ids=self.special_ids, vocab_size=self.vocab_size, device=self.device)
 
@@ -139,8 +155,14 @@ class BlockwiseTrainer:
                                    mlm_probability=self.config.mlm_probability)
         return corrupted.to(self.device)
 
-    def _teacher_batch(self, ids: torch.Tensor, generator: torch.Generator) -> list[BlockBatch]:
+    def _teacher_batch(self, ids: torch.Tensor, generator: torch.Generator, *, shard: bool = False
+                       ) -> list[BlockBatch]:
+        """Block batches of ``ids``; ``shard``: of this replica's rows only (the masking is drawn for the whole
+        batch, so that every replica's generator stays in step). Validation batches are never sharded: every
+        replica scores and shrinks on the same rows and so keeps the same paths."""
         corrupted = self._corrupt(ids, generator)
+        if shard and self.data_parallel is not None:
+            corrupted = self.data_parallel.shard(corrupted)
         mask = torch.ones_like(corrupted)
         return block_batches(self.teacher, self.space, corrupted, mask)
 
@@ -178,9 +200,10 @@ class BlockwiseTrainer:
             return self._progressive_step()
         indices = self.batches.next_indices()
         if self.teacher_cache is not None:
-            per_block = self.teacher_cache.batches(indices)
+            per_block = self.teacher_cache.batches(indices if self.data_parallel is None
+                                                   else self.data_parallel.shard(indices))
         else:
-            per_block = self._teacher_batch(self.corpus.train[indices], self.mask_generator)
+            per_block = self._teacher_batch(self.corpus.train[indices], self.mask_generator, shard=True)
         paths = [self._paths_for_step(n) for n in range(self.space.num_blocks)]
         if self.block_runner is not None:
             losses = self.block_runner.step(per_block, paths)
@@ -264,6 +287,8 @@ class BlockwiseTrainer:
 
     def save_checkpoint(self) -> None:
         self._sync()
+        if not self.writes:
+            return
         with atomic_dir(self.checkpoint_dir) as tmp:
             state = {k: v.detach().contiguous().cpu() for k, v in self.supernet.state_dict().items()}
             save_file(state, tmp / "supernet.safetensors")
@@ -290,12 +315,13 @@ class BlockwiseTrainer:
         path = self.checkpoint_dir
         recover_dir(path)  # a kill inside a checkpoint swap leaves the old or the new version beside it
         if not (path / "state.json").is_file():
-            truncate_jsonl(self.metrics_path, -1)  # every line of an attempt killed before its first checkpoint
+            if self.writes:
+                truncate_jsonl(self.metrics_path, -1)  # every line of an attempt killed before its first checkpoint
             return False
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if meta.get("version") != STATE_VERSION:
             raise RuntimeError(f"checkpoint {path} has format {meta.get('version')}, expected {STATE_VERSION}")
-        if meta["config"] != _jsonable(self.config):
+        if _resumable(meta["config"]) != _resumable(_jsonable(self.config)):
             raise RuntimeError(
                 f"checkpoint {path} was written with another training config; rerun with the same config, "
                 "or with --force to start training again"
@@ -313,7 +339,8 @@ class BlockwiseTrainer:
         self.rng.bit_generator.state = meta["rng"]
         self.batches.load_state_dict(meta["batches"])
         self.candidates = [BlockCandidates.from_dict(c) for c in meta["candidates"]]
-        truncate_jsonl(self.metrics_path, self.step)
+        if self.writes:
+            truncate_jsonl(self.metrics_path, self.step)
         logger.info("resumed from %s at step %d", path, self.step)
         return True
 
@@ -324,6 +351,8 @@ class BlockwiseTrainer:
         return self.workdir / "metrics.jsonl"
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -348,7 +377,7 @@ class BlockwiseTrainer:
         running = None
         total = self.total_steps
         bar = tqdm(total=total, initial=self.step, desc="train" if self.schedule is None else "train (progressive)",
-                   unit="step", disable=not self.show_progress, dynamic_ncols=True)
+                   unit="step", disable=not (self.show_progress and self.writes), dynamic_ncols=True)
         while self.step < total:
             t0 = time.perf_counter()
             stage = None if self.schedule is None else self.schedule.stage(self.step)
@@ -385,7 +414,8 @@ class BlockwiseTrainer:
         self.final_scores()
         self._log({"step": self.step, "event": "final_scores", "paths": [len(c.paths) for c in self.candidates],
                    "seconds": round(time.perf_counter() - t0, 2)})
-        self.write_candidates()
+        if self.writes:
+            self.write_candidates()
         return {
             "steps": self.step, "resumed_at": resumed_at, "shrinking_rounds": self.rounds_done,
             "valid_loss": final["mean"], "valid_loss_per_block": [b["mean"] for b in final["blocks"]],
@@ -402,6 +432,12 @@ class BlockwiseTrainer:
         path = self.workdir / "candidates.json"
         atomic_write_json(path, {"seq_len": self.seq_len, "blocks": [c.records() for c in self.candidates]})
         return path
+
+
+def _resumable(config: dict) -> dict:
+    """What a checkpoint must share with the config that resumes it: all but how the work is spread (the number
+    of data-parallel workers and threads do not change a step)."""
+    return {k: v for k, v in config.items() if k not in ("workers", "threads")}
 
 
 def _jsonable(config: TrainConfig) -> dict:
