@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,13 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from nasbert import SearchSpace
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server or a process group a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 TINY_WORDS = [
     "the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "this", "be", "at", "by",

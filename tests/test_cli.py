@@ -172,6 +172,13 @@ def test_run_with_another_seed_is_refused(run_dir, tiny_teacher_dir, capsys):
     assert (run_dir / "manifest.json").read_bytes() == before
 
 
+def test_a_run_goes_on_with_other_workers_and_threads_but_not_other_steps(run_dir, tiny_teacher_dir, capsys):
+    """train.workers / train.threads / search.workers say how the work is spread, not what is computed."""
+    assert _run(run_dir, tiny_teacher_dir, "train.workers=2", "train.threads=1", "search.workers=4") == 0
+    assert _run(run_dir, tiny_teacher_dir, "train.steps=7") == 1
+    assert "was made with train.steps" in capsys.readouterr().err
+
+
 def test_run_with_another_space_is_refused(run_dir, tiny_teacher_dir, tmp_path, capsys, tiny_space):
     other = tmp_path / "tiny_copy.yaml"
     other.write_text(tiny_space.to_yaml())

@@ -4,9 +4,9 @@ batch, end where one process stepping on the whole batch ends (DataParallel, Blo
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+from conftest import free_port
 import torch
 import torch.multiprocessing as mp
 
@@ -16,12 +16,6 @@ from nasbert.training import TrainConfig
 from nasbert.training.blockwise import BlockBatch, BlockLearner, DataParallel
 
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _setup(seed: int = 0):
@@ -66,7 +60,7 @@ def test_two_replicas_on_half_batches_step_as_one_process_on_the_whole(tmp_path)
     losses = [learner.step(b, paths) for b in batches]
     weights = {n: p.detach() for n, p in supernet.block_parameters(1)}
 
-    mp.start_processes(_replica, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_replica, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     replicas = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for rep in replicas:
         assert rep["losses"] == pytest.approx(losses, rel=1e-5)

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,16 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
 RAY = Path(sys.executable).parent / "ray"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: the cluster and its drivers: no usage report; no token authentication (a cluster of this machine's processes)
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +31,9 @@ def cluster(tmp_path_factory):
     pytest.importorskip("ray")
     if not RAY.exists():
         pytest.skip(f"the ray command is not at {RAY}")
-    port = _free_port()
+    port = free_port()
     temp = Path("/tmp") / f"nasbert-ray-{port}"  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **ENV}
     common = ["--disable-usage-stats", f"--temp-dir={temp}"]
     head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                            *common], capture_output=True, text=True, env=env, timeout=180)
@@ -56,14 +52,14 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_teacher_dir, tmp_path_factory):
-    """A micro run trained and profiled, searched by nobody yet; its trials' heartbeat is 1 s."""
+    """A micro run profiled and trained, searched by nobody yet; its trials' heartbeat is 1 s."""
     from test_faults import OVERRIDES, SPACE
 
     root = tmp_path_factory.mktemp("cluster-run")
     (root / "micro.yaml").write_text(SPACE)
     run = root / "run"
     done = _nasbert("run", "--space", str(root / "micro.yaml"), "--teacher", tiny_teacher_dir, "--out", str(run),
-                    "--no-progress", "--until", "latency", *OVERRIDES, "search.heartbeat_s=1", "search.trials=200",
+                    "--no-progress", "--until", "train", *OVERRIDES, "search.heartbeat_s=1", "search.trials=200",
                     env={"NASBERT_CACHE": str(root / "cache")})
     assert done.returncode == 0, done.stderr[-3000:]
     return run
@@ -77,7 +73,7 @@ def _nasbert(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 def _search(run: Path, address: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nasbert.cli", "search", "--run", str(run), "--ray-address", address,
                              "--workers", "2", "--no-progress", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
 
 
 def _states(run: Path) -> dict[str, int]:

@@ -60,7 +60,7 @@ def test_two_workers_train_what_one_process_trains(built, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
 
     for name in ("train/checkpoint/supernet.safetensors", "train/checkpoint/state.json", "train/candidates.json",
-                 "space.yaml", "supernet/model.safetensors"):
+                 "space.yaml", "supernet/supernet.safetensors"):
         assert (parallel / name).is_file(), name
     a, b = _losses(single), _losses(parallel)
     assert sorted(b) == sorted(a) == list(range(1, 25))  # one line per step, written once
@@ -96,3 +96,5 @@ def test_training_resumes_after_a_worker_is_killed(built, tmp_path):
     losses = _losses(target)
     assert sorted(losses) == list(range(1, 25))  # the lines after the resumed checkpoint were dropped, then redone
     assert json.loads(state.read_text())["step"] == 24
+    train = json.loads((target / "manifest.json").read_text())["stages"]["train"]
+    assert train["status"] == "done" and train["resumed_at"] is not None  # the group was restarted and resumed

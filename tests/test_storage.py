@@ -11,13 +11,13 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from nasbert.redact import redact_url, strip_password
 
@@ -30,12 +30,6 @@ def _pg_bin() -> Path | None:
         return Path(os.path.realpath(found)).parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(versions[-1]).parent if versions else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +56,7 @@ def postgres(tmp_path_factory):
             if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
                 break
             os.chmod(parent, os.stat(parent).st_mode | 0o011)
-    data, pwfile, port = root / "data", root / "pw", _free_port()
+    data, pwfile, port = root / "data", root / "pw", free_port()
     pwfile.write_text(PASSWORD + "\n")
     if as_user:
         os.chown(pwfile, pg_user.pw_uid, pg_user.pw_gid)
