@@ -377,6 +377,18 @@ def test_the_calibrated_objective_scores_the_calibrated_candidate(objective, ela
     assert objective.score(plain) > ev.proxy_loss
 
 
+def test_the_calibrated_objective_travels_to_another_process_without_its_teacher(objective):
+    """What a Ray search worker receives: a pickled copy (the teacher's output-capturing hooks, which Hugging Face
+    models carry once they have returned their hidden states, cannot be pickled) that scores as the original."""
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(objective))
+    assert copy.teacher is None and objective.teacher is not None
+    arch = Arch.parse("32:mha2,ffn48|32:mha,ffn|32:mha3,identity|32:ffn32,identity")
+    copy._cache.clear()
+    assert copy(arch) == objective(arch)
+
+
 def test_the_calibrated_objective_offers_every_path_and_refuses_bad_settings(objective, elastic, teacher, rows,
                                                                              batches, tiny_space):
     # the sampler's choices cover every path of every layer (45 = 5 attentions x 9 FFNs), each architecture once

@@ -82,6 +82,12 @@ class CalibratedObjective(Objective):
             self._targets = [teacher(**b).last_hidden_state[b["attention_mask"].bool()] for b in self.batches]
         self._cache: dict[str, float] = {}
 
+    def __getstate__(self) -> dict:
+        """A copy for another process (a Ray search worker) leaves the teacher behind: a trial needs only its
+        calibration statistics, its targets and the source supernet, and a Hugging Face model that has returned its
+        hidden states carries forward hooks that cannot be pickled."""
+        return {**self.__dict__, "teacher": None}
+
     def __call__(self, arch: Arch) -> Evaluation:
         """As :meth:`Objective.__call__`, with the parameters and FLOPs of the model this objective scores and the
         export writes: the teacher's sub-layers without adapters (``drop_identity_adapters``)."""
