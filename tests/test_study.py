@@ -60,6 +60,20 @@ def test_processes_sharing_a_study_stop_at_its_count(tmp_path):
     assert all(t.user_attrs.get("surplus") for t in surplus)
 
 
+def test_each_queued_trial_is_run_once_by_processes_sharing_a_sqlite_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = _study(url)
+    for x in range(24):  # starting points, queued by the driver before the workers start
+        study.enqueue_trial({"x": x})
+    done = _workers(url, 30, n=3)
+    assert all(d.returncode == 0 for d in done), [d.stderr[-2000:] for d in done]
+    study = _study(url)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 30 and count_states(study)["FAIL"] == 0
+    queued = [t.params["x"] for t in complete if "fixed_params" in t.system_attrs]
+    assert sorted(queued) == list(range(24))  # every starting point once, none twice
+
+
 def test_a_killed_process_trial_is_retried_with_its_parameters(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     _study(url)

@@ -6,7 +6,7 @@
 ``train``:    block-wise distillation with progressive shrinking (paths binned by the latency table when the
               run has a profile); writes the trained supernet and the surviving paths (RUN/space.yaml,
               RUN/train/candidates.json).
-``search``:   Optuna (or Ray Tune) over the shrunk space under the budgets (RUN/search/).
+``search``:   Optuna (in this process or on Ray workers) over the shrunk space under the budgets (RUN/search/).
 ``export``:   per budget, the top candidates re-evaluated whole and timed; the best exported (RUN/family/),
               after whole-model distillation on the training corpus when ``export.distill.steps > 0``.
 """

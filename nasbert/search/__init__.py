@@ -1,8 +1,9 @@
 """Search the shrunk space for the best architecture under each budget (NAS-BERT, section 3.3).
 
 :class:`Objective` is a pure function of an architecture (proxy loss, predicted latency, params, FLOPs);
-:func:`run_search` drives it with Optuna, :func:`nasbert.search.ray_search.run_ray_search` with Ray Tune
-(imported lazily, so Ray is needed only there).
+:func:`run_search` drives it with Optuna in this process, :func:`nasbert.search.ray_search.run_ray_search` with
+Optuna workers on Ray (imported lazily, so Ray is needed only there), both in one shared study
+(:mod:`nasbert.search.study`).
 """
 
 from __future__ import annotations

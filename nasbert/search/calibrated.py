@@ -8,8 +8,8 @@ so that a trial only looks it up; the export recalibrates its chosen models bott
 the calibrated model against the teacher's final hidden states on fixed, unmasked validation sequences. The proxy
 loss the search minimises is ``1 - cosine`` (the mean per-token cosine to the teacher's states; ``proxy="mse"``: the
 MSE). Latency is predicted on the profiled device and parameters and FLOPs are counted exactly, as in
-:class:`~nasbert.search.objective.Objective`, which this replaces for elastic spaces; Optuna and Ray Tune call it
-the same way.
+:class:`~nasbert.search.objective.Objective`, which this replaces for elastic spaces; the in-process search and the
+Ray workers call it the same way.
 
 Why the cosine: it is blind to the scale of the states, which a pruned model that skips sub-layers changes while
 keeping their direction, and which a fine-tuned classifier does not read through its LayerNorm and pooler; the MSE

@@ -89,7 +89,7 @@ class SearchResult:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Constraint shared by the samplers (Optuna and Ray Tune's OptunaSearch)
+# Constraint shared by the samplers
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -98,7 +98,7 @@ class BudgetConstraint:
 
     Set on each trial with ``trial.set_constraint(BudgetConstraint.key, constraint(evaluation))`` (Optuna 5's
     replacement of ``constraints_func``); NSGA-II and TPE then prefer feasible trials. A class, not a closure,
-    so that a sampler's define-by-run function holding it can be pickled (Ray Tune checkpoints its searcher).
+    so that a trial function holding it can be pickled (it travels to Ray workers).
     """
 
     key = "budget"

@@ -100,7 +100,10 @@ def open_storage(url: str, *, heartbeat_s: int | None = HEARTBEAT_S):
             try:
                 with warnings.catch_warnings():  # the heartbeat's arguments are "experimental" (since Optuna 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(url, **kwargs)
+                    storage = optuna.storages.RDBStorage(url, **kwargs)
+                if url.startswith("sqlite"):
+                    _serialize_sqlite(storage.engine)
+                return storage
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
                 # Two processes that open a new database at once both create Optuna's tables, and the slower one's
                 # CREATE fails (or, in SQLite, finds the file locked); once the faster one is done, the tables are
@@ -120,6 +123,24 @@ def open_storage(url: str, *, heartbeat_s: int | None = HEARTBEAT_S):
         raise SearchError(f"storage {shown}: cannot open the database ({redact_url(lines[0]) if lines else e}); "
                           "check that the server runs and that the host, port, user, password and database "
                           "are right") from None
+
+
+def _serialize_sqlite(engine) -> None:
+    """Make every transaction on a SQLite study take the database's write lock when it begins (``BEGIN
+    IMMEDIATE``; SQLAlchemy's recipe for pysqlite). Optuna takes a queued trial by reading that it is WAITING and
+    then marking it RUNNING; PostgreSQL locks the row in between (``SELECT ... FOR UPDATE``), SQLite does not, and
+    two processes then run the same queued trial. Serialised, the second reads it RUNNING and takes another."""
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, record):
+        dbapi_connection.isolation_level = None  # pysqlite emits no BEGIN of its own
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners (Optuna's table set-up) are not reused
 
 
 def make_sampler(kind: str, *, seed: int, population_size: int = 50):
