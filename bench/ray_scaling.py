@@ -50,7 +50,7 @@ def search_rate(run, config, workers: int, trials: int) -> dict:
 def train_rate(run_path: Path, config, workers: int, steps: int, tmp: Path, batch_size: int) -> dict:
     from nasbert.run import RunDir
     from nasbert.run.stages import stage_supernet
-    from nasbert.training.ray_train import train_data_parallel
+    from nasbert.run.ray_train import train_data_parallel
 
     shrink = replace(config.train.shrink, enabled=False)
     train = replace(config.train, steps=steps, workers=workers, threads=1, eval_every=0, checkpoint_every=steps,

@@ -43,3 +43,22 @@ def torch_threads(n: int | None) -> Iterator[None]:
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     """``batch`` with every tensor on ``device`` (a tensor already there is not copied)."""
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def ray_init(address: str | None, num_cpus: int | None = None) -> bool:
+    """Start (``address`` None: a local instance of ``num_cpus`` CPUs) or join (``"auto"``, ``"ray://host:10001"``)
+    a Ray instance unless one is running in this process; returns whether this call started it (and so should shut
+    it down)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict = {"logging_level": logging.WARNING}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    elif not str(address).startswith("ray://"):
+        kwargs.update(log_to_driver=False)
+    ray.init(address=address, **kwargs)
+    return True

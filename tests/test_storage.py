@@ -139,6 +139,27 @@ def test_two_search_processes_share_one_postgresql_study(postgres, searched_run,
     assert _trial_numbers(postgres, study) == numbers  # the old study is kept as it was
 
 
+def test_ray_workers_and_a_plain_search_share_one_postgresql_study(postgres, searched_run, tmp_path):
+    pytest.importorskip("ray")
+    run = tmp_path / "run"
+    shutil.copytree(searched_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["created"] += "-ray"  # another run for the study's name: not the study the test above filled
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    on_ray = _nasbert("search", "--run", str(run), "--storage", postgres, "--ray-address", "local", "--workers", "2",
+                      "--trials", "30", "--no-progress", env=env)
+    assert PASSWORD not in on_ray.stdout + on_ray.stderr
+    study = json.loads((run / "manifest.json").read_text())["stages"]["search"]["study_name"]
+    assert len(_trial_numbers(postgres, study)) == 30
+    joined = _nasbert("search", "--run", str(run), "--storage", postgres, "--trials", "40", "--no-progress")
+    assert PASSWORD not in joined.stdout + joined.stderr
+    numbers = _trial_numbers(postgres, study)
+    assert len(numbers) == 40 == len(set(numbers))  # the in-process search went on with the Ray workers' study
+    pareto = json.loads((run / "search" / "pareto.json").read_text())
+    assert pareto["n_trials"] == 40 and pareto["search"]["storage"] == redact_url(postgres)
+
+
 def _refused(capsys, *argv: str) -> str:
     from nasbert.cli import main
 

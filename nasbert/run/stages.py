@@ -92,7 +92,7 @@ def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_pro
     use_ray = config.ray.enabled or ray_address is not None  # "local" starts a local Ray instance
     address = config.ray.address if ray_address in (None, "local") else ray_address
     if config.train.workers > 1:
-        from ..training.ray_train import train_data_parallel
+        from .ray_train import train_data_parallel
 
         run.mark("train", "running", workers=config.train.workers)
         result = train_data_parallel(run, config, address=address, num_cpus=config.ray.num_cpus,

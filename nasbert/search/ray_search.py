@@ -28,13 +28,13 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..budgets import DEFAULT_BUDGETS, Budget
 from ..redact import redact_url
 from ..space import Arch
+from ..utils import ray_init
 from .objective import Objective
 from .optuna_search import (
     SearchResult, TrialFunction, _check_search, complete_trials, enqueue_starting_points, study_plan, study_records,
@@ -125,7 +125,7 @@ def run_ray_search(
         enqueue_starting_points(study, objective, enqueue)
         studies.append(study)
 
-    started = _ray_init(address, num_cpus)
+    started = ray_init(address, num_cpus)
     try:
         actor = ray.remote(SearchWorker).options(num_cpus=threads, max_restarts=0)
         objective_ref = ray.put(objective)  # the weights reach each worker once, not per trial
@@ -179,21 +179,6 @@ def run_ray_search(
                      starting_k=starting_k)
 
 
-def _ray_init(address: str | None, num_cpus: int | None) -> bool:
-    """Start (address None) or join a Ray instance unless one is running; returns whether this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
-    if address is None:
-        kwargs.update(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    elif not str(address).startswith("ray://"):
-        kwargs.update(log_to_driver=False)
-    ray.init(address=address, **kwargs)
-    return True
-
-
 def _whole_model_losses(supernet_dir: str, teacher: str, archs: list[str], batches: list) -> dict[str, float]:
     """Runs in a Ray task: load the supernet and the teacher, evaluate ``archs`` as whole models."""
     from ..training.evaluation import whole_model_loss
@@ -213,7 +198,7 @@ def ray_whole_model_losses(supernet_dir: str | os.PathLike, teacher: str, archs:
     import ray
 
     archs = list(archs)
-    started = _ray_init(address, num_cpus)
+    started = ray_init(address, num_cpus)
     try:
         n_tasks = max(1, min(len(archs), int(ray.available_resources().get("CPU", 1))))
         task = ray.remote(num_cpus=1)(_whole_model_losses)

@@ -75,7 +75,7 @@ class TrainConfig:
     device: str = "cpu"
     #: data-parallel replicas (Ray Train, ``nasbert train --ray-address ... train.workers=N``; gloo on CPU, NCCL on
     #: GPU): each step's batch is split into ``workers`` equal shares and the gradients averaged, so a step is the
-    #: single-process step (training/ray_train.py). 1: in this process
+    #: single-process step (run/ray_train.py). 1: in this process
     workers: int = 1
     #: "teacher": MHA / FFN ops start from the teacher (the point of nasbert); "random": the baseline
     init: str = "teacher"

@@ -16,6 +16,7 @@ import torch
 from ..space import Arch, BlockArch
 from ..supernet import SuperNet
 from .blockwise import BlockBatch, BlockLearner
+from ..utils import ray_init
 from .config import TrainConfig
 
 __all__ = ["RayBlockRunner"]
@@ -67,15 +68,7 @@ class RayBlockRunner:
         import ray
 
         self._ray = ray
-        if not ray.is_initialized():
-            kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-            if address is None:
-                ray.init(num_cpus=num_cpus, **kwargs)
-            else:
-                ray.init(address=address, **kwargs)
-            self._owns_ray = True
-        else:
-            self._owns_ray = False
+        self._owns_ray = ray_init(address, num_cpus)
         n_blocks = supernet.space.num_blocks
         cpus = ray.available_resources().get("CPU", 1.0)
         per_actor = max(0.01, min(1.0, cpus / n_blocks))

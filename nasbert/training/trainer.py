@@ -88,7 +88,7 @@ class BlockwiseTrainer:
         if self.schedule is not None and block_runner is not None:
             raise ValueError("train.mode: progressive trains one block after another in one process; "
                              "disable ray (ray.enabled: false) or use train.mode: blockwise")
-        #: this process's share of a data-parallel run (Ray Train, training/ray_train.py); None: the whole batch.
+        #: this process's share of a data-parallel run (Ray Train, run/ray_train.py); None: the whole batch.
         #: Every replica runs the same loop on the same weights; only replica 0 writes metrics and checkpoints.
         self.data_parallel = data_parallel
         if data_parallel is not None:

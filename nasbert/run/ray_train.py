@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json
+from ..utils import ray_init
 
 __all__ = ["train_data_parallel"]
 
@@ -35,9 +36,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from ..run import RunConfig, RunDir
-    from ..run.stages import finish_train, train_inputs
-    from .blockwise import DataParallel
+    from ..training.blockwise import DataParallel
+    from .rundir import RunConfig, RunDir
+    from .stages import finish_train, train_inputs
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -69,12 +70,10 @@ def train_data_parallel(run, config, *, address: str | None = None, num_cpus: in
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ..search.ray_search import _ray_init
-
     workers, gpu = config.train.workers, config.train.device.startswith("cuda")
     threads = max(1, config.train.threads)
     _summary_path(run).unlink(missing_ok=True)  # an earlier attempt's
-    started = _ray_init(address, num_cpus)
+    started = ray_init(address, num_cpus)
     try:
         storage = Path(run.train_dir) / "ray"
         storage.mkdir(parents=True, exist_ok=True)
