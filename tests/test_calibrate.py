@@ -196,7 +196,8 @@ def test_the_export_calibrates_a_pruned_member_and_records_it(space, tiny_teache
 
     from nasbert import Family
     from nasbert.data import CorpusConfig, load_corpus
-    from nasbert.export.family_export import export_family
+    from nasbert.export.config import ExportConfig
+    from nasbert.export.family_export import ExportInputs, export_family
     from nasbert.search import Evaluation, parse_budgets
     from nasbert.training.evaluation import state_cosine, validation_batches, whole_model_loss
 
@@ -211,12 +212,12 @@ def test_the_export_calibrates_a_pruned_member_and_records_it(space, tiny_teache
     evaluation = {str(a): Evaluation(0.5, 1.0, space.num_params(a, adapters=False), space.flops(a, 16))
                   for a in (pruned, whole)}
     trials = {str(pruned): 7, str(whole): 3}
-    export_family(supernet=SuperNet.from_teacher(space, tiny_teacher).eval(), teacher=tiny_teacher,
-                  tokenizer=tokenizer, teacher_name="tiny", space=space, budgets=budgets,
-                  candidates={b.name: [(a, evaluation[str(a)], trials[str(a)]) for a in (pruned, whole)]
-                              for b in budgets},
-                  valid_batches=batches, device=device, out=tmp_path / "family", write_onnx=True,
-                  teacher_supernet=teacher_net, calibration=calibration)
+    inputs = ExportInputs(supernet=SuperNet.from_teacher(space, tiny_teacher).eval(), teacher=tiny_teacher,
+                          tokenizer=tokenizer, teacher_name="tiny", space=space, device=device, valid_batches=batches,
+                          teacher_supernet=teacher_net, calibration=calibration)
+    export_family(inputs, budgets, {b.name: [(a, evaluation[str(a)], trials[str(a)]) for a in (pruned, whole)]
+                                    for b in budgets},
+                  out=tmp_path / "family", config=ExportConfig(onnx=True, int8=False))
     family = Family.load(tmp_path / "family")
     members = {str(Arch.from_dict(m.arch)): m for m in family.models}
     assert sorted(members) == sorted([str(pruned), str(whole)])

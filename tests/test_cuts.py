@@ -14,9 +14,11 @@ from transformers import AutoTokenizer
 from nasbert import Arch, Family, SearchSpace, SuperNet
 from nasbert.data import CorpusConfig, load_corpus
 from nasbert.export.calibrate import calibrate
-from nasbert.export.config import WEIGHTS
 from nasbert.export.cuts import BUSY_MARGIN, cut_arch, cut_name, work_speedup
-from nasbert.export.family_export import COSINE_TIE, _Candidate, _choice_text, _judged_latency, export_family
+from nasbert.export.config import WEIGHTS, ExportConfig
+from nasbert.export.family_export import (
+    COSINE_TIE, ExportInputs, _Candidate, _choice_text, _judged_latency, export_family,
+)
 from nasbert.search import Evaluation, parse_budgets
 from nasbert.training.evaluation import plain_batches, state_cosine, validation_batches, whole_model_loss
 
@@ -197,10 +199,11 @@ def test_a_cut_timed_faster_than_its_work_allows_is_judged_at_its_work(elastic, 
     teacher_net = SuperNet.from_teacher(elastic, tiny_teacher, reorder="units").eval()
 
     def export(candidates, out):
-        export_family(supernet=SuperNet.from_teacher(elastic, tiny_teacher).eval(), teacher=tiny_teacher,
-                      tokenizer=tokenizer, teacher_name="tiny", space=elastic, budgets=[budget],
-                      candidates={"2x": [(a, _evaluation(elastic, a), t) for t, a in candidates]},
-                      valid_batches=batches, device=DEVICE, out=out, write_onnx=False, teacher_supernet=teacher_net)
+        inputs = ExportInputs(supernet=SuperNet.from_teacher(elastic, tiny_teacher).eval(), teacher=tiny_teacher,
+                              tokenizer=tokenizer, teacher_name="tiny", space=elastic, device=DEVICE,
+                              valid_batches=batches, teacher_supernet=teacher_net)
+        export_family(inputs, [budget], {"2x": [(a, _evaluation(elastic, a), t) for t, a in candidates]}, out=out,
+                      config=ExportConfig(onnx=False, int8=False))
         return json.loads((out / "family.json").read_text())
 
     with caplog.at_level("WARNING", logger="nasbert.export.family_export"):
@@ -262,10 +265,10 @@ def test_a_candidate_near_a_budgets_edge_is_timed_again_and_the_record_says_so(t
     evaluation = Evaluation(0.5, 1.0, tiny_space.num_params(arch), tiny_space.flops(arch, 16))
     batches = validation_batches(corpus.valid, tokenizer, batch_size=8, n_batches=1, seed=0)
     # a margin of 0.99 puts every candidate slower than 1% of the limit "near" it
-    export_family(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
-                  space=tiny_space, budgets=budgets, candidates={"1.01x": [(arch, evaluation)]},
-                  valid_batches=batches, device=DEVICE, out=tmp_path / "family", top_k=1, write_onnx=False,
-                  edge_margin=0.99)
+    inputs = ExportInputs(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
+                          space=tiny_space, device=DEVICE, valid_batches=batches)
+    export_family(inputs, budgets, {"1.01x": [(arch, evaluation)]}, out=tmp_path / "family", top_k=1,
+                  config=ExportConfig(onnx=False, int8=False, edge_margin=0.99))
     raw = json.loads((tmp_path / "family" / "family.json").read_text())
     (row,) = raw["candidates"]
     assert row["first_speedup"] > 0 and row["speedup"] > 0
@@ -282,13 +285,13 @@ def test_weights_must_name_a_known_version_set(tiny_space, elastic, tiny_teacher
     with pytest.raises(ConfigError, match=r"export\.weights must be one of \['both', 'supernet', 'teacher'\], got "
                                           r"'trained'"):
         RunConfig.from_dict({"export": {"weights": "trained"}})
-    args = dict(supernet=None, teacher=tiny_teacher, tokenizer=None, teacher_name="tiny", budgets=[], candidates={},
-                valid_batches=[], device={}, out="unused")
-    with pytest.raises(ValueError, match="weights must be one of"):
-        export_family(space=tiny_space, weights="trained", **args)
+    with pytest.raises(ConfigError, match="export.weights must be one of"):
+        ExportConfig(weights="trained")
+    inputs = ExportInputs(supernet=None, teacher=tiny_teacher, tokenizer=None, teacher_name="tiny", space=elastic,
+                          device={}, valid_batches=[])
     for weights in ("teacher", "both"):  # the teacher's weights of an elastic space come from teacher_supernet
         with pytest.raises(ValueError, match=r"teacher_supernet=SuperNet.from_teacher\(space, teacher"):
-            export_family(space=elastic, weights=weights, **args)
+            export_family(inputs, [], {}, out="unused", config=ExportConfig(weights=weights))
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -315,10 +318,11 @@ def exported(request, elastic, tiny_teacher, tiny_teacher_dir, tmp_path_factory)
     batches = validation_batches(corpus.valid, tokenizer, batch_size=8, n_batches=1, seed=0)
     plain = plain_batches(corpus.valid, batch_size=8, n_batches=1)
     out = tmp_path_factory.mktemp("elastic-export") / "family"
-    export_family(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny", space=elastic,
-                  budgets=budgets, candidates=candidates, valid_batches=batches, device=DEVICE, out=out,
-                  top_k=len(searched), write_onnx=False, teacher_supernet=teacher_net, proxy_batches=plain,
-                  weights=weights, calibration=calibration)
+    inputs = ExportInputs(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
+                          space=elastic, device=DEVICE, valid_batches=batches, teacher_supernet=teacher_net,
+                          proxy_batches=plain, calibration=calibration)
+    export_family(inputs, budgets, candidates, out=out, top_k=len(searched),
+                  config=ExportConfig(onnx=False, int8=False, weights=weights))
     # each candidate in each weight version: the teacher's extracted without adapters (and calibrated), or the supernet
     expected = {}
     for arch in searched:

@@ -20,7 +20,8 @@ from nasbert import Arch, Family, FamilyMember, SuperNet
 from nasbert.cli import main
 from nasbert.config import ConfigError
 from nasbert.data import CorpusConfig, load_corpus
-from nasbert.export.family_export import export_family
+from nasbert.export.config import ExportConfig
+from nasbert.export.family_export import ExportInputs, export_family
 from nasbert.training.evaluation import validation_batches, whole_model_loss
 from nasbert.run import RunConfig
 from nasbert.search import Evaluation, parse_budgets
@@ -173,10 +174,11 @@ def family(supernet, tiny_teacher, tiny_space, corpus, tokenizer, tmp_path_facto
     budgets = parse_budgets(["1M", "60k"])  # parameter budgets: every candidate fits, no timing decides
     candidates = {b.name: [(a, evaluation[str(a)]) for a in (ARCH, OTHER)] for b in budgets}
     device = {"key": "test-cpu", "engine": "torch", "device": "cpu", "threads": 1, "batch": 1, "seq_len": 16}
-    export_family(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny", space=tiny_space,
-                  budgets=budgets, candidates=candidates, valid_batches=batches, device=device, out=out, top_k=2,
-                  write_onnx=False, distill=DistillConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, threads=1),
-                  corpus=corpus)
+    inputs = ExportInputs(supernet=supernet, teacher=tiny_teacher, tokenizer=tokenizer, teacher_name="tiny",
+                          space=tiny_space, device=device, valid_batches=batches, corpus=corpus)
+    distill = DistillConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, threads=1)
+    export_family(inputs, budgets, candidates, out=out, top_k=2,
+                  config=ExportConfig(onnx=False, int8=False, distill=distill))
     return Family.load(out)
 
 

@@ -29,28 +29,28 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..data import TokenizedCorpus
 from ..io import atomic_dir
 from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
-from ..training.config import DistillConfig
 from ..training.distill import DistillResult, distill_arch
 from ..budgets import latency_limits
-from ..latency.models import EDGE_MARGIN, measure_models, speedup
+from ..latency.models import measure_models, speedup
 from ..onnxio import OnnxParityError, export_int8, export_onnx
 from ..training.evaluation import state_cosine, whole_model_loss
 from .calibrate import calibrate
 from .card import write_model_card
-from .config import WEIGHTS
+from .config import WEIGHTS, ExportConfig
 from .cuts import busy, judged_ms, work_speedup
 from .family import Family, FamilyMember
 from .hf import write_hf_files
 
-__all__ = ["export_family"]
+__all__ = ["ExportInputs", "export_family"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,54 +149,64 @@ def _bound_record(cand: _Candidate, timed_ms: float, judged_ms: float, teacher_m
             **({"timed_speedup": speedup(teacher_ms, timed_ms)} if timed_ms != judged_ms else {})}
 
 
-def export_family(
-    *,
-    supernet: SuperNet,
-    teacher,
-    tokenizer,
-    teacher_name: str,
-    space: SearchSpace,
-    budgets: Sequence,
-    candidates: dict[str, list[tuple[Arch, object]]],
-    valid_batches: list[dict],
-    device: dict,
-    out: str | Path,
-    top_k: int | None = 3,
-    write_onnx: bool = True,
-    seed: int = 0,
-    evaluate=None,
-    distill: DistillConfig | None = None,
-    corpus: TokenizedCorpus | None = None,
-    teacher_supernet: SuperNet | None = None,
-    proxy_batches: list[dict] | None = None,
-    write_int8: bool = False,
-    teacher_cache=None,
-    edge_margin: float = EDGE_MARGIN,
-    weights: str = "teacher",
-    work_bound: bool = True,
-    calibration=None,
-    probe=None,
-) -> Family:
-    """Re-evaluate the top ``top_k`` candidates of every budget, time them with the teacher, export the best
-    that meets its budget. ``candidates[budget.name]`` is the search's ranking: ``(arch, evaluation)`` pairs
-    whose evaluation has ``proxy_loss`` and ``latency_ms`` (predicted), or ``(arch, evaluation, trial number)``.
-    In an elastic space (``teacher_supernet``: ``SuperNet.from_teacher(space, teacher, reorder="units")``) each
-    candidate competes with the teacher's own weights, no adapters, calibrated on ``calibration`` (token ids
-    (rows, seq_len) of unlabelled text; None: magnitude-pruned), and with ``weights="supernet"`` or ``"both"`` with
-    the trained supernet's. The best candidate is the one with the highest per-token cosine of its final hidden
-    states to the teacher's, over ``proxy_batches`` (unmasked validation sequences; default ``valid_batches``).
-    ``valid_loss`` is the whole-model MSE over ``valid_batches``; ``evaluate({name: arch}) -> {name: loss}``
-    computes it for the supernet's candidates instead of this process (e.g. Ray tasks). With
-    ``distill.steps > 0`` every chosen model is distilled as a whole on ``corpus`` (the training corpus) before
-    it is written. With ``write_int8`` (and ``write_onnx``) every member also gets ``model.int8.onnx``, timed
-    with the teacher (``int8_latency_ms``, ``int8_speedup``). ``teacher_cache`` (a
-    :class:`~nasbert.training.teacher_cache.TeacherStateCache` of ``corpus.train``) feeds the distillation. A
-    candidate timed within ``edge_margin`` of a budget's latency limit is timed again, longer, and that run decides
-    (:func:`~nasbert.latency.models.measure_models`). With ``work_bound``, a model of the teacher's sub-layers timed
-    faster than its work allows (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that
-    bound. With ``probe`` (a :class:`~nasbert.search.probe.Probe`), the candidates that meet a budget are ranked by
-    their probe score (a short fine-tune) instead of the cosine. ``top_k=None`` takes every candidate given."""
+@dataclass
+class ExportInputs:
+    """What the export works from: the run's models, data and device (``stage_export`` builds it from a run).
+
+    ``teacher_supernet``: the supernet of the teacher's own weights (``SuperNet.from_teacher(space, teacher,
+    reorder="units")``), which an elastic space's candidates are extracted from; ``calibration``: token ids (rows,
+    seq_len) of unlabelled text they are calibrated on (None: magnitude-pruned); ``proxy_batches``: the unmasked
+    validation sequences the cosine is computed on (default ``valid_batches``); ``corpus``: the training corpus, for
+    ``distill.steps > 0``, with ``teacher_cache`` (a :class:`~nasbert.training.teacher_cache.TeacherStateCache` of
+    ``corpus.train``) if there is one; ``evaluate({name: arch}) -> {name: loss}``: the supernet candidates' whole-model
+    losses computed elsewhere (Ray tasks); ``probe``: a :class:`~nasbert.search.probe.Probe` that ranks the
+    candidates meeting a budget (a short fine-tune) instead of the cosine."""
+
+    supernet: SuperNet
+    teacher: Any
+    tokenizer: Any
+    teacher_name: str
+    space: SearchSpace
+    device: dict
+    valid_batches: list[dict]
+    proxy_batches: list[dict] | None = None
+    teacher_supernet: SuperNet | None = None
+    calibration: Any = None
+    corpus: TokenizedCorpus | None = None
+    teacher_cache: Any = None
+    evaluate: Callable | None = None
+    probe: Any = None
+
+
+def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str, list[tuple[Arch, object]]], *,
+                  out: str | Path, config: ExportConfig | None = None, seed: int = 0,
+                  top_k: int | None = None) -> Family:
+    """Re-evaluate the top ``top_k`` candidates of every budget (None: every one given), time them with the
+    teacher, export the best that meets its budget to ``out``. ``candidates[budget.name]`` is the search's ranking:
+    ``(arch, evaluation[, trial number[, enqueued]])`` whose evaluation has ``proxy_loss`` and ``latency_ms``
+    (predicted). ``inputs`` holds the models, data and device (:class:`ExportInputs`); ``config`` (default
+    ``ExportConfig()``) how to export.
+
+    In an elastic space each candidate competes with the teacher's own weights, no adapters, calibrated on
+    ``inputs.calibration``, and with ``config.weights`` "supernet" or "both" with the trained supernet's. The best
+    candidate that meets a budget is the one with the highest probe score (``inputs.probe``), or without a probe the
+    highest per-token cosine of its final states to the teacher's. ``valid_loss`` is the whole-model MSE over
+    ``inputs.valid_batches``. With ``config.distill.steps > 0`` every chosen model is distilled as a whole on
+    ``inputs.corpus`` before it is written; with ``config.int8`` (and ``config.onnx``) every member also gets
+    ``model.int8.onnx``, timed with the teacher. A candidate timed within ``config.edge_margin`` of a budget's limit
+    is timed again, longer, and that run decides (:func:`~nasbert.latency.models.measure_models`). With
+    ``config.work_bound``, a model of the teacher's sub-layers timed faster than its work allows
+    (:func:`~nasbert.export.cuts.work_speedup`) is judged, and recorded, at that bound."""
     from .. import __version__
+
+    config = config if config is not None else ExportConfig()
+    supernet, teacher, tokenizer, teacher_name, space = (inputs.supernet, inputs.teacher, inputs.tokenizer,
+                                                         inputs.teacher_name, inputs.space)
+    device, valid_batches, proxy_batches = inputs.device, inputs.valid_batches, inputs.proxy_batches
+    teacher_supernet, calibration, corpus = inputs.teacher_supernet, inputs.calibration, inputs.corpus
+    teacher_cache, evaluate, probe = inputs.teacher_cache, inputs.evaluate, inputs.probe
+    write_onnx, write_int8, distill = config.onnx, config.int8, config.distill
+    edge_margin, weights, work_bound = config.edge_margin, config.weights, config.work_bound
 
     distilling = distill is not None and distill.steps > 0
     if distilling and corpus is None:

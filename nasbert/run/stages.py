@@ -321,7 +321,7 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     """Export the family: per budget, the best of the search's top candidates that meets the budget on measured
     latency (in an elastic space: calibrated, and ranked by the probe, search.probe; else by the cosine to the
     teacher), as Hugging Face directories with ONNX (fp32 and int8) and model cards, plus family.json."""
-    from ..export.family_export import export_family
+    from ..export.family_export import ExportInputs, export_family
     from ..training.evaluation import plain_batches, validation_batches
     from ..search.optuna_search import load_shortlists
 
@@ -366,18 +366,14 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
 
         evaluate = ray_losses
 
-    family = export_family(supernet=supernet, teacher=teacher, tokenizer=tokenizer, teacher_name=source,
-                           space=space, budgets=budgets, candidates=candidates, valid_batches=batches,
-                           device=device, out=target, top_k=None, probe=probe,
-                           write_onnx=config.export.onnx, seed=config.seed, evaluate=evaluate,
-                           distill=config.export.distill, corpus=corpus,
-                           teacher_supernet=teacher_supernet, write_int8=config.export.int8,
-                           teacher_cache=teacher_cache, edge_margin=config.export.edge_margin,
-                           weights=config.export.weights, work_bound=config.export.work_bound,
-                           calibration=corpus.train[: config.export.calibrate_rows]
-                           if config.export.calibrate_rows else None,
-                           proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
-                                                       n_batches=config.export.eval_batches))
+    inputs = ExportInputs(
+        supernet=supernet, teacher=teacher, tokenizer=tokenizer, teacher_name=source, space=space, device=device,
+        valid_batches=batches, teacher_supernet=teacher_supernet, corpus=corpus, teacher_cache=teacher_cache,
+        evaluate=evaluate, probe=probe,
+        calibration=corpus.train[: config.export.calibrate_rows] if config.export.calibrate_rows else None,
+        proxy_batches=plain_batches(corpus.valid, batch_size=config.train.batch_size,
+                                    n_batches=config.export.eval_batches))
+    family = export_family(inputs, budgets, candidates, out=target, config=config.export, seed=config.seed)
     if out is None:
         run.mark("export", "done", family=str(target.relative_to(run.path)), members=len(family.models),
                  teacher_latency_ms=family.teacher_latency_ms, distill_steps=config.export.distill.steps)
