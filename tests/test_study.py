@@ -136,13 +136,13 @@ def test_a_bad_heartbeat_is_a_clear_error(tmp_path, bad):
 
 
 def test_a_study_from_before_heartbeats_does_not_block_forever(tmp_path, monkeypatch, caplog):
-    """A RUNNING trial with no heartbeat record never goes stale: past a few grace periods, it is not waited for."""
+    """A RUNNING trial with no heartbeat record never goes stale: past ORPHAN_WAIT_BEATS, it is not waited for."""
     import nasbert.search.study as study_module
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     old, _ = resolve_storage(url, None, heartbeat_s=None)
     open_study(old, "s", sampler="random", seed=0, multi=False).ask()  # left RUNNING, no heartbeat
-    monkeypatch.setattr(study_module, "GRACE_BEATS", 1)
+    monkeypatch.setattr(study_module, "ORPHAN_WAIT_BEATS", 3)
     study = _study(url)
     start = time.monotonic()
     assert run_trials(study, lambda t: float(t.suggest_int("x", 0, 9)), 1, poll_s=0.1) == 1

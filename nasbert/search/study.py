@@ -47,6 +47,10 @@ HEARTBEAT_S = 10
 GRACE_BEATS = 4
 #: times a trial is queued again after its process died (then it stays FAIL, and the count goes on without it)
 MAX_RETRY = 3
+#: heartbeats a process waits, with nothing changing, for RUNNING trials that never go stale before it stops
+#: waiting for them: a trial left RUNNING by a search from before heartbeats has no heartbeat at all. A live trial
+#: longer than this (15 min at the default heartbeat) with no other trial finishing would be taken for one
+ORPHAN_WAIT_BEATS = 90
 
 
 class SearchError(ValueError):
@@ -285,11 +289,11 @@ def run_trials(study, fn: Callable, trials: int, *, on_trial: Callable[[], None]
                     return ran
                 # Others' trials would finish the count. Wait: they complete, or go stale and come back queued.
                 # A RUNNING trial with no heartbeat at all (a study from before heartbeats) never goes stale, so
-                # past a few grace periods with nothing changing, it is no longer waited for.
+                # past ORPHAN_WAIT_BEATS with nothing changing, it is no longer waited for.
                 seen = (done, tuple(running))
                 if seen != last_seen:
                     waiting_since, last_seen = time.monotonic(), seen
-                elif time.monotonic() - waiting_since > 3 * GRACE_BEATS * heartbeat:
+                elif time.monotonic() - waiting_since > ORPHAN_WAIT_BEATS * heartbeat:
                     logger.warning("study %r: trial(s) %s have been RUNNING for %.0f s without a heartbeat; not "
                                    "waiting for them", study.study_name, ", ".join(map(str, running)),
                                    time.monotonic() - waiting_since)
