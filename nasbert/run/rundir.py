@@ -35,7 +35,7 @@ from ..io import atomic_write_json, fault_point
 from ..latency.profile import LatencyConfig, LatencyProfile
 from ..redact import strip_password
 from ..search.config import SearchConfig
-from ..training.config import RayConfig, TrainConfig
+from ..training.config import SPREAD_KEYS as TRAIN_SPREAD_KEYS, RayConfig, TrainConfig
 
 __all__ = ["MANIFEST", "STAGES", "ConfigError", "RunConfig", "RunDir"]
 
@@ -88,8 +88,8 @@ class RunConfig:
 
 
 #: keys that say how the work is spread, not what is computed: a run may go on with other values
-SPREAD_KEYS = frozenset({"train.workers", "train.threads", "search.workers", "ray.enabled", "ray.address",
-                         "ray.num_cpus"})
+SPREAD_KEYS = frozenset({*(f"train.{k}" for k in TRAIN_SPREAD_KEYS), "search.workers", "ray.enabled",
+                         "ray.address", "ray.num_cpus"})
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:

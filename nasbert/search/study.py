@@ -277,16 +277,16 @@ def run_trials(study, fn: Callable, trials: int, *, on_trial: Callable[[], None]
     ran, waiting_since, last_seen = 0, None, None
     with quiet_optuna():
         while True:
-            if heartbeat is not None:
-                _fail_stale(study)
-            running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                       if t.number not in ignored]
-            done = len(study.get_trials(deepcopy=False, states=(complete,)))
+            now = study.get_trials(deepcopy=False, states=(complete, optuna.trial.TrialState.RUNNING))
+            done = sum(t.state == complete for t in now)
+            running = [t.number for t in now if t.state != complete and t.number not in ignored]
             if done >= trials:
                 return ran
             if done + len(running) >= trials:
                 if not wait or heartbeat is None:
                     return ran
+                # Optuna fails stale trials before each trial it starts; while waiting, none starts here
+                _fail_stale(study)
                 # Others' trials would finish the count. Wait: they complete, or go stale and come back queued.
                 # A RUNNING trial with no heartbeat at all (a study from before heartbeats) never goes stale, so
                 # past ORPHAN_WAIT_BEATS with nothing changing, it is no longer waited for.

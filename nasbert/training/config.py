@@ -45,6 +45,11 @@ class ShrinkConfig:
                 raise ConfigError(f"shrink.{name} must be >= 0, got {getattr(self, name)}")
 
 
+#: TrainConfig keys that say how the work is spread, not what a step computes: a checkpoint resumes under other
+#: values, and a run goes on with them
+SPREAD_KEYS = ("workers", "threads")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Block-wise distillation. The defaults suit the built-in teacher on 2 CPU cores; see experiments/ for GPU."""

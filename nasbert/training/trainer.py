@@ -29,7 +29,7 @@ from ..space import Arch, BlockArch
 from ..supernet import SuperNet
 from ..utils import torch_threads
 from .blockwise import BlockBatch, BlockLearner, DataParallel, block_batches, sandwich_paths, score_paths
-from .config import TrainConfig
+from .config import SPREAD_KEYS, TrainConfig
 from .progressive import ProgressiveSchedule, stage_loss, teacher_targets, whole_model_loss
 from .shrinking import BlockCandidates, shrink_round
 
@@ -437,7 +437,7 @@ class BlockwiseTrainer:
 def _resumable(config: dict) -> dict:
     """What a checkpoint must share with the config that resumes it: all but how the work is spread (the number
     of data-parallel workers and threads do not change a step)."""
-    return {k: v for k, v in config.items() if k not in ("workers", "threads")}
+    return {k: v for k, v in config.items() if k not in SPREAD_KEYS}
 
 
 def _jsonable(config: TrainConfig) -> dict:
