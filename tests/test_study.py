@@ -135,17 +135,42 @@ def test_a_bad_heartbeat_is_a_clear_error(tmp_path, bad):
         resolve_storage(f"sqlite:///{tmp_path / 'study.db'}", None, heartbeat_s=bad)
 
 
-def test_a_study_from_before_heartbeats_does_not_block_forever(tmp_path, monkeypatch, caplog):
-    """A RUNNING trial with no heartbeat record never goes stale: past ORPHAN_WAIT_BEATS, it is not waited for."""
-    import nasbert.search.study as study_module
-
+@pytest.mark.parametrize("left_by", ["a process killed before its first heartbeat", "a search before heartbeats"])
+def test_a_running_trial_that_never_had_a_heartbeat_is_failed_and_run_again(tmp_path, caplog, left_by):
+    """A RUNNING trial with no heartbeat record never goes stale in Optuna's sense: after the grace period of this
+    process's watch it is failed and queued again with its parameters, and the count ends exact."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    old, _ = resolve_storage(url, None, heartbeat_s=None)
-    open_study(old, "s", sampler="random", seed=0, multi=False).ask()  # left RUNNING, no heartbeat
-    monkeypatch.setattr(study_module, "ORPHAN_WAIT_BEATS", 3)
+    storage, _ = resolve_storage(url, None, heartbeat_s=1 if left_by.startswith("a process") else None)
+    orphan = open_study(storage, "s", sampler="random", seed=0, multi=False).ask()  # no heartbeat thread
+    orphan.suggest_int("x", 0, 9)
     study = _study(url)
     start = time.monotonic()
     assert run_trials(study, lambda t: float(t.suggest_int("x", 0, 9)), 1, poll_s=0.1) == 1
-    assert 2.5 < time.monotonic() - start < 30
-    assert "not waiting for them" in caplog.text
-    assert os.path.exists(tmp_path / "study.db")
+    assert 4 <= time.monotonic() - start < 30  # GRACE_BEATS heartbeats of 1 s
+    assert "no heartbeat" in caplog.text
+    states = {t.number: t for t in study.get_trials()}
+    assert states[orphan.number].state == optuna.trial.TrialState.FAIL
+    retry = [t for t in states.values() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(retry) == 1 and retry[0].system_attrs["failed_trial"] == orphan.number
+    assert retry[0].params == states[orphan.number].params
+
+
+def test_a_live_trial_is_not_taken_for_an_orphan(tmp_path):
+    """A process waiting for another's live trial (heartbeat records flowing) never fails it, however long it
+    runs: the other process's trial completes and is the study's only trial."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    code = ("import time, sys; from nasbert.search.study import resolve_storage, open_study, run_trials\n"
+            f"storage, _ = resolve_storage({url!r}, None, heartbeat_s=1)\n"
+            "study = open_study(storage, 's', sampler='random', seed=0, multi=False)\n"
+            "run_trials(study, lambda t: (t.suggest_int('x', 0, 9), time.sleep(8))[0] * 1.0, 1)\n")
+    other = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        study = _study(url)
+        deadline = time.monotonic() + 60
+        while not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            assert time.monotonic() < deadline and other.poll() is None
+            time.sleep(0.1)
+        assert run_trials(study, lambda t: 0.0, 1, poll_s=0.1) == 0  # waited 8 s > 4 s of grace, ran nothing
+    finally:
+        assert other.wait(timeout=60) == 0
+    assert count_states(study) == {"COMPLETE": 1, "RUNNING": 0, "WAITING": 0, "FAIL": 0, "PRUNED": 0}

@@ -13,7 +13,10 @@ runs :func:`run_trials` against the same study, so:
   trial runs). A RUNNING trial whose heartbeat is older than ``4 * heartbeat_s`` belonged to a process that died: the
   next process that looks fails it and queues it again (Optuna's ``RetryHeartbeatStaleTrialCallback``), so a killed
   search loses no trial and counts none twice. While others' trials run, a process that has nothing left to start
-  waits for them rather than leaving, so the last trials of a dead worker are not orphaned.
+  waits for them rather than leaving, so the last trials of a dead worker are not orphaned. A trial whose process
+  died before its first heartbeat (between Optuna's ``ask`` and the heartbeat thread's start), or one left RUNNING by
+  a search from before heartbeats, has no heartbeat to go stale: a waiting process that sees it without one for the
+  same grace period fails and queues it in the same way (a live trial records its first heartbeat as it starts).
 
 >>> storage, shown = resolve_storage("postgresql://nas@db/search", None, heartbeat_s=10)  # doctest: +SKIP
 >>> study = open_study(storage, "nasbert", sampler="nsga2", seed=0, multi=True)  # doctest: +SKIP
@@ -47,10 +50,6 @@ HEARTBEAT_S = 10
 GRACE_BEATS = 4
 #: times a trial is queued again after its process died (then it stays FAIL, and the count goes on without it)
 MAX_RETRY = 3
-#: heartbeats a process waits, with nothing changing, for RUNNING trials that never go stale before it stops
-#: waiting for them: a trial left RUNNING by a search from before heartbeats has no heartbeat at all. A live trial
-#: longer than this (15 min at the default heartbeat) with no other trial finishing would be taken for one
-ORPHAN_WAIT_BEATS = 90
 
 
 class SearchError(ValueError):
@@ -216,6 +215,55 @@ def _fail_stale(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def _without_heartbeat(study) -> set[int]:
+    """Trial ids of the study's RUNNING trials that have no heartbeat record (Optuna's RDB tables)."""
+    import optuna
+    from optuna.storages._rdb import models
+
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return set()
+    session = storage.scoped_session()
+    try:
+        rows = (session.query(models.TrialModel.trial_id)
+                .outerjoin(models.TrialHeartbeatModel,
+                           models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study._study_id,
+                        models.TrialModel.state == optuna.trial.TrialState.RUNNING,
+                        models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+                .all())
+    finally:
+        session.close()
+    return {trial_id for (trial_id,) in rows}
+
+
+def _fail_orphans(study, since: dict[int, float], grace_s: float) -> None:
+    """Fail, and queue again as a stale trial is, every RUNNING trial that has had no heartbeat record for
+    ``grace_s`` seconds of this process's watch (``since``: trial id -> when it was first seen without one). The
+    watch is this process's monotonic clock, so machines with other clocks or time zones agree."""
+    import optuna
+
+    now, bare = time.monotonic(), _without_heartbeat(study)
+    for trial_id in set(since) - bare:
+        del since[trial_id]
+    storage = study._storage
+    for trial_id in bare:
+        if now - since.setdefault(trial_id, now) < grace_s:
+            continue
+        del since[trial_id]
+        try:
+            failed = storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # it finished, or another process failed it
+            continue
+        if failed:
+            frozen = storage.get_trial(trial_id)
+            logger.warning("study %r: trial %d was RUNNING with no heartbeat for %.0f s; failed and queued again",
+                           study.study_name, frozen.number, grace_s)
+            callback = storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(study, frozen)
+
+
 def _heartbeat_s(study) -> int | None:
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
@@ -223,18 +271,14 @@ def _heartbeat_s(study) -> int | None:
     return storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
 
 
-class _Surplus(Exception):
-    pass
-
-
-def _surplus(study, trial, trials: int, ignored: frozenset[int] = frozenset()) -> bool:
+def _surplus(study, trial, trials: int) -> bool:
     """Whether ``trial`` (just asked for) is past the study's count: ``trials`` complete, running or queued trials
-    (but the ``ignored`` running ones) were there before it (trial numbers follow creation order)."""
+    were there before it (trial numbers follow creation order)."""
     import optuna
 
     live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     before = sum(1 for t in study.get_trials(deepcopy=False, states=live)
-                 if t.number < trial.number and t.number not in ignored)
+                 if t.number < trial.number)
     return before >= trials
 
 
@@ -266,42 +310,31 @@ def run_trials(study, fn: Callable, trials: int, *, on_trial: Callable[[], None]
     heartbeat = _heartbeat_s(study)
     complete = optuna.trial.TrialState.COMPLETE
 
-    ignored: set[int] = set()  # RUNNING trials that never go stale (no heartbeat record), not waited for
-
     def objective(trial):
-        if _surplus(study, trial, trials, frozenset(ignored)):
+        if _surplus(study, trial, trials):
             _give_back(study, trial)
             raise optuna.TrialPruned("surplus: the study held its count of trials when this one was asked for")
         return fn(trial)
 
-    ran, waiting_since, last_seen = 0, None, None
+    ran, bare_since = 0, {}
     with quiet_optuna():
         while True:
             now = study.get_trials(deepcopy=False, states=(complete, optuna.trial.TrialState.RUNNING))
             done = sum(t.state == complete for t in now)
-            running = [t.number for t in now if t.state != complete and t.number not in ignored]
+            running = len(now) - done
             if done >= trials:
                 return ran
-            if done + len(running) >= trials:
+            if done + running >= trials:
                 if not wait or heartbeat is None:
                     return ran
-                # Optuna fails stale trials before each trial it starts; while waiting, none starts here
+                # Others' trials would finish the count. Wait: they complete, or go stale (or never had a
+                # heartbeat) and come back queued, and this call runs them. Optuna fails stale trials before each
+                # trial it starts; while waiting, none starts here.
                 _fail_stale(study)
-                # Others' trials would finish the count. Wait: they complete, or go stale and come back queued.
-                # A RUNNING trial with no heartbeat at all (a study from before heartbeats) never goes stale, so
-                # past ORPHAN_WAIT_BEATS with nothing changing, it is no longer waited for.
-                seen = (done, tuple(running))
-                if seen != last_seen:
-                    waiting_since, last_seen = time.monotonic(), seen
-                elif time.monotonic() - waiting_since > ORPHAN_WAIT_BEATS * heartbeat:
-                    logger.warning("study %r: trial(s) %s have been RUNNING for %.0f s without a heartbeat; not "
-                                   "waiting for them", study.study_name, ", ".join(map(str, running)),
-                                   time.monotonic() - waiting_since)
-                    ignored.update(running)
-                    continue
+                _fail_orphans(study, bare_since, GRACE_BEATS * heartbeat)
                 time.sleep(poll_s)
                 continue
-            waiting_since = last_seen = None
+            bare_since.clear()
             finished = []
             study.optimize(objective, n_trials=1, gc_after_trial=False,
                            callbacks=[lambda study, frozen: finished.append(frozen.state)])
