@@ -151,6 +151,22 @@ class Arch:
     def __str__(self) -> str:
         return "|".join(str(b) for b in self.blocks)
 
+    def layers_text(self) -> str:
+        """Per block, its ops without identities (``-`` for an empty block), joined by `` / ``; the width leads
+        each block only where the blocks' widths differ.
+
+        >>> Arch.parse("384:mha,ffn768|384:mha4,identity|384:identity,identity").layers_text()
+        'mha,ffn768 / mha4 / -'
+        >>> Arch.parse("32:mha,ffn|16:ffn,identity").layers_text()
+        '32:mha,ffn / 16:ffn'
+        """
+        one_width = len(set(self.widths)) == 1
+        parts = []
+        for block in self.blocks:
+            ops = ",".join(op for op in block.ops if op != "identity") or "-"
+            parts.append(ops if one_width else f"{block.width}:{ops}")
+        return " / ".join(parts)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Exact parameter and FLOP counts of one op (the extracted model's layers; see nasbert/modeling)

@@ -254,13 +254,19 @@ def _report_config(args: argparse.Namespace):
     """A ReportConfig from the options a command has (``baselines`` has no fine-tuning options)."""
     import dataclasses
 
-    from ..quality.report import ReportConfig, parse_max_train
+    from ..quality.report import ReportConfig, parse_max_train, parse_per_task
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ReportConfig)
-              if getattr(args, f.name, None) is not None and f.name not in ("max_train_examples", "rule")}
+              if getattr(args, f.name, None) is not None and f.name not in ("max_train_examples", "rule", "epochs")}
     values["rule"] = dict(r.partition("=")[::2] for r in getattr(args, "rule", None) or [])
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     tasks = values.get("tasks", ReportConfig.tasks)
+    epochs = parse_per_task([str(e) for e in getattr(args, "epochs", None) or []], tasks, option="--epochs",
+                            cast=float)
+    every = [e for e in getattr(args, "epochs", None) or [] if "=" not in str(e)]
+    if every:
+        values["epochs"] = float(every[-1])
+    values["task_epochs"] = {t: n for t, n in epochs.items() if n != values.get("epochs", ReportConfig.epochs)}
     return ReportConfig(**values, max_train_examples=parse_max_train(getattr(args, "max_train_examples", None), tasks))
 
 
@@ -457,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-encodings", nargs="+", choices=["cross", "bi"], default=["cross", "bi"],
                    help="pair tasks (sick, ...): the ways of reading a pair, a grid axis like the rate: cross (the "
                         "texts as one sequence) and bi (each text apart, Sentence-BERT's classifier); default both")
-    p.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs (default 3)")
+    p.add_argument("--epochs", nargs="+", metavar="[TASK=]N", default=None,
+                   help="fine-tuning epochs, for every task (N) or one (TASK=N) (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch size (default 32)")
     p.add_argument("--max-seq-len", type=int, default=128, help="tokens per input (default 128)")
     p.add_argument("--max-train-examples", nargs="+", metavar="[TASK=]N",

@@ -59,7 +59,7 @@ def build_finetune_parser(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help=f"(default {d.warmup_ratio:g})")
     recipe.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
     recipe.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch,
-                        help=f"dev evaluations per epoch (default {d.evals_per_epoch})")
+                        help=f"dev evaluations per epoch (default {d.evals_per_epoch}; 0: one, after the last step)")
     recipe.add_argument("--seed", type=int, default=d.seed, help="seeds the new head, dropout and data order")
     recipe.add_argument("--pooling", choices=["auto", "cls", "mean"], default=d.pooling,
                         help="what the classifier reads: the [CLS] token or the mean of the real tokens (nasbert "

@@ -85,7 +85,8 @@ class FinetuneConfig:
     eval_batch_size: int = 128
     #: a seeded random subset of the training set (null = all of it)
     max_train_examples: int | None = None
-    #: evaluations on the dev set per epoch (the last one at the epoch's end)
+    #: evaluations on the dev set per epoch (the last one at the epoch's end); 0: one evaluation, after the last
+    #: step (the final score is the same: evaluating draws no random numbers and changes no weight)
     evals_per_epoch: int = 1
     seed: int = 0
     #: weight of the distillation term: (1 - kd_lambda) * CE + kd_lambda * KL (used with a KD teacher only)
@@ -107,11 +108,14 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "max_seq_len": self.max_seq_len, "eval_batch_size": self.eval_batch_size,
-                    "evals_per_epoch": self.evals_per_epoch, "checkpoint_every": self.checkpoint_every,
+                    "checkpoint_every": self.checkpoint_every,
                     "log_every": self.log_every, "kd_temperature": self.kd_temperature}
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"finetune {key} must be > 0, got {value}")
+        if self.evals_per_epoch < 0:
+            raise ConfigError(f"finetune evals_per_epoch must be >= 0 (0: only after the last step), got "
+                              f"{self.evals_per_epoch}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"finetune warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.kd_lambda <= 1.0:
@@ -747,7 +751,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
-    eval_every = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch))
+    eval_every = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch)) if config.evals_per_epoch else None
     optimizer, schedule = _optimizer(net, config, total_steps)
     step, seconds, best, history = 0, 0.0, None, []
     resumed = (out / CHECKPOINT).is_file()
@@ -803,7 +807,7 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
                           + "\n")
                 running = []
             end_of_epoch = step % steps_per_epoch == 0
-            if step % eval_every == 0 or end_of_epoch or step == total_steps:
+            if step == total_steps or (eval_every is not None and (step % eval_every == 0 or end_of_epoch)):
                 metrics = evaluate()
                 entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "dev": metrics}
                 history.append(entry)

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError
 from ..io import atomic_dir, atomic_write_json, atomic_write_text
 from ..latency.profile import LatencyProfile
+from ..space import Arch
 from .baselines import KINDS, LAYERDROP_MODES, ROW_KINDS, SERVES_TOLERANCE, Baseline, baseline_params, build_raw, \
     choose_baselines, layerdrop_baselines, uniform_baselines
 
@@ -86,6 +87,8 @@ class ReportConfig:
     #: rate); the smallest members read SICK better with each text apart, the teacher as one sequence
     pair_encodings: tuple[str, ...] = PAIR_ENCODINGS
     epochs: float = 3.0
+    #: epochs for some tasks (the others: ``epochs``)
+    task_epochs: dict[str, float] = field(default_factory=dict)
     batch_size: int = 32
     max_seq_len: int = 128
     #: training examples per task (a fixed seeded subset, the same for every model and seed); absent = all
@@ -135,6 +138,11 @@ class ReportConfig:
                               f"{', '.join(self.baselines)}")
         if self.distill_steps is not None and self.distill_steps < 0:
             raise ConfigError(f"report: --distill-steps must be >= 0, got {self.distill_steps}")
+        for task, n in self.task_epochs.items():
+            if task not in self.tasks:
+                raise ConfigError(f"report: --epochs names {task!r}, which is not in --tasks ({', '.join(self.tasks)})")
+            if not n > 0:
+                raise ConfigError(f"report: --epochs {task}={n} must be > 0")
         for task, n in self.max_train_examples.items():
             if task not in self.tasks:
                 raise ConfigError(f"report: --max-train-examples names {task!r}, which is not in --tasks "
@@ -296,7 +304,6 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
     Returns (and writes) ``models.json``. Each model directory is written atomically and kept on a rerun."""
     from ..export.hf import write_hf_files
     from ..modeling import NasBertModel
-    from ..space import Arch
     from ..training.distill import distill_arch
 
     models_file = out / "models.json"
@@ -434,7 +441,6 @@ def proxy_scores(run: _Run, out: Path, models: dict) -> dict[str, dict]:
 
     from ..training.evaluation import plain_batches, validation_batches
     from ..modeling import NasBertModel
-    from ..space import Arch
     from ..training.blockwise import block_batches, score_paths
 
     path = out / "proxies.json"
@@ -538,9 +544,11 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
         job = _job_dir(out, model, task, grid_point(lr, encoding), seed)
         score = _score(job, tasks[task].task)
         if score is None:
-            ft = FinetuneConfig(epochs=config.epochs, batch_size=config.batch_size, lr=lr,
-                                max_seq_len=config.max_seq_len, seed=seed, pooling="mean", threads=config.threads,
-                                max_train_examples=config.max_train_examples.get(task), pair_encoding=encoding)
+            # one evaluation, after the last step: the report's score is the final one
+            ft = FinetuneConfig(epochs=config.task_epochs.get(task, config.epochs), batch_size=config.batch_size,
+                                lr=lr, max_seq_len=config.max_seq_len, seed=seed, pooling="mean",
+                                threads=config.threads, max_train_examples=config.max_train_examples.get(task),
+                                pair_encoding=encoding, evals_per_epoch=0)
             finetune(out / "models" / model, tasks[task], out=job, config=ft, onnx=False, progress=False)
             score = _score(job, tasks[task].task)
         bar.update(1)
@@ -628,15 +636,16 @@ def _points(lrs: dict, encodings: dict | None, tasks) -> str:
 
 def markdown_table(results: dict) -> str:
     tasks = results["tasks"]
-    head = ["budget", "kind", "model", "params", "ms", "speed-up", *tasks, "panel", "% teacher", "lr"]
+    head = ["budget", "kind", "model", "layers", "params", "ms", "speed-up", *tasks, "panel", "% teacher", "lr"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     t = results["teacher"]
-    lines.append("| - | teacher | teacher | " + f"{results['teacher_params'] / 1e6:.1f} M | "
+    lines.append("| - | teacher | teacher | all | " + f"{results['teacher_params'] / 1e6:.1f} M | "
                  f"{results['teacher_latency_ms']:.2f} | 1.00x | " + " | ".join(_fmt(t[k]) for k in tasks)
                  + f" | {results['teacher_panel_mean']:.1f} ± {results['teacher_panel_spread']:.1f} | 100 | "
                  + _points(results["teacher_lr"], results.get("teacher_pair_encoding"), tasks) + " |")
     for r in results["rows"]:
-        lines.append(f"| {r['budget'] or '-'} | {r['kind']} | {r['name']} | {r['params'] / 1e6:.1f} M | "
+        layers = Arch.parse(r["arch"]).layers_text() if r.get("arch") else "-"
+        lines.append(f"| {r['budget'] or '-'} | {r['kind']} | {r['name']} | {layers} | {r['params'] / 1e6:.1f} M | "
                      f"{r['latency_ms']:.2f} | {r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
                      + f" | {r['panel_mean']:.1f} ± {r['panel_spread']:.1f} | {r['panel_pct_of_teacher']:.1f} | "
                      + _points(r["lr"], r.get("pair_encoding"), tasks) + " |")
@@ -767,15 +776,20 @@ def build_report(run: str | Path, *, out: str | Path | None = None, config: Repo
     return write(scores, list(tasks))
 
 
-def parse_max_train(values: Sequence[str] | None, tasks: Sequence[str]) -> dict[str, int]:
-    """``["20000"]`` (every task) or ``["sst2=20000", "cola=4000"]`` -> ``{task: n}``."""
-    out: dict[str, int] = {}
+def parse_per_task(values: Sequence[str] | None, tasks: Sequence[str], *, option: str, cast=int) -> dict:
+    """``["20000"]`` (every task) or ``["sst2=20000", "cola=4000"]`` -> ``{task: n}`` (``n`` read by ``cast``)."""
+    out: dict = {}
     for value in values or []:
         task, _, n = value.rpartition("=")
         try:
-            count = int(n)
+            count = cast(n)
         except ValueError:
-            raise ConfigError(f"--max-train-examples takes N or TASK=N, got {value!r}") from None
+            raise ConfigError(f"{option} takes N or TASK=N, got {value!r}") from None
         for t in ([task] if task else tasks):
             out[t] = count
     return out
+
+
+def parse_max_train(values: Sequence[str] | None, tasks: Sequence[str]) -> dict[str, int]:
+    """``--max-train-examples``: :func:`parse_per_task` of integers."""
+    return parse_per_task(values, tasks, option="--max-train-examples")

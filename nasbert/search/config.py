@@ -42,8 +42,10 @@ class SearchConfig:
     probe_test: int = 1000
     #: elastic spaces: a budget's candidates are its top_k trials by the cheap proxy and its best starting_k among
     #: the search's starting points (the teacher's bottom layers and their pruned versions, which the cheap proxy
-    #: ranks low whether or not they fine-tune well); 0: none
-    starting_k: int = 2
+    #: ranks low whether or not they fine-tune well); 0: none. Each one is a probe (a fine-tune, 20-90 s on 2
+    #: cores); a second starting point's probe came within 0.7 points of the first's at every budget of the default
+    #: run (probe noise), so one is the default
+    starting_k: int = 1
     #: Ray workers of a search on Ray (``nasbert search --ray-address``), each one thread
     workers: int = 2
     #: seconds between the heartbeats of a running trial in an RDB storage; a trial that misses 4 is taken for dead

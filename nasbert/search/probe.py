@@ -23,6 +23,7 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -117,12 +118,22 @@ class Probe:
 
         s = self.settings
         folder = self.work_dir / f"{name}-{weights_digest(model)}"
+        done = folder / "run" / "metrics.json"
+        if done.is_file():  # this model's probe, run before with the same task, rows and epochs
+            metrics = json.loads(done.read_text())
+            same = (metrics.get("task"), metrics.get("train_examples"), metrics.get("dev_examples"),
+                    metrics.get("epochs")) == (self.task.task.name, len(self.task.train), len(self.task.dev), s.epochs)
+            if same:
+                value = 100.0 * float(metrics["dev"][self.task.task.main_metric])
+                logger.info("probe %s: %.2f (run before)", name, value)
+                return value
         if not (folder / "model" / "config.json").is_file():
             save_hf_model(model, folder / "model", tokenizer=tokenizer)
+        # one evaluation, after the last step: the score is the final one
         result = finetune(folder / "model", self.task, out=folder / "run", onnx=False, progress=False,
                           device="cpu", config=FinetuneConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
                                                               max_seq_len=s.max_seq_len, seed=s.seed, pooling="mean",
-                                                              threads=s.threads))
+                                                              threads=s.threads, evals_per_epoch=0))
         value = 100.0 * float(result.metrics[self.task.task.main_metric])
         logger.info("probe %s: %.2f (%.0f s)", name, value, result.seconds)
         return value
