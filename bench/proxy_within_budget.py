@@ -35,7 +35,9 @@ from nasbert.finetune import FinetuneConfig, finetune, load_task
 from nasbert.io import atomic_write_json
 from nasbert.latency.measure import device_info
 from nasbert.latency.predictor import kendall_tau
-from nasbert.quality.report import _score
+from nasbert.quality.baselines import SERVES_TOLERANCE
+from nasbert.quality.report import run_score
+from nasbert.search.probe import Probe, load_probe
 from nasbert.run.rundir import RunDir
 from nasbert.run.stages import calibrated_objective
 from nasbert.search.calibrated import calibrated_model
@@ -43,26 +45,6 @@ from nasbert.space import Arch
 from nasbert.training.evaluation import plain_batches, state_cosine, whole_model_loss
 
 DEFAULTS = {"sst2": (1000, 2.0), "sick": (1000, 3.0), "cola": (1500, 2.0)}
-#: the probe proxy: two epochs on the first 2,000 pairs of QNLI's dev set (64 tokens), scored on the next 1,000 (QNLI
-#: is not in the panel; AutoTinyBERT and BootstrapNAS rank candidates by a short fine-tune; one epoch on 1,000 pairs
-#: left every model at chance)
-PROBE_TRAIN, PROBE_TEST, PROBE_EPOCHS = 2000, 1000, 2.0
-#: a model within 3% of a budget's speed-up serves it (the bottom-3 teacher layers at 1.98x serve 2x)
-SERVES_TOLERANCE = 0.03
-
-
-def _probe_task(data_dir: str, out: Path):
-    """QNLI's dev set split into a probe training set and a probe test set, in the GLUE layout."""
-    folder = out / "probe-qnli" / "QNLI"
-    if not (folder / "dev.tsv").is_file():
-        lines = (Path(data_dir) / "glue" / "QNLI" / "dev.tsv").read_text(encoding="utf-8").splitlines()
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "train.tsv").write_text("\n".join(lines[: 1 + PROBE_TRAIN]) + "\n", encoding="utf-8")
-        (folder / "dev.tsv").write_text("\n".join(lines[:1] + lines[1 + PROBE_TRAIN: 1 + PROBE_TRAIN + PROBE_TEST])
-                                         + "\n", encoding="utf-8")
-    return load_task("qnli", data_dir=folder.parent)
-
-
 def _candidates(objective, budget, rng, pool: int, band: float) -> list[tuple[Arch, float, float]]:
     """``pool`` random architectures whose predicted speed-up lies in [budget, budget * band], with their search
     proxy and predicted latency."""
@@ -137,7 +119,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     out, started = Path(args.out), time.perf_counter()
     tasks = {t: load_task(t, data_dir=args.data_dir, max_train_examples=DEFAULTS[t][0]) for t in args.tasks}
-    probe = _probe_task(args.data_dir, out)
+    probe = Probe(load_probe("builtin"), work_dir=out / "probe")  # the search's probe, as the export runs it
     report = {"command": " ".join(["python", *sys.argv]), "date": dt.date.today().isoformat(),
               "machine": device_info(engine="onnxruntime", device="cpu", threads=args.threads, batch=1,
                                      seq_len=128).to_dict(),
@@ -185,13 +167,8 @@ def main() -> None:
                                "flops": space.flops(arch, 128, adapters=False),
                                "heads": heads / (space.teacher.num_attention_heads * space.teacher.num_hidden_layers)},
                    "scores": {}}
-            job = out / budget.name / name / "probe-qnli"
-            if args.probe and _score(job, probe.task) is None:
-                finetune(directory, probe, out=job, config=FinetuneConfig(
-                    epochs=PROBE_EPOCHS, batch_size=32, lr=args.lr, max_seq_len=64, seed=0, pooling="mean",
-                    threads=args.threads), onnx=False, progress=False)
             if args.probe:
-                row["proxies"]["probe_qnli"] = _score(job, probe.task)
+                row["proxies"]["probe_qnli"] = probe.score(model, run_tokenizer(run), name=name)
             _panel(row, directory, out / budget.name / name, tasks, args)
             rows_out.append(row)
             if row["kind"] in args.twins:  # its magnitude-pruned twin: same shape, no calibration
@@ -217,13 +194,13 @@ def _panel(row: dict, directory: Path, jobs: Path, tasks: dict, args) -> None:
         scores = []
         for seed in args.seeds:
             job = jobs / task_name / f"seed{seed}"
-            score = _score(job, data.task)
+            score = run_score(job, data.task)
             if score is None:
                 t0 = time.perf_counter()
                 finetune(directory, data, out=job, config=FinetuneConfig(
                     epochs=epochs, batch_size=32, lr=args.lr, max_seq_len=128, seed=seed, pooling="mean",
                     threads=args.threads, max_train_examples=n), onnx=False, progress=False)
-                score = _score(job, data.task)
+                score = run_score(job, data.task)
                 print(f"{row['name']} {task_name} seed {seed}: {score:.2f} ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
             scores.append(score)
@@ -256,8 +233,7 @@ def markdown(report: dict) -> str:
                 "| kind | architecture | predicted | " + " | ".join(tasks) + " | panel (seeds) | probe | cosine |",
                 "|---|---|---|" + "---|" * len(tasks) + "---|---|---|"]
         for r in rows:
-            arch = " / ".join(b.split(":", 1)[1].replace("identity,identity", "-").replace(",identity", "")
-                              .replace("identity,", "") for b in r["arch"].split("|"))
+            arch = Arch.parse(r["arch"]).layers_text()
             scores = " | ".join(f"{statistics.mean(r['scores'][t]):.1f}" for t in tasks)
             seeds = ", ".join(f"{x:.1f}" for x in r["panel_per_seed"])
             proxies = r.get("proxies", {})

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from nasbert import SuperNet
 from nasbert.cli import main
+from nasbert.config import ConfigError
 from nasbert.export.hf import save_hf_model
 from nasbert.finetune import load_task
 from nasbert.finetune.trainer import (
@@ -237,6 +238,25 @@ def test_resume_is_exact(glue_dir, student_dir, tmp_path):
     b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "b" / "model").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_one_evaluation_after_the_last_step_gives_the_same_final_score(glue_dir, student_dir, tmp_path):
+    """evals_per_epoch 0 evaluates once, at the end; evaluating draws no random number and changes no weight, so
+    the final score and the weights are those of a run that evaluated every epoch."""
+    task = load_task("sst2", data_dir=glue_dir)
+    every = finetune(student_dir, task, out=tmp_path / "every", config=FinetuneConfig(**{**FAST, "epochs": 2}),
+                     onnx=False, progress=False)
+    once = finetune(student_dir, task, out=tmp_path / "once", onnx=False, progress=False,
+                    config=FinetuneConfig(**{**FAST, "epochs": 2, "evals_per_epoch": 0}))
+    assert once.metrics == every.metrics
+    histories = [json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in ("every", "once")]
+    assert [len(h) for h in histories] == [2, 1] and histories[1][0]["step"] == histories[0][-1]["step"]
+    a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "every" / "model").state_dict()
+    b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "once" / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    with pytest.raises(ConfigError, match="evals_per_epoch"):
+        FinetuneConfig(evals_per_epoch=-1)
 
 
 def test_the_device_is_recorded_and_one_that_is_not_there_is_refused_before_anything_is_written(

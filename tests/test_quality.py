@@ -328,7 +328,7 @@ def run(tiny_run_template, tmp_path_factory) -> Path:
     return copy_run(tiny_run_template, tmp_path_factory.mktemp("quality"))
 
 
-REPORT = ["--tasks", "sst2", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--epochs", "1",
+REPORT = ["--tasks", "sst2", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--epochs", "2", "sst2=1",
           "--batch-size", "16", "--max-seq-len", "16", "--layerdrop", "bottom", "--sampled", "2", "--threads", "1",
           "--no-progress"]
 
@@ -402,6 +402,23 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
     assert ("The grid's largest rate (0.003)" in md) == bool(at_top)
     assert named == [f"{name} (sst2)" for name in dict.fromkeys(at_top)]
     assert {r["name"] for r in models["rows"]} == set(os.listdir(out / "models"))
+    # --epochs 2 sst2=1: sst2 trains one epoch, and each run is evaluated once, after its last step
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["epochs"] == 2.0 and report["config"]["task_epochs"] == {"sst2": 1.0}
+    job_metrics = json.loads((out / "ft" / row["name"] / "sst2" / f"lr{lr:g}-seed0" / "metrics.json").read_text())
+    assert job_metrics["epochs"] == 1.0 and len(job_metrics["history"]) == 1
+    # each member against the best free baseline of its budget, which serves it, and the lead is their difference
+    searched = [r["name"] for r in results["rows"] if r["kind"] == "searched"]
+    assert [lead["name"] for lead in results["leads"]] == searched
+    for lead in results["leads"]:
+        free = [r for r in results["rows"] if r["budget"] == lead["budget"] and r["kind"] in ("layerdrop", "uniform")]
+        if free:
+            best = max(free, key=lambda r: r["panel_mean"])
+            assert lead["free"]["name"] == best["name"]
+            assert lead["free"]["lead"] == pytest.approx(lead["panel_mean"] - best["panel_mean"])
+        else:
+            assert lead["free"] is None
+    assert "best free baseline" in md and "| layers |" in md
 
     # resume: one fine-tuning run lost and the summary gone -> only that run is done again, same numbers
     job = out / "ft" / row["name"] / "sst2" / f"lr{lr:g}-seed1"
@@ -425,6 +442,8 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
 @pytest.mark.parametrize("extra,message", [
     (["--tasks", "imdb"], "unknown task 'imdb'"),
     (["--max-train-examples", "cola=10"], "not in --tasks"),
+    (["--epochs", "cola=2"], "--epochs names 'cola'"),
+    (["--epochs", "sst2=two"], "--epochs takes N or TASK=N"),
     (["--budgets", "9x"], "no member for budget 9x"),
     (["--lrs", "0"], "learning rates"),
     (["--pair-encodings", "bi", "bi"], "--pair-encodings"),

@@ -3,7 +3,6 @@ retried with its parameters, a trial past the count is given back. Real processe
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -59,7 +59,7 @@ from ..space import Arch
 from .baselines import KINDS, LAYERDROP_MODES, ROW_KINDS, SERVES_TOLERANCE, Baseline, baseline_params, build_raw, \
     choose_baselines, layerdrop_baselines, uniform_baselines
 
-__all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "summarize"]
+__all__ = ["ReportConfig", "ReportError", "build_baselines", "build_report", "leads", "run_score", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -518,7 +518,8 @@ def _encodings(task, config: ReportConfig) -> tuple[str, ...]:
     return config.pair_encodings if len(task.task.text_fields) == 2 else ("cross",)
 
 
-def _score(job: Path, task) -> float | None:
+def run_score(job: Path, task) -> float | None:
+    """The main dev metric x 100 of the finished fine-tuning run in ``job`` (None while it is not finished)."""
     metrics = job / "metrics.json"
     if not metrics.is_file():
         return None
@@ -542,7 +543,7 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
 
     def run_one(model: str, task: str, lr: float, encoding: str, seed: int) -> float:
         job = _job_dir(out, model, task, grid_point(lr, encoding), seed)
-        score = _score(job, tasks[task].task)
+        score = run_score(job, tasks[task].task)
         if score is None:
             # one evaluation, after the last step: the report's score is the final one
             ft = FinetuneConfig(epochs=config.task_epochs.get(task, config.epochs), batch_size=config.batch_size,
@@ -550,7 +551,7 @@ def _finetune_all(out: Path, models: list[str], tasks: dict[str, Any], config: R
                                 threads=config.threads, max_train_examples=config.max_train_examples.get(task),
                                 pair_encoding=encoding, evals_per_epoch=0)
             finetune(out / "models" / model, tasks[task], out=job, config=ft, onnx=False, progress=False)
-            score = _score(job, tasks[task].task)
+            score = run_score(job, tasks[task].task)
         bar.update(1)
         bar.set_postfix_str(f"{model} {task} lr {grid_point(lr, encoding)} seed {seed}: {score:.1f}")
         return score
@@ -616,12 +617,35 @@ def summarize(models: dict, scores: dict[str, dict[str, dict]], tasks: Sequence[
     per_seed_teacher = [_mean([teacher[t][i] for t in tasks]) for i in range(config.seeds)]
     for row in rows:
         row["proxies"] = (proxies or {}).get(row["name"])
-    return {"teacher": teacher, "teacher_lr": {t: scores[TEACHER][t]["lr"] for t in tasks},
+    return {"teacher": teacher, "teacher_lr": {t: scores[TEACHER][t]["lr"] for t in tasks}, "leads": leads(rows),
             "teacher_pair_encoding": {t: scores[TEACHER][t].get("pair_encoding", "cross") for t in tasks},
             "proxy_correlation": proxy_correlation(rows, proxies) if proxies else None,
             "teacher_panel_mean": teacher_panel, "teacher_panel_spread": _spread(per_seed_teacher),
             "teacher_latency_ms": models["teacher_latency_ms"], "teacher_params": teacher_row["params"],
             "tasks": list(tasks), "device": models["device"], "config": config.to_dict(), "rows": rows}
+
+
+FREE_KINDS = ("layerdrop", "pruned", "uniform")
+
+
+def leads(rows: list[dict]) -> list[dict]:
+    """Per searched row: its panel mean against the best free baseline of its budget (a layer-dropped teacher, the
+    member's magnitude-pruned twin or a uniform model, each chosen to serve the budget) and against the rule's
+    member, with the larger of the two seed spreads compared."""
+    out = []
+    for member in (r for r in rows if r["kind"] == "searched"):
+        same = [r for r in rows if r["budget"] == member["budget"] and r["distill_steps"] == member["distill_steps"]]
+        free = max((r for r in same if r["kind"] in FREE_KINDS), key=lambda r: r["panel_mean"], default=None)
+        rule = next((r for r in same if r["kind"] == "rule"), None)
+        entry = {"budget": member["budget"], "name": member["name"], "panel_mean": member["panel_mean"],
+                 "panel_spread": member["panel_spread"]}
+        for key, other in (("free", free), ("rule", rule)):
+            entry[key] = None if other is None else {
+                "name": other["name"], "kind": other["kind"], "panel_mean": other["panel_mean"],
+                "panel_spread": other["panel_spread"], "lead": member["panel_mean"] - other["panel_mean"],
+                "spread": max(member["panel_spread"], other["panel_spread"])}
+        out.append(entry)
+    return out
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -649,6 +673,24 @@ def markdown_table(results: dict) -> str:
                      f"{r['latency_ms']:.2f} | {r['speedup']:.2f}x | " + " | ".join(_fmt(r["scores"][k]) for k in tasks)
                      + f" | {r['panel_mean']:.1f} ± {r['panel_spread']:.1f} | {r['panel_pct_of_teacher']:.1f} | "
                      + _points(r["lr"], r.get("pair_encoding"), tasks) + " |")
+    if results.get("leads"):
+        lines += ["", "Each searched member against the best free baseline of its budget and the rule's member (panel "
+                  "points; spread: the larger seed std of the two):", "",
+                  "| budget | member | panel | best free baseline | its panel | lead (spread) | rule | lead (spread) |",
+                  "|---|---|---|---|---|---|---|---|"]
+
+        def versus(other):
+            if other is None:
+                return "- | - | -"
+            return (f"{other['name']} ({other['kind']}) | {other['panel_mean']:.2f} | "
+                    f"{other['lead']:+.2f} ({other['spread']:.2f})")
+
+        for lead in results["leads"]:
+            rule = lead["rule"]
+            rule_cells = ("- | -" if rule is None
+                          else f"{rule['panel_mean']:.2f} | {rule['lead']:+.2f} ({rule['spread']:.2f})")
+            lines.append(f"| {lead['budget']} | {lead['name']} | {lead['panel_mean']:.2f} | {versus(lead['free'])} | "
+                         f"{rule_cells} |")
     corr = results.get("proxy_correlation")
     if corr:
         lines += ["", "Kendall tau between each proxy and the panel score (a useful proxy is positive; losses "
