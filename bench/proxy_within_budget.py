@@ -33,7 +33,7 @@ from nasbert.budgets import parse_budgets
 from nasbert.export.hf import write_hf_files
 from nasbert.finetune import FinetuneConfig, finetune, load_task
 from nasbert.io import atomic_write_json
-from nasbert.latency.measure import device_info
+from nasbert.latency.measure import device_info, host
 from nasbert.latency.predictor import kendall_tau
 from nasbert.quality.baselines import SERVES_TOLERANCE
 from nasbert.quality.report import run_score
@@ -126,6 +126,12 @@ def main() -> None:
               "recipe": {"lr": args.lr, "batch_size": 32, "pooling": "mean", "max_seq_len": 128,
                          "tasks": {t: {"train_examples": DEFAULTS[t][0], "epochs": DEFAULTS[t][1]} for t in tasks}},
               "run": str(run.path), "budgets": {}}
+    command = report["command"]
+    if Path(args.json).is_file():  # the other budgets' results stay, each with the command, run and date it had
+        before = json.loads(Path(args.json).read_text())
+        report["budgets"] = before.get("budgets", {})
+        commands = before.get("command", [])
+        report["command"] = [*(commands if isinstance(commands, list) else [commands]), command]
     counts = {name: int(n) for name, _, n in (a.rpartition("=") for a in args.archs)}
     starting = objective.starting_points()
     for budget in parse_budgets(args.budgets):
@@ -181,7 +187,9 @@ def main() -> None:
                 rows_out.append(twin)
             print(json.dumps({k: row[k] for k in ("name", "arch", "panel", "proxies")}), flush=True)
             entry = _taus(rows_out)
-            report["budgets"][budget.name] = {"rows": rows_out, "kendall_tau": entry}
+            report["budgets"][budget.name] = {"rows": rows_out, "kendall_tau": entry, "command": command,
+                                              "run": str(run.path), "date": dt.date.today().isoformat(),
+                                              "host": host()}
             report["seconds"] = time.perf_counter() - started
             atomic_write_json(args.json, report)
 

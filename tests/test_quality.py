@@ -18,8 +18,8 @@ from nasbert.export.hf import save_hf_model
 from nasbert.finetune import TaskError, load_task
 from nasbert.modeling import NasBertModel
 from nasbert.quality import choose_baselines, kept_layers, layer_counts, layerdrop_baselines, uniform_baselines
-from nasbert.quality.baselines import build_raw, serves
-from nasbert.quality.report import proxy_correlation
+from nasbert.quality.baselines import ROW_KINDS, build_raw, serves
+from nasbert.quality.report import leads, markdown_table, plot, proxy_correlation
 from nasbert.search import parse_budgets
 
 from conftest import copy_run
@@ -337,6 +337,37 @@ def _report(run: Path, out: Path, glue_dir, *extra: str) -> subprocess.Completed
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(run.parent / "cache")}
     return subprocess.run(_nasbert() + ["report", str(run), "--out", str(out), "--data-dir", str(glue_dir), *REPORT,
                                         *extra], check=False, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _summary_row(budget, kind, name, panel, spread=0.5):
+    return {"budget": budget, "kind": kind, "name": name, "arch": "8:mha,ffn|8:identity,identity",
+            "distill_steps": 0, "params": 1000, "latency_ms": 1.0, "speedup": 2.0,
+            "scores": {"sst2": [panel - spread, panel + spread]}, "lr": {"sst2": 2e-4},
+            "pair_encoding": {"sst2": "cross"}, "panel_mean": panel, "panel_spread": spread,
+            "pct_of_teacher": {"sst2": 90.0}, "panel_pct_of_teacher": 90.0, "proxies": None}
+
+
+def test_every_row_kind_is_tabled_and_plotted_and_each_member_is_led_against_its_budgets_best_free_row(tmp_path):
+    rows = [_summary_row("2x", "searched", "m2", 80.0), _summary_row("2x", "rule", "rule-2x", 81.0),
+            _summary_row("2x", "layerdrop", "bottom3", 76.0), _summary_row("2x", "pruned", "pruned-m2", 77.5),
+            _summary_row("2x", "uniform", "uniform-L2", 70.0), _summary_row("3x", "searched", "m3", 70.0, 1.5),
+            _summary_row("3x", "layerdrop", "bottom2", 71.0, 0.2), _summary_row(None, "sampled", "s0", 60.0)]
+    assert {r["kind"] for r in rows} | {"teacher"} == set(ROW_KINDS)
+    found = leads(rows)
+    assert [(x["name"], x["free"]["name"], x["rule"] and x["rule"]["name"]) for x in found] == [
+        ("m2", "pruned-m2", "rule-2x"), ("m3", "bottom2", None)]
+    assert found[0]["free"]["lead"] == pytest.approx(2.5) and found[0]["rule"]["lead"] == pytest.approx(-1.0)
+    assert found[1]["free"]["lead"] == pytest.approx(-1.0) and found[1]["free"]["spread"] == 1.5
+    results = {"teacher": {"sst2": [90.0, 91.0]}, "teacher_lr": {"sst2": 2e-4}, "teacher_panel_mean": 90.5,
+               "teacher_panel_spread": 0.7, "teacher_latency_ms": 2.0, "teacher_params": 2000, "tasks": ["sst2"],
+               "device": {"key": "cpu"}, "leads": found, "rows": rows,
+               "config": {"seeds": 2, "lrs": [2e-4], "lr_select": "all", "pair_encodings": ["cross"]}}
+    md = markdown_table(results)
+    assert all(f"| {kind} |" in md for kind in ROW_KINDS)
+    assert "| 2x | m2 | 80.00 | pruned-m2 (pruned) | 77.50 | +2.50 (0.50) | 81.00 | -1.00 (0.50) |" in md
+    assert "| 3x | m3 | 70.00 | bottom2 (layerdrop) | 71.00 | -1.00 (1.50) | - | - |" in md
+    plot(results, tmp_path / "quality.png")
+    assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir, tmp_path):

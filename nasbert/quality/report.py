@@ -728,15 +728,16 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"searched": ("o", "tab:red"), "layerdrop": ("s", "tab:blue"), "uniform": ("^", "tab:green"),
-               "sampled": ("x", "tab:gray")}
+    #: every row kind but the teacher (a black star)
+    markers = {"searched": ("o", "tab:red"), "rule": ("D", "tab:orange"), "layerdrop": ("s", "tab:blue"),
+               "pruned": ("v", "tab:purple"), "uniform": ("^", "tab:green"), "sampled": ("x", "tab:gray")}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     ax.errorbar([results["teacher_latency_ms"]], [results["teacher_panel_mean"]],
                 yerr=[results["teacher_panel_spread"]], fmt="*", color="black", markersize=12, label="teacher")
     seen = {}
     for r in {r["name"]: r for r in results["rows"]}.values():
         marker, color = markers[r["kind"]]
-        hollow = r["distill_steps"] == 0 and r["kind"] in ("layerdrop", "uniform")
+        hollow = r["distill_steps"] == 0 and r["kind"] in FREE_KINDS
         label = r["kind"] if r["kind"] not in seen else None
         seen[r["kind"]] = True
         ax.errorbar([r["latency_ms"]], [r["panel_mean"]], yerr=[r["panel_spread"]], fmt=marker, color=color,
