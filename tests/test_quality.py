@@ -471,7 +471,7 @@ def test_report_compares_family_baselines_and_teacher_and_resumes(run, glue_dir,
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--tasks", "imdb"], "unknown task 'imdb'"),
+    (["--tasks", "imdb", "--epochs", "1"], "unknown task 'imdb'"),
     (["--max-train-examples", "cola=10"], "not in --tasks"),
     (["--epochs", "cola=2"], "--epochs names 'cola'"),
     (["--epochs", "sst2=two"], "--epochs takes N or TASK=N"),
