@@ -80,7 +80,7 @@ def main() -> int:
     shutil.copy(out / "quality.md", ROOT / "bench" / "results" / "quality_report.md")
     shutil.copy(out / "quality.png", ROOT / "docs" / "quality_report.png")
     if args.publish:
-        machine = host()
+        machine = record["host"]
         block = (f"Made by `{shlex.join(report_cmd)}` on {machine['cpu']} ({machine['cores']} cores; latency: "
                  f"{models['device'].get('key', '')}), {date}; "
                  f"raw numbers in `bench/results/quality_report.json` (`{record['command']}`).\n\n{table}")

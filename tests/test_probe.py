@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from nasbert import Arch, SearchSpace, SuperNet
 from nasbert.budgets import parse_budgets
 from nasbert.finetune import FinetuneConfig, finetune
 from nasbert.finetune.tasks import TaskError
+from nasbert.finetune.trainer import FinetuneError
 from nasbert.search.objective import Evaluation
 from nasbert.search.optuna_search import TrialRecord, select_per_budget
 from nasbert.search.probe import BUILTIN_PROBE, PROBE_TEST, PROBE_TRAIN, Probe, ProbeSettings, load_probe, \
@@ -70,6 +73,15 @@ def test_probe_score_is_the_fine_tuned_accuracy_and_is_not_trained_twice(tiny_sp
     mtime = (folder / "run" / "metrics.json").stat().st_mtime_ns
     assert probe.score(model, tokenizer, name="m") == score
     assert (folder / "run" / "metrics.json").stat().st_mtime_ns == mtime  # read back, not trained again
+    # a run of the same recipe that evaluated after every epoch (as probes once did) is read back too: same score
+    shutil.rmtree(folder / "run")
+    shutil.copytree(tmp_path / "by-hand", folder / "run")
+    assert probe.score(model, tokenizer, name="m") == pytest.approx(score)
+    assert (folder / "run" / "finetune.json").read_text() == (tmp_path / "by-hand" / "finetune.json").read_text()
+    # another recipe is not read back: its fine-tune finds the run of this one and refuses to mix them
+    other = Probe(task, work_dir=tmp_path / "probe", settings=dataclasses.replace(settings, lr=2 * settings.lr))
+    with pytest.raises(FinetuneError, match="other settings"):
+        other.score(model, tokenizer, name="m")
     with torch.no_grad():  # other weights: another run
         next(model.parameters()).add_(1.0)
     assert weights_digest(model) != folder.name.rpartition("-")[2]

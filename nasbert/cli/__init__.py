@@ -261,9 +261,9 @@ def _report_config(args: argparse.Namespace):
     values["rule"] = dict(r.partition("=")[::2] for r in getattr(args, "rule", None) or [])
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     tasks = values.get("tasks", ReportConfig.tasks)
-    epochs = parse_per_task([str(e) for e in getattr(args, "epochs", None) or []], tasks, option="--epochs",
-                            cast=float)
-    every = [e for e in getattr(args, "epochs", None) or [] if "=" not in str(e)]
+    given = getattr(args, "epochs", None) or []  # [TASK=]N, in order: a later one overrides an earlier one
+    epochs = parse_per_task(given, tasks, option="--epochs", cast=float)
+    every = [e for e in given if "=" not in e]
     if every:
         values["epochs"] = float(every[-1])
     values["task_epochs"] = {t: n for t, n in epochs.items() if n != values.get("epochs", ReportConfig.epochs)}

@@ -679,18 +679,17 @@ def markdown_table(results: dict) -> str:
                   "| budget | member | panel | best free baseline | its panel | lead (spread) | rule | lead (spread) |",
                   "|---|---|---|---|---|---|---|---|"]
 
-        def versus(other):
-            if other is None:
-                return "- | - | -"
-            return (f"{other['name']} ({other['kind']}) | {other['panel_mean']:.2f} | "
-                    f"{other['lead']:+.2f} ({other['spread']:.2f})")
+        def versus(other, *, named: bool) -> str:
+            """The cells of one comparison: [its name (kind)], its panel, the lead (spread)."""
+            cells = [] if other is None else [f"{other['panel_mean']:.2f}",
+                                              f"{other['lead']:+.2f} ({other['spread']:.2f})"]
+            if named and other is not None:
+                cells.insert(0, f"{other['name']} ({other['kind']})")
+            return " | ".join(cells or ["-"] * (3 if named else 2))
 
         for lead in results["leads"]:
-            rule = lead["rule"]
-            rule_cells = ("- | -" if rule is None
-                          else f"{rule['panel_mean']:.2f} | {rule['lead']:+.2f} ({rule['spread']:.2f})")
-            lines.append(f"| {lead['budget']} | {lead['name']} | {lead['panel_mean']:.2f} | {versus(lead['free'])} | "
-                         f"{rule_cells} |")
+            lines.append(f"| {lead['budget']} | {lead['name']} | {lead['panel_mean']:.2f} | "
+                         f"{versus(lead['free'], named=True)} | {versus(lead['rule'], named=False)} |")
     corr = results.get("proxy_correlation")
     if corr:
         lines += ["", "Kendall tau between each proxy and the panel score (a useful proxy is positive; losses "

@@ -26,9 +26,10 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..config import ConfigError
 from ..io import atomic_write_bytes
 from ..finetune.tasks import Example, TaskData, TaskError, get_task, load_task
 
@@ -110,6 +111,23 @@ class Probe:
         return (f"{self.task.task.name} probe ({len(self.task.train)} pairs x {self.settings.epochs:g} epochs, "
                 f"scored on {len(self.task.dev)})")
 
+    def _run_before(self, run: Path, config) -> float | None:
+        """The score of the finished probe run in ``run`` if it fine-tuned on this probe's rows with ``config``,
+        however often it evaluated along the way (its final score is the same), else None."""
+        from ..finetune.trainer import FinetuneConfig
+
+        if not (run / "metrics.json").is_file() or not (run / "finetune.json").is_file():
+            return None
+        metrics, asked = (json.loads((run / f).read_text()) for f in ("metrics.json", "finetune.json"))
+        try:
+            recipe = replace(FinetuneConfig.from_dict(asked["config"]), evals_per_epoch=config.evals_per_epoch)
+        except (ConfigError, KeyError, TypeError):  # a record nasbert can no longer read: run it again
+            return None
+        rows = (metrics.get("task"), metrics.get("train_examples"), metrics.get("dev_examples"))
+        if recipe != config or rows != (self.task.task.name, len(self.task.train), len(self.task.dev)):
+            return None
+        return 100.0 * float(metrics["dev"][self.task.task.main_metric])
+
     def score(self, model, tokenizer, *, name: str) -> float:
         """The probe's main metric (accuracy for QNLI), in percent, of ``model`` fine-tuned on the probe. Its run is
         ``work_dir/<name>-<digest of its weights>/``: the same model is not fine-tuned twice."""
@@ -118,22 +136,17 @@ class Probe:
 
         s = self.settings
         folder = self.work_dir / f"{name}-{weights_digest(model)}"
-        done = folder / "run" / "metrics.json"
-        if done.is_file():  # this model's probe, run before with the same task, rows and epochs
-            metrics = json.loads(done.read_text())
-            same = (metrics.get("task"), metrics.get("train_examples"), metrics.get("dev_examples"),
-                    metrics.get("epochs")) == (self.task.task.name, len(self.task.train), len(self.task.dev), s.epochs)
-            if same:
-                value = 100.0 * float(metrics["dev"][self.task.task.main_metric])
-                logger.info("probe %s: %.2f (run before)", name, value)
-                return value
+        # one evaluation, after the last step: the score is the final one
+        config = FinetuneConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, max_seq_len=s.max_seq_len,
+                                seed=s.seed, pooling="mean", threads=s.threads, evals_per_epoch=0)
+        before = self._run_before(folder / "run", config)
+        if before is not None:
+            logger.info("probe %s: %.2f (run before)", name, before)
+            return before
         if not (folder / "model" / "config.json").is_file():
             save_hf_model(model, folder / "model", tokenizer=tokenizer)
-        # one evaluation, after the last step: the score is the final one
         result = finetune(folder / "model", self.task, out=folder / "run", onnx=False, progress=False,
-                          device="cpu", config=FinetuneConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-                                                              max_seq_len=s.max_seq_len, seed=s.seed, pooling="mean",
-                                                              threads=s.threads, evals_per_epoch=0))
+                          device="cpu", config=config)
         value = 100.0 * float(result.metrics[self.task.task.main_metric])
         logger.info("probe %s: %.2f (%.0f s)", name, value, result.seconds)
         return value
