@@ -102,6 +102,16 @@ class Arch:
         keep = [bool(b.layers) for b in self.blocks[1:]] + [True]
         return True if all(keep) else keep
 
+    @property
+    def attention_depth(self) -> int:
+        """The blocks that keep an attention layer (``mha`` with any number of heads): how many times the model
+        relates its tokens to each other.
+
+        >>> Arch.parse("384:mha,ffn768|384:mha4,identity|384:identity,ffn192").attention_depth
+        2
+        """
+        return sum(any(_spec(op).kind == "mha" for op in b.layers) for b in self.blocks)
+
     def to_dict(self) -> dict[str, Any]:
         return {"blocks": [{"width": b.width, "ops": list(b.ops)} for b in self.blocks]}
 

@@ -259,6 +259,33 @@ def test_one_evaluation_after_the_last_step_gives_the_same_final_score(glue_dir,
         FinetuneConfig(evals_per_epoch=-1)
 
 
+def test_frozen_word_embeddings_stay_the_models_own_and_resume_exactly(glue_dir, student_dir, tmp_path):
+    """The probe's recipe: the word embeddings (every candidate's are the teacher's) are not trained; every other
+    weight is, and a killed run resumes to the same weights."""
+    task = load_task("sst2", data_dir=glue_dir)
+    config = FinetuneConfig(**{**FAST, "epochs": 1.5, "freeze_word_embeddings": True})
+    straight = finetune(student_dir, task, out=tmp_path / "a", config=config, onnx=False, progress=False)
+    assert finetune(student_dir, task, out=tmp_path / "b", config=config, onnx=False, progress=False,
+                    stop_after=7) is None
+    resumed = finetune(student_dir, task, out=tmp_path / "b", config=config, onnx=False, progress=False)
+    assert resumed.resumed and resumed.metrics == straight.metrics
+    before = AutoModelForSequenceClassification.from_pretrained(student_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a" / "model").state_dict()
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "b" / "model").state_dict()
+    words = [k for k in after if k.endswith("word_embeddings.weight")]
+    assert len(words) == 1
+    torch.testing.assert_close(after[words[0]], before[words[0]], rtol=0, atol=0)
+    changed = [k for k in after if k in before and k not in words and not torch.equal(after[k], before[k])]
+    assert any("position_embeddings" in k for k in changed) and any("layers" in k or "layer." in k for k in changed)
+    for key in after:
+        torch.testing.assert_close(after[key], again[key], rtol=0, atol=0, msg=key)
+    trained = finetune(student_dir, task, out=tmp_path / "c", onnx=False, progress=False,
+                       config=FinetuneConfig(**{**FAST, "epochs": 1.5}))
+    assert trained.steps == straight.steps
+    unfrozen = AutoModelForSequenceClassification.from_pretrained(tmp_path / "c" / "model").state_dict()
+    assert not torch.equal(unfrozen[words[0]], before[words[0]])
+
+
 def test_the_device_is_recorded_and_one_that_is_not_there_is_refused_before_anything_is_written(
         glue_dir, student_dir, tmp_path, capsys, monkeypatch):
     task = load_task("sst2", data_dir=glue_dir)

@@ -9,14 +9,14 @@
                                modeling code, model.onnx, README.md (model card with the measured numbers)
 
 The candidates of a budget are the search's top ones (in an elastic space: its top trials by the cheap proxy and
-its best starting points). In an elastic teacher space each is made of the teacher's own sub-layers: extracted from
+its best starting points at each attention depth). In an elastic teacher space each is made of the teacher's own sub-layers: extracted from
 the teacher's weights with no adapters and calibrated bottom-up on the corpus
 (:func:`~nasbert.export.calibrate.calibrate`), and, with ``weights="both"``, also in the block-wise trained
 supernet's version. All are timed with the teacher in one interleaved run; a model of the teacher's sub-layers
 timed faster than its work allows (a busy host) is judged at that bound (:func:`~nasbert.export.cuts.work_speedup`).
 Per budget, among those that meet it on *measured* latency, the one with the highest probe score wins (a short
 fine-tune on a sentence-pair task, :mod:`nasbert.search.probe`: the proxy that ranks fine-tuned quality within a
-budget); without a probe, the one whose final hidden states have the highest mean per-token cosine to the
+budget; of the starting points, the one with the highest cosine at each attention depth is probed); without a probe, the one whose final hidden states have the highest mean per-token cosine to the
 teacher's. Each member's ``choice`` in family.json names the search trial it came from and what came second.
 
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
@@ -75,10 +75,26 @@ class _Candidate:
     trial: int | None = None
     #: a model of the teacher's sub-layers: :func:`~nasbert.export.cuts.work_speedup`, the most it can be faster
     bound: float | None = None
+    #: one of the search's starting points (enqueued), not a trial its sampler proposed
+    enqueued: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.source}:{self.arch}"
+
+
+def _one_per_depth(feasible: list[tuple]) -> list[tuple]:
+    """Of ``(cosine, latency, candidate)`` tuples that meet a budget, the search's own candidates and, of its
+    starting points, the one with the highest cosine at each attention depth (ties: the faster): the starting points
+    of one depth differ in width, where a wider stack's higher cosine is a fair guess; across depths the cosine does
+    not rank fine-tuned quality, so the probe chooses."""
+    best: dict[tuple, tuple] = {}
+    for f in feasible:
+        if f[2].enqueued:
+            group = (f[2].arch.attention_depth, f[2].source)
+            if group not in best or (f[0], -f[1]) > (best[group][0], -best[group][1]):
+                best[group] = f
+    return [f for f in feasible if not f[2].enqueued or best[(f[2].arch.attention_depth, f[2].source)] is f]
 
 
 def _choice_text(budget, chosen: tuple, feasible: list[tuple], teacher_ms: float, first: dict | None = None,
@@ -228,7 +244,8 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
             bound = work_speedup(space, arch, device["seq_len"]) if work_bound and space.elastic else None
             shortlist[b.name] += [_Candidate(arch, src, label, float(ev.latency_ms),
                                              float(ev.proxy_loss), trial=trial,
-                                             bound=bound if src == "teacher" else None) for src in versions]
+                                             bound=bound if src == "teacher" else None, enqueued=bool(enqueued))
+                               for src in versions]
     unique: dict[str, _Candidate] = {c.key: c for ranked in shortlist.values() for c in ranked}
     if not unique:
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
@@ -298,7 +315,7 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
         n_taken = len(feasible) - len(pool)
         if probe is not None:  # each probe is a fine-tune: a budget ranks its own candidates only
             own = {c.key for c in shortlist[budget.name]}
-            pool = [f for f in pool if f[2].key in own] or pool
+            pool = _one_per_depth([f for f in pool if f[2].key in own] or pool)
         pool = [(rank(c.key), ms, c) for _, ms, c in pool]
         top = max(f[0] for f in pool)  # ties (within COSINE_TIE, e.g. two weight versions untrained): the faster
         best = min((f for f in pool if f[0] >= top - COSINE_TIE), key=lambda f: f[1])
@@ -351,6 +368,7 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
                      "cosine": cosine[key], "valid_loss": losses[key], **measured.first_speedup(key),
                      **({"probe": probed[key]} if key in probed else {}),
                      **({"trial": c.trial} if c.trial is not None else {}),
+                     "attention_depth": c.arch.attention_depth,
                      **({"work_speedup": c.bound} if c.bound is not None else {})}
                     for key, c in unique.items()),
                    key=lambda row: row["latency_ms"])

@@ -104,6 +104,9 @@ class FinetuneConfig:
     #: BERT) or "bi" (each text encoded apart and the classifier reads [u, v, |u - v|, u * v], Sentence-BERT's
     #: classifier: a model with one or two attention layers has too few to relate two texts read as one)
     pair_encoding: str = "cross"
+    #: keep the word-embedding matrix as it is (nasbert's probe: every candidate shares the teacher's, so training
+    #: it costs time, most of a small model's step, and says nothing about the candidate)
+    freeze_word_embeddings: bool = False
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
@@ -408,7 +411,7 @@ def _optimizer(model, config: FinetuneConfig, total_steps: int):
 
     settings = TrainConfig(steps=total_steps, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
                            warmup_steps=int(config.warmup_ratio * total_steps), schedule="linear")
-    return make_optimizer(model.named_parameters(), settings, total_steps)
+    return make_optimizer(((n, p) for n, p in model.named_parameters() if p.requires_grad), settings, total_steps)
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, *, regression: bool,
@@ -752,6 +755,8 @@ def _finetune(model, task, *, out, config, kd_teacher, references, onnx, int8_gr
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     eval_every = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch)) if config.evals_per_epoch else None
+    if config.freeze_word_embeddings:
+        net.get_input_embeddings().weight.requires_grad_(False)
     optimizer, schedule = _optimizer(net, config, total_steps)
     step, seconds, best, history = 0, 0.0, None, []
     resumed = (out / CHECKPOINT).is_file()

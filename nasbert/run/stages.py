@@ -248,7 +248,8 @@ def stage_search(run: RunDir, config: RunConfig, *, force: bool = False, show_pr
     kwargs = {"budgets": tuple(budgets or c.budgets), "trials": trials or c.trials, "seed": config.seed,
               "out_dir": out, "top_k": c.top_k, "show_progress": show_progress, "sampler": sampler or c.sampler,
               "storage": storage, "study_name": study_name, "enqueue": enqueue,
-              "starting_k": c.starting_k if enqueue else 0, "heartbeat_s": c.heartbeat_s}
+              "starting_k": c.starting_k if enqueue else 0, "edge_margin": config.export.edge_margin,
+              "heartbeat_s": c.heartbeat_s}
     if ray_address is not None:
         from ..search import run_ray_search
 

@@ -40,11 +40,13 @@ class SearchConfig:
     #: rows of the probe task trained on and scored (its first train rows, its first dev rows)
     probe_train: int = 2000
     probe_test: int = 1000
-    #: elastic spaces: a budget's candidates are its top_k trials by the cheap proxy and its best starting_k among
-    #: the search's starting points (the teacher's bottom layers and their pruned versions, which the cheap proxy
-    #: ranks low whether or not they fine-tune well); 0: none. Each one is a probe (a fine-tune, 20-90 s on 2
-    #: cores); a second starting point's probe came within 0.7 points of the first's at every budget of the default
-    #: run (probe noise), so one is the default
+    #: elastic spaces: a budget's candidates are its top_k trials by the cheap proxy and, of the search's starting
+    #: points (the teacher's bottom layers and their pruned versions, which the cheap proxy ranks low whether or
+    #: not they fine-tune well) in its band of predicted latency, the best starting_k at each attention depth: the
+    #: cheap proxy prefers the wider of two stacks of one latency and does not rank fine-tuned quality across
+    #: them, so the probe chooses among depths (nasbert.search.optuna_search.select_per_budget); 0: none. Each
+    #: depth is one probe (a fine-tune, 20-70 s on 2 cores): the export probes the starting point of each depth
+    #: with the highest cosine among those it measures within the budget
     starting_k: int = 1
     #: Ray workers of a search on Ray (``nasbert search --ray-address``), each one thread
     workers: int = 2

@@ -150,6 +150,7 @@ def run_search(
     show_progress: bool = True,
     enqueue: Sequence[Arch] = (),
     starting_k: int = 0,
+    edge_margin: float = 0.0,
     heartbeat_s: int | None = HEARTBEAT_S,
 ) -> SearchResult:
     """Search ``objective`` under ``budgets`` with Optuna and write trials.csv, pareto.json, pareto.png to
@@ -163,7 +164,8 @@ def run_search(
     architectures a new study evaluates first (Optuna's ``enqueue_trial``), e.g. the layer-dropped teachers, so
     that the search starts from them and keeps them only where its proxy agrees; those outside the searched
     candidates are left out. Each budget's selection is its ``top_k`` trials by proxy loss, then its best
-    ``starting_k`` enqueued ones.
+    ``starting_k`` enqueued ones at each attention depth, predicted up to ``edge_margin`` beyond its limit
+    (:func:`select_per_budget`).
 
     >>> result = run_search(objective, budgets=["3x"], trials=100, storage="memory")  # doctest: +SKIP
     """
@@ -188,7 +190,7 @@ def run_search(
     info = {"backend": "optuna", "sampler": sampler, "seed": seed, "study_name": study_name,
             "storage": storage_desc, "trials": trials}
     return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info,
-                     starting_k=starting_k)
+                     starting_k=starting_k, edge_margin=edge_margin)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -286,35 +288,64 @@ def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 
 def select_per_budget(records: Sequence[TrialRecord], budgets: Sequence[Budget], teacher_latency_ms: float | None,
-                      *, top_k: int = 5, starting_k: int = 0) -> dict[str, list[TrialRecord]]:
-    """For each budget, the ``top_k`` best distinct architectures that meet it, by proxy loss (then latency), then
-    the ``starting_k`` best of the enqueued starting points that meet it and are not among them."""
+                      *, top_k: int = 5, starting_k: int = 0, edge_margin: float = 0.0
+                      ) -> dict[str, list[TrialRecord]]:
+    """For each budget, the ``top_k`` best distinct architectures that meet it, by proxy loss (then latency); then,
+    from the enqueued starting points of its band, the ``starting_k`` best by proxy loss at each attention depth
+    (:attr:`~nasbert.space.Arch.attention_depth`) that are not among them.
+
+    The cheap proxy does not rank fine-tuned quality within a budget and prefers the wider of two stacks at one
+    latency, so a budget's starting points span the depths its band holds, for the probe to choose among. A
+    latency budget's band is the predicted latencies up to its limit plus ``edge_margin`` (the predictor errs by
+    that much on one model; the export times every candidate) and above the next tighter budget's limit plus the
+    margin (a starting point below that is that budget's). Per depth, the best ones that meet the limit come
+    first, then the best ones of the margin above it, which the export keeps only where it measures them within."""
     ranked = sorted(records, key=lambda r: (r.evaluation.proxy_loss, r.evaluation.latency_ms, r.study, r.number))
+    starting = [r for r in ranked if r.enqueued]
+    limits = {b.name: b.latency_limit_ms(teacher_latency_ms) for b in budgets}
     out = {}
     for b in budgets:
         seen, chosen = set(), []
-        for pool, k in ((ranked, top_k), ([r for r in ranked if r.enqueued], starting_k)):
+
+        def take(pool, k: int) -> None:
             n = 0
             for r in pool:
                 if n == k:
                     break
-                if r.arch in seen or not b.allows(r.evaluation.latency_ms, r.evaluation.params, teacher_latency_ms):
-                    continue
-                seen.add(r.arch)
-                chosen.append(r)
-                n += 1
+                if r.arch not in seen:
+                    seen.add(r.arch)
+                    chosen.append(r)
+                    n += 1
+
+        def meets(r: TrialRecord) -> bool:
+            return b.allows(r.evaluation.latency_ms, r.evaluation.params, teacher_latency_ms)
+
+        take((r for r in ranked if meets(r)), top_k)
+        if not chosen or not starting_k:
+            out[b.name] = chosen
+            continue
+        limit, near, floor = limits[b.name], [], 0.0
+        if limit is not None:
+            tighter = [v for v in limits.values() if v is not None and v < limit]
+            floor = max(tighter) * (1 + edge_margin) if tighter else 0.0
+            near = [r for r in starting if limit < r.evaluation.latency_ms <= limit * (1 + edge_margin)]
+        inside = [r for r in starting if meets(r) and r.evaluation.latency_ms > floor]
+        for depth in sorted({r.arch.attention_depth for r in inside + near}, reverse=True):
+            take((r for r in inside if r.arch.attention_depth == depth), starting_k)
+            take((r for r in near if r.arch.attention_depth == depth), starting_k)
         out[b.name] = chosen
     return out
 
 
 def summarize(records: Sequence[TrialRecord], *, budgets: Sequence[Budget], teacher_latency_ms: float | None,
               out_dir: str | os.PathLike | None, top_k: int = 5, info: dict | None = None,
-              starting_k: int = 0) -> SearchResult:
+              starting_k: int = 0, edge_margin: float = 0.0) -> SearchResult:
     """Turn finished trials into a :class:`SearchResult`; with ``out_dir``, write trials.csv, pareto.json and
     pareto.png there (atomically). Budgets no trial met are warned about, naming the closest trial reached."""
     records = sorted(records, key=lambda r: (r.study, r.number))
     front = pareto_front(records)
-    chosen = select_per_budget(records, budgets, teacher_latency_ms, top_k=top_k, starting_k=starting_k)
+    chosen = select_per_budget(records, budgets, teacher_latency_ms, top_k=top_k, starting_k=starting_k,
+                               edge_margin=edge_margin)
     warnings = []
     for b in budgets:
         if chosen[b.name]:

@@ -47,7 +47,9 @@ class ProbeSettings:
     """The probe's recipe, the same for every candidate. These are priors, not values fitted on any reported task:
     two epochs of 2,000 pairs is the smaller of two runs tried on QNLI alone in which candidates left chance (one
     epoch of 1,000 left the first model tried at chance); 2e-4 is the rate the panel's small models fine-tune at;
-    64 tokens hold a QNLI pair."""
+    64 tokens hold a QNLI pair. The word embeddings are not trained: every candidate has the teacher's, so
+    training them says nothing about a candidate, and it is most of a small model's step (the within-budget Kendall
+    tau was measured with and without: docs/benchmarks.md)."""
 
     epochs: float = 2.0
     lr: float = 2e-4
@@ -55,6 +57,7 @@ class ProbeSettings:
     batch_size: int = 32
     seed: int = 0
     threads: int = 0
+    freeze_word_embeddings: bool = True
 
 
 def write_builtin_probe(qnli_dev_tsv: str | os.PathLike, out: str | os.PathLike = BUILTIN_PROBE) -> Path:
@@ -128,17 +131,31 @@ class Probe:
             return None
         return 100.0 * float(metrics["dev"][self.task.task.main_metric])
 
-    def score(self, model, tokenizer, *, name: str) -> float:
-        """The probe's main metric (accuracy for QNLI), in percent, of ``model`` fine-tuned on the probe. Its run is
-        ``work_dir/<name>-<digest of its weights>/``: the same model is not fine-tuned twice."""
-        from ..export.hf import save_hf_model
-        from ..finetune.trainer import FinetuneConfig, finetune
+    def config(self):
+        """The fine-tuning recipe of every probe run (:class:`~nasbert.finetune.FinetuneConfig`): one evaluation,
+        after the last step, since the score is the final one."""
+        from ..finetune.trainer import FinetuneConfig
 
         s = self.settings
-        folder = self.work_dir / f"{name}-{weights_digest(model)}"
-        # one evaluation, after the last step: the score is the final one
-        config = FinetuneConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, max_seq_len=s.max_seq_len,
-                                seed=s.seed, pooling="mean", threads=s.threads, evals_per_epoch=0)
+        return FinetuneConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, max_seq_len=s.max_seq_len,
+                              seed=s.seed, pooling="mean", threads=s.threads, evals_per_epoch=0,
+                              freeze_word_embeddings=s.freeze_word_embeddings)
+
+    def recipe_digest(self) -> str:
+        """8 hex digits naming this probe's recipe and rows (how often a run evaluates aside)."""
+        recipe = {**self.config().to_dict(), "evals_per_epoch": None, "task": self.task.task.name,
+                  "train": len(self.task.train), "test": len(self.task.dev)}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+
+    def score(self, model, tokenizer, *, name: str) -> float:
+        """The probe's main metric (accuracy for QNLI), in percent, of ``model`` fine-tuned on the probe. Its run is
+        ``work_dir/<name>-<digest of its weights>-<digest of the recipe>/``: the same model is not fine-tuned twice
+        with one recipe, and a run of another recipe (an older nasbert's) is left where it is."""
+        from ..export.hf import save_hf_model
+        from ..finetune.trainer import finetune
+
+        folder = self.work_dir / f"{name}-{weights_digest(model)}-{self.recipe_digest()}"
+        config = self.config()
         before = self._run_before(folder / "run", config)
         if before is not None:
             logger.info("probe %s: %.2f (run before)", name, before)

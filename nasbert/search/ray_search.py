@@ -94,6 +94,7 @@ def run_ray_search(
     show_progress: bool = True,
     enqueue: Sequence[Arch] = (),
     starting_k: int = 0,
+    edge_margin: float = 0.0,
     heartbeat_s: int = HEARTBEAT_S,
 ) -> SearchResult:
     """Search with ``workers`` Ray actors (``threads`` CPUs each) sharing one Optuna study in ``storage`` (an RDB
@@ -176,7 +177,7 @@ def run_ray_search(
     info = {"backend": "ray", "sampler": sampler, "seed": seed, "study_name": study_name, "storage": shown,
             "trials": trials, "workers": workers, "threads": threads}
     return summarize(records, budgets=budgets, teacher_latency_ms=teacher_ms, out_dir=out, top_k=top_k, info=info,
-                     starting_k=starting_k)
+                     starting_k=starting_k, edge_margin=edge_margin)
 
 
 def _whole_model_losses(supernet_dir: str, teacher: str, archs: list[str], batches: list) -> dict[str, float]:
