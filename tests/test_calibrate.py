@@ -271,3 +271,23 @@ def test_calibrate_rows_is_a_run_setting_checked_on_load():
     assert RunConfig.from_dict({"search": {"calibrate_rows": 16}}).search.calibrate_rows == 16
     with pytest.raises(ConfigError, match=r"search\.calibrate_rows and search\.proxy_batches must be at least 1"):
         RunConfig.from_dict({"search": {"calibrate_rows": 0}})
+
+
+def test_teacher_states_computed_once_give_the_same_comparisons(space, teacher_net, tiny_teacher, rows):
+    """The export compares every candidate with the teacher on the same batches: the teacher runs once per batch,
+    and every cosine and loss is the one computed against the teacher itself."""
+    from nasbert.training.evaluation import TeacherStates, plain_batches, state_cosine, whole_model_loss
+
+    batches = plain_batches(rows, batch_size=8, n_batches=3)
+    calls = []
+    hook = tiny_teacher.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        states = TeacherStates(tiny_teacher)
+        for arch in (PRUNED, space.layer_dropped(2)):
+            model = _extract(teacher_net, arch)
+            assert state_cosine(model, states, None, batches) == state_cosine(model, tiny_teacher, None, batches)
+            assert whole_model_loss(model, states, None, batches) == \
+                whole_model_loss(model, tiny_teacher, None, batches)
+    finally:
+        hook.remove()
+    assert len(calls) == 3 + 2 * 2 * 3  # once per batch for the states; each direct comparison runs it per batch

@@ -16,8 +16,8 @@ supernet's version. All are timed with the teacher in one interleaved run; a mod
 timed faster than its work allows (a busy host) is judged at that bound (:func:`~nasbert.export.cuts.work_speedup`).
 Per budget, among those that meet it on *measured* latency, the one with the highest probe score wins (a short
 fine-tune on a sentence-pair task, :mod:`nasbert.search.probe`: the proxy that ranks fine-tuned quality within a
-budget; of the starting points, the one with the highest cosine at each attention depth is probed); without a probe, the one whose final hidden states have the highest mean per-token cosine to the
-teacher's. Each member's ``choice`` in family.json names the search trial it came from and what came second.
+budget; of the starting points, the one with the highest cosine at each attention depth is probed); without a
+probe, the one whose final hidden states have the highest mean per-token cosine to the teacher's. Each member's ``choice`` in family.json names the search trial it came from and what came second.
 
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
 teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
@@ -42,7 +42,7 @@ from ..training.distill import DistillResult, distill_arch
 from ..budgets import latency_limits
 from ..latency.models import measure_models, speedup
 from ..onnxio import OnnxParityError, export_int8, export_onnx
-from ..training.evaluation import state_cosine, whole_model_loss
+from ..training.evaluation import TeacherStates, state_cosine, whole_model_loss
 from .calibrate import calibrate
 from .card import write_model_card
 from .config import WEIGHTS, ExportConfig
@@ -254,13 +254,20 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
     models = {key: sources[c.source].extract(c.arch, drop_identity_adapters=c.source == "teacher")
               for key, c in unique.items()}
     calibrated: dict[str, dict] = {}  # candidate key -> its calibration record
+    states = TeacherStates(teacher)  # every candidate is compared with the teacher on the same batches
     for key, c in unique.items():
         if c.source == "teacher" and calibration is not None:
-            before = {"cosine": state_cosine(models[key], teacher, None, proxy_batches),
-                      "valid_loss": whole_model_loss(models[key], teacher, None, valid_batches)}
             records = [r.to_dict() for r in calibrate(models[key], c.arch, space, teacher, calibration)]
             if records:
-                calibrated[key] = {"sublayers": records, "uncalibrated": before}
+                calibrated[key] = {"sublayers": records}
+
+    def uncalibrated(c: _Candidate) -> dict:
+        """A calibrated member's model before calibration (as its extraction gives it), compared with the
+        teacher, for its record: made again for the members only, not for every candidate."""
+        model = sources[c.source].extract(c.arch, drop_identity_adapters=True)
+        return {"cosine": state_cosine(model, states, None, proxy_batches),
+                "valid_loss": whole_model_loss(model, states, None, valid_batches)}
+
     on_supernet = {str(c.arch): c.arch for c in unique.values() if c.source == "supernet"}
     remote = evaluate(on_supernet) if evaluate is not None and on_supernet else {}
     losses = {f"supernet:{a}": v for a, v in remote.items()}
@@ -268,9 +275,9 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
     for key, c in unique.items():
         standalone = c.source == "teacher"  # the extracted (and calibrated) model itself
         net, arch = (models[key], None) if standalone else (sources[c.source], c.arch)
-        cosine[key] = state_cosine(net, teacher, arch, proxy_batches)
+        cosine[key] = state_cosine(net, states, arch, proxy_batches)
         if key not in losses:
-            losses[key] = whole_model_loss(net, teacher, arch, valid_batches)
+            losses[key] = whole_model_loss(net, states, arch, valid_batches)
     # exact, and without adapters where the extraction dropped them (a teacher cut from the teacher's weights)
     params = {key: space.num_params(c.arch, adapters=models[key].config.adapters) for key, c in unique.items()}
     measured = measure_models(models, teacher, engine=device["engine"], device=device["device"],
@@ -350,7 +357,7 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
                    **({"probe": probed[cand.key], "probe_task": probe.describe()} if cand.key in probed else {}),
                    **_bound_record(cand, timed, latency, teacher_ms),
                    **({"calibration": calibrated[cand.key]["sublayers"],
-                       "uncalibrated": calibrated[cand.key]["uncalibrated"]} if cand.key in calibrated else {})},
+                       "uncalibrated": uncalibrated(cand)} if cand.key in calibrated else {})},
         ))
         chosen[member_dir] = (arch, model)
         logger.info("budget %s: %s (%s, %s weights), %.2f ms measured (%.2fx), cosine %.4f, whole-model loss "

@@ -13,15 +13,37 @@ from ..data import mask_tokens
 from ..space import Arch
 from ..supernet import SuperNet
 
-__all__ = ["plain_batches", "state_cosine", "validation_batches", "whole_model_loss"]
+__all__ = ["TeacherStates", "plain_batches", "state_cosine", "validation_batches", "whole_model_loss"]
+
+
+class TeacherStates:
+    """The teacher's final hidden states per batch, computed once: pass it where a teacher is asked for, to compare
+    many models with the teacher on the same batches (the export compares every candidate on the same two sets).
+
+    >>> states = TeacherStates(teacher)                       # doctest: +SKIP
+    >>> [state_cosine(m, states, None, batches) for m in models]  # doctest: +SKIP
+    """
+
+    def __init__(self, teacher) -> None:
+        self.teacher = teacher
+        self._states: dict[int, tuple[dict, torch.Tensor]] = {}  # id(batch) -> (the batch, held: ids stay unique)
+
+    @torch.no_grad()
+    def final_states(self, batch: dict) -> torch.Tensor:
+        key = id(batch)
+        if key not in self._states:
+            self._states[key] = (batch, self.teacher(**batch).last_hidden_state)
+        return self._states[key][1]
 
 
 def _final_states(supernet: SuperNet, teacher, arch: Arch | None, batches: Sequence[dict]):
-    """Per batch: the stitched sub-network's final hidden states and the teacher's, at the real tokens. With
-    ``arch=None``, ``supernet`` is a standalone model (a :class:`NasBertModel`, e.g. a calibrated teacher cut)."""
+    """Per batch: the stitched sub-network's final hidden states and the teacher's (a model, or
+    :class:`TeacherStates`), at the real tokens. With ``arch=None``, ``supernet`` is a standalone model (a
+    :class:`NasBertModel`, e.g. a calibrated teacher cut)."""
     supernet.eval()
     for batch in batches:
-        target = teacher(**batch).last_hidden_state
+        target = teacher.final_states(batch) if isinstance(teacher, TeacherStates) else \
+            teacher(**batch).last_hidden_state
         out = supernet(**batch).last_hidden_state if arch is None else \
             supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch)
         keep = batch["attention_mask"].bool()
