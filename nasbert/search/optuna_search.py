@@ -296,8 +296,8 @@ def select_per_budget(records: Sequence[TrialRecord], budgets: Sequence[Budget],
 
     The cheap proxy does not rank fine-tuned quality within a budget and prefers the wider of two stacks at one
     latency, so a budget's starting points span the depths its band holds, for the probe to choose among. A
-    latency budget's band is the predicted latencies up to its limit plus ``edge_margin`` (the predictor errs by
-    that much on one model; the export times every candidate) and above the next tighter budget's limit plus the
+    latency budget's band is the predicted latencies up to its limit plus ``edge_margin`` (the predictor erred by 7%
+    on one starting point of the default run; the export times every candidate) and above the next tighter budget's limit plus the
     margin (a starting point below that is that budget's). Per depth, the best ones that meet the limit come
     first, then the best ones of the margin above it, which the export keeps only where it measures them within."""
     ranked = sorted(records, key=lambda r: (r.evaluation.proxy_loss, r.evaluation.latency_ms, r.study, r.number))
