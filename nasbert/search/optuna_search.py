@@ -298,8 +298,10 @@ def select_per_budget(records: Sequence[TrialRecord], budgets: Sequence[Budget],
     latency, so a budget's starting points span the depths its band holds, for the probe to choose among. A
     latency budget's band is the predicted latencies up to its limit plus ``edge_margin`` (the predictor erred by 7%
     on one starting point of the default run; the export times every candidate) and above the next tighter budget's limit plus the
-    margin (a starting point below that is that budget's). Per depth, the best ones that meet the limit come
-    first, then the best ones of the margin above it, which the export keeps only where it measures them within."""
+    margin (a starting point below that is that budget's). Per depth, it takes the best ones within the margin
+    below the limit, the best ones of the margin above it (the export keeps them only where it measures them
+    within), and the best ones below the margin (which the export's timing is all but sure to accept: a depth's
+    widest starting point that is predicted to meet the limit can measure over it)."""
     ranked = sorted(records, key=lambda r: (r.evaluation.proxy_loss, r.evaluation.latency_ms, r.study, r.number))
     starting = [r for r in ranked if r.enqueued]
     limits = {b.name: b.latency_limit_ms(teacher_latency_ms) for b in budgets}
@@ -330,9 +332,12 @@ def select_per_budget(records: Sequence[TrialRecord], budgets: Sequence[Budget],
             floor = max(tighter) * (1 + edge_margin) if tighter else 0.0
             near = [r for r in starting if limit < r.evaluation.latency_ms <= limit * (1 + edge_margin)]
         inside = [r for r in starting if meets(r) and r.evaluation.latency_ms > floor]
+        safe = limit * (1 - edge_margin) if limit is not None else float("inf")
+        tiers = ([r for r in inside if r.evaluation.latency_ms > safe], near,
+                 [r for r in inside if r.evaluation.latency_ms <= safe])
         for depth in sorted({r.arch.attention_depth for r in inside + near}, reverse=True):
-            take((r for r in inside if r.arch.attention_depth == depth), starting_k)
-            take((r for r in near if r.arch.attention_depth == depth), starting_k)
+            for tier in tiers:
+                take((r for r in tier if r.arch.attention_depth == depth), starting_k)
         out[b.name] = chosen
     return out
 
