@@ -9,15 +9,16 @@
                                modeling code, model.onnx, README.md (model card with the measured numbers)
 
 The candidates of a budget are the search's top ones (in an elastic space: its top trials by the cheap proxy and
-its best starting points at each attention depth). In an elastic teacher space each is made of the teacher's own sub-layers: extracted from
-the teacher's weights with no adapters and calibrated bottom-up on the corpus
+its best starting points at each attention depth). In an elastic teacher space each is made of the teacher's own
+sub-layers: extracted from the teacher's weights with no adapters and calibrated bottom-up on the corpus
 (:func:`~nasbert.export.calibrate.calibrate`), and, with ``weights="both"``, also in the block-wise trained
 supernet's version. All are timed with the teacher in one interleaved run; a model of the teacher's sub-layers
 timed faster than its work allows (a busy host) is judged at that bound (:func:`~nasbert.export.cuts.work_speedup`).
 Per budget, among those that meet it on *measured* latency, the one with the highest probe score wins (a short
 fine-tune on a sentence-pair task, :mod:`nasbert.search.probe`: the proxy that ranks fine-tuned quality within a
 budget; of the starting points, the one with the highest cosine at each attention depth is probed); without a
-probe, the one whose final hidden states have the highest mean per-token cosine to the teacher's. Each member's ``choice`` in family.json names the search trial it came from and what came second.
+probe, the one whose final hidden states have the highest mean per-token cosine to the teacher's. Each member's
+``choice`` in family.json names the search trial it came from and what came second.
 
 With ``distill`` (``export.distill.steps > 0``), every chosen member is trained further as a whole against the
 teacher (:func:`~nasbert.training.distill.distill_arch`) before it is written; the choice itself still rests on
@@ -251,8 +252,12 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
         raise ValueError("the search found no candidate that meets any budget: loosen the budgets "
                          "(e.g. --budgets 1.5x) or run more trials")
     logger.info("re-evaluating %d candidate models as whole models", len(unique))
-    models = {key: sources[c.source].extract(c.arch, drop_identity_adapters=c.source == "teacher")
-              for key, c in unique.items()}
+
+    def extract(c: _Candidate):
+        """The candidate's model as its weights give it (a teacher cut keeps no adapters), before calibration."""
+        return sources[c.source].extract(c.arch, drop_identity_adapters=c.source == "teacher")
+
+    models = {key: extract(c) for key, c in unique.items()}
     calibrated: dict[str, dict] = {}  # candidate key -> its calibration record
     states = TeacherStates(teacher)  # every candidate is compared with the teacher on the same batches
     for key, c in unique.items():
@@ -264,7 +269,7 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
     def uncalibrated(c: _Candidate) -> dict:
         """A calibrated member's model before calibration (as its extraction gives it), compared with the
         teacher, for its record: made again for the members only, not for every candidate."""
-        model = sources[c.source].extract(c.arch, drop_identity_adapters=True)
+        model = extract(c)
         return {"cosine": state_cosine(model, states, None, proxy_batches),
                 "valid_loss": whole_model_loss(model, states, None, valid_batches)}
 

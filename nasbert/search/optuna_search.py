@@ -297,11 +297,11 @@ def select_per_budget(records: Sequence[TrialRecord], budgets: Sequence[Budget],
     The cheap proxy does not rank fine-tuned quality within a budget and prefers the wider of two stacks at one
     latency, so a budget's starting points span the depths its band holds, for the probe to choose among. A
     latency budget's band is the predicted latencies up to its limit plus ``edge_margin`` (the predictor erred by 7%
-    on one starting point of the default run; the export times every candidate) and above the next tighter budget's limit plus the
-    margin (a starting point below that is that budget's). Per depth, it takes the best ones within the margin
-    below the limit, the best ones of the margin above it (the export keeps them only where it measures them
-    within), and the best ones below the margin (which the export's timing is all but sure to accept: a depth's
-    widest starting point that is predicted to meet the limit can measure over it)."""
+    on one starting point of the default run; the export times every candidate) and above the next tighter
+    budget's limit plus the margin (a starting point below that is that budget's). Per depth, it takes the best
+    ones within the margin below the limit, the best ones of the margin above it (the export keeps them only where
+    it measures them within), and the best ones below the margin (which the export's timing is all but sure to
+    accept: a depth's widest starting point that is predicted to meet the limit can measure over it)."""
     ranked = sorted(records, key=lambda r: (r.evaluation.proxy_loss, r.evaluation.latency_ms, r.study, r.number))
     starting = [r for r in ranked if r.enqueued]
     limits = {b.name: b.latency_limit_ms(teacher_latency_ms) for b in budgets}
