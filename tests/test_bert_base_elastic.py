@@ -1,7 +1,8 @@
 """A 12-layer teacher of BERT-base's shape (hidden 768, 12 heads, FFN 3,072; random weights) through ``nasbert run``
-with the elastic space built from its config, end to end: latency profile, block-wise training, the calibrated
-search, export and a Hugging Face reload. Nothing in the pipeline may assume the built-in teacher's 6 layers. Slow
-(minutes on 2 cores): ``python -m pytest -m slow tests/test_bert_base_elastic.py``."""
+with the elastic space built from its config, end to end: latency profile, the calibrated search, export and a
+Hugging Face reload (training is skipped: the default export reads no trained supernet). Nothing in the pipeline
+may assume the built-in teacher's 6 layers. Slow (minutes on 2 cores):
+``python -m pytest -m slow tests/test_bert_base_elastic.py``."""
 
 from __future__ import annotations
 

@@ -135,10 +135,12 @@ def test_elastic_run_exports_calibrated_members_that_reload_exactly(elastic_run,
 
     config = json.loads((elastic_run / "manifest.json").read_text())
     assert [config["stages"][s]["status"] for s in ("supernet", "latency", "train", "search", "export")] == \
-        ["done"] * 5
+        ["done", "done", "skipped", "done", "done"]  # export.weights: teacher reads no trained supernet
+    assert "export.weights is teacher" in config["stages"]["train"]["reason"]
+    assert not (elastic_run / "train").exists()
     space = SearchSpace.load(elastic_run / "space.yaml")
     assert space.elastic and space.teacher.hidden_size == tiny_space.teacher.hidden_size
-    assert space.num_blocks == tiny_space.teacher.num_hidden_layers and space.candidates is not None
+    assert space.num_blocks == tiny_space.teacher.num_hidden_layers and space.candidates is None
     family = Family.load(elastic_run / "family")
     assert "40k" in {m.budget for m in family.models}
     # the probe chose: every member has the best probe score among the candidates that meet its budget and no
@@ -178,6 +180,33 @@ def test_elastic_run_exports_calibrated_members_that_reload_exactly(elastic_run,
         with torch.no_grad():
             expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
         _assert_reload_and_onnx(elastic_run / "family" / member.path, member, expected, ids, mask)
+
+
+def test_an_export_that_reads_the_untrained_supernet_is_refused(elastic_run, tmp_path, monkeypatch):
+    """The default run skipped training; an export told to compete the supernet's weights stops with the fix
+    instead of exporting the untrained supernet, and writes nothing."""
+    import dataclasses
+
+    from nasbert.config import ConfigError
+    from nasbert.run import RunDir, stage_export
+
+    monkeypatch.setenv("NASBERT_CACHE", str(elastic_run.parent / "cache"))
+    rundir = RunDir.load(elastic_run)
+    config = dataclasses.replace(rundir.config, export=dataclasses.replace(rundir.config.export, weights="both"))
+    with pytest.raises(ConfigError, match=r"train stage is skipped: train it first with nasbert train --out"):
+        stage_export(rundir, config, out=str(tmp_path / "family"))
+    assert not (tmp_path / "family").exists()
+
+
+def test_nasbert_train_trains_what_the_run_skipped(elastic_run, tiny_teacher_dir, tmp_path):
+    """Asked for by name, training is never skipped: on a copy of the default run it trains the supernet."""
+    run = copy_run(elastic_run, tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NASBERT_CACHE": str(run.parent / "cache")}
+    done = subprocess.run(_nasbert() + ["train", "--teacher", tiny_teacher_dir, "--out", str(run), "--no-progress",
+                                        *ELASTIC], check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    train = json.loads((run / "manifest.json").read_text())["stages"]["train"]
+    assert train["status"] == "done" and train["steps"] > 0 and (run / "train" / "metrics.jsonl").is_file()
 
 
 def _assert_reload_and_onnx(directory: Path, member, expected: torch.Tensor, ids, mask) -> None:

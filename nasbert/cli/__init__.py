@@ -122,9 +122,9 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
     try:
         if getattr(args, "until", None):
             stages = stages[: stages.index(args.until) + 1]
-        for stage in stages:
+        for stage in stages:  # through to the export, a supernet that nothing reads is not trained
             result = run_stage(stage, run, config, force=args.force, ray_address=args.ray_address,
-                               show_progress=not args.no_progress)
+                               show_progress=not args.no_progress, skip_unread="export" in stages)
             if stage == "supernet" and result is not None:
                 print(result.summary())
             elif stage == "export" and result is not None:
@@ -140,12 +140,17 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..run import STAGES
 
+    from ..run import RunDir
+
     done = _run_stages(args, list(STAGES))
     if "export" in done:
         hint = f"pick a model with: nasbert pick {Path(args.out) / 'family'} --speedup 3"
     else:
         hint = f"extract a model with: nasbert extract --run {args.out} --largest --out DIR"
-    print(f"run {args.out}: {', '.join(done)} done; {hint}")
+    stages = RunDir.load(args.out).manifest["stages"]
+    status = {s: stages.get(s, {}).get("status", "not run") for s in done}
+    others = "".join(f" ({s} {v})" for s, v in status.items() if v != "done")
+    print(f"run {args.out}: {', '.join(s for s, v in status.items() if v == 'done')} done{others}; {hint}")
     return 0
 
 

@@ -7,7 +7,8 @@ stages that read and write it, in order (``nasbert run`` runs them all).
 """
 
 from .rundir import MANIFEST, STAGES, RunConfig, RunDir
-from .stages import run_stage, stage_export, stage_latency, stage_search, stage_supernet, stage_train, teacher_parity
+from .stages import (run_stage, stage_export, stage_latency, stage_search, stage_supernet, stage_train,
+                     supernet_is_read, teacher_parity)
 
 __all__ = ["MANIFEST", "STAGES", "RunConfig", "RunDir", "run_stage", "stage_export", "stage_latency", "stage_search",
-           "stage_supernet", "stage_train", "teacher_parity"]
+           "stage_supernet", "stage_train", "supernet_is_read", "teacher_parity"]

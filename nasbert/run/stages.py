@@ -32,7 +32,7 @@ from ..teacher import load_teacher, teacher_config
 from ..utils import cache_dir
 
 __all__ = ["calibrated_objective", "run_stage", "space_for", "stage_export", "stage_latency", "stage_search",
-           "stage_supernet", "stage_train", "teacher_parity"]
+           "stage_supernet", "stage_train", "supernet_is_read", "teacher_parity"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +77,31 @@ def stage_supernet(run: RunDir, config: RunConfig, *, force: bool = False) -> Se
     return space
 
 
+def supernet_is_read(config: RunConfig, space: SearchSpace) -> bool:
+    """Whether the search or the export reads the trained supernet: always in a path space (NAS-BERT's,
+    MobileBERT's), whose candidates are the supernet's paths; in an elastic space only with ``export.weights``
+    "supernet" or "both", since its search calibrates the teacher's own sub-layers and ranks them on every path."""
+    return not space.elastic or config.export.weights != "teacher"
+
+
 def stage_train(run: RunDir, config: RunConfig, *, force: bool = False, show_progress: bool = True,
-                ray_address: str | None = None) -> dict | None:
+                ray_address: str | None = None, skip_unread: bool = False) -> dict | None:
     """Train the supernet block-wise; resumes from RUN/train/checkpoint after an interruption. With
     ``train.workers`` > 1, data-parallel on Ray Train (``ray_address``, or a local Ray instance); otherwise in this
-    process, or with one Ray actor per block (``ray_address`` / ``ray.enabled``)."""
+    process, or with one Ray actor per block (``ray_address`` / ``ray.enabled``). With ``skip_unread`` (``nasbert
+    run`` through to the export), a supernet that no later stage reads (:func:`supernet_is_read`) is not trained:
+    the stage is marked "skipped" with the reason."""
     import shutil
 
     if run.stage_done("train") and not force:
         logger.info("stage train: already done (%s); --force to redo", run.train_dir)
+        return None
+    if skip_unread and not supernet_is_read(config, SearchSpace.load(run.space_file)):
+        reason = ("export.weights is teacher: the elastic space's candidates are the teacher's own sub-layers, "
+                  "calibrated, and nothing after this stage reads the trained supernet; set export.weights: both "
+                  "to train it and let each candidate compete in both versions (or run nasbert train)")
+        logger.info("stage train: skipped (%s)", reason)
+        run.mark("train", "skipped", reason=reason)
         return None
     if force and run.train_dir.exists():
         shutil.rmtree(run.train_dir)
@@ -332,6 +348,12 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
         return None
     budgets, candidates = load_shortlists(run.pareto_file, run=run.path)
     space = SearchSpace.load(run.space_file)
+    if supernet_is_read(config, space) and not run.stage_done("train"):
+        from ..config import ConfigError
+
+        status = run.manifest["stages"].get("train", {}).get("status", "not run")
+        raise ConfigError(f"the export reads the trained supernet (export.weights: {config.export.weights}), but "
+                          f"this run's train stage is {status}: train it first with nasbert train --out {run.path}")
     teacher, tokenizer, source = _teacher_for(config, space)
     supernet = SuperNet.from_pretrained(run.supernet_dir)
     corpus = load_corpus(config.corpus, tokenizer, cache_dir=cache_dir() / "corpus", show_progress=False)
@@ -385,15 +407,16 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
 
 
 def run_stage(stage: str, run: RunDir, config: RunConfig, *, force: bool = False, ray_address: str | None = None,
-              show_progress: bool = True):
+              show_progress: bool = True, skip_unread: bool = False):
     """Run one stage of ``STAGES`` with the run's settings (``nasbert run`` and ``nasbert train``); returns what
-    the stage returns (None when it was already done)."""
+    the stage returns (None when it was already done or skipped: ``skip_unread``, see :func:`stage_train`)."""
     if stage == "supernet":
         return stage_supernet(run, config, force=force)
     if stage == "latency":
         return stage_latency(run, config, force=force, show_progress=show_progress)
     if stage == "train":
-        return stage_train(run, config, force=force, ray_address=ray_address, show_progress=show_progress)
+        return stage_train(run, config, force=force, ray_address=ray_address, show_progress=show_progress,
+                           skip_unread=skip_unread)
     if stage == "search":
         return stage_search(run, config, force=force, show_progress=show_progress, ray_address=ray_address)
     if stage == "export":
