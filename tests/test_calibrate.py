@@ -291,3 +291,22 @@ def test_teacher_states_computed_once_give_the_same_comparisons(space, teacher_n
     finally:
         hook.remove()
     assert len(calls) == 3 + 2 * 2 * 3  # once per batch for the states; each direct comparison runs it per batch
+
+
+def test_teacher_states_copied_to_another_process_hold_the_states_not_the_teacher(space, teacher_net, tiny_teacher,
+                                                                                   rows):
+    """A Ray worker gets a pickled copy of the search objective: its teacher states travel without the teacher (a
+    Hugging Face model that has returned its hidden states cannot be pickled), are found again for the copied
+    batches, and compare as the original does; a batch the states were not made with is a clear error."""
+    import pickle
+
+    from nasbert.training.evaluation import TeacherStates, plain_batches, state_cosine
+
+    batches = plain_batches(rows, batch_size=8, n_batches=2)
+    states = TeacherStates(tiny_teacher, batches)
+    model = _extract(teacher_net, PRUNED)
+    copied_states, copied_batches = pickle.loads(pickle.dumps((states, batches)))
+    assert copied_states.teacher is None
+    assert state_cosine(model, copied_states, None, copied_batches) == state_cosine(model, states, None, batches)
+    with pytest.raises(ValueError, match="copied without the teacher"):
+        state_cosine(model, copied_states, None, plain_batches(rows[16:], batch_size=8, n_batches=1))

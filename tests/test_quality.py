@@ -351,11 +351,12 @@ def test_every_row_kind_is_tabled_and_plotted_and_each_member_is_led_against_its
     rows = [_summary_row("2x", "searched", "m2", 80.0), _summary_row("2x", "rule", "rule-2x", 81.0),
             _summary_row("2x", "layerdrop", "bottom3", 76.0), _summary_row("2x", "pruned", "pruned-m2", 77.5),
             _summary_row("2x", "uniform", "uniform-L2", 70.0), _summary_row("3x", "searched", "m3", 70.0, 1.5),
-            _summary_row("3x", "layerdrop", "bottom2", 71.0, 0.2), _summary_row(None, "sampled", "s0", 60.0)]
+            _summary_row("3x", "layerdrop", "bottom2", 71.0, 0.2), _summary_row(None, "sampled", "s0", 60.0),
+            _summary_row("4x", "searched", "m4", 65.0), _summary_row("4x", "rule", "m4", 65.0)]  # one model
     assert {r["kind"] for r in rows} | {"teacher"} == set(ROW_KINDS)
     found = leads(rows)
-    assert [(x["name"], x["free"]["name"], x["rule"] and x["rule"]["name"]) for x in found] == [
-        ("m2", "pruned-m2", "rule-2x"), ("m3", "bottom2", None)]
+    assert [(x["name"], x["free"] and x["free"]["name"], x["rule"] and x["rule"]["name"]) for x in found] == [
+        ("m2", "pruned-m2", "rule-2x"), ("m3", "bottom2", None), ("m4", None, "m4")]
     assert found[0]["free"]["lead"] == pytest.approx(2.5) and found[0]["rule"]["lead"] == pytest.approx(-1.0)
     assert found[1]["free"]["lead"] == pytest.approx(-1.0) and found[1]["free"]["spread"] == 1.5
     results = {"teacher": {"sst2": [90.0, 91.0]}, "teacher_lr": {"sst2": 2e-4}, "teacher_panel_mean": 90.5,
@@ -366,6 +367,7 @@ def test_every_row_kind_is_tabled_and_plotted_and_each_member_is_led_against_its
     assert all(f"| {kind} |" in md for kind in ROW_KINDS)
     assert "| 2x | m2 | 80.00 | pruned-m2 (pruned) | 77.50 | +2.50 (0.50) | 81.00 | -1.00 (0.50) |" in md
     assert "| 3x | m3 | 70.00 | bottom2 (layerdrop) | 71.00 | -1.00 (1.50) | - | - |" in md
+    assert "| 4x | m4 | 65.00 | - | - | - | the member | same model |" in md
     plot(results, tmp_path / "quality.png")
     assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -361,8 +361,11 @@ def prepare_models(run: _Run, out: Path, config: ReportConfig, *, progress: bool
         if budget.name in config.rule:
             rule = Arch.parse(config.rule[budget.name])
             space.validate(rule)
-            builders.setdefault(f"rule-{budget.name}", lambda a=rule: run.calibrated(a))
-            rows.append({"budget": budget.name, "kind": "rule", "name": f"rule-{budget.name}", "arch": str(rule),
+            # the member itself where the search chose the rule's architecture: one model, fine-tuned once
+            same = str(rule) == str(arch) and member.source == "teacher" and not member.distill_steps
+            rule_name = name if same else f"rule-{budget.name}"
+            builders.setdefault(rule_name, lambda a=rule: run.calibrated(a))
+            rows.append({"budget": budget.name, "kind": "rule", "name": rule_name, "arch": str(rule),
                          "distill_steps": 0})
         if "pruned" in config.baselines and member.source == "teacher" and space.elastic:
             twin = f"pruned-{name}"  # same shape, heads and neurons by weight magnitude, no calibration
@@ -679,17 +682,20 @@ def markdown_table(results: dict) -> str:
                   "| budget | member | panel | best free baseline | its panel | lead (spread) | rule | lead (spread) |",
                   "|---|---|---|---|---|---|---|---|"]
 
-        def versus(other, *, named: bool) -> str:
+        def versus(other, member: str, *, named: bool) -> str:
             """The cells of one comparison: [its name (kind)], its panel, the lead (spread)."""
             cells = [] if other is None else [f"{other['panel_mean']:.2f}",
                                               f"{other['lead']:+.2f} ({other['spread']:.2f})"]
+            if other is not None and other["name"] == member:
+                cells = ["the member", "same model"]
             if named and other is not None:
                 cells.insert(0, f"{other['name']} ({other['kind']})")
             return " | ".join(cells or ["-"] * (3 if named else 2))
 
         for lead in results["leads"]:
             lines.append(f"| {lead['budget']} | {lead['name']} | {lead['panel_mean']:.2f} | "
-                         f"{versus(lead['free'], named=True)} | {versus(lead['rule'], named=False)} |")
+                         f"{versus(lead['free'], lead['name'], named=True)} | "
+                         f"{versus(lead['rule'], lead['name'], named=False)} |")
     corr = results.get("proxy_correlation")
     if corr:
         lines += ["", "Kendall tau between each proxy and the panel score (a useful proxy is positive; losses "

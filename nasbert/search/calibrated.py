@@ -36,6 +36,7 @@ from ..latency.predictor import LatencyPredictor
 from ..modeling.configuration_nasbert import op_spec
 from ..space import Arch, SearchSpace, SpaceError
 from ..supernet import SuperNet
+from ..training.evaluation import TeacherStates, state_cosine, whole_model_loss
 from .objective import Evaluation, Objective
 
 __all__ = ["PROXIES", "CalibratedObjective", "calibrated_model"]
@@ -78,14 +79,13 @@ class CalibratedObjective(Objective):
         self.source = (source or SuperNet.from_teacher(space.without_candidates(), teacher, reorder="units")).eval()
         self.batches, self.proxy = list(batches), proxy
         self.calibration = TeacherCalibration(teacher, self.source.space, calibration)
-        with torch.no_grad():
-            self._targets = [teacher(**b).last_hidden_state[b["attention_mask"].bool()] for b in self.batches]
+        self.targets = TeacherStates(teacher, self.batches)
         self._cache: dict[str, float] = {}
 
     def __getstate__(self) -> dict:
         """A copy for another process (a Ray search worker) leaves the teacher behind: a trial needs only its
-        calibration statistics, its targets and the source supernet, and a Hugging Face model that has returned its
-        hidden states carries forward hooks that cannot be pickled."""
+        calibration statistics, the teacher's states (which travel without it) and the source supernet, and a
+        Hugging Face model that has returned its hidden states carries forward hooks that cannot be pickled."""
         return {**self.__dict__, "teacher": None}
 
     def __call__(self, arch: Arch) -> Evaluation:
@@ -165,18 +165,11 @@ class CalibratedObjective(Objective):
             self._cache[key] = self.score(model)
         return self._cache[key]
 
-    @torch.no_grad()
     def score(self, model) -> float:
         """The proxy loss of a standalone model (e.g. a calibrated candidate) against the teacher's states."""
-        model.eval()
-        total = 0.0
-        for batch, target in zip(self.batches, self._targets):
-            out = model(**batch).last_hidden_state[batch["attention_mask"].bool()]
-            if self.proxy == "cosine":
-                total += 1.0 - float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean())
-            else:
-                total += float(torch.nn.functional.mse_loss(out, target))
-        return total / len(self.batches)
+        if self.proxy == "cosine":
+            return 1.0 - state_cosine(model, self.targets, None, self.batches)
+        return whole_model_loss(model, self.targets, None, self.batches)
 
 
 def _spread_order(n: int) -> list[int]:

@@ -24,16 +24,30 @@ class TeacherStates:
     >>> [state_cosine(m, states, None, batches) for m in models]  # doctest: +SKIP
     """
 
-    def __init__(self, teacher) -> None:
+    def __init__(self, teacher, batches: Sequence[dict] = ()) -> None:
         self.teacher = teacher
         self._states: dict[int, tuple[dict, torch.Tensor]] = {}  # id(batch) -> (the batch, held: ids stay unique)
+        for batch in batches:  # computed now: a copy for another process holds them without the teacher
+            self.final_states(batch)
 
     @torch.no_grad()
     def final_states(self, batch: dict) -> torch.Tensor:
         key = id(batch)
         if key not in self._states:
+            if self.teacher is None:
+                raise ValueError("these teacher states were copied without the teacher: only the batches they were "
+                                 "made with (TeacherStates(teacher, batches)) can be compared")
             self._states[key] = (batch, self.teacher(**batch).last_hidden_state)
         return self._states[key][1]
+
+    def __getstate__(self) -> dict:
+        """A copy for another process (a Ray worker) holds the states, not the teacher: a Hugging Face model that
+        has returned its hidden states carries forward hooks that cannot be pickled."""
+        return {"teacher": None, "_states": list(self._states.values())}
+
+    def __setstate__(self, state: dict) -> None:
+        # the batches were copied with the states, as the same objects the copy's caller holds: key them anew
+        self.teacher, self._states = state["teacher"], {id(b): (b, s) for b, s in state["_states"]}
 
 
 def _final_states(supernet: SuperNet, teacher, arch: Arch | None, batches: Sequence[dict]):
