@@ -767,6 +767,26 @@ class SearchSpace:
         keep, skip = self._elastic_path("mha", "ffn"), self._elastic_path("identity", "identity")
         return Arch(tuple(keep if n < k else skip for n in range(self.num_blocks)))
 
+    def teacher_cuts(self) -> list[Arch]:
+        """An elastic space's teacher cuts: the teacher's bottom k layers for every k, then each k with every FFN at
+        each offered size, with or without the next layer's attention, in that order; neither the teacher itself
+        nor a cut twice. The search starts from them and the latency profile times some of them."""
+        if not self.elastic:
+            raise SpaceError("teacher_cuts needs an elastic space (its ops are the teacher's own sub-layers)")
+        layers = self.num_blocks
+        dropped = [self.layer_dropped(k) for k in range(1, layers)]
+        cuts = list(dropped)
+        for k in range(1, layers + 1):
+            for f in self._elastic_ops("ffn"):
+                for top in (False, True) if k < layers else (False,):
+                    blocks = [self._elastic_path("mha", f) for _ in range(k)]
+                    blocks += [self._elastic_path("mha", "identity")] if top else []
+                    blocks += [self._elastic_path("identity", "identity")] * (layers - len(blocks))
+                    arch = Arch(tuple(blocks))
+                    if arch not in cuts and arch != self.teacher_arch():
+                        cuts.append(arch)
+        return cuts
+
     def _alternating(self, width: int) -> Arch:
         ops = tuple("mha" if s % 2 == 0 else "ffn" for s in range(self.slots_per_block))
         return Arch(tuple(BlockArch(width, ops) for _ in range(self.num_blocks)))

@@ -11,6 +11,7 @@ import torch
 
 from nasbert import Arch, SearchSpace, SuperNet
 from nasbert.config import ConfigError
+from nasbert.space import SpaceError
 from nasbert.onnxio import OnnxParityError, export_onnx, onnx_parity
 from nasbert.latency import (
     LatencyConfig, LatencyPredictor, LatencyTable, OnnxRuntimeEngine, TorchEngine, accuracy, arch_entries,
@@ -180,6 +181,39 @@ def _synthetic(tiny_space):
     truth = np.array([1.5, 1.2, 0.8, 1.0, 0.05, 0.2])
     measured = [float(features(a, table) @ truth + 0.3) for a in archs]
     return table, archs, measured
+
+
+def test_an_elastic_profile_times_teacher_cuts_across_their_sizes(tiny_space):
+    """A quarter of an elastic space's profiled models are teacher cuts, from the smallest to the largest by FLOPs
+    (the search's starting points, which the per-block sampler seldom draws); the rest are the sampler's, the
+    largest and the smallest first, every model once. A space of paths is profiled on the sampler's alone."""
+    from nasbert.latency.profile import profile_archs, sample_archs
+
+    elastic = SearchSpace.elastic_for(tiny_space.teacher, name="tiny_elastic")
+    archs = profile_archs(elastic, 20, np.random.default_rng(0), seq_len=16)
+    cuts = elastic.teacher_cuts()
+    assert len(archs) == len(set(archs)) == 20 and all(elastic.contains(a) for a in archs)
+    picked = [a for a in archs if a in cuts]
+    assert len(picked) == 5
+    flops = sorted(elastic.flops(a, 16, adapters=False) for a in cuts)
+    assert {elastic.flops(a, 16, adapters=False) for a in picked} >= {flops[0], flops[-1]}
+    assert archs[:2] == sample_archs(elastic, 2, np.random.default_rng(0))
+    assert profile_archs(tiny_space, 12, np.random.default_rng(1)) == sample_archs(tiny_space, 12,
+                                                                                   np.random.default_rng(1))
+
+
+def test_teacher_cuts_are_the_bottom_layers_at_every_ffn_size_each_once(tiny_space):
+    elastic = SearchSpace.elastic_for(tiny_space.teacher, name="tiny_elastic")
+    cuts = elastic.teacher_cuts()
+    layers, ffns = elastic.num_blocks, len(elastic._elastic_ops("ffn"))
+    assert cuts[: layers - 1] == [elastic.layer_dropped(k) for k in range(1, layers)]
+    assert len(cuts) == len(set(cuts)) == (layers - 1) * ffns * 2 + ffns - 1  # with/without the next attention
+    assert elastic.teacher_arch() not in cuts
+    for arch in cuts:
+        kept = [b for b in arch.blocks if b.layers]
+        assert arch.blocks[: len(kept)] == tuple(kept)  # the bottom layers, then nothing
+    with pytest.raises(SpaceError, match="elastic"):
+        tiny_space.teacher_cuts()
 
 
 def test_predictor_learns_a_correction_and_round_trips(tiny_space, tmp_path):

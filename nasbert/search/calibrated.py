@@ -140,19 +140,9 @@ class CalibratedObjective(Objective):
         layers for every k (what a user gets for free), then each with every FFN at each offered size and with or
         without the next layer's attention (the teacher cuts of earlier releases), in an order that spreads over
         predicted latency. The search keeps them only where its proxy agrees."""
-        space, ffn = self.space, self._options()[1]
-        layers = space.num_blocks
-        dropped = [space.layer_dropped(k) for k in range(1, layers)]
-        rest = []
-        for k in range(1, layers + 1):
-            for f in ffn[1:]:
-                for top in (False, True) if k < layers else (False,):
-                    blocks = [space._elastic_path("mha", f) for _ in range(k)]
-                    blocks += [space._elastic_path("mha", "identity")] if top else []
-                    blocks += [space._elastic_path("identity", "identity")] * (layers - len(blocks))
-                    arch = Arch(tuple(blocks))
-                    if arch not in dropped and arch != space.teacher_arch():
-                        rest.append(arch)
+        cuts = self.space.teacher_cuts()
+        dropped = cuts[: self.space.num_blocks - 1]
+        rest = cuts[len(dropped):]
         rest.sort(key=self.predictor.predict)
         return dropped + [rest[i] for i in _spread_order(len(rest))]
 
