@@ -68,7 +68,7 @@ def test_probe_score_is_the_fine_tuned_accuracy_and_is_not_trained_twice(tiny_sp
     # the same recipe by hand gives the same score
     by_hand = finetune(folder / "model", task, out=tmp_path / "by-hand", onnx=False, progress=False, device="cpu",
                        config=FinetuneConfig(epochs=1.0, batch_size=16, lr=settings.lr, max_seq_len=32, seed=0,
-                                             pooling="mean", freeze_word_embeddings=True))
+                                             pooling="mean", freeze_word_embeddings=True, threads=1))
     assert 100 * by_hand.metrics["accuracy"] == pytest.approx(score)
     mtime = (folder / "run" / "metrics.json").stat().st_mtime_ns
     assert probe.score(model, tokenizer, name="m") == score
@@ -93,6 +93,28 @@ def test_probe_score_is_the_fine_tuned_accuracy_and_is_not_trained_twice(tiny_sp
     with torch.no_grad():  # other weights: another run
         next(model.parameters()).add_(1.0)
     assert weights_digest(model) not in folder.name
+
+
+def test_probes_run_side_by_side_score_as_one_at_a_time(tiny_space, tiny_teacher_dir, tmp_path):
+    """score_many runs the models' fine-tunes in worker processes, two at a time: each gets the score it gets
+    alone in this process, and a model probed before is read back, not trained again."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    task = load_probe(train=48, test=32)
+    settings = ProbeSettings(epochs=1.0, max_seq_len=32, batch_size=16)
+    models = [_tiny_model(tiny_space, tiny_teacher_dir) for _ in range(3)]
+    for i, model in enumerate(models[1:], start=1):
+        with torch.no_grad():
+            next(model.parameters()).mul_(1.0 + 0.5 * i)
+    alone = Probe(task, work_dir=tmp_path / "alone", settings=dataclasses.replace(settings, workers=1))
+    want = [alone.score(m, tokenizer, name=f"m{i}") for i, m in enumerate(models)]
+    together = Probe(task, work_dir=tmp_path / "together", settings=settings)
+    assert together.recipe_digest() == alone.recipe_digest()  # how many run at once is not the recipe
+    got = together.score_many([(m, f"m{i}") for i, m in enumerate(models[:2])], tokenizer)
+    assert got == want[:2]
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "together").glob("*/run/metrics.json")}
+    assert len(stamps) == 2
+    assert together.score_many([(m, f"m{i}") for i, m in enumerate(models)], tokenizer) == want
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # the first two read back
 
 
 def _record(number: int, arch: str, loss: float, ms: float, enqueued: bool = False) -> TrialRecord:

@@ -297,15 +297,32 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
 
     probed: dict[str, float] = {}
 
+    def probe_all(keys: list[str]) -> None:
+        """Probe the candidates of ``keys`` not probed yet, several at once (``probe.score_many``)."""
+        keys = [k for k in dict.fromkeys(keys) if k not in probed]
+        names = [unique[k].source if unique[k].trial is None else f"trial{unique[k].trial}-{unique[k].source}"
+                 for k in keys]
+        probed.update(zip(keys, probe.score_many([(models[k], n) for k, n in zip(keys, names)], tokenizer)))
+
     def rank(key: str) -> float:
         """What chooses among a budget's feasible candidates: the probe score where there is a probe."""
         if probe is None:
             return cosine[key]
-        if key not in probed:
-            c = unique[key]
-            name = c.source if c.trial is None else f"trial{c.trial}-{c.source}"
-            probed[key] = probe.score(models[key], tokenizer, name=name)
+        probe_all([key])
         return probed[key]
+
+    def probe_pool(budget, pool: list[tuple]) -> list[tuple]:
+        """With a probe, each probe is a fine-tune: a budget ranks its own candidates only, one per depth."""
+        own = {c.key for c in shortlist[budget.name]}
+        return _one_per_depth([f for f in pool if f[2].key in own] or pool)
+
+    def meets(budget) -> list[tuple]:
+        return [(cosine[key], judged[key], c) for key, c in unique.items()
+                if budget.allows(judged[key], params[key], teacher_ms)]
+
+    if probe is not None:  # every budget's probes at once, so that they run side by side (a tighter budget's
+        # member, which a looser budget then leaves out, is rarely on its shortlist: any other is probed below)
+        probe_all([f[2].key for budget in budgets for f in probe_pool(budget, meets(budget))])
 
     ranked_by = "cosine to the teacher" if probe is None else f"score on the {probe.describe()}"
     members: list[FamilyMember] = []
@@ -317,17 +334,15 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
     for budget in sorted(budgets, key=lambda b: b.sort_key(teacher_ms), reverse=True):
         # Every re-evaluated candidate is eligible (one shortlisted for a tighter budget may win a looser one),
         # except with a probe, where a budget probes only its own shortlist while one of them meets it.
-        feasible = [(cosine[key], judged[key], c) for key, c in unique.items()
-                    if budget.allows(judged[key], params[key], teacher_ms)]
+        feasible = meets(budget)
         if not feasible:
             logger.warning("budget %s: none of the %d candidates meets it on measured latency; nothing exported "
                            "for it", budget.name, len(shortlist[budget.name]))
             continue
         pool = [f for f in feasible if f[2].key not in taken] or feasible
         n_taken = len(feasible) - len(pool)
-        if probe is not None:  # each probe is a fine-tune: a budget ranks its own candidates only
-            own = {c.key for c in shortlist[budget.name]}
-            pool = _one_per_depth([f for f in pool if f[2].key in own] or pool)
+        if probe is not None:
+            pool = probe_pool(budget, pool)
         pool = [(rank(c.key), ms, c) for _, ms, c in pool]
         top = max(f[0] for f in pool)  # ties (within COSINE_TIE, e.g. two weight versions untrained): the faster
         best = min((f for f in pool if f[0] >= top - COSINE_TIE), key=lambda f: f[1])

@@ -364,11 +364,11 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
         if space.elastic else None
     probe = None
     if space.elastic and config.search.probe != "none":
-        from ..search.probe import Probe, load_probe
+        from ..search.probe import Probe, ProbeSettings, load_probe
 
         c = config.search
         probe = Probe(load_probe(c.probe, data_dir=c.probe_data_dir, train=c.probe_train, test=c.probe_test),
-                      work_dir=run.search_dir / "probe")
+                      work_dir=run.search_dir / "probe", settings=ProbeSettings(workers=c.probe_workers))
         logger.info("a budget's candidates that meet it are ranked by the %s", probe.describe())
     teacher_cache = None
     if config.train.teacher_cache and config.export.distill.steps:  # the training's cache, where settings agree

@@ -40,6 +40,9 @@ class SearchConfig:
     #: rows of the probe task trained on and scored (its first train rows, its first dev rows)
     probe_train: int = 2000
     probe_test: int = 1000
+    #: probes run at once, each a process with one thread (on 2 cores, two of them ran 1.29x the steps of one
+    #: probe on both cores); the scores do not depend on it
+    probe_workers: int = 2
     #: elastic spaces: a budget's candidates are its top_k trials by the cheap proxy and, of the search's starting
     #: points (the teacher's bottom layers and their pruned versions, which the cheap proxy ranks low whether or
     #: not they fine-tune well) in its band of predicted latency, the best starting_k at each attention depth: the
@@ -61,9 +64,9 @@ class SearchConfig:
             raise ConfigError("search.trials and search.top_k must be at least 1")
         if self.proxy not in ("cosine", "mse"):
             raise ConfigError(f"search.proxy must be cosine or mse, got {self.proxy!r}")
-        if self.probe_train < 1 or self.probe_test < 1 or self.starting_k < 0:
-            raise ConfigError("search.probe_train and search.probe_test must be at least 1, search.starting_k at "
-                              "least 0")
+        if self.probe_train < 1 or self.probe_test < 1 or self.probe_workers < 1 or self.starting_k < 0:
+            raise ConfigError("search.probe_train, search.probe_test and search.probe_workers must be at least 1, "
+                              "search.starting_k at least 0")
         if self.workers < 1 or self.heartbeat_s < 1:
             raise ConfigError("search.workers and search.heartbeat_s must be at least 1")
         if self.calibrate_rows < 1 or self.proxy_batches < 1:

@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,8 +57,13 @@ class ProbeSettings:
     max_seq_len: int = 64
     batch_size: int = 32
     seed: int = 0
-    threads: int = 0
+    #: torch threads of one probe: one, so that probes run side by side (``workers``); on 2 cores two probes of one
+    #: thread each ran 1.29x the steps of one probe on two threads (docs/benchmarks.md)
+    threads: int = 1
     freeze_word_embeddings: bool = True
+    #: probes run at once, each in a process of its own (not part of the recipe: a probe's score is the same
+    #: whichever process runs it)
+    workers: int = 2
 
 
 def write_builtin_probe(qnli_dev_tsv: str | os.PathLike, out: str | os.PathLike = BUILTIN_PROBE) -> Path:
@@ -148,22 +154,62 @@ class Probe:
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
     def score(self, model, tokenizer, *, name: str) -> float:
-        """The probe's main metric (accuracy for QNLI), in percent, of ``model`` fine-tuned on the probe. Its run is
-        ``work_dir/<name>-<digest of its weights>-<digest of the recipe>/``: the same model is not fine-tuned twice
-        with one recipe, and a run of another recipe (an older nasbert's) is left where it is."""
-        from ..export.hf import save_hf_model
-        from ..finetune.trainer import finetune
+        """The probe's main metric (accuracy for QNLI), in percent, of ``model`` fine-tuned on the probe
+        (:meth:`score_many` of one model)."""
+        return self.score_many([(model, name)], tokenizer)[0]
 
-        folder = self.work_dir / f"{name}-{weights_digest(model)}-{self.recipe_digest()}"
+    def score_many(self, items: Sequence[tuple], tokenizer) -> list[float]:
+        """:meth:`score` of every ``(model, name)`` in ``items``, ``settings.workers`` of them at a time, each in a
+        process of its own. A model's run is ``work_dir/<name>-<digest of its weights>-<digest of the recipe>/``:
+        the same model is not fine-tuned twice with one recipe, and a run of another recipe (an older nasbert's) is
+        left where it is."""
+        from ..export.hf import save_hf_model
+
         config = self.config()
-        before = self._run_before(folder / "run", config)
-        if before is not None:
-            logger.info("probe %s: %.2f (run before)", name, before)
-            return before
-        if not (folder / "model" / "config.json").is_file():
-            save_hf_model(model, folder / "model", tokenizer=tokenizer)
-        result = finetune(folder / "model", self.task, out=folder / "run", onnx=False, progress=False,
-                          device="cpu", config=config)
-        value = 100.0 * float(result.metrics[self.task.task.main_metric])
-        logger.info("probe %s: %.2f (%.0f s)", name, value, result.seconds)
-        return value
+        scores: list[float | None] = []
+        pending: list[tuple[int, str, Path]] = []
+        for i, (model, name) in enumerate(items):
+            folder = self.work_dir / f"{name}-{weights_digest(model)}-{self.recipe_digest()}"
+            before = self._run_before(folder / "run", config)
+            scores.append(before)
+            if before is not None:
+                logger.info("probe %s: %.2f (run before)", name, before)
+                continue
+            if not (folder / "model" / "config.json").is_file():
+                save_hf_model(model, folder / "model", tokenizer=tokenizer)
+            pending.append((i, name, folder))
+        jobs = [(folder / "model", self.task, folder / "run", config) for _, _, folder in pending]
+        if len(jobs) > 1 and self.settings.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=min(self.settings.workers, len(jobs)),
+                                     mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_die_with_parent) as pool:
+                done = list(pool.map(_fine_tune, jobs))
+        else:
+            done = [_fine_tune(job) for job in jobs]
+        for (i, name, _), (metrics, seconds) in zip(pending, done):
+            scores[i] = 100.0 * float(metrics[self.task.task.main_metric])
+            logger.info("probe %s: %.2f (%.0f s)", name, scores[i], seconds)
+        return scores
+
+
+def _fine_tune(job: tuple) -> tuple[dict, float]:
+    """One probe's fine-tune (in a worker process, or in this one): its dev metrics and seconds."""
+    from ..finetune.trainer import finetune
+
+    model_dir, task, out, config = job
+    result = finetune(model_dir, task, out=out, onnx=False, progress=False, device="cpu", config=config)
+    return result.metrics, result.seconds
+
+
+def _die_with_parent() -> None:
+    """A probe worker ends with the process that started it (Linux: PR_SET_PDEATHSIG), so that a killed export
+    leaves no fine-tune writing into the run it resumes."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
