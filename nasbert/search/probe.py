@@ -179,19 +179,26 @@ class Probe:
                 save_hf_model(model, folder / "model", tokenizer=tokenizer)
             pending.append((i, name, folder))
         jobs = [(folder / "model", self.task, folder / "run", config) for _, _, folder in pending]
-        if len(jobs) > 1 and self.settings.workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(max_workers=min(self.settings.workers, len(jobs)),
-                                     mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_die_with_parent) as pool:
-                done = list(pool.map(_fine_tune, jobs))
-        else:
-            done = [_fine_tune(job) for job in jobs]
-        for (i, name, _), (metrics, seconds) in zip(pending, done):
+        def finished(j: int, metrics: dict, seconds: float) -> None:
+            i, name, _ = pending[j]
             scores[i] = 100.0 * float(metrics[self.task.task.main_metric])
             logger.info("probe %s: %.2f (%.0f s)", name, scores[i], seconds)
+
+        workers = min(self.settings.workers, len(jobs))
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            logger.info("probing %d models, %d at a time", len(jobs), workers)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_die_with_parent) as pool:
+                futures = {pool.submit(_fine_tune, job): j for j, job in enumerate(jobs)}
+                for future in as_completed(futures):
+                    finished(futures[future], *future.result())
+        else:
+            for j, job in enumerate(jobs):
+                finished(j, *_fine_tune(job))
         return scores
 
 
