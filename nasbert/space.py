@@ -773,9 +773,8 @@ class SearchSpace:
         nor a cut twice. The search starts from them and the latency profile times some of them."""
         if not self.elastic:
             raise SpaceError("teacher_cuts needs an elastic space (its ops are the teacher's own sub-layers)")
-        layers = self.num_blocks
-        dropped = [self.layer_dropped(k) for k in range(1, layers)]
-        cuts = list(dropped)
+        layers, teacher = self.num_blocks, self.teacher_arch()
+        cuts = [self.layer_dropped(k) for k in range(1, layers)]
         for k in range(1, layers + 1):
             for f in self._elastic_ops("ffn"):
                 for top in (False, True) if k < layers else (False,):
@@ -783,7 +782,7 @@ class SearchSpace:
                     blocks += [self._elastic_path("mha", "identity")] if top else []
                     blocks += [self._elastic_path("identity", "identity")] * (layers - len(blocks))
                     arch = Arch(tuple(blocks))
-                    if arch not in cuts and arch != self.teacher_arch():
+                    if arch not in cuts and arch != teacher:
                         cuts.append(arch)
         return cuts
 

@@ -138,9 +138,7 @@ def _run_stages(args: argparse.Namespace, stages: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..run import STAGES
-
-    from ..run import RunDir
+    from ..run import STAGES, RunDir
 
     done = _run_stages(args, list(STAGES))
     if "export" in done:

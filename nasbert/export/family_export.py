@@ -317,6 +317,7 @@ def export_family(inputs: ExportInputs, budgets: Sequence, candidates: dict[str,
         return _one_per_depth([f for f in pool if f[2].key in own] or pool)
 
     def meets(budget) -> list[tuple]:
+        """``(cosine, judged latency, candidate)`` of every candidate that meets ``budget`` on measured latency."""
         return [(cosine[key], judged[key], c) for key, c in unique.items()
                 if budget.allows(judged[key], params[key], teacher_ms)]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
 from ..data import load_corpus
 from ..io import atomic_write_text
 from ..latency.profile import LatencyProfile
@@ -349,8 +350,6 @@ def stage_export(run: RunDir, config: RunConfig, *, force: bool = False, out: st
     budgets, candidates = load_shortlists(run.pareto_file, run=run.path)
     space = SearchSpace.load(run.space_file)
     if supernet_is_read(config, space) and not run.stage_done("train"):
-        from ..config import ConfigError
-
         status = run.manifest["stages"].get("train", {}).get("status", "not run")
         raise ConfigError(f"the export reads the trained supernet (export.weights: {config.export.weights}), but "
                           f"this run's train stage is {status}: train it first with nasbert train --out {run.path}")
