@@ -229,6 +229,42 @@ def test_predictor_learns_a_correction_and_round_trips(tiny_space, tmp_path):
         assert loaded.predict(arch) == predictor.predict(arch)
 
 
+def test_predictor_chooses_its_ridge_by_leave_one_out(tiny_space, tmp_path):
+    """Without a ridge the fit takes the penalty of RIDGE_GRID with the least leave-one-out relative error: the
+    closed form equals refitting without each model in turn, a noise-free law is recovered where a heavy penalty
+    is not, and the choice is saved with the predictor."""
+    from nasbert.latency.predictor import RIDGE_GRID, _loo_mape, _penalty
+
+    table, archs, measured = _synthetic(tiny_space)
+    noisy = np.asarray(measured) * np.random.default_rng(5).uniform(0.95, 1.05, len(measured))
+    predictor = LatencyPredictor.fit(table, archs[:30], noisy[:30])
+    assert predictor.ridge in RIDGE_GRID and 0 < predictor.loo_mape < 0.05
+    X = np.stack([features(a, table) for a in archs[:30]])
+    Z = (X - predictor.mean) / predictor.scale
+    A = np.hstack([Z, np.ones((30, 1))]) / noisy[:30, None]
+    value = 1e-3 * np.mean(np.diag(A.T @ A)[:-1])  # a penalty that keeps the systems well conditioned
+    by_refit = []
+    for i in range(30):
+        keep = np.arange(30) != i
+        solution = np.linalg.pinv(A[keep].T @ A[keep] + _penalty(A.shape[1], value)) @ A[keep].T @ np.ones(29)
+        by_refit.append(abs(1.0 - A[i] @ solution))
+    assert _loo_mape(A, A.T @ A, value) == pytest.approx(np.mean(by_refit), rel=1e-6)
+    assert predictor.loo_mape == pytest.approx(min(_loo_mape(A, A.T @ A, r * np.mean(np.diag(A.T @ A)[:-1]))
+                                                   for r in RIDGE_GRID))
+    exact = LatencyPredictor.fit(table, archs[:30], measured[:30])
+    heavy = LatencyPredictor.fit(table, archs[:30], measured[:30], ridge=0.1)
+    assert accuracy(exact.predict_many(archs[30:]), measured[30:])["mape"] < 1e-4
+    assert accuracy(heavy.predict_many(archs[30:]), measured[30:])["mape"] > 10 * accuracy(
+        exact.predict_many(archs[30:]), measured[30:])["mape"]
+    predictor.save(tmp_path)
+    loaded = LatencyPredictor.load(tmp_path)
+    assert (loaded.ridge, loaded.loo_mape) == (predictor.ridge, predictor.loo_mape)
+    few = LatencyPredictor.fit(table, archs[:5], measured[:5])  # fewer models than unknowns: a fixed prior
+    assert few.loo_mape is None and few.ridge > 0
+    with pytest.raises(ValueError, match="ridge must be >= 0"):
+        LatencyPredictor.fit(table, archs[:30], measured[:30], ridge=-1.0)
+
+
 def test_predictor_uses_the_shared_feature_function(tiny_space, monkeypatch):
     import nasbert.latency.predictor as predictor_module
 

@@ -312,6 +312,7 @@ def _profile_device(space, out, *, config, teacher, seed, show_progress) -> dict
         "n_train": len(train_idx), "n_heldout": len(test_idx),
         "table": accuracy([rows[i]["table_ms"] for i in test_idx], measured[test_idx]),
         "predictor": accuracy([rows[i]["predicted_ms"] for i in test_idx], measured[test_idx]),
+        "predictor_fit": {"ridge": predictor.ridge, "loo_mape": predictor.loo_mape},
         "teacher_latency_ms": teacher_latency,
         "teacher_latency_spread_ms": float(np.ptp(teacher_ms)) if teacher_latency is not None else None,
         "drift_corrected": teacher_latency is not None,
