@@ -38,6 +38,15 @@ __all__ = ["OPS", "Arch", "BlockArch", "SearchSpace", "SpaceError", "TeacherSpec
 #: a pointwise one. A space may also list MobileBERT bottleneck ops, ``bottleneck{B}x{N}``: a layer that keeps the
 #: block's width w on its residual and computes inside a B-wide bottleneck with N stacked FFNs (N = 1..4).
 OPS = (*LAYER_OPS, "identity")
+#: The heads a thinned teacher cut keeps in every attention, as fractions of the teacher's (SearchSpace.teacher_cuts).
+#: A budget that cannot hold k whole attentions can hold k thinner ones, and depth is what a small model needs to
+#: read a sentence pair: thinned 4-layer cuts scored 73.5 and 74.4 on the search's probe at 6x and 4x, against
+#: 61.5 and 70.2 for the whole-attention cuts there (docs/benchmarks.md, 2026-12-06). A third, a half and two
+#: thirds: the probe chooses among them; every head count stays in the space for the sampler.
+CUT_HEAD_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)
+#: A thinned cut's FFNs: skipped or one of this many smallest offered sizes (thinning the attention pays for depth
+#: only where the FFNs are small too).
+THIN_CUT_FFNS = 2
 MAX_KERNEL = max(SEPCONV_KERNELS.values())
 
 
@@ -769,8 +778,10 @@ class SearchSpace:
 
     def teacher_cuts(self) -> list[Arch]:
         """An elastic space's teacher cuts: the teacher's bottom k layers for every k, then each k with every FFN at
-        each offered size, with or without the next layer's attention, in that order; neither the teacher itself
-        nor a cut twice. The search starts from them and the latency profile times some of them."""
+        each offered size, with or without the next layer's attention, then each k with every attention thinned to
+        the offered head count nearest each of :data:`CUT_HEAD_FRACTIONS` of its heads and every FFN at one of the :data:`THIN_CUT_FFNS` smallest
+        sizes or skipped, in that order; neither the teacher itself nor a cut twice. The search starts from them and
+        the latency profile times some of them."""
         if not self.elastic:
             raise SpaceError("teacher_cuts needs an elastic space (its ops are the teacher's own sub-layers)")
         layers, teacher = self.num_blocks, self.teacher_arch()
@@ -783,6 +794,19 @@ class SearchSpace:
                     blocks += [self._elastic_path("identity", "identity")] * (layers - len(blocks))
                     arch = Arch(tuple(blocks))
                     if arch not in cuts and arch != teacher:
+                        cuts.append(arch)
+        heads = self.teacher.num_attention_heads
+        offered = [op_spec(op).heads for op in self._elastic_ops("mha") if op_spec(op).heads]  # thinned ones
+        thin = sorted({min(offered, key=lambda h: (abs(h - heads * fraction), h)) for fraction in CUT_HEAD_FRACTIONS}
+                      if offered else ())
+        ffns = ("identity", *sorted(self._elastic_ops("ffn"), key=lambda op: op_spec(op).inner or 1 << 62)
+                [:THIN_CUT_FFNS])
+        for k in range(1, layers + 1):
+            for h in thin:
+                for f in ffns:
+                    blocks = [self._elastic_path(f"mha{h}", f)] * k
+                    arch = Arch(tuple(blocks + [self._elastic_path("identity", "identity")] * (layers - k)))
+                    if arch not in cuts:
                         cuts.append(arch)
         return cuts
 

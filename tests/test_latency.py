@@ -207,11 +207,17 @@ def test_teacher_cuts_are_the_bottom_layers_at_every_ffn_size_each_once(tiny_spa
     cuts = elastic.teacher_cuts()
     layers, ffns = elastic.num_blocks, len(elastic._elastic_ops("ffn"))
     assert cuts[: layers - 1] == [elastic.layer_dropped(k) for k in range(1, layers)]
-    assert len(cuts) == len(set(cuts)) == (layers - 1) * ffns * 2 + ffns - 1  # with/without the next attention
+    whole = (layers - 1) * ffns * 2 + ffns - 1  # every FFN size, with/without the next attention
+    # thinned: a third, a half and two thirds of 4 heads are 1, 2 and 3 heads; the FFN skipped or at 16 or 32
+    assert len(cuts) == len(set(cuts)) == whole + layers * 3 * 3
     assert elastic.teacher_arch() not in cuts
     for arch in cuts:
         kept = [b for b in arch.blocks if b.layers]
         assert arch.blocks[: len(kept)] == tuple(kept)  # the bottom layers, then nothing
+    for arch in cuts[whole:]:  # every kept layer alike: one of the thinned attentions, a small FFN or none
+        kept = {b.ops for b in arch.blocks if b.layers}
+        assert len(kept) == 1 and next(iter(kept)) in {(f"mha{h}", f) for h in (1, 2, 3)
+                                                         for f in ("identity", "ffn16", "ffn32")}
     with pytest.raises(SpaceError, match="elastic"):
         tiny_space.teacher_cuts()
 
