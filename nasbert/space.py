@@ -779,36 +779,32 @@ class SearchSpace:
     def teacher_cuts(self) -> list[Arch]:
         """An elastic space's teacher cuts: the teacher's bottom k layers for every k, then each k with every FFN at
         each offered size, with or without the next layer's attention, then each k with every attention thinned to
-        the offered head count nearest each of :data:`CUT_HEAD_FRACTIONS` of its heads and every FFN at one of the :data:`THIN_CUT_FFNS` smallest
-        sizes or skipped, in that order; neither the teacher itself nor a cut twice. The search starts from them and
-        the latency profile times some of them."""
+        the offered head count nearest each of :data:`CUT_HEAD_FRACTIONS` of its heads and every FFN at one of the
+        :data:`THIN_CUT_FFNS` smallest sizes or skipped, in that order; neither the teacher itself nor a cut twice.
+        The search starts from them and the latency profile times some of them."""
         if not self.elastic:
             raise SpaceError("teacher_cuts needs an elastic space (its ops are the teacher's own sub-layers)")
-        layers, teacher = self.num_blocks, self.teacher_arch()
+        layers, path = self.num_blocks, self._elastic_path
+
+        def bottom(kept: list[BlockArch]) -> Arch:  # the kept layers at the bottom, every layer above them skipped
+            return Arch(tuple(kept + [path("identity", "identity")] * (layers - len(kept))))
+
         cuts = [self.layer_dropped(k) for k in range(1, layers)]
         for k in range(1, layers + 1):
             for f in self._elastic_ops("ffn"):
                 for top in (False, True) if k < layers else (False,):
-                    blocks = [self._elastic_path("mha", f) for _ in range(k)]
-                    blocks += [self._elastic_path("mha", "identity")] if top else []
-                    blocks += [self._elastic_path("identity", "identity")] * (layers - len(blocks))
-                    arch = Arch(tuple(blocks))
-                    if arch not in cuts and arch != teacher:
-                        cuts.append(arch)
+                    cuts.append(bottom([path("mha", f)] * k + ([path("mha", "identity")] if top else [])))
         heads = self.teacher.num_attention_heads
         offered = [op_spec(op).heads for op in self._elastic_ops("mha") if op_spec(op).heads]  # thinned ones
         thin = sorted({min(offered, key=lambda h: (abs(h - heads * fraction), h)) for fraction in CUT_HEAD_FRACTIONS}
                       if offered else ())
-        ffns = ("identity", *sorted(self._elastic_ops("ffn"), key=lambda op: op_spec(op).inner or 1 << 62)
-                [:THIN_CUT_FFNS])
+        smallest = sorted(self._elastic_ops("ffn"), key=lambda op: op_spec(op).inner or self.teacher.intermediate_size)
         for k in range(1, layers + 1):
             for h in thin:
-                for f in ffns:
-                    blocks = [self._elastic_path(f"mha{h}", f)] * k
-                    arch = Arch(tuple(blocks + [self._elastic_path("identity", "identity")] * (layers - k)))
-                    if arch not in cuts:
-                        cuts.append(arch)
-        return cuts
+                for f in ("identity", *smallest[:THIN_CUT_FFNS]):
+                    cuts.append(bottom([path(f"mha{h}", f)] * k))
+        teacher = self.teacher_arch()
+        return [arch for arch in dict.fromkeys(cuts) if arch != teacher]
 
     def _alternating(self, width: int) -> Arch:
         ops = tuple("mha" if s % 2 == 0 else "ffn" for s in range(self.slots_per_block))

@@ -107,7 +107,8 @@ class LatencyPredictor:
         # model matters as much as a 20 ms one, as in MAPE): a row's residual is its relative error. The intercept
         # is not penalised.
         A = np.hstack([Z, np.ones((len(Z), 1))]) / y[:, None]
-        gram, unit = A.T @ A, float(np.mean(np.diag(A.T @ A)[:-1]))
+        gram = A.T @ A
+        unit = float(np.mean(np.diag(gram)[:-1]))  # the penalty's unit: the coefficients' mean diagonal
         loo = None
         if ridge is None and len(y) <= A.shape[1]:
             ridge = FEW_MODELS_RIDGE

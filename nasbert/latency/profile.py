@@ -186,7 +186,8 @@ def profile_archs(space: SearchSpace, n: int, rng: np.random.Generator, *, seq_l
     """The ``n`` whole models a profile times: :func:`sample_archs`, and in an elastic space a quarter of them
     teacher cuts, spread over their FLOPs. The cuts are the search's starting points and every member of the default
     family so far was one, but the per-block sampler seldom skips a run of top layers whole, and a predictor fitted
-    without such models over-predicted the smallest of them by 7-11% (measured on the built-in teacher: docs/benchmarks.md)."""
+    without such models over-predicted the smallest of them by 7-11% (measured on the built-in teacher:
+    docs/benchmarks.md)."""
     if not space.elastic:
         return sample_archs(space, n, rng)
     cuts = sorted(space.teacher_cuts(), key=lambda a: space.flops(a, seq_len, adapters=False))
